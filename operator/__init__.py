@@ -1,0 +1,1 @@
+"""SBSDeployment operator (kopf). Not yet implemented: see the operator issue."""

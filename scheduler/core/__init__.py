@@ -1,0 +1,1 @@
+"""Sans-IO Staggered Batch Scheduling core: pure, deterministic, time passed in."""

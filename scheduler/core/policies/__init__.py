@@ -1,0 +1,1 @@
+"""Scheduling policies: SBS and the immediate-dispatch baselines, one per module."""

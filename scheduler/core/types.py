@@ -1,0 +1,160 @@
+"""Value types shared by the scheduling core, the simulator and (later) the service.
+
+Everything here is a frozen dataclass: decisions are pure functions of (state, requests, now), so the
+values that flow in and out must not change under a caller's feet. Times are seconds (float) on the
+caller's clock; the core never reads a clock of its own.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Role(enum.StrEnum):
+    """Which side of a P/D-disaggregated deployment an engine instance serves."""
+
+    PREFILL = "prefill"
+    DECODE = "decode"
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One inference request as the scheduler sees it.
+
+    `output_tokens` is the number of tokens the request will generate (a trace gives it; the live
+    service uses `max_new_tokens` as an upper bound). `hash_ids` are the prefix-block hashes of the
+    prompt (Mooncake convention: one hash per `block_tokens` tokens), used for prefix-cache credit.
+    """
+
+    rid: int
+    arrival_s: float
+    prompt_tokens: int
+    output_tokens: int
+    hash_ids: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.prompt_tokens < 1:
+            raise ValueError(f"request {self.rid}: prompt_tokens must be >= 1, got {self.prompt_tokens}")
+        if self.output_tokens < 1:
+            raise ValueError(f"request {self.rid}: output_tokens must be >= 1, got {self.output_tokens}")
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class RankRef:
+    """One DP rank of one engine instance (`instance` indexes the role's instance list)."""
+
+    instance: int
+    rank: int
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceSpec:
+    """Static shape of one engine instance, as the scheduler needs to know it.
+
+    `chunk_tokens` is the per-DP-rank token budget of one forward step (SGLang's chunked-prefill size
+    per rank); `kv_capacity_tokens` the KV-cache capacity of one rank; `max_running_requests` the
+    per-rank cap on concurrently decoding requests (decode only; 0 = unlimited).
+    """
+
+    name: str
+    role: Role
+    dp_size: int
+    chunk_tokens: int
+    kv_capacity_tokens: int
+    max_running_requests: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """Decision: send `rid` to this prefill rank and this decode rank (SGLang PD bootstrap pair).
+
+    `prefill.rank` / `decode.rank` are None when the engine's own DP balancer picks the rank
+    (the `sglang` baseline); otherwise the request is pinned (`routed_dp_rank`).
+    `reason` says which rule released it (for logs and metrics, never parsed).
+    """
+
+    rid: int
+    prefill_instance: int
+    prefill_rank: int | None
+    decode_instance: int
+    decode_rank: int | None
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """Decision: the request cannot be served (e.g. longer than any rank's KV capacity)."""
+
+    rid: int
+    reason: str
+    retryable: bool = False
+
+
+Decision = Dispatch | Reject
+
+
+# ---------------------------------------------------------------------------------------------
+# Events into the core. The caller (simulator or service) feeds these with `now`.
+
+
+@dataclass(frozen=True, slots=True)
+class RequestArrived:
+    request: Request
+
+
+@dataclass(frozen=True, slots=True)
+class StepCompleted:
+    """A prefill instance finished a forward step (tier-2 report).
+
+    `started_s`/`duration_s` are the engine's own timing of the step; `finished_rids` the requests
+    whose prefill completed in it. `next_step_queued` tells whether the engine had more work queued
+    when the step ended (it starts the next step at once if so).
+    """
+
+    instance: int
+    started_s: float
+    duration_s: float
+    finished_rids: tuple[int, ...] = ()
+    next_step_queued: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RankLoad:
+    """Per-DP-rank load snapshot, in the shape of one entry of SGLang's `GET /v1/loads`."""
+
+    dp_rank: int
+    num_running_reqs: int
+    num_waiting_reqs: int
+    num_waiting_uncached_tokens: int
+    num_used_tokens: int
+    max_total_num_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class LoadReported:
+    """Tier-3 snapshot of one instance (all its ranks), taken by the engine at `snapshot_s`."""
+
+    role: Role
+    instance: int
+    snapshot_s: float
+    loads: tuple[RankLoad, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFinished:
+    """The decode side finished (or aborted) a request: its decode rank is freed."""
+
+    rid: int
+
+
+@dataclass(frozen=True, slots=True)
+class EngineHealth:
+    """Health of an instance changed (failed probe, recovered)."""
+
+    role: Role
+    instance: int
+    healthy: bool
+
+
+Event = RequestArrived | StepCompleted | LoadReported | RequestFinished | EngineHealth

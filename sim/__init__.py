@@ -1,0 +1,1 @@
+"""Cost model, discrete-event simulator and workload loaders."""
