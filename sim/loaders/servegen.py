@@ -116,9 +116,9 @@ def generate(
 def _sample_client(
     folder: Path, client: int, start_s: float, end_s: float, rate_scale: float, rng: np.random.Generator
 ) -> tuple[FloatArray, IntArray, IntArray]:
-    windows = _trace_windows(str(folder / f"chunk-{client}-trace.csv"))
+    windows = _trace_windows(*_stamped(folder / f"chunk-{client}-trace.csv"))
     day_s = len(windows) * WINDOW_S
-    dataset = str(folder / f"chunk-{client}-dataset.json")
+    dataset = _stamped(folder / f"chunk-{client}-dataset.json")
     # Arrivals per (6 h) dataset window, so lengths are drawn in one batch per pdf.
     by_pdf: dict[int, list[FloatArray]] = {}
     k = math.floor(start_s / WINDOW_S)
@@ -198,7 +198,7 @@ def _clients(folder: Path) -> set[int]:
 
 
 @functools.lru_cache(maxsize=256)
-def _trace_windows(path: str) -> tuple[_Window, ...]:
+def _trace_windows(path: str, stamp: int) -> tuple[_Window, ...]:
     windows: list[_Window] = []
     try:
         f = open(path, encoding="utf-8", newline="")  # noqa: SIM115 - closed below
@@ -233,6 +233,14 @@ def _trace_windows(path: str) -> tuple[_Window, ...]:
     return tuple(windows)
 
 
+def _stamped(path: Path) -> tuple[str, int]:
+    """(path, modification time) as a cache key, so an edited file is read again."""
+    try:
+        return str(path), path.stat().st_mtime_ns
+    except OSError as exc:
+        raise TraceFormatError(path, None, None, f"cannot be read: {exc.strerror}") from None
+
+
 def _number(text: str, path: str, line: int, field: str) -> float:
     try:
         value = float(text)
@@ -244,7 +252,7 @@ def _number(text: str, path: str, line: int, field: str) -> float:
 
 
 @functools.lru_cache(maxsize=64)
-def _dataset(path: str) -> dict[int, dict[str, object]]:
+def _dataset(path: str, stamp: int) -> dict[int, dict[str, object]]:
     try:
         with open(path, encoding="utf-8") as f:
             raw = json.load(f)
@@ -262,18 +270,19 @@ def _dataset(path: str) -> dict[int, dict[str, object]]:
     return out
 
 
-def _pdf_window(path: str, t_s: float) -> int:
+def _pdf_window(dataset: tuple[str, int], t_s: float) -> int:
     """Start of the dataset window enclosing `t_s` (the latest start <= t_s)."""
-    starts = sorted(_dataset(path))
+    starts = sorted(_dataset(*dataset))
     enclosing = [s for s in starts if s <= t_s]
     return enclosing[-1] if enclosing else starts[0]
 
 
 @functools.lru_cache(maxsize=1024)
-def _pdf(path: str, window: int, field: str) -> tuple[IntArray, FloatArray]:
+def _pdf(dataset: tuple[str, int], window: int, field: str) -> tuple[IntArray, FloatArray]:
     """(token values, cumulative probabilities) of one pdf; arrays are read-only (cached)."""
+    path = dataset[0]
     where = f"{window}.{field}"
-    text = _dataset(path)[window].get(field)
+    text = _dataset(*dataset)[window].get(field)
     if not isinstance(text, str):
         raise TraceFormatError(path, None, where, f"must be a string holding a dict literal, got {text!r}")
     try:
