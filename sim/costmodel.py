@@ -392,7 +392,7 @@ class CostModel:
                 f"cost model: DeepSeek-V3 on {p.hardware}, EPLB balancedness {p.eplb_balancedness:.2f}",
                 f"  prefill 16k tok/rank (4k prompts) EP32: {pre:.2f} s; "
                 f"coefficients {fixed * 1e3:.1f} ms + {per_tok * 1e6:.1f} µs/tok "
-                f"+ {per_pair * 1e12:.2f} ps/pair",
+                f"+ {per_pair * 1e9:.2f} ms/Mpair",
                 f"  decode B=128 ctx 4k EP144: {dec * 1e3:.0f} ms; B=256 ctx 2k EP72: {dec2 * 1e3:.0f} ms",
                 f"  KV {self.kv_bytes_per_token():,} B/token; capacity EP144 "
                 f"{self.kv_capacity_tokens_per_rank(ep_size=144):,} tok/rank, EP32 "
