@@ -90,6 +90,8 @@ def generate(
         chosen = sorted(available)
     else:
         chosen = sorted(set(clients))
+        if not chosen:
+            raise ValueError("clients must name at least one client id, got none (None selects all)")
         unknown = [c for c in chosen if c not in available]
         if unknown:
             raise ValueError(

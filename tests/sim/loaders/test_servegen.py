@@ -173,6 +173,8 @@ def test_unknown_client_lists_what_exists(tmp_path):
     folder = _make(tmp_path / "sg")
     with pytest.raises(ValueError, match=r"clients \[5\] have no chunk-N-trace.csv"):
         servegen.generate(folder, 600, seed=0, clients=[0, 5])
+    with pytest.raises(ValueError, match="clients must name at least one"):
+        servegen.generate(folder, 600, seed=0, clients=[])
 
 
 @pytest.mark.parametrize(
