@@ -268,7 +268,8 @@ def water_fill(
         best_e = t
         best_cost = a * (tok[hj] + t) + b * (prs[hj] + t * t) if hj >= 0 else 0.0
         if cache:
-            for j in sorted(cache):
+            # Ranks holding a prefix: the heap's pick gets its own credit first, then any cheaper one wins.
+            for j in sorted(cache, key=lambda r: (r != hj, r)):
                 if not avail[j] or room[j] <= 0:
                     continue
                 c = _credit(cache, j, t)
@@ -276,7 +277,7 @@ def water_fill(
                 if c <= 0 or room[j] < e:
                     continue
                 cost = a * (tok[j] + e) + b * (prs[j] + t * t - c * c)
-                if best < 0 or cost < best_cost or (cost == best_cost and j < best):
+                if j == hj or best < 0 or cost < best_cost or (cost == best_cost and j < best):
                     best, best_c, best_e, best_cost = j, c, e, cost
         if best >= 0:
             j = best

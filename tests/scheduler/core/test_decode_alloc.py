@@ -1,0 +1,212 @@
+"""assign_decode (Algorithm 3): IQR mask over KV load, lexicographic (B, K) choice, virtual updates."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sbs.scheduler.core.decode_alloc import DecodeItem, DecodePlan, DecodeRankLoad, assign_decode
+from sbs.scheduler.core.types import RankRef
+
+
+def quantile(values: Sequence[int], p: float) -> float:
+    """numpy's 'linear' quantile of ascending values, written out."""
+    h = (len(values) - 1) * p
+    lo = int(h)
+    if lo + 1 < len(values):
+        return values[lo] + (h - lo) * (values[lo + 1] - values[lo])
+    return float(values[lo])
+
+
+def reference_assign_decode(
+    items: Sequence[DecodeItem],
+    ranks: Sequence[DecodeRankLoad],
+    *,
+    iqr_k: float = 1.5,
+    min_candidates: int = 4,
+) -> DecodePlan:
+    """Algorithm 3 written out naively: every request rescans every rank."""
+    batch = [r.batch for r in ranks]
+    kv = [r.kv_tokens for r in ranks]
+    assignments, unplaced, masked = [], [], 0
+    for it in sorted(items, key=lambda it: (-it.kv_tokens, it.rid)):
+        cand = [
+            j
+            for j, r in enumerate(ranks)
+            if r.available
+            and kv[j] + it.kv_tokens <= r.kv_capacity_tokens
+            and (r.max_running <= 0 or batch[j] < r.max_running)
+        ]
+        if not cand:
+            unplaced.append(it.rid)
+            continue
+        if len(cand) >= min_candidates:
+            ks = sorted(kv[j] for j in cand)
+            q1, q3 = quantile(ks, 0.25), quantile(ks, 0.75)
+            kept = [j for j in cand if kv[j] <= q3 + iqr_k * (q3 - q1)]
+            if kept:
+                masked += len(cand) - len(kept)
+                cand = kept
+        j = min(cand, key=lambda j: (batch[j], kv[j], ranks[j].ref, j))
+        batch[j] += 1
+        kv[j] += it.kv_tokens
+        assignments.append((it.rid, ranks[j].ref))
+    return DecodePlan(tuple(assignments), tuple(unplaced), masked)
+
+
+def rank(
+    i: int, batch: int = 0, kv: int = 0, cap: int = 10**6, max_running: int = 0, **kw: bool
+) -> DecodeRankLoad:
+    return DecodeRankLoad(RankRef(0, i), batch, kv, cap, max_running, **kw)
+
+
+@st.composite
+def rounds(draw: st.DrawFn) -> dict:
+    m = draw(st.integers(0, 10))
+    refs = draw(st.permutations([RankRef(i // 3, i % 3) for i in range(m)]))
+    caps = draw(st.sampled_from([[100], [100, 150], [80, 100, 150]]))
+    ranks = [
+        DecodeRankLoad(
+            ref,
+            draw(st.integers(0, 5)),
+            draw(st.sampled_from([0, 5, 10, 90]) | st.integers(0, 100)),
+            draw(st.sampled_from(caps)),
+            draw(st.integers(0, 6)),
+            draw(st.booleans()) or draw(st.booleans()),
+        )
+        for ref in refs
+    ]
+    n = draw(st.integers(0, 16))
+    items = [DecodeItem(rid, draw(st.integers(0, 60))) for rid in draw(st.permutations(range(n)))]
+    return {
+        "items": items,
+        "ranks": ranks,
+        "iqr_k": draw(st.sampled_from([0.0, 0.5, 1.5, -5.0])),
+        "min_candidates": draw(st.integers(1, 5)),
+    }
+
+
+@settings(max_examples=400, deadline=None)
+@given(rounds())
+def test_matches_naive_reference(case: dict) -> None:
+    assert assign_decode(**case) == reference_assign_decode(**case)
+
+
+@settings(max_examples=200, deadline=None)
+@given(rounds())
+def test_plan_invariants(case: dict) -> None:
+    items, ranks = case["items"], case["ranks"]
+    plan = assign_decode(**case)
+    assert sorted([rid for rid, _ in plan.assignments] + list(plan.unplaced)) == sorted(
+        it.rid for it in items
+    )
+    by_ref = {r.ref: r for r in ranks}
+    kv_of = {it.rid: it.kv_tokens for it in items}
+    added_b = Counter(ref for _, ref in plan.assignments)
+    added_k = Counter()
+    for rid, ref in plan.assignments:
+        added_k[ref] += kv_of[rid]
+    for ref, n in added_b.items():
+        r = by_ref[ref]
+        assert r.available
+        assert r.kv_tokens + added_k[ref] <= r.kv_capacity_tokens
+        if r.max_running:
+            assert r.batch + n <= r.max_running
+    kvs = [kv_of[rid] for rid, _ in plan.assignments]
+    assert kvs == sorted(kvs, reverse=True)
+    assert assign_decode(**case) == plan  # deterministic
+
+
+def test_quartiles_follow_numpy_linear_method() -> None:
+    rng = np.random.default_rng(7)
+    for n in range(1, 40):
+        values = sorted(int(v) for v in rng.integers(0, 1000, n))
+        for p in (0.25, 0.75):
+            assert quantile(values, p) == pytest.approx(float(np.quantile(values, p, method="linear")))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 200), st.integers(0, 1000))
+def test_identical_requests_on_identical_ranks_spread_batch_evenly(m: int, n: int, kv: int) -> None:
+    ranks = [rank(i) for i in range(m)]
+    plan = assign_decode([DecodeItem(rid, kv) for rid in range(n)], ranks)
+    per_rank = Counter(ref for _, ref in plan.assignments)
+    counts = [per_rank[r.ref] for r in ranks]
+    assert max(counts) - min(counts) <= 1
+
+
+def test_fewest_requests_wins_even_with_more_kv() -> None:
+    """Lexicographic: batch size is never traded for KV load (absent outliers)."""
+    ranks = [
+        rank(0, batch=5, kv=100),
+        rank(1, batch=4, kv=400),
+        rank(2, batch=5, kv=100),
+        rank(3, batch=5, kv=300),
+    ]
+    plan = assign_decode([DecodeItem(1, 10)], ranks)
+    assert plan.assignments == ((1, RankRef(0, 1)),)
+
+
+def test_kv_breaks_batch_ties_then_ref() -> None:
+    ranks = [rank(3, batch=2, kv=50), rank(1, batch=2, kv=20), rank(0, batch=2, kv=20)]
+    plan = assign_decode([DecodeItem(1, 1), DecodeItem(2, 1)], ranks, min_candidates=99)
+    assert plan.assignments == ((1, RankRef(0, 0)), (2, RankRef(0, 1)))
+
+
+def test_iqr_mask_avoids_a_kv_outlier() -> None:
+    ranks = [rank(i, batch=5, kv=100 + i) for i in range(5)] + [rank(5, batch=0, kv=50_000)]
+    plan = assign_decode([DecodeItem(1, 10)], ranks)
+    assert plan.assignments == ((1, RankRef(0, 0)),)
+    assert plan.masked_ranks == 1
+
+
+def test_iqr_mask_is_skipped_below_min_candidates() -> None:
+    ranks = [rank(0, batch=5, kv=100), rank(1, batch=5, kv=101), rank(2, batch=0, kv=50_000)]
+    plan = assign_decode([DecodeItem(1, 10)], ranks)
+    assert plan.assignments == ((1, RankRef(0, 2)),)
+    assert plan.masked_ranks == 0
+
+
+def test_mask_that_would_drop_everyone_keeps_all() -> None:
+    ranks = [rank(i, batch=i, kv=100) for i in range(4)]
+    plan = assign_decode([DecodeItem(1, 10)], ranks, iqr_k=-1.0)
+    assert plan.assignments == ((1, RankRef(0, 0)),)
+    assert plan.masked_ranks == 0
+
+
+def test_later_requests_see_earlier_placements() -> None:
+    ranks = [rank(0), rank(1)]
+    plan = assign_decode([DecodeItem(1, 10), DecodeItem(2, 30), DecodeItem(3, 20)], ranks)
+    assert plan.assignments == ((2, RankRef(0, 0)), (3, RankRef(0, 1)), (1, RankRef(0, 1)))
+
+
+def test_requests_without_room_are_unplaced() -> None:
+    ranks = [rank(0, kv=90, cap=100), rank(1, batch=2, max_running=2), rank(2, available=False)]
+    plan = assign_decode([DecodeItem(1, 50), DecodeItem(2, 5)], ranks)
+    assert plan.assignments == ((2, RankRef(0, 0)),)
+    assert plan.unplaced == (1,)
+
+
+def test_max_running_caps_a_rank_within_the_round() -> None:
+    plan = assign_decode(
+        [DecodeItem(i, 1) for i in range(5)], [rank(0, max_running=2), rank(1, max_running=1)]
+    )
+    assert Counter(ref.rank for _, ref in plan.assignments) == {0: 2, 1: 1}
+    assert plan.unplaced == (3, 4)
+
+
+def test_mixed_capacities_use_each_ranks_own_capacity() -> None:
+    ranks = [rank(0, kv=0, cap=100), rank(1, batch=3, kv=0, cap=1000)] + [
+        rank(i, batch=9, cap=1000) for i in (2, 3)
+    ]
+    plan = assign_decode([DecodeItem(1, 500), DecodeItem(2, 50)], ranks)
+    assert plan.assignments == ((1, RankRef(0, 1)), (2, RankRef(0, 0)))
+
+
+def test_negative_kv_is_rejected() -> None:
+    with pytest.raises(ValueError, match="kv_tokens must be >= 0, got -1"):
+        DecodeItem(1, -1)
