@@ -48,6 +48,34 @@ def truncated(trace: Trace, duration_s: float) -> Trace:
     return Trace(f"{trace.name} first {duration_s:g}s", kept, trace.block_tokens)
 
 
+def tiled(trace: Trace, duration_s: float) -> Trace:
+    """Repeat the trace back to back until `duration_s` (for steady-state runs of a short trace).
+
+    Copies follow each other with the trace's mean inter-arrival gap; each copy's prefix hashes are
+    offset so that copies do not share cache blocks (only the trace's own reuse is kept).
+    """
+    _positive("duration_s", duration_s)
+    if not trace.requests:
+        return trace
+    span = trace.duration_s
+    if span <= 0:
+        raise ValueError(f"trace {trace.name!r} spans 0 s; it cannot be repeated over time")
+    period = span + (span / max(len(trace.requests) - 1, 1))
+    top = max((h for r in trace.requests for h in r.hash_ids), default=-1) + 1
+    out: list[Request] = []
+    copy = 0
+    while copy * period < duration_s:
+        shift = copy * period
+        for r in trace.requests:
+            t = r.arrival_s + shift
+            if t >= duration_s:
+                break
+            hashes = tuple(h + copy * top for h in r.hash_ids) if copy else r.hash_ids
+            out.append(Request(len(out), t, r.prompt_tokens, r.output_tokens, hashes))
+        copy += 1
+    return Trace(f"{trace.name} tiled to {duration_s:g}s", tuple(out), trace.block_tokens)
+
+
 def synthetic(
     *,
     rate_rps: float,

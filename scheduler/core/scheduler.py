@@ -1,0 +1,476 @@
+"""The scheduling core: `decisions = sched.handle(event, now)`; `sched.next_deadline()` says when to
+call back. Pure and deterministic: no IO, no clock, randomness from a seeded `random.Random`.
+
+Two families of policy share the state model and the interfaces:
+- `sbs`: requests are buffered and released per prefill instance just before the instance's predicted
+  free time, water-filled over its DP ranks, each paired with a decode rank by the IQR-masked
+  lexicographic rule. An idle instance gets work at once (low-load bypass); nothing is held longer than
+  `max_hold_s`.
+- immediate baselines (`round_robin`, `random`, `least_load`, `power_of_two`, `sglang`): every request
+  is dispatched the moment it arrives; the engines queue what they cannot start.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sbs.scheduler.core import config
+from sbs.scheduler.core.capacity import PrefillCapacityModel
+from sbs.scheduler.core.decode_alloc import DecodeItem, DecodeRankLoad, assign_decode
+from sbs.scheduler.core.prefill_alloc import PrefillItem, RankSlot, water_fill
+from sbs.scheduler.core.prefix_index import PrefixIndex
+from sbs.scheduler.core.state import Carry, PrefillInstanceState, RankCounters
+from sbs.scheduler.core.types import (
+    Decision,
+    Dispatch,
+    EngineHealth,
+    Event,
+    InstanceSpec,
+    LoadReported,
+    RankRef,
+    Reject,
+    Request,
+    RequestArrived,
+    RequestFinished,
+    Role,
+    StepCompleted,
+)
+
+
+@dataclass(slots=True)
+class _Flight:
+    """A dispatched request the scheduler still accounts for."""
+
+    prefill_instance: int
+    prefill_rank: int | None
+    prefill_tokens: int
+    decode_instance: int
+    decode_rank: int | None
+    kv_tokens: int
+    prefilled: bool = False
+
+
+@dataclass(slots=True)
+class SchedulerStats:
+    """Counters for metrics (the core never logs; callers export these)."""
+
+    releases: int = 0
+    released_requests: int = 0
+    bypass_releases: int = 0
+    forced_releases: int = 0
+    masked_ranks: int = 0
+    rejected: int = 0
+
+
+class Scheduler:
+    """One scheduler over a fixed set of prefill and decode instances."""
+
+    def __init__(
+        self,
+        prefill: Sequence[InstanceSpec],
+        decode: Sequence[InstanceSpec],
+        *,
+        settings: config.SchedulerSettings,
+        capacity: PrefillCapacityModel,
+        block_tokens: int | None = None,
+    ) -> None:
+        if not prefill or not decode:
+            raise ValueError("a scheduler needs at least one prefill and one decode instance")
+        self.settings = settings
+        self.policy = settings.policy
+        self.capacity = capacity
+        self.block_tokens = block_tokens
+        self.rng = random.Random(settings.seed)
+        self.prefill_specs = list(prefill)
+        self.decode_specs = list(decode)
+        self.prefill = RankCounters(self.prefill_specs, settings.sync.transit_s)
+        self.decode = RankCounters(self.decode_specs, settings.sync.transit_s)
+        self.instances = [
+            PrefillInstanceState(spec=s, offset=o) for s, o in zip(prefill, self.prefill.offsets, strict=True)
+        ]
+        self.decode_healthy = [True] * len(self.decode_specs)
+        self.decode_refs = [RankRef(i, r) for i, s in enumerate(self.decode_specs) for r in range(s.dp_size)]
+        self.max_prompt_tokens = max(s.kv_capacity_tokens for s in self.decode_specs) - 1
+        self.buffer: dict[int, Request] = {}
+        self.flights: dict[int, _Flight] = {}
+        self.stats = SchedulerStats()
+        self._rr_prefill = 0
+        self._rr_decode = 0
+        self._rr_instance = 0
+        self._sbs = isinstance(self.policy, config.SbsPolicy)
+        self.prefix: PrefixIndex | None = None
+        if self._sbs and self.policy.prefix_credit and block_tokens:
+            caps = [
+                s.kv_capacity_tokens // block_tokens for s in self.prefill_specs for _ in range(s.dp_size)
+            ]
+            self.prefix = PrefixIndex(len(caps), caps)
+
+    # -- entry points ---------------------------------------------------------------------------
+
+    def handle(self, event: Event | None, now: float) -> list[Decision]:
+        """Apply one event (or just the passage of time, `event=None`) and return the decisions."""
+        match event:
+            case RequestArrived(request=req):
+                if req.prompt_tokens > self.max_prompt_tokens:
+                    self.stats.rejected += 1
+                    return [
+                        Reject(
+                            req.rid,
+                            f"prompt of {req.prompt_tokens} tokens exceeds the largest decode rank's KV "
+                            f"capacity ({self.max_prompt_tokens + 1} tokens)",
+                        )
+                    ]
+                if not self._sbs:
+                    return [self._dispatch_now(req, now)]
+                self.buffer[req.rid] = req
+            case StepCompleted():
+                self._on_step(event, now)
+            case LoadReported():
+                self._on_loads(event, now)
+            case RequestFinished(rid=rid):
+                self._on_finished(rid, now)
+            case EngineHealth(role=role, instance=i, healthy=ok):
+                if role is Role.PREFILL:
+                    self.instances[i].healthy = ok
+                else:
+                    self.decode_healthy[i] = ok
+            case None:
+                pass
+        return self._release(now) if self._sbs else []
+
+    def next_deadline(self) -> float | None:
+        """When the caller must call `handle(None, t)` next, or None if only events can help."""
+        if not self._sbs or not self.buffer:
+            return None
+        batching = self.policy.batching
+        oldest = next(iter(self.buffer.values()))
+        deadline = oldest.arrival_s + self._max_hold_s()
+        for st in self.instances:
+            if not st.available:
+                continue
+            if len(st.planned) == 1:
+                deadline = min(deadline, st.busy_until_s - batching.lead_s)
+            elif not st.planned:
+                start = st.busy_until_s if batching.bypass else oldest.arrival_s + self.interval_s()
+                deadline = min(deadline, start)
+        return deadline
+
+    def _max_hold_s(self) -> float:
+        """The hold guard never fires merely because steps are long: at least two measured steps."""
+        longest = max((st.step_ewma_s for st in self.instances), default=0.0)
+        return max(self.policy.batching.max_hold_s, 2.0 * longest)
+
+    def interval_s(self) -> float:
+        """Adaptive release interval: measured step time over the instances sharing the load."""
+        live = [st for st in self.instances if st.available]
+        if not live:
+            return self.policy.batching.max_interval_s if self._sbs else 0.0
+        step = sum(st.step_ewma_s for st in live) / len(live)
+        b = self.policy.batching if self._sbs else config.BatchingSettings()
+        return min(max(step / len(live), b.min_interval_s), b.max_interval_s)
+
+    # -- reports --------------------------------------------------------------------------------
+
+    def _on_step(self, ev: StepCompleted, now: float) -> None:
+        st = self.instances[ev.instance]
+        st.last_heard_s = now
+        st.suspect = False
+        alpha = self.policy.batching.ewma_alpha if self._sbs else 0.2
+        st.step_ewma_s = (
+            ev.duration_s if st.step_ewma_s == 0.0 else ((1 - alpha) * st.step_ewma_s + alpha * ev.duration_s)
+        )
+        end = ev.started_s + ev.duration_s
+        if st.planned and st.planned[0][0] <= ev.started_s:
+            _, predicted = st.planned.popleft()
+            if predicted > 0:
+                ratio = min(max(ev.duration_s * st.error_ewma / predicted, 0.25), 4.0)
+                st.error_ewma = (1 - alpha) * st.error_ewma + alpha * ratio
+        for rid in ev.finished_rids:
+            flight = self.flights.get(rid)
+            if flight is None or flight.prefilled:
+                continue
+            flight.prefilled = True
+            if flight.prefill_rank is None:
+                st.unpinned_tokens -= flight.prefill_tokens
+            else:
+                self.prefill.add(
+                    flight.prefill_instance, flight.prefill_rank, -1, -flight.prefill_tokens, now
+                )
+        if not ev.next_step_queued:
+            # The engine went idle. Steps sent after it ended (still in transit) will start on arrival.
+            cutoff = end - self.settings.sync.transit_s
+            while st.planned and st.planned[0][0] <= cutoff:
+                st.planned.popleft()
+            if not st.planned:
+                st.carries.clear()
+            st.busy_until_s = max(end, st.planned[0][0] if st.planned else end) + st.planned_total_s()
+            return
+        if not st.planned:
+            # The engine started a step nobody released (a chunked prompt continuing): predict it.
+            st.planned.append((ev.started_s, self._plan_carry_only(st)))
+        st.busy_until_s = end + st.planned_total_s()
+
+    def _on_loads(self, ev: LoadReported, now: float) -> None:
+        if ev.role is Role.PREFILL:
+            st = self.instances[ev.instance]
+            st.last_heard_s = now
+            st.suspect = False
+            self.prefill.reconcile(ev.instance, ev.snapshot_s, ev.loads, _waiting_tokens)
+        else:
+            self.decode.reconcile(ev.instance, ev.snapshot_s, ev.loads, _used_tokens)
+
+    def _on_finished(self, rid: int, now: float) -> None:
+        flight = self.flights.pop(rid, None)
+        if flight is None:
+            return
+        if not flight.prefilled:  # aborted before its prefill completed
+            if flight.prefill_rank is None:
+                self.instances[flight.prefill_instance].unpinned_tokens -= flight.prefill_tokens
+            else:
+                self.prefill.add(
+                    flight.prefill_instance, flight.prefill_rank, -1, -flight.prefill_tokens, now
+                )
+        if flight.decode_rank is not None:
+            self.decode.add(flight.decode_instance, flight.decode_rank, -1, -flight.kv_tokens, now)
+
+    # -- SBS: staggered release -----------------------------------------------------------------
+
+    def _release(self, now: float) -> list[Decision]:
+        out: list[Decision] = []
+        if not self.buffer:
+            return out
+        self._mark_suspects(now)
+        tried: set[int] = set()
+        while self.buffer:
+            p = self._due_instance(now, tried)
+            if p is None:
+                break
+            tried.add(p)
+            st = self.instances[p]
+            reason = "bypass" if st.idle(now) else "staggered"
+            if reason == "bypass":
+                self.stats.bypass_releases += 1
+            out.extend(self._release_to(p, now, reason))
+        while self.buffer:
+            oldest = next(iter(self.buffer.values()))
+            if oldest.arrival_s + self._max_hold_s() > now:
+                break
+            live = [st for st in self.instances if st.available]
+            if not live:
+                break
+            st = min(live, key=lambda s: (s.busy_until_s, s.offset))
+            sent = self._release_to(self.instances.index(st), now, "max_hold")
+            if not sent:
+                break
+            self.stats.forced_releases += 1
+            out.extend(sent)
+        return out
+
+    def _mark_suspects(self, now: float) -> None:
+        overrun = self.settings.sync.suspect_overrun
+        for st in self.instances:
+            if st.planned and not st.suspect:
+                grace = max(1.0, (overrun - 1.0) * max(st.step_ewma_s, st.planned[0][1]))
+                if now > st.busy_until_s + grace:
+                    st.suspect = True
+
+    def _due_instance(self, now: float, tried: set[int]) -> int | None:
+        batching = self.policy.batching
+        best: tuple[float, int] | None = None
+        oldest = next(iter(self.buffer.values()))
+        for i, st in enumerate(self.instances):
+            if i in tried or not st.available:
+                continue
+            if not st.planned:
+                if st.busy_until_s > now:
+                    continue
+                if not batching.bypass and now < oldest.arrival_s + self.interval_s():
+                    continue
+            elif len(st.planned) > 1 or now < st.busy_until_s - batching.lead_s:
+                continue
+            key = (st.busy_until_s, i)
+            if best is None or key < best:
+                best = key
+        return None if best is None else best[1]
+
+    def _release_to(self, p: int, now: float, reason: str) -> list[Decision]:
+        st = self.instances[p]
+        spec = st.spec
+        chunk = max(1, int(spec.chunk_tokens * self.policy.batching.fill_target))
+        committed = st.committed_next()
+        slots = []
+        for r in range(spec.dp_size):
+            c = committed.get(r)
+            if c is None:
+                slots.append(RankSlot())
+            else:
+                tok, done, _ = c
+                slots.append(RankSlot(tok, PrefillCapacityModel.pairs(int(done), tok)))
+        room = sum(chunk - s.committed_tokens for s in slots)
+        items: list[PrefillItem] = []
+        taken = 0
+        ranks = range(st.offset, st.offset + spec.dp_size)
+        for req in self.buffer.values():
+            if taken >= room and len(items) >= spec.dp_size:
+                break
+            credit = None
+            if self.prefix is not None and req.hash_ids:
+                matched = self.prefix.matched_blocks(req.hash_ids, ranks)
+                if matched:
+                    bt = self.block_tokens or 0
+                    credit = {
+                        flat - st.offset: min(blocks * bt, req.prompt_tokens - 1)
+                        for flat, blocks in matched.items()
+                    }
+            items.append(PrefillItem(req.rid, req.prompt_tokens, credit))
+            taken += req.prompt_tokens
+        plan = water_fill(items, slots, chunk_tokens=chunk, model=self.capacity, allow_chunking=True)
+        if not plan.placements:
+            if committed and len(st.planned) == 1:  # every rank is busy with a chunked prompt
+                st.planned.append((now, self._plan_carry_only(st)))
+                st.busy_until_s += st.planned[-1][1]
+            return []
+        # Advance the carries that this step consumes, then record the new ones.
+        for r, (tok, _, carry) in committed.items():
+            carry.remaining -= tok
+            carry.done += tok
+            if carry.remaining <= 0:
+                del st.carries[r]
+        predicted = plan.step_s * st.error_ewma
+        st.planned.append((now, predicted))
+        st.busy_until_s = max(st.busy_until_s, now) + predicted
+        reqs = [self.buffer.pop(pl.rid) for pl in plan.placements]
+        decode_ranks = self._decode_plan(reqs)
+        out: list[Decision] = []
+        for pl, req in zip(plan.placements, reqs, strict=True):
+            if pl.remaining_tokens > 0:
+                st.carries[pl.rank] = Carry(
+                    req.rid, pl.rank, pl.remaining_tokens, pl.cached_tokens + pl.step_tokens
+                )
+            uncached = pl.step_tokens + pl.remaining_tokens
+            self.prefill.add(p, pl.rank, 1, uncached, now)
+            if self.prefix is not None and req.hash_ids:
+                self.prefix.insert(st.offset + pl.rank, req.hash_ids)
+            dref = decode_ranks[req.rid]
+            kv = self._kv_estimate(req)
+            self.decode.add(dref.instance, dref.rank, 1, kv, now)
+            self.flights[req.rid] = _Flight(p, pl.rank, uncached, dref.instance, dref.rank, kv)
+            out.append(Dispatch(req.rid, p, pl.rank, dref.instance, dref.rank, reason))
+        self.stats.releases += 1
+        self.stats.released_requests += len(out)
+        return out
+
+    def _plan_carry_only(self, st: PrefillInstanceState) -> float:
+        committed = st.committed_next()
+        tokens = [0] * st.spec.dp_size
+        pairs = [0.0] * st.spec.dp_size
+        for r, (tok, done, carry) in committed.items():
+            tokens[r] = tok
+            pairs[r] = PrefillCapacityModel.pairs(int(done), tok)
+            carry.remaining -= tok
+            carry.done += tok
+            if carry.remaining <= 0:
+                del st.carries[r]
+        predicted = self.capacity.step_s(tokens, pairs) * st.error_ewma
+        return predicted if predicted > 0 else st.step_ewma_s
+
+    def _kv_estimate(self, req: Request) -> int:
+        frac = self.policy.decode.output_kv_fraction if self._sbs else 0.0
+        return req.prompt_tokens + 1 + int(frac * req.output_tokens)
+
+    def _decode_plan(self, reqs: list[Request]) -> dict[int, RankRef]:
+        loads = []
+        for flat, ref in enumerate(self.decode_refs):
+            spec = self.decode_specs[ref.instance]
+            loads.append(
+                DecodeRankLoad(
+                    ref,
+                    self.decode.count[flat],
+                    self.decode.tokens[flat],
+                    spec.kv_capacity_tokens,
+                    spec.max_running_requests,
+                    self.decode_healthy[ref.instance],
+                )
+            )
+        d = self.policy.decode
+        items = [DecodeItem(r.rid, self._kv_estimate(r)) for r in reqs]
+        plan = assign_decode(items, loads, iqr_k=d.iqr_k, min_candidates=d.min_candidates)
+        self.stats.masked_ranks += plan.masked_ranks
+        chosen = dict(plan.assignments)
+        for rid in plan.unplaced:  # decode is full: wait in the emptiest rank's queue, as SGLang does
+            flat = min(range(len(loads)), key=lambda i: (self.decode.tokens[i], i))
+            chosen[rid] = self.decode_refs[flat]
+        return chosen
+
+    # -- immediate dispatch baselines ------------------------------------------------------------
+
+    def _dispatch_now(self, req: Request, now: float) -> Dispatch:
+        kv = self._kv_estimate(req)
+        if isinstance(self.policy, config.SglangPolicy):
+            p = self._next_instance([st.available for st in self.instances], "_rr_instance")
+            d = self._next_instance(self.decode_healthy, "_rr_decode")
+            self.instances[p].unpinned_tokens += req.prompt_tokens
+            self.flights[req.rid] = _Flight(p, None, req.prompt_tokens, d, None, kv)
+            return Dispatch(req.rid, p, None, d, None, "immediate")
+        pflat = self._pick(self._prefill_live(), self.prefill.tokens, "_rr_prefill")
+        dflat = self._pick(self._decode_live(), self.decode.tokens, "_rr_decode")
+        pref = self._prefill_ref(pflat)
+        dref = self.decode_refs[dflat]
+        self.prefill.add(pref.instance, pref.rank, 1, req.prompt_tokens, now)
+        self.decode.add(dref.instance, dref.rank, 1, kv, now)
+        self.flights[req.rid] = _Flight(
+            pref.instance, pref.rank, req.prompt_tokens, dref.instance, dref.rank, kv
+        )
+        return Dispatch(req.rid, pref.instance, pref.rank, dref.instance, dref.rank, "immediate")
+
+    def _pick(self, live: list[int], load: list[int], rr_attr: str) -> int:
+        match self.policy:
+            case config.RoundRobinPolicy():
+                n = getattr(self, rr_attr)
+                setattr(self, rr_attr, n + 1)
+                return live[n % len(live)]
+            case config.RandomPolicy():
+                return self.rng.choice(live)
+            case config.LeastLoadPolicy():
+                return min(live, key=load.__getitem__)
+            case config.PowerOfTwoPolicy():
+                if len(live) == 1:
+                    return live[0]
+                a, b = self.rng.sample(live, 2)
+                return a if (load[a], a) <= (load[b], b) else b
+        raise AssertionError(f"not an immediate rank policy: {self.policy.type}")
+
+    def _next_instance(self, available: list[bool], rr_attr: str) -> int:
+        n = len(available)
+        start = getattr(self, rr_attr)
+        for k in range(n):
+            i = (start + k) % n
+            if available[i]:
+                setattr(self, rr_attr, i + 1)
+                return i
+        setattr(self, rr_attr, start + 1)
+        return start % n
+
+    def _prefill_live(self) -> list[int]:
+        live = [st.offset + r for st in self.instances if st.available for r in range(st.spec.dp_size)]
+        return live or list(range(len(self.prefill.count)))
+
+    def _decode_live(self) -> list[int]:
+        live = [i for i, ref in enumerate(self.decode_refs) if self.decode_healthy[ref.instance]]
+        return live or list(range(len(self.decode_refs)))
+
+    def _prefill_ref(self, flat: int) -> RankRef:
+        for i, st in enumerate(self.instances):
+            if st.offset <= flat < st.offset + st.spec.dp_size:
+                return RankRef(i, flat - st.offset)
+        raise IndexError(flat)
+
+
+def _waiting_tokens(load) -> int:
+    return load.num_waiting_uncached_tokens
+
+
+def _used_tokens(load) -> int:
+    return load.num_used_tokens

@@ -1,0 +1,170 @@
+"""Tables and plots of simulation results."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from sbs.sim.cluster import ClusterConfig
+
+_COLUMNS = (
+    ("policy", "{}", None),
+    ("TTFT mean", "{:.3f}", "ttft_mean_s"),
+    ("p50", "{:.3f}", "ttft_p50_s"),
+    ("p90", "{:.3f}", "ttft_p90_s"),
+    ("p99", "{:.3f}", "ttft_p99_s"),
+    ("TPOT mean", "{:.4f}", "tpot_mean_s"),
+    ("ITL p99", "{:.4f}", "itl_p99_s"),
+    ("tok/s", "{:.0f}", "throughput_tok_s"),
+    ("req/s", "{:.1f}", "request_throughput"),
+    ("goodput", "{:.1f}", "goodput_rps"),
+    ("chunk util", "{:.2f}", "prefill_chunk_utilization"),
+    ("DP imbal", "{:.2f}", "dp_imbalance"),
+    ("done", "{:.0f}", "completed"),
+    ("dropped", "{:.0f}", "dropped"),
+)
+
+
+def describe_cluster(c: ClusterConfig) -> str:
+    p, d = c.prefill, c.decode
+    return (
+        f"{p.instances}× prefill {p.nodes_per_instance} nodes DP{p.dp_size} (chunk {p.chunk_tokens}/rank), "
+        f"{d.instances}× decode {d.nodes_per_instance} nodes DP{d.dp_size}"
+    )
+
+
+def table(results: list[dict[str, Any]], *, slo_ttft_s: float, slo_tpot_s: float) -> str:
+    """Aligned table, one row per policy, times in seconds, then SBS's ratios to the best baseline."""
+    rows = [[h for h, _, _ in _COLUMNS]]
+    for r in results:
+        s = r["summary"]
+        rows.append([r["policy"]] + [_fmt(f, s.get(k)) for _, f, k in _COLUMNS[1:]])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append(f"(times in s; goodput = req/s meeting TTFT ≤ {slo_ttft_s:g} s and TPOT ≤ {slo_tpot_s:g} s)")
+    ratio = ratios_vs_best_baseline(results)
+    if ratio:
+        lines.append(
+            "sbs vs best baseline ({base}): TTFT mean {ttft_mean:+.0%}, p90 {ttft_p90:+.0%}, "
+            "throughput {throughput:+.1%}, goodput {goodput:+.0%}".format(**ratio)
+        )
+    return "\n".join(lines)
+
+
+def ratios_vs_best_baseline(results: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """SBS relative to the baseline with the lowest TTFT mean (negative = lower)."""
+    by = {r["policy"]: r["summary"] for r in results}
+    if "sbs" not in by or len(by) < 2:
+        return None
+    base_name = min((p for p in by if p != "sbs"), key=lambda p: by[p]["ttft_mean_s"])
+    s, b = by["sbs"], by[base_name]
+
+    def rel(key: str) -> float:
+        return s[key] / b[key] - 1.0 if b[key] else math.nan
+
+    return {
+        "base": base_name,
+        "ttft_mean": rel("ttft_mean_s"),
+        "ttft_p90": rel("ttft_p90_s"),
+        "throughput": rel("throughput_tok_s"),
+        "goodput": rel("goodput_rps"),
+    }
+
+
+def max_load_meeting(results: list[dict[str, Any]], slo_p90_s: float) -> dict[str, float]:
+    """Per policy, the highest load whose TTFT p90 meets the SLO, interpolated between grid points
+    (0.0 if even the lowest load misses it; the top load if none misses)."""
+    out: dict[str, float] = {}
+    for policy in dict.fromkeys(r["policy"] for r in results):
+        pts = sorted((r["load"], r["summary"]["ttft_p90_s"]) for r in results if r["policy"] == policy)
+        best = 0.0
+        prev: tuple[float, float] | None = None
+        for load, p90 in pts:
+            if p90 <= slo_p90_s:
+                best = load
+                prev = (load, p90)
+                continue
+            if prev is not None:
+                (l0, v0), (l1, v1) = prev, (load, p90)
+                best = l0 + (l1 - l0) * (slo_p90_s - v0) / (v1 - v0)
+            break
+        out[policy] = best
+    return out
+
+
+def sweep_table(
+    results: list[dict[str, Any]], grid: list[float], slo_p90_s: float, best: dict[str, float]
+) -> str:
+    policies = list(dict.fromkeys(r["policy"] for r in results))
+    cell = {(r["policy"], r["load"]): r["summary"]["ttft_p90_s"] for r in results}
+    head = ["load", *policies]
+    rows = [head]
+    for lv in grid:
+        rows.append([f"{lv:g}"] + [_fmt("{:.3f}", cell.get((p, lv))) for p in policies])
+    rows.append([f"max@{slo_p90_s:g}s"] + [f"{best[p]:.3f}" for p in policies])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.insert(0, f"TTFT p90 (s) by load (fraction of nominal prefill capacity); SLO {slo_p90_s:g} s")
+    return "\n".join(lines)
+
+
+def plot_ttft_cdf(results: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in results:
+        v = np.sort(np.asarray(r["ttft"]))
+        if len(v):
+            ax.plot(
+                v, np.arange(1, len(v) + 1) / len(v), label=r["policy"], lw=1.6 if r["policy"] == "sbs" else 1
+            )
+    ax.set_xscale("log")
+    ax.set_xlabel("TTFT (s)")
+    ax.set_ylabel("fraction of requests")
+    ax.set_title("TTFT CDF by policy")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_sweep(results: list[dict[str, Any]], slo_p90_s: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for policy in dict.fromkeys(r["policy"] for r in results):
+        pts = sorted((r["load"], r["summary"]["ttft_p90_s"]) for r in results if r["policy"] == policy)
+        ax.plot(
+            [p[0] for p in pts],
+            [p[1] for p in pts],
+            marker="o",
+            label=policy,
+            lw=1.6 if policy == "sbs" else 1,
+        )
+    ax.axhline(slo_p90_s, color="grey", ls="--", lw=0.8, label=f"SLO {slo_p90_s:g} s")
+    ax.set_yscale("log")
+    ax.set_xlabel("load (fraction of nominal prefill capacity)")
+    ax.set_ylabel("TTFT p90 (s)")
+    ax.set_title("TTFT p90 vs load")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _fmt(f: str, v: float | None) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f.format(v)

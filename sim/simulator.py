@@ -1,0 +1,244 @@
+"""Discrete-event simulation of a P/D-disaggregated DP+EP cluster driving the real scheduling core.
+
+The loop pops (time, seq) from a heap; the loop owns the sequence counter, so ties break in the order
+events were created and a run is reproducible. The scheduler under test is the same `Scheduler` the
+live service runs, fed the same events (`RequestArrived`, `StepCompleted`, `LoadReported`,
+`RequestFinished`) with report delays, and woken at its own `next_deadline()`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sbs.scheduler.core import config
+from sbs.scheduler.core.capacity import PrefillCapacityModel
+from sbs.scheduler.core.scheduler import Scheduler
+from sbs.scheduler.core.types import (
+    Dispatch,
+    LoadReported,
+    Reject,
+    Request,
+    RequestArrived,
+    RequestFinished,
+    Role,
+    StepCompleted,
+)
+from sbs.sim.cluster import ClusterConfig
+from sbs.sim.costmodel import CostModel
+from sbs.sim.engine import DecodeEngine, DecodeJob, PrefillEngine, PrefillJob
+from sbs.sim.errors import ClusterConfigError
+from sbs.sim.metrics import Recorder
+from sbs.sim.trace import Trace
+
+_ARRIVAL, _DISPATCH, _P_END, _KV, _D_END, _TIMER, _REPORT, _POLL = range(8)
+
+
+@dataclass(frozen=True)
+class SimResult:
+    policy: str
+    recorder: Recorder
+    events: int
+    scheduler_stats: dict[str, int]
+
+
+class Simulation:
+    """One run: a trace, a cluster, a policy."""
+
+    def __init__(
+        self,
+        trace: Trace,
+        cluster: ClusterConfig,
+        policy: config.PolicySettings,
+        *,
+        cost: CostModel | None = None,
+        progress: Callable[[float], None] | None = None,
+    ) -> None:
+        self.trace = trace
+        self.cluster = cluster
+        self.cost = cost or CostModel()
+        self.policy = policy
+        self.progress = progress
+        kv_p = self.cost.kv_capacity_tokens_per_rank(ep_size=cluster.prefill.dp_size)
+        kv_d = self.cost.kv_capacity_tokens_per_rank(ep_size=cluster.decode.dp_size)
+        self.prefill_specs = cluster.specs(Role.PREFILL, kv_p)
+        self.decode_specs = cluster.specs(Role.DECODE, kv_d)
+        longest = max((r.prompt_tokens + r.output_tokens for r in trace.requests), default=0)
+        cap = self.decode_specs[0].kv_capacity_tokens
+        if longest > cap:
+            raise ClusterConfigError(
+                f"cluster {cluster.name!r}: a decode rank holds {cap} KV tokens but trace {trace.name!r} "
+                f"has a request needing {longest} (prompt + output); use a larger decode KV capacity"
+            )
+        fixed, per_token, per_pair = self.cost.prefill_coefficients(ep_size=cluster.prefill.dp_size)
+        self.capacity = PrefillCapacityModel(fixed, per_token, per_pair)
+        self.scheduler = Scheduler(
+            self.prefill_specs,
+            self.decode_specs,
+            settings=config.SchedulerSettings(policy=policy, seed=cluster.seed),
+            capacity=self.capacity,
+            block_tokens=trace.block_tokens,
+        )
+        balance = policy.engine_balance if isinstance(policy, config.SglangPolicy) else cluster.engine_balance
+        self.prefill = [
+            PrefillEngine(
+                s,
+                self.cost,
+                balance=balance,
+                block_tokens=trace.block_tokens,
+                prefix_cache=cluster.prefix_cache,
+                jitter_cv=cluster.jitter_cv,
+                rng=random.Random(cluster.seed * 1000 + i),
+            )
+            for i, s in enumerate(self.prefill_specs)
+        ]
+        self.decode = [
+            DecodeEngine(
+                s, self.cost, jitter_cv=cluster.jitter_cv, rng=random.Random(cluster.seed * 1000 + 500 + i)
+            )
+            for i, s in enumerate(self.decode_specs)
+        ]
+        self.rec = Recorder(len(trace.requests))
+        self._heap: list[tuple[float, int, int, object]] = []
+        self._seq = 0
+        self._timer_at = math.inf
+        self._decode_of: dict[int, tuple[int, int]] = {}
+        self._requests = trace.requests
+        self._open = 0
+        self._arrived = 0
+
+    def _push(self, t: float, kind: int, payload: object = None) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (t, self._seq, kind, payload))
+
+    def run(self) -> SimResult:
+        for req in self._requests:
+            self._push(req.arrival_s, _ARRIVAL, req)
+        self._push(0.0, _POLL)
+        n = len(self._requests)
+        events = 0
+        report_every = max(1, n // 100)
+        heap = self._heap
+        while heap:
+            t, _, kind, payload = heapq.heappop(heap)
+            events += 1
+            if kind == _ARRIVAL:
+                req: Request = payload  # type: ignore[assignment]
+                self.rec.arrival[req.rid] = t
+                self.rec.prompt[req.rid] = req.prompt_tokens
+                self.rec.output[req.rid] = req.output_tokens
+                self._open += 1
+                self._arrived += 1
+                if self.progress and self._arrived % report_every == 0:
+                    self.progress(self._arrived / n)
+                self._apply(self.scheduler.handle(RequestArrived(req), t), t)
+            elif kind == _DISPATCH:
+                self._on_dispatch(payload, t)  # type: ignore[arg-type]
+            elif kind == _P_END:
+                self._on_prefill_end(payload, t)  # type: ignore[arg-type]
+            elif kind == _KV:
+                self._on_kv(payload, t)  # type: ignore[arg-type]
+            elif kind == _D_END:
+                self._on_decode_end(payload, t)  # type: ignore[arg-type]
+            elif kind == _TIMER:
+                self._timer_at = math.inf
+                self._apply(self.scheduler.handle(None, t), t)
+            elif kind == _REPORT:
+                for ev in payload:  # type: ignore[attr-defined]
+                    self._apply(self.scheduler.handle(ev, t), t)
+            elif kind == _POLL:
+                self._on_poll(t)
+        if self.progress:
+            self.progress(1.0)
+        st = self.scheduler.stats
+        stats = {k: getattr(st, k) for k in st.__slots__}  # type: ignore[attr-defined]
+        return SimResult(self.policy.type, self.rec, events, stats)
+
+    def _apply(self, decisions: list, t: float) -> None:
+        net = self.cluster.network_s
+        batches: dict[int, list[Dispatch]] = {}
+        for d in decisions:
+            if isinstance(d, Dispatch):
+                self.rec.dispatched[d.rid] = t
+                batches.setdefault(d.prefill_instance, []).append(d)
+            elif isinstance(d, Reject):
+                self._open -= 1
+        for batch in batches.values():  # a released batch reaches its engine as one message
+            self._push(t + net, _DISPATCH, batch)
+        dl = self.scheduler.next_deadline()
+        if dl is not None:
+            dl = max(dl, t + 1e-6)
+            if dl < self._timer_at:
+                self._timer_at = dl
+                self._push(dl, _TIMER)
+
+    def _on_dispatch(self, batch: list[Dispatch], t: float) -> None:
+        for d in batch:
+            req = self._requests[d.rid]
+            self.prefill[d.prefill_instance].submit(
+                PrefillJob(req.rid, req.prompt_tokens, req.hash_ids), d.prefill_rank
+            )
+            dec = self.decode[d.decode_instance]
+            rank = d.decode_rank if d.decode_rank is not None else dec.pick_rank()
+            dec.reserve(rank, req.prompt_tokens + 1)
+            self._decode_of[d.rid] = (d.decode_instance, rank)
+        instance = batch[0].prefill_instance
+        if not self.prefill[instance].busy():
+            self._start_prefill(instance, t)
+
+    def _start_prefill(self, i: int, t: float) -> None:
+        dur = self.prefill[i].start_step(t)
+        if dur > 0:
+            self._push(t + dur, _P_END, i)
+
+    def _on_prefill_end(self, i: int, t: float) -> None:
+        eng = self.prefill[i]
+        rec = eng.finish_step()
+        self.rec.on_prefill_step(rec.rank_tokens, eng.spec.chunk_tokens, rec.duration_s)
+        for job in rec.finished:
+            self.rec.cached[job.rid] = job.cached
+            self._push(t + self.cost.kv_transfer_s(job.prompt_tokens), _KV, job.rid)
+        queued = eng.has_work()
+        report = StepCompleted(i, rec.started_s, rec.duration_s, tuple(j.rid for j in rec.finished), queued)
+        self._push(t + self.cluster.report_delay_s, _REPORT, (report,))
+        if queued:
+            self._start_prefill(i, t)
+
+    def _on_kv(self, rid: int, t: float) -> None:
+        req = self._requests[rid]
+        inst, rank = self._decode_of.pop(rid)
+        dec = self.decode[inst]
+        dec.add(DecodeJob(rid, rank, req.prompt_tokens + 1, max(1, req.output_tokens - 1)))
+        if not dec.busy():
+            self._start_decode(inst, t)
+
+    def _start_decode(self, i: int, t: float) -> None:
+        dur = self.decode[i].start_step(t)
+        if dur > 0:
+            self._push(t + dur, _D_END, i)
+
+    def _on_decode_end(self, i: int, t: float) -> None:
+        dec = self.decode[i]
+        rec = dec.finish_step()
+        self.rec.on_decode_step(rec.duration_s, rec.batch, rec.max_rank_batch, dec.spec.dp_size)
+        for rid in rec.first_token:
+            self.rec.first_token[rid] = t
+        if rec.finished:
+            for rid in rec.finished:
+                self.rec.finished[rid] = t
+            self._open -= len(rec.finished)
+            reports = tuple(RequestFinished(rid) for rid in rec.finished)
+            self._push(t + self.cluster.report_delay_s, _REPORT, reports)
+        if dec.has_work():
+            self._start_decode(i, t)
+
+    def _on_poll(self, t: float) -> None:
+        delay = self.cluster.report_delay_s
+        reports = [LoadReported(Role.PREFILL, i, t, e.loads()) for i, e in enumerate(self.prefill)]
+        reports += [LoadReported(Role.DECODE, i, t, e.loads()) for i, e in enumerate(self.decode)]
+        self._push(t + delay, _REPORT, tuple(reports))
+        if self._open > 0 or self._arrived < len(self._requests):
+            self._push(t + self.cluster.loads_period_s, _POLL)
