@@ -40,7 +40,12 @@ class BatchingSettings(_Settings):
     """Weight of the newest measurement in the step-time and prediction-error averages."""
 
     fill_target: float = Field(1.0, gt=0.0, le=1.0)
-    """Fraction of each rank's chunk budget a release fills (1.0 = full chunks, best throughput)."""
+    """Fraction of each rank's chunk budget a release fills at most (1.0 = full chunks)."""
+
+    level_fill: bool = True
+    """Straggler-aware release: a step's level is set by its oldest request (or by the buffered work
+    spread over the ranks); every rank is filled up to that level and longer requests wait for a step
+    whose level they set, so short prompts do not wait behind a long one in the same lockstep step."""
 
 
 class DecodeSettings(_Settings):

@@ -94,6 +94,7 @@ class Scheduler:
         self.decode_refs = [RankRef(i, r) for i, s in enumerate(self.decode_specs) for r in range(s.dp_size)]
         self.max_prompt_tokens = max(s.kv_capacity_tokens for s in self.decode_specs) - 1
         self.buffer: dict[int, Request] = {}
+        self._buffer_tokens = 0
         self.flights: dict[int, _Flight] = {}
         self.stats = SchedulerStats()
         self._rr_prefill = 0
@@ -125,6 +126,7 @@ class Scheduler:
                 if not self._sbs:
                     return [self._dispatch_now(req, now)]
                 self.buffer[req.rid] = req
+                self._buffer_tokens += req.prompt_tokens
             case StepCompleted():
                 self._on_step(event, now)
             case LoadReported():
@@ -308,13 +310,17 @@ class Scheduler:
             else:
                 tok, done, _ = c
                 slots.append(RankSlot(tok, PrefillCapacityModel.pairs(int(done), tok)))
-        room = sum(chunk - s.committed_tokens for s in slots)
+        ranks = range(st.offset, st.offset + spec.dp_size)
+        if self.policy.batching.level_fill:
+            chunk = self._level_tokens(chunk, slots, spec.dp_size)
+        room = sum(max(chunk - s.committed_tokens, 0) for s in slots)
         items: list[PrefillItem] = []
         taken = 0
-        ranks = range(st.offset, st.offset + spec.dp_size)
         for req in self.buffer.values():
             if taken >= room and len(items) >= spec.dp_size:
                 break
+            if items and req.prompt_tokens > chunk:
+                continue  # waits for a step whose level it sets (it is never skipped once oldest)
             credit = None
             if self.prefix is not None and req.hash_ids:
                 matched = self.prefix.matched_blocks(req.hash_ids, ranks)
@@ -342,6 +348,7 @@ class Scheduler:
         st.planned.append((now, predicted))
         st.busy_until_s = max(st.busy_until_s, now) + predicted
         reqs = [self.buffer.pop(pl.rid) for pl in plan.placements]
+        self._buffer_tokens -= sum(r.prompt_tokens for r in reqs)
         decode_ranks = self._decode_plan(reqs)
         out: list[Decision] = []
         for pl, req in zip(plan.placements, reqs, strict=True):
@@ -361,6 +368,19 @@ class Scheduler:
         self.stats.releases += 1
         self.stats.released_requests += len(out)
         return out
+
+    def _level_tokens(self, chunk: int, slots: list[RankSlot], dp: int) -> int:
+        """Straggler-aware fill level of one step, in tokens per rank.
+
+        A lockstep step lasts as long as its fullest rank, so the step's level is set by what it must
+        carry anyway: the oldest buffered request (carry-over priority), the chunks committed by
+        prompts in progress, or the buffered work spread over the ranks when there is much of it.
+        Every rank is filled up to that level; a request above it waits for a step it sets.
+        """
+        head = next(iter(self.buffer.values())).prompt_tokens
+        committed = max((sl.committed_tokens for sl in slots), default=0)
+        spread = -(-self._buffer_tokens // dp)
+        return min(chunk, max(head, committed, spread))
 
     def _plan_carry_only(self, st: PrefillInstanceState) -> float:
         committed = st.committed_next()
