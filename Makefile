@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-quick lint fmt bench clean
+.PHONY: venv demo test test-quick test-e2e lint fmt bench clean e2e-bins e2e-gomod dev-cluster dev-cluster-down
 
 venv: $(STAMP)
 
@@ -28,11 +28,32 @@ fmt: venv
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: lint
+test: lint e2e-bins
 	$(BIN)/pytest -q
 
 test-quick: venv
 	$(BIN)/pytest -q -m "not e2e and not slow"
+
+test-e2e: venv e2e-bins
+	$(BIN)/pytest -q -m e2e
+
+# The local Kubernetes control plane (e2e/): real kube-apiserver, controller-manager, scheduler,
+# etcd and kwok with 64 simulated 8xH800 nodes. Binaries are built from the Go module proxy into
+# ~/.cache/sbs-e2e/ once (about 10 min on 2 cores), then reused.
+e2e-bins: venv
+	$(BIN)/python -m sbs.e2e build
+
+# Regenerate e2e/tools/go.mod, e.g. `make e2e-gomod K8S=v1.36.4`; the staging replace lines are
+# derived from that release's go.mod.
+e2e-gomod: venv
+	$(BIN)/python -m sbs.e2e gomod $(if $(K8S),--kubernetes $(K8S)) $(if $(ETCD),--etcd $(ETCD)) \
+		$(if $(KWOK),--kwok $(KWOK))
+
+dev-cluster: e2e-bins
+	$(BIN)/python -m sbs.e2e up
+
+dev-cluster-down: venv
+	$(BIN)/python -m sbs.e2e down
 
 bench: venv
 	$(BIN)/python -m sbs.bench.core_speed

@@ -1,0 +1,3 @@
+from sbs.e2e.cli import main
+
+main()

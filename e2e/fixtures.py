@@ -1,0 +1,120 @@
+"""pytest plugin: one control plane per session, a namespace per test (`tests/conftest.py` loads it).
+
+Fixtures:
+- `control_plane` (session): the started `ControlPlane` with `SBS_E2E_NODES` fake H800 nodes
+  (default 64) and the project's CRDs from `crds/` installed; `KUBECONFIG` points at it.
+- `kube` (session): a `Kube` client for it, as cluster admin.
+- `namespace`: a fresh namespace with its `default` ServiceAccount; deleted afterwards without
+  waiting (namespace deletion takes about 10 s).
+- `node_agent`: a factory for `NodeAgent`s that are stopped after the test.
+
+Any test that uses `control_plane` (directly or through the others) is marked `e2e`, so
+`pytest -m "not e2e"` runs without binaries. When such a test fails, the report gains a section
+with the tail of every component's log; a component that died fails the test that follows.
+Missing binaries fail the tests (they never skip): build them with `make e2e-bins`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sbs.e2e import agent, binaries, cluster, kube
+
+REPO = Path(__file__).resolve().parent.parent
+CRDS_DIR = REPO / "crds"
+E2E_FIXTURES = {"control_plane", "kube", "namespace", "node_agent"}
+_PLANE = pytest.StashKey[cluster.ControlPlane]()
+
+
+def project_crd_paths() -> tuple[Path, ...]:
+    """`crds/` when it holds any YAML (the operator's generated CRDs), else nothing."""
+    if CRDS_DIR.is_dir() and any(CRDS_DIR.glob("*.y*ml")):
+        return (CRDS_DIR,)
+    return ()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if E2E_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    report = yield
+    plane = item.config.stash.get(_PLANE, None)
+    if report.failed and plane is not None and E2E_FIXTURES & set(getattr(item, "fixturenames", ())):
+        report.sections.append(("e2e control plane logs", plane.logs_report(lines=20)))
+    return report
+
+
+@pytest.fixture(scope="session")
+def control_plane(request: pytest.FixtureRequest) -> Iterator[cluster.ControlPlane]:
+    try:
+        bins = binaries.find_binaries()
+    except (binaries.BinariesMissing, binaries.BuildError) as exc:
+        pytest.fail(str(exc), pytrace=False)
+    settings = cluster.ClusterSettings(
+        node_count=int(os.environ.get("SBS_E2E_NODES", "64")), crd_paths=project_crd_paths()
+    )
+    plane = cluster.ControlPlane(bins, settings, name="pytest")
+    try:
+        plane.start()
+    except (cluster.ControlPlaneError, kube.WaitTimeout, kube.ApiError) as exc:
+        pytest.fail(f"the e2e control plane did not start: {exc}", pytrace=False)
+    request.config.stash[_PLANE] = plane
+    old = os.environ.get("KUBECONFIG")
+    os.environ["KUBECONFIG"] = str(plane.kubeconfig)
+    try:
+        yield plane
+    finally:
+        if old is None:
+            os.environ.pop("KUBECONFIG", None)
+        else:
+            os.environ["KUBECONFIG"] = old
+        del request.config.stash[_PLANE]
+        plane.stop()
+
+
+@pytest.fixture(name="kube", scope="session")
+def kube_fixture(control_plane: cluster.ControlPlane) -> kube.Kube:
+    return control_plane.kube
+
+
+@pytest.fixture
+def namespace(control_plane: cluster.ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
+    control_plane.check()  # a component that died during an earlier test fails this one, with its log
+    base = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"{base or 'test'}-{secrets.token_hex(3)}"
+    client = control_plane.kube
+    client.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    control_plane.wait(
+        lambda: client.exists(f"/api/v1/namespaces/{name}/serviceaccounts/default"),
+        f"ServiceAccount {name}/default",
+    )
+    yield name
+    client.delete(f"/api/v1/namespaces/{name}", missing_ok=True)
+    control_plane.check()
+
+
+@pytest.fixture
+def node_agent(
+    control_plane: cluster.ControlPlane, tmp_path: Path
+) -> Iterator[Callable[..., agent.NodeAgent]]:
+    started: list[agent.NodeAgent] = []
+
+    def make(*, selector: str, command: agent.Command, **kwargs: object) -> agent.NodeAgent:
+        a = agent.NodeAgent(
+            control_plane.kube, selector=selector, command=command, log_dir=tmp_path / "agent", **kwargs
+        )  # type: ignore[arg-type]
+        started.append(a.start())
+        return a
+
+    yield make
+    for a in started:
+        a.stop()

@@ -1,0 +1,163 @@
+"""Pure builders for the simulated H800 nodes and for kwok's configuration.
+
+Each fake node looks, to the scheduler and the operator, like an 8×H800 server: the labels
+NVIDIA's GPU feature discovery sets, a zone/block/rack topology, and capacity for GPUs, RDMA
+devices, CPU, memory and 1 GiB hugepages. kwok marks them Ready, keeps their Leases and plays
+their pods (Running and Ready at once, gone at once when deleted).
+
+Pod IPs are in 127.0.0.0/8: node `i` of a cluster in slot `s` gets the pod CIDR
+`127.<POD_NET_BASE + s>.<i>.0/24`, so an emulator bound to a pod's IP is reachable from tests
+without leaving loopback, and two clusters on one machine never hand out the same pod IP.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+# Label and annotation keys.
+GPU_PRESENT_LABEL = "nvidia.com/gpu.present"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+GPU_COUNT_LABEL = "nvidia.com/gpu.count"
+GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"
+ZONE_LABEL = "topology.kubernetes.io/zone"
+REGION_LABEL = "topology.kubernetes.io/region"
+BLOCK_LABEL = "network.topology.kubernetes.io/block"
+"""A group of racks under one set of spine switches (the coarser packing domain)."""
+RACK_LABEL = "network.topology.kubernetes.io/rack"
+"""Nodes under one leaf switch (the finer packing domain)."""
+FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+FAKE_NODE_LABEL = "type"  # kwokctl's convention: type=kwok
+
+GPU_RESOURCE = "nvidia.com/gpu"
+
+POD_NET_BASE = 100
+"""Second octet of slot 0's pod network (127.100.0.0/16); slot s uses 127.(100+s).0.0/16."""
+MAX_SLOTS = 255 - POD_NET_BASE
+MAX_NODES = 256
+"""A pod network has one /24 per node in its third octet."""
+SERVICE_CIDR = "127.96.0.0/16"
+"""Service ClusterIPs, in loopback too (nothing proxies them here; they are only data)."""
+SERVICE_IP = "127.96.0.1"
+"""The `kubernetes` Service's ClusterIP: the first address of SERVICE_CIDR."""
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeShape:
+    """What one simulated GPU server offers."""
+
+    gpus: int = 8
+    gpu_product: str = "NVIDIA-H800"
+    gpu_memory_mib: int = 81559
+    """`nvidia.com/gpu.memory` as GPU feature discovery reports an 80 GB H800."""
+    cpu: int = 192
+    """Two 48-core Xeon 8468 with hyper-threading."""
+    memory_gib: int = 2048
+    hugepages_1gi_gib: int = 64
+    """Reserved as 1 GiB pages, taken out of allocatable memory the way the kubelet does."""
+    rdma_resource: str = "rdma/ib"
+    rdma_devices: int = 8
+    """One 400 Gb/s InfiniBand NIC per GPU."""
+    pods: int = 110
+
+    def resources(self) -> dict[str, str]:
+        return {
+            "cpu": str(self.cpu),
+            "memory": f"{self.memory_gib - self.hugepages_1gi_gib}Gi",
+            "hugepages-1Gi": f"{self.hugepages_1gi_gib}Gi",
+            "hugepages-2Mi": "0",
+            "ephemeral-storage": "3500Gi",
+            "pods": str(self.pods),
+            GPU_RESOURCE: str(self.gpus),
+            self.rdma_resource: str(self.rdma_devices),
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+    """How nodes are numbered into racks and blocks: node i is in rack i // nodes_per_rack."""
+
+    nodes_per_rack: int = 4
+    racks_per_block: int = 4
+    region: str = "sim"
+    zone: str = "sim-a"
+
+    def rack(self, index: int) -> int:
+        return index // self.nodes_per_rack
+
+    def block(self, index: int) -> int:
+        return self.rack(index) // self.racks_per_block
+
+
+def node_name(index: int) -> str:
+    return f"h800-{index:03d}"
+
+
+def pod_cidr(slot: int, index: int) -> str:
+    if not 0 <= slot < MAX_SLOTS:
+        raise ValueError(f"slot must be in [0, {MAX_SLOTS}), got {slot}")
+    if not 0 <= index < MAX_NODES:
+        raise ValueError(f"node index must be in [0, {MAX_NODES}), got {index}")
+    return f"127.{POD_NET_BASE + slot}.{index}.0/24"
+
+
+def build_node(index: int, *, slot: int, shape: NodeShape, topology: Topology) -> dict:
+    """One fake GPU node, with the status kwok keeps (capacity and allocatable)."""
+    name = node_name(index)
+    resources = shape.resources()
+    cidr = pod_cidr(slot, index)
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {FAKE_NODE_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
+            "labels": {
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                FAKE_NODE_LABEL: "kwok",
+                GPU_PRESENT_LABEL: "true",
+                GPU_PRODUCT_LABEL: shape.gpu_product,
+                GPU_COUNT_LABEL: str(shape.gpus),
+                GPU_MEMORY_LABEL: str(shape.gpu_memory_mib),
+                REGION_LABEL: topology.region,
+                ZONE_LABEL: topology.zone,
+                BLOCK_LABEL: f"block-{topology.block(index)}",
+                RACK_LABEL: f"rack-{topology.rack(index):02d}",
+            },
+        },
+        "spec": {"podCIDR": cidr, "podCIDRs": [cidr]},
+        "status": {"capacity": dict(resources), "allocatable": dict(resources)},
+    }
+
+
+def build_nodes(count: int, *, slot: int, shape: NodeShape, topology: Topology) -> list[dict]:
+    if not 0 <= count <= MAX_NODES:
+        raise ValueError(f"node count must be in [0, {MAX_NODES}], got {count}")
+    return [build_node(i, slot=slot, shape=shape, topology=topology) for i in range(count)]
+
+
+def kwok_config(stages: list[str], *, slot: int, server_port: int) -> str:
+    """kwok's `--config`: options (parallelism set, or kwok refuses to start) plus the stages.
+
+    The node IP is 127.0.0.1 so the apiserver's kubelet calls (logs, exec) reach kwok's
+    server on loopback; `cidr` is only the fallback for nodes without a pod CIDR.
+    """
+    options = {
+        "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
+        "kind": "KwokConfiguration",
+        "options": {
+            "cidr": f"127.{POD_NET_BASE + slot}.255.1/24",
+            "nodeIP": "127.0.0.1",
+            "serverAddress": f"127.0.0.1:{server_port}",
+            "nodePort": server_port,
+            "nodeLeaseDurationSeconds": 40,
+            "nodeLeaseParallelism": 4,
+            "podPlayStageParallelism": 4,
+            "nodePlayStageParallelism": 4,
+            "podsOnNodeSyncParallelism": 1,
+        },
+    }
+    docs = [json.dumps(options, indent=2), *(s.strip() for s in stages)]
+    return "\n---\n".join(docs) + "\n"
