@@ -1,0 +1,134 @@
+"""RankCounters (tier-3 reconcile) and PrefillInstanceState (idle, planned time, committed carries)."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sbs.scheduler.core.state import Carry, PrefillInstanceState, RankCounters
+from sbs.scheduler.core.types import InstanceSpec, RankLoad, Role
+
+TRANSIT_S = 0.005
+
+
+def specs(*dp_sizes: int) -> list[InstanceSpec]:
+    return [InstanceSpec(f"p{i}", Role.PREFILL, n, 1000, 100_000) for i, n in enumerate(dp_sizes)]
+
+
+def snapshot(*tokens: int) -> tuple[RankLoad, ...]:
+    return tuple(RankLoad(r, 1, 2, t, 0, 100_000) for r, t in enumerate(tokens))
+
+
+def waiting(load: RankLoad) -> int:
+    return load.num_waiting_uncached_tokens
+
+
+def test_offsets_flatten_instances_in_order() -> None:
+    c = RankCounters(specs(2, 3, 1), TRANSIT_S)
+    assert c.offsets == [0, 2, 5]
+    assert c.count == [0] * 6
+
+
+def test_add_updates_the_flat_rank() -> None:
+    c = RankCounters(specs(2, 3), TRANSIT_S)
+    c.add(1, 2, 1, 400, now=0.0)
+    c.add(1, 2, 1, 100, now=0.0)
+    assert c.count == [0, 0, 0, 0, 2]
+    assert c.tokens == [0, 0, 0, 0, 500]
+
+
+def test_reconcile_replaces_counters_with_snapshot() -> None:
+    c = RankCounters(specs(2), TRANSIT_S)
+    c.add(0, 0, 1, 999, now=0.0)
+    c.reconcile(0, 1.0, snapshot(40, 60), waiting)
+    assert c.count == [3, 3]  # running + waiting
+    assert c.tokens == [40, 60]
+
+
+def test_reconcile_reapplies_deltas_newer_than_snapshot_minus_transit() -> None:
+    c = RankCounters(specs(2), TRANSIT_S)
+    c.add(0, 0, 1, 100, now=0.990)  # older than 1.0 - transit: the snapshot saw it
+    c.add(0, 1, 1, 200, now=0.996)  # within transit: maybe unseen, re-applied
+    c.add(0, 1, 1, 300, now=1.010)  # after the snapshot: re-applied
+    c.reconcile(0, 1.0, snapshot(100, 0), waiting)
+    assert c.tokens == [100, 500]
+    assert c.count == [3, 5]
+
+
+def test_delta_exactly_at_cutoff_counts_as_seen() -> None:
+    c = RankCounters(specs(1), 0.0)
+    c.add(0, 0, 1, 100, now=1.0)
+    c.reconcile(0, 1.0, snapshot(0), waiting)
+    assert c.tokens == [0]
+
+
+def test_reconcile_touches_only_its_instance() -> None:
+    c = RankCounters(specs(1, 1), TRANSIT_S)
+    c.add(0, 0, 1, 100, now=0.0)
+    c.add(1, 0, 1, 200, now=0.0)
+    c.reconcile(1, 1.0, snapshot(7), waiting)
+    assert c.tokens == [100, 7]
+
+
+def test_reapplied_deltas_are_not_reapplied_twice() -> None:
+    c = RankCounters(specs(1), TRANSIT_S)
+    c.add(0, 0, 1, 300, now=1.002)
+    c.reconcile(0, 1.0, snapshot(0), waiting)
+    c.reconcile(0, 2.0, snapshot(0), waiting)  # the second snapshot saw the dispatch
+    assert c.tokens == [0]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    deltas=st.lists(
+        st.tuples(st.floats(0.0, 2.0, allow_nan=False), st.integers(0, 1), st.integers(-50, 500)),
+        max_size=30,
+    ),
+    snap_s=st.floats(0.0, 2.0, allow_nan=False),
+    base=st.tuples(st.integers(0, 10_000), st.integers(0, 10_000)),
+)
+def test_reconcile_is_snapshot_plus_unseen_deltas(
+    deltas: list[tuple[float, int, int]], snap_s: float, base: tuple[int, int]
+) -> None:
+    c = RankCounters(specs(2), TRANSIT_S)
+    for t, rank, tok in sorted(deltas):
+        c.add(0, rank, 1, tok, now=t)
+    c.reconcile(0, snap_s, snapshot(*base), waiting)
+    cutoff = snap_s - TRANSIT_S
+    for rank in (0, 1):
+        unseen = [tok for t, r, tok in deltas if r == rank and t > cutoff]
+        assert c.tokens[rank] == base[rank] + sum(unseen)
+        assert c.count[rank] == 3 + len(unseen)
+
+
+def instance(**kw) -> PrefillInstanceState:
+    return PrefillInstanceState(spec=specs(4)[0], offset=0, **kw)
+
+
+def test_instance_is_idle_only_without_planned_steps_and_past_busy_time() -> None:
+    assert instance().idle(0.0)
+    assert not instance(busy_until_s=1.0).idle(0.5)
+    assert instance(busy_until_s=1.0).idle(1.0)
+    st_ = instance()
+    st_.planned.append((0.0, 0.1))
+    assert not st_.idle(5.0)
+
+
+def test_unhealthy_or_suspect_instance_is_unavailable() -> None:
+    assert instance().available
+    assert not instance(healthy=False).available
+    assert not instance(suspect=True).available
+
+
+def test_planned_total_sums_predicted_durations() -> None:
+    st_ = instance()
+    st_.planned.extend([(0.0, 0.1), (0.05, 0.25)])
+    assert st_.planned_total_s() == 0.35
+
+
+def test_committed_next_is_one_chunk_per_carry() -> None:
+    st_ = instance()
+    st_.carries = {0: Carry(7, 0, remaining=2500, done=1000), 3: Carry(8, 3, remaining=300, done=1000)}
+    assert {r: (tok, done) for r, (tok, done, _) in st_.committed_next().items()} == {
+        0: (1000, 1000.0),
+        3: (300, 1000.0),
+    }
