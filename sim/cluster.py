@@ -80,7 +80,7 @@ PRESETS: dict[str, ClusterConfig] = {
     ),
     "small": ClusterConfig(
         name="small",
-        prefill=RoleConfig(instances=2, nodes_per_instance=1, chunk_tokens=8192),
+        prefill=RoleConfig(instances=2, nodes_per_instance=2, chunk_tokens=8192),
         decode=RoleConfig(instances=1, nodes_per_instance=2, max_running_requests=256),
     ),
 }

@@ -64,6 +64,12 @@ class Simulation:
         self.progress = progress
         kv_p = self.cost.kv_capacity_tokens_per_rank(ep_size=cluster.prefill.dp_size)
         kv_d = self.cost.kv_capacity_tokens_per_rank(ep_size=cluster.decode.dp_size)
+        for role, rc, kv in (("prefill", cluster.prefill, kv_p), ("decode", cluster.decode, kv_d)):
+            if (rc.kv_capacity_tokens or kv) <= 0:
+                raise ClusterConfigError(
+                    f"cluster {cluster.name!r}: field '{role}.nodes_per_instance' = {rc.nodes_per_instance} "
+                    f"gives EP{rc.dp_size}, where the weights leave no GPU memory for KV; use more nodes"
+                )
         self.prefill_specs = cluster.specs(Role.PREFILL, kv_p)
         self.decode_specs = cluster.specs(Role.DECODE, kv_d)
         longest = max((r.prompt_tokens + r.output_tokens for r in trace.requests), default=0)
@@ -230,7 +236,7 @@ class Simulation:
             for rid in rec.finished:
                 self.rec.finished[rid] = t
             self._open -= len(rec.finished)
-            reports = tuple(RequestFinished(rid) for rid in rec.finished)
+            reports = tuple(RequestFinished(rid, t) for rid in rec.finished)
             self._push(t + self.cluster.report_delay_s, _REPORT, reports)
         if dec.has_work():
             self._start_decode(i, t)

@@ -131,8 +131,8 @@ class Scheduler:
                 self._on_step(event, now)
             case LoadReported():
                 self._on_loads(event, now)
-            case RequestFinished(rid=rid):
-                self._on_finished(rid, now)
+            case RequestFinished(rid=rid, finished_s=at):
+                self._on_finished(rid, now, at)
             case EngineHealth(role=role, instance=i, healthy=ok):
                 if role is Role.PREFILL:
                     self.instances[i].healthy = ok
@@ -149,6 +149,8 @@ class Scheduler:
         batching = self.policy.batching
         oldest = next(iter(self.buffer.values()))
         deadline = oldest.arrival_s + self._max_hold_s()
+        if not any(st.available for st in self.instances):
+            return deadline + self._max_hold_s()  # then reject what is still held, retryable
         for st in self.instances:
             if not st.available:
                 continue
@@ -198,7 +200,7 @@ class Scheduler:
                 st.unpinned_tokens -= flight.prefill_tokens
             else:
                 self.prefill.add(
-                    flight.prefill_instance, flight.prefill_rank, -1, -flight.prefill_tokens, now
+                    flight.prefill_instance, flight.prefill_rank, -1, -flight.prefill_tokens, now, seen_at=end
                 )
         if not ev.next_step_queued:
             # The engine went idle. Steps sent after it ended (still in transit) will start on arrival.
@@ -218,12 +220,20 @@ class Scheduler:
         if ev.role is Role.PREFILL:
             st = self.instances[ev.instance]
             st.last_heard_s = now
-            st.suspect = False
             self.prefill.reconcile(ev.instance, ev.snapshot_s, ev.loads, _waiting_tokens)
+            if st.suspect:
+                # Alive: re-admit it, and re-base the prediction on what the snapshot shows.
+                st.suspect = False
+                if all(load.num_waiting_reqs == 0 for load in ev.loads):
+                    st.planned.clear()
+                    st.carries.clear()
+                    st.busy_until_s = ev.snapshot_s
+                else:
+                    st.busy_until_s = max(st.busy_until_s, now + st.step_ewma_s)
         else:
             self.decode.reconcile(ev.instance, ev.snapshot_s, ev.loads, _used_tokens)
 
-    def _on_finished(self, rid: int, now: float) -> None:
+    def _on_finished(self, rid: int, now: float, at: float | None) -> None:
         flight = self.flights.pop(rid, None)
         if flight is None:
             return
@@ -232,10 +242,12 @@ class Scheduler:
                 self.instances[flight.prefill_instance].unpinned_tokens -= flight.prefill_tokens
             else:
                 self.prefill.add(
-                    flight.prefill_instance, flight.prefill_rank, -1, -flight.prefill_tokens, now
+                    flight.prefill_instance, flight.prefill_rank, -1, -flight.prefill_tokens, now, seen_at=at
                 )
         if flight.decode_rank is not None:
-            self.decode.add(flight.decode_instance, flight.decode_rank, -1, -flight.kv_tokens, now)
+            self.decode.add(
+                flight.decode_instance, flight.decode_rank, -1, -flight.kv_tokens, now, seen_at=at
+            )
 
     # -- SBS: staggered release -----------------------------------------------------------------
 
@@ -261,6 +273,7 @@ class Scheduler:
                 break
             live = [st for st in self.instances if st.available]
             if not live:
+                out.extend(self._reject_stale(now))
                 break
             st = min(live, key=lambda s: (s.busy_until_s, s.offset))
             sent = self._release_to(self.instances.index(st), now, "max_hold")
@@ -268,6 +281,21 @@ class Scheduler:
                 break
             self.stats.forced_releases += 1
             out.extend(sent)
+        return out
+
+    def _reject_stale(self, now: float) -> list[Decision]:
+        """No prefill instance is usable: requests held twice the hold get an explicit, retryable
+        error instead of waiting forever (an accepted request completes or is told to retry)."""
+        out: list[Decision] = []
+        limit = 2.0 * self._max_hold_s()
+        while self.buffer:
+            oldest = next(iter(self.buffer.values()))
+            if oldest.arrival_s + limit > now:
+                break
+            del self.buffer[oldest.rid]
+            self._buffer_tokens -= oldest.prompt_tokens
+            self.stats.rejected += 1
+            out.append(Reject(oldest.rid, "no healthy prefill instance within the hold time", retryable=True))
         return out
 
     def _mark_suspects(self, now: float) -> None:
@@ -311,6 +339,7 @@ class Scheduler:
                 tok, done, _ = c
                 slots.append(RankSlot(tok, PrefillCapacityModel.pairs(int(done), tok)))
         ranks = range(st.offset, st.offset + spec.dp_size)
+        full = chunk
         if self.policy.batching.level_fill:
             chunk = self._level_tokens(chunk, slots, spec.dp_size)
         room = sum(max(chunk - s.committed_tokens, 0) for s in slots)
@@ -319,7 +348,7 @@ class Scheduler:
         for req in self.buffer.values():
             if taken >= room and len(items) >= spec.dp_size:
                 break
-            if items and req.prompt_tokens > chunk:
+            if items and chunk < full and req.prompt_tokens > chunk:
                 continue  # waits for a step whose level it sets (it is never skipped once oldest)
             credit = None
             if self.prefix is not None and req.hash_ids:
@@ -415,13 +444,20 @@ class Scheduler:
                 )
             )
         d = self.policy.decode
-        items = [DecodeItem(r.rid, self._kv_estimate(r)) for r in reqs]
+        kv_of = {r.rid: self._kv_estimate(r) for r in reqs}
+        items = [DecodeItem(rid, kv) for rid, kv in kv_of.items()]
         plan = assign_decode(items, loads, iqr_k=d.iqr_k, min_candidates=d.min_candidates)
         self.stats.masked_ranks += plan.masked_ranks
         chosen = dict(plan.assignments)
-        for rid in plan.unplaced:  # decode is full: wait in the emptiest rank's queue, as SGLang does
-            flat = min(range(len(loads)), key=lambda i: (self.decode.tokens[i], i))
-            chosen[rid] = self.decode_refs[flat]
+        if plan.unplaced:  # decode is full: wait in the emptiest healthy rank's queue, as SGLang does
+            tokens = list(self.decode.tokens)
+            for rid, ref in plan.assignments:
+                tokens[self.decode.offsets[ref.instance] + ref.rank] += kv_of[rid]
+            live = self._decode_live()
+            for rid in plan.unplaced:
+                flat = min(live, key=lambda i: (tokens[i], i))
+                tokens[flat] += kv_of[rid]
+                chosen[rid] = self.decode_refs[flat]
         return chosen
 
     # -- immediate dispatch baselines ------------------------------------------------------------

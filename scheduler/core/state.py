@@ -80,21 +80,23 @@ class RankCounters:
         self._transit_s = transit_s
         self._log: list[deque[tuple[float, int, int, int]]] = [deque() for _ in specs]
 
-    def add(self, instance: int, rank: int, count: int, tokens: int, now: float) -> None:
+    def add(
+        self, instance: int, rank: int, count: int, tokens: int, now: float, *, seen_at: float | None = None
+    ) -> None:
+        """Apply a delta. `seen_at` is when the engine's state reflects it: for a completion, the engine's
+        own time of it; for a dispatch (default) the send time plus the transit margin."""
         i = self.offsets[instance] + rank
         self.count[i] += count
         self.tokens[i] += tokens
         log = self._log[instance]
-        log.append((now, rank, count, tokens))
+        log.append((now + self._transit_s if seen_at is None else seen_at, rank, count, tokens))
         if len(log) > 4096:  # no snapshots arrive: keep memory bounded
             log.popleft()
 
     def reconcile(self, instance: int, snapshot_s: float, loads: tuple[RankLoad, ...], tokens_of) -> None:
         """Replace the instance's counters with a snapshot plus the deltas it cannot have seen."""
-        log = self._log[instance]
-        cutoff = snapshot_s - self._transit_s
-        while log and log[0][0] <= cutoff:
-            log.popleft()
+        log = deque(e for e in self._log[instance] if e[0] > snapshot_s)
+        self._log[instance] = log
         base = self.offsets[instance]
         for load in loads:
             i = base + load.dp_rank

@@ -143,9 +143,13 @@ class LoadReported:
 
 @dataclass(frozen=True, slots=True)
 class RequestFinished:
-    """The decode side finished (or aborted) a request: its decode rank is freed."""
+    """The decode side finished (or aborted) a request: its decode rank is freed.
+
+    `finished_s` is the engine's time of it when known; snapshots taken after it already exclude it.
+    """
 
     rid: int
+    finished_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

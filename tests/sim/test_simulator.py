@@ -104,9 +104,6 @@ def test_sbs_uses_bypass_and_staggered_releases(runs: dict[str, SimResult], half
     assert stats["rejected"] == 0
 
 
-@pytest.mark.xfail(
-    strict=True, reason="BUG: prompts longer than a chunk starve until max_hold_s at half load"
-)
 def test_sbs_never_needs_the_max_hold_guard_at_half_load(runs: dict[str, SimResult]) -> None:
     rec = runs["sbs"].recorder
     assert runs["sbs"].scheduler_stats["forced_releases"] == 0

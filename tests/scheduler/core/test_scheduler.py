@@ -244,10 +244,6 @@ def test_overrunning_instance_is_skipped_until_it_reports_again() -> None:
     assert (late.rid, late.prefill_instance) == (1, 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: next_deadline() returns a passed time when every instance is suspect (caller spins)",
-)
 def test_deadline_moves_on_when_every_instance_is_suspect() -> None:
     sched = make_scheduler()
     busy_both(sched)
@@ -274,10 +270,6 @@ def test_load_report_replaces_counters_and_reapplies_unseen_dispatches() -> None
     assert sched.prefill.count == [1, 0, 1, 0, 1, 0, 0, 0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a LoadReported clears suspect, but the same handle re-marks it; never re-admitted",
-)
 def test_load_report_readmits_a_suspect_instance() -> None:
     sched = make_scheduler()
     busy_both(sched)
@@ -289,9 +281,6 @@ def test_load_report_readmits_a_suspect_instance() -> None:
     assert [(d.rid, d.prefill_instance) for d in dispatches(decisions)] == [(0, 0)]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="BUG: reconcile re-applies completions the snapshot already saw; counters go negative"
-)
 def test_completion_already_in_snapshot_is_not_subtracted_twice() -> None:
     sched = make_scheduler()
     arrive(sched, 0, 0.0, 500)
@@ -339,9 +328,6 @@ def test_finishing_an_unknown_request_is_ignored() -> None:
     assert sched.handle(RequestFinished(42), 1.0) == []
 
 
-@pytest.mark.xfail(
-    strict=True, reason="BUG: decode fallback for full healthy ranks picks an unhealthy instance"
-)
 def test_full_decode_falls_back_to_a_healthy_instance() -> None:
     sched = make_scheduler(decode=2, decode_kv=1000)  # one 900-token prompt per decode rank
     sched.handle(EngineHealth(Role.DECODE, 0, healthy=False), 0.0)
@@ -353,7 +339,6 @@ def test_full_decode_falls_back_to_a_healthy_instance() -> None:
     assert {d.decode_instance for d in released} == {1}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: decode overflow uses pre-round loads and stacks on one rank")
 def test_decode_overflow_is_spread_over_ranks() -> None:
     sched = make_scheduler(decode_kv=1000)  # one 900-token prompt per decode rank
     busy_both(sched, tokens=(900, 900))
