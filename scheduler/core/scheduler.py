@@ -12,6 +12,7 @@ Two families of policy share the state model and the interfaces:
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -155,10 +156,10 @@ class Scheduler:
             if not st.available:
                 continue
             if len(st.planned) == 1:
-                deadline = min(deadline, st.busy_until_s - batching.lead_s)
+                deadline = min(deadline, max(st.busy_until_s - batching.lead_s, st.deferred_until_s))
             elif not st.planned:
                 start = st.busy_until_s if batching.bypass else oldest.arrival_s + self.interval_s()
-                deadline = min(deadline, start)
+                deadline = min(deadline, max(start, st.deferred_until_s))
         return deadline
 
     def _max_hold_s(self) -> float:
@@ -311,7 +312,7 @@ class Scheduler:
         best: tuple[float, int] | None = None
         oldest = next(iter(self.buffer.values()))
         for i, st in enumerate(self.instances):
-            if i in tried or not st.available:
+            if i in tried or not st.available or st.deferred_until_s > now:
                 continue
             if not st.planned:
                 if st.busy_until_s > now:
@@ -345,11 +346,16 @@ class Scheduler:
         room = sum(max(chunk - s.committed_tokens, 0) for s in slots)
         items: list[PrefillItem] = []
         taken = 0
+        wake = math.inf
         for req in self.buffer.values():
             if taken >= room and len(items) >= spec.dp_size:
                 break
             if items and chunk < full and req.prompt_tokens > chunk:
                 continue  # waits for a step whose level it sets (it is never skipped once oldest)
+            wait_for = self._cached_elsewhere(req, p, now)
+            if wait_for is not None:  # another instance holds its prefix and frees before a recompute
+                wake = min(wake, wait_for)
+                continue
             credit = None
             if self.prefix is not None and req.hash_ids:
                 matched = self.prefix.matched_blocks(req.hash_ids, ranks)
@@ -361,6 +367,11 @@ class Scheduler:
                     }
             items.append(PrefillItem(req.rid, req.prompt_tokens, credit))
             taken += req.prompt_tokens
+        if not items:
+            # Everything buffered waits for the instances caching its prefixes: look again when the
+            # first of them is due (or a new request arrives), not in a loop.
+            st.deferred_until_s = max(wake, now + self.policy.batching.min_interval_s)
+            return []
         plan = water_fill(items, slots, chunk_tokens=chunk, model=self.capacity, allow_chunking=True)
         if not plan.placements:
             if committed and len(st.planned) == 1:  # every rank is busy with a chunked prompt
@@ -397,6 +408,38 @@ class Scheduler:
         self.stats.releases += 1
         self.stats.released_requests += len(out)
         return out
+
+    def _cached_elsewhere(self, req: Request, p: int, now: float) -> float | None:
+        """When `req` should rather go to another instance caching more of its prefix: that instance's
+        due time; None if it should go here.
+
+        It waits when that instance is predicted free sooner than the prefill the cache saves would
+        take (`per_token·Δcached + per_pair·Δ(cached²)`), so cache affinity never costs more latency
+        than it saves, and never past half the hold time.
+        """
+        if self.prefix is None or not req.hash_ids or not self.block_tokens:
+            return None
+        if now - req.arrival_s >= 0.5 * self._max_hold_s():
+            return None
+        matched = self.prefix.matched_blocks(req.hash_ids, range(len(self.prefill.count)))
+        if not matched:
+            return None
+        st = self.instances[p]
+        here = max((b for f, b in matched.items() if st.offset <= f < st.offset + st.spec.dp_size), default=0)
+        flat, there = max(matched.items(), key=lambda kv: (kv[1], -kv[0]))
+        if there <= here:
+            return None
+        other = self.instances[self._prefill_ref(flat).instance]
+        if not other.available:
+            return None
+        cap = req.prompt_tokens - 1
+        c_here = min(here * self.block_tokens, cap)
+        c_there = min(there * self.block_tokens, cap)
+        saved = self.capacity.per_token_s * (c_there - c_here) + self.capacity.per_pair_s * (
+            float(c_there) ** 2 - float(c_here) ** 2
+        )
+        due = max(other.busy_until_s - self.policy.batching.lead_s, other.deferred_until_s, now)
+        return due if due - now < saved else None
 
     def _level_tokens(self, chunk: int, slots: list[RankSlot], dp: int) -> int:
         """Straggler-aware fill level of one step, in tokens per rank.

@@ -47,6 +47,8 @@ class PrefillInstanceState:
     healthy: bool = True
     suspect: bool = False
     last_heard_s: float = 0.0
+    deferred_until_s: float = 0.0
+    """Not offered buffered work before this time (everything waits for cache affinity elsewhere)."""
     unpinned_tokens: int = 0
     """Outstanding tokens sent without a rank (the engine's own DP balancer places them)."""
 
