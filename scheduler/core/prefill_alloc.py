@@ -33,15 +33,23 @@ their load; ranks too full for an item are set aside only for that item.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from heapq import heapify, heappop, heappush, heapreplace
-from itertools import compress, islice
-from operator import attrgetter
+from itertools import accumulate, compress
 
 from sbs.scheduler.core.capacity import PrefillCapacityModel
 
-__all__ = ["Placement", "PrefillItem", "PrefillPlan", "RankSlot", "water_fill"]
+__all__ = [
+    "Placement",
+    "PrefillColumns",
+    "PrefillItem",
+    "PrefillPlan",
+    "RankSlot",
+    "water_fill",
+    "water_fill_lists",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,8 +135,6 @@ class PrefillPlan:
         return max(tokens) * len(tokens) / total
 
 
-_rid = attrgetter("rid")
-
 # A frozen dataclass's generated __init__ goes through object.__setattr__ per field (~0.6 us per
 # Placement, the largest single cost of a round); setting the slots directly is ~2x faster.
 _new = object.__new__
@@ -155,6 +161,41 @@ def _credit(cache: Mapping[int, int], rank: int, tokens: int) -> int:
     return min(max(cache.get(rank, 0), 0), tokens - 1)
 
 
+@dataclass(frozen=True, slots=True)
+class PrefillColumns:
+    """`water_fill_lists`' result: `PrefillPlan` as parallel lists (placements in priority order)."""
+
+    rids: list[int]
+    ranks: list[int]
+    step_tokens: list[int]
+    remaining_tokens: list[int]
+    cached_tokens: list[int]
+    unplaced: list[int]
+    rank_tokens: list[int]
+    rank_cost_s: list[float]
+    rank_available: list[bool]
+
+    @property
+    def step_s(self) -> float:
+        """Predicted lockstep duration: the slowest rank's cost."""
+        return max(self.rank_cost_s, default=0.0)
+
+    def to_plan(self) -> PrefillPlan:
+        """The same result as a `PrefillPlan`."""
+        placements = tuple(
+            map(
+                _placement, self.rids, self.ranks, self.step_tokens, self.remaining_tokens, self.cached_tokens
+            )
+        )
+        return PrefillPlan(
+            placements,
+            tuple(self.unplaced),
+            tuple(self.rank_tokens),
+            tuple(self.rank_cost_s),
+            tuple(self.rank_available),
+        )
+
+
 def water_fill(
     items: Sequence[PrefillItem],
     ranks: Sequence[RankSlot],
@@ -164,44 +205,97 @@ def water_fill(
     allow_chunking: bool = True,
 ) -> PrefillPlan:
     """Select items in priority order for one step and pack them onto DP ranks (see module docstring)."""
+    credits = [it.cached_tokens_by_rank for it in items]
+    return water_fill_lists(
+        [it.rid for it in items],
+        [it.tokens for it in items],
+        [r.committed_tokens for r in ranks],
+        [r.committed_pairs for r in ranks],
+        [r.available for r in ranks],
+        credits=credits if any(credits) else None,
+        chunk_tokens=chunk_tokens,
+        model=model,
+        allow_chunking=allow_chunking,
+    ).to_plan()
+
+
+def water_fill_lists(
+    rids: Sequence[int],
+    tokens: Sequence[int],
+    committed_tokens: Sequence[int],
+    committed_pairs: Sequence[float],
+    available: Sequence[bool] | None = None,
+    *,
+    credits: Sequence[Mapping[int, int] | None] | None = None,
+    chunk_tokens: int,
+    model: PrefillCapacityModel,
+    allow_chunking: bool = True,
+) -> PrefillColumns:
+    """`water_fill` over plain lists: item i is (`rids[i]`, `tokens[i]`, `credits[i]`), rank j is
+    (`committed_tokens[j]`, `committed_pairs[j]`, `available[j]`); None means no credit / all available.
+
+    The inputs are not modified.
+    """
     if chunk_tokens < 1:
         raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
-    m = len(ranks)
+    n_items = len(rids)
+    if len(tokens) != n_items or (credits is not None and len(credits) != n_items):
+        raise ValueError("rids, tokens and credits differ in length")
+    if n_items and min(tokens) < 1:
+        i = next(i for i, t in enumerate(tokens) if t < 1)
+        raise ValueError(f"prefill item {rids[i]}: tokens must be >= 1, got {tokens[i]}")
+    m = len(committed_tokens)
+    avail = [True] * m if available is None else list(available)
+    if len(committed_pairs) != m or len(avail) != m:
+        raise ValueError("committed_tokens, committed_pairs and available differ in length")
     a = model.per_token_s
     b = model.per_pair_s
-    tok = [r.committed_tokens for r in ranks]
-    prs = [r.committed_pairs for r in ranks]
-    avail = [r.available for r in ranks]
-    room = [max(chunk_tokens - t, 0) if ok else 0 for t, ok in zip(tok, avail, strict=True)]
+    tok = list(committed_tokens)
+    prs = list(committed_pairs)
+    if available is None:
+        room = [chunk_tokens - t if t < chunk_tokens else 0 for t in tok]
+    else:
+        room = [max(chunk_tokens - t, 0) if ok else 0 for t, ok in zip(tok, avail, strict=True)]
     total_room = sum(room)
     max_room = max(room, default=0)
 
     # Phase 1: selection in priority order; items[k:] are never considered.
-    sel_idx: list[int] = []  # index into items
-    sel_t: list[int] = []  # tokens
-    sel_c: list[int] = []  # best cache credit over available ranks
-    any_cache = False
-    used = 0
-    k = 0
-    for it in items:
-        if used >= total_room:
-            break
-        t = it.tokens
-        cache = it.cached_tokens_by_rank
-        c = 0
-        if cache:
-            for j in cache:
-                if not 0 <= j < m:
-                    raise ValueError(f"prefill item {it.rid}: cache credit for rank {j}, expected 0..{m - 1}")
-            c = max((_credit(cache, j, t) for j in cache if avail[j]), default=0)
-            any_cache = True
-        if allow_chunking or t - c <= max_room:
-            used += t - c
-            sel_idx.append(k)
-            sel_t.append(t)
-            sel_c.append(c)
-        k += 1
-    n_sel = len(sel_idx)
+    sel_c: list[int]  # best cache credit over available ranks
+    if credits is None and allow_chunking:
+        # Every considered item is admitted: the first k, up to the one that fills the room.
+        k = min(bisect_left(list(accumulate(tokens)), total_room) + 1, n_items) if total_room > 0 else 0
+        sel_idx: Sequence[int] = range(k)
+        sel_t = list(tokens[:k])
+        sel_c = [0] * k
+        any_cache = False
+    else:
+        sel_idx = []
+        sel_t = []
+        sel_c = []
+        any_cache = False
+        used = 0
+        k = 0
+        for i in range(n_items):
+            if used >= total_room:
+                break
+            t = tokens[i]
+            cache = credits[i] if credits is not None else None
+            c = 0
+            if cache:
+                for j in cache:
+                    if not 0 <= j < m:
+                        raise ValueError(
+                            f"prefill item {rids[i]}: cache credit for rank {j}, expected 0..{m - 1}"
+                        )
+                c = max((_credit(cache, j, t) for j in cache if avail[j]), default=0)
+                any_cache = True
+            if allow_chunking or t - c <= max_room:
+                used += t - c
+                sel_idx.append(i)
+                sel_t.append(t)
+                sel_c.append(c)
+            k += 1
+    n_sel = len(sel_t)
     # LPT order: best-case cost increment, descending; the sort is stable, so ties keep priority order.
     # Without credit the cost is increasing in tokens, so the tokens themselves are the key.
     if any_cache:
@@ -214,11 +308,14 @@ def water_fill(
 
     # Phase 2: LPT packing. Heap entries are (load, rank, version); an entry is current iff its version
     # matches `ver` (a placement through cache credit leaves the rank's old entry behind, stale).
+    # Placements are columns indexed by selection position; rank -1 marks an unplaced item.
     ver = [0] * m
     heap = [(a * tok[j] + b * prs[j], j, 0) for j in range(m) if room[j] > 0]
     heapify(heap)
-    unplaced_flag = bytearray(b"\x01") * k
-    placements: list[Placement | None] = [None] * n_sel
+    p_rank = [-1] * n_sel
+    p_step = list(sel_t)
+    p_rem = [0] * n_sel
+    p_cached = [0] * n_sel
     for s in order:
         t = sel_t[s]
         if not sel_c[s] and heap:
@@ -236,19 +333,9 @@ def water_fill(
                     heapreplace(heap, (a * tj + b * pj, j, ver[j]))
                 else:
                     heappop(heap)
-                i = sel_idx[s]
-                p = _new(Placement)
-                _set_rid(p, items[i].rid)
-                _set_rank(p, j)
-                _set_step(p, t)
-                _set_remaining(p, 0)
-                _set_cached(p, 0)
-                placements[s] = p
-                unplaced_flag[i] = 0
+                p_rank[s] = j
                 continue
-        i = sel_idx[s]
-        it = items[i]
-        cache = it.cached_tokens_by_rank if sel_c[s] else None
+        cache = credits[sel_idx[s]] if sel_c[s] and credits is not None else None
         # Least-loaded rank that takes the item whole without credit; ranks too full are set aside.
         stash: list[tuple[float, int, int]] = []
         hj = -1
@@ -292,8 +379,9 @@ def water_fill(
                     heappop(heap)
             elif room[j] > 0:
                 heappush(heap, (a * tok[j] + b * prs[j], j, ver[j]))
-            placements[s] = _placement(it.rid, j, best_e, 0, best_c)
-            unplaced_flag[i] = 0
+            p_rank[s] = j
+            p_step[s] = best_e
+            p_cached[s] = best_c
         elif allow_chunking and (mr := max(room)) > 0:
             # Fits whole nowhere: the rank with the most room (lowest index on ties) takes a chunk that
             # fills it, so it takes no other chunk; the rest stays on that rank for later steps.
@@ -303,13 +391,27 @@ def water_fill(
             prs[j] += (c + mr) * (c + mr) - c * c
             room[j] = 0
             ver[j] += 1
-            placements[s] = _placement(it.rid, j, mr, t - c - mr, c)
-            unplaced_flag[i] = 0
+            p_rank[s] = j
+            p_step[s] = mr
+            p_rem[s] = t - c - mr
+            p_cached[s] = c
         for ent in stash:
             if ent[2] == ver[ent[1]]:
                 heappush(heap, ent)
 
-    unplaced = list(map(_rid, compress(items, unplaced_flag)))
-    unplaced.extend(map(_rid, islice(items, k, None)))
-    rank_cost = tuple(model.rank_cost_s(t, p) for t, p in zip(tok, prs, strict=True))
-    return PrefillPlan(tuple(filter(None, placements)), tuple(unplaced), tuple(tok), rank_cost, tuple(avail))
+    sel_rids = [rids[i] for i in sel_idx]
+    if n_sel == k and (not n_sel or min(p_rank) >= 0):
+        unplaced: list[int] = []
+    else:  # some considered items were not admitted or not placed
+        flag = bytearray(b"\x01") * k
+        placed = [r >= 0 for r in p_rank]
+        for i in compress(sel_idx, placed):
+            flag[i] = 0
+        unplaced = list(compress(rids[:k], flag))
+        sel_rids = list(compress(sel_rids, placed))
+        p_rank, p_step, p_rem, p_cached = (
+            list(compress(col, placed)) for col in (p_rank, p_step, p_rem, p_cached)
+        )
+    unplaced.extend(rids[k:])
+    rank_cost = list(map(model.rank_cost_s, tok, prs))
+    return PrefillColumns(sel_rids, p_rank, p_step, p_rem, p_cached, unplaced, tok, rank_cost, avail)

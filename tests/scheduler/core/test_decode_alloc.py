@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sbs.scheduler.core.decode_alloc import DecodeItem, DecodePlan, DecodeRankLoad, assign_decode
+from sbs.scheduler.core.decode_alloc import (
+    DecodeItem,
+    DecodePlan,
+    DecodeRankLoad,
+    assign_decode,
+    assign_decode_lists,
+)
 from sbs.scheduler.core.types import RankRef
 
 
@@ -210,3 +216,70 @@ def test_mixed_capacities_use_each_ranks_own_capacity() -> None:
 def test_negative_kv_is_rejected() -> None:
     with pytest.raises(ValueError, match="kv_tokens must be >= 0, got -1"):
         DecodeItem(1, -1)
+
+
+def as_lists(items: Sequence[DecodeItem], ranks: Sequence[DecodeRankLoad]) -> tuple[list, ...]:
+    return (
+        [it.rid for it in items],
+        [it.kv_tokens for it in items],
+        [r.batch for r in ranks],
+        [r.kv_tokens for r in ranks],
+        [r.kv_capacity_tokens for r in ranks],
+        [r.max_running for r in ranks],
+        [r.available for r in ranks],
+        [r.ref for r in ranks],
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(rounds())
+def test_lists_entry_matches_assign_decode(case: dict) -> None:
+    items, ranks = case["items"], case["ranks"]
+    kw = {"iqr_k": case["iqr_k"], "min_candidates": case["min_candidates"]}
+    expected = assign_decode(items, ranks, **kw)
+    assert assign_decode_lists(*as_lists(items, ranks), **kw) == expected
+    in_ref_order = sorted(ranks, key=lambda r: r.ref)
+    assert assign_decode_lists(*as_lists(items, in_ref_order), refs_sorted=True, **kw) == expected
+
+
+@st.composite
+def skewed_rounds(draw: st.DrawFn) -> dict:
+    """Many ranks of one capacity, a few KV outliers with small batches (the parked-rank path)."""
+    m = draw(st.integers(4, 40))
+    heavy = set(draw(st.lists(st.integers(0, m - 1), max_size=4)))
+    ranks = [
+        DecodeRankLoad(
+            RankRef(i // 8, i % 8),
+            draw(st.integers(0, 3)) if i in heavy else draw(st.integers(2, 8)),
+            draw(st.integers(600, 900)) if i in heavy else draw(st.integers(0, 300)),
+            1000,
+            draw(st.sampled_from([0, 0, 6, 9])),
+            draw(st.booleans()) or draw(st.booleans()) or draw(st.booleans()),
+        )
+        for i in range(m)
+    ]
+    items = [DecodeItem(rid, draw(st.integers(0, 400))) for rid in range(draw(st.integers(0, 60)))]
+    return {"items": items, "ranks": ranks, "iqr_k": draw(st.sampled_from([0.0, 1.5, 3.0]))}
+
+
+@settings(max_examples=300, deadline=None)
+@given(skewed_rounds())
+def test_parked_outliers_match_naive_reference(case: dict) -> None:
+    expected = reference_assign_decode(**case)
+    assert assign_decode(**case) == expected
+    kw = {"iqr_k": case["iqr_k"]}
+    assert assign_decode_lists(*as_lists(case["items"], case["ranks"]), refs_sorted=True, **kw) == expected
+
+
+def test_lists_entry_leaves_its_inputs_alone() -> None:
+    lists = as_lists([DecodeItem(1, 10), DecodeItem(2, 20)], [rank(0, batch=1, kv=5), rank(1, kv=7)])
+    before = [list(x) for x in lists]
+    assign_decode_lists(*lists)
+    assert [list(x) for x in lists] == before
+
+
+def test_lists_entry_rejects_bad_inputs() -> None:
+    with pytest.raises(ValueError, match="kv_tokens must be >= 0, got -1"):
+        assign_decode_lists([7], [-1], [0], [0], [10], [0], [True], [RankRef(0, 0)])
+    with pytest.raises(ValueError, match="rank lists differ in length"):
+        assign_decode_lists([], [], [0], [0, 1], [10], [0], [True], [RankRef(0, 0)])

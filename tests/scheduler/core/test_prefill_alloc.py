@@ -19,6 +19,7 @@ from sbs.scheduler.core.prefill_alloc import (
     RankSlot,
     _placement,
     water_fill,
+    water_fill_lists,
 )
 
 LINEAR = PrefillCapacityModel(fixed_s=0.0, per_token_s=1.0, per_pair_s=0.0)
@@ -373,3 +374,31 @@ def test_beats_round_robin_on_random_batches() -> None:
         ratios.append(plan.step_s / rr)
     assert wins + ties >= 0.97 * cases
     assert sum(ratios) / cases < 0.8
+
+
+@settings(max_examples=300, deadline=None)
+@given(instances())
+def test_lists_entry_matches_water_fill(case: dict) -> None:
+    items, ranks = case.pop("items"), case.pop("ranks")
+    credits = [it.cached_tokens_by_rank for it in items]
+    cols = water_fill_lists(
+        [it.rid for it in items],
+        [it.tokens for it in items],
+        [r.committed_tokens for r in ranks],
+        [r.committed_pairs for r in ranks],
+        [r.available for r in ranks],
+        credits=credits,
+        **case,
+    )
+    plan = water_fill(items, ranks, **case)
+    assert cols.to_plan() == plan
+    assert cols.step_s == plan.step_s
+    if all(r.available for r in ranks) and not any(credits):
+        args = ([it.rid for it in items], [it.tokens for it in items])
+        ranks_cols = ([r.committed_tokens for r in ranks], [r.committed_pairs for r in ranks])
+        assert water_fill_lists(*args, *ranks_cols, **case).to_plan() == plan
+
+
+def test_lists_entry_rejects_bad_tokens() -> None:
+    with pytest.raises(ValueError, match="prefill item 4: tokens must be >= 1, got 0"):
+        water_fill_lists([4], [0], [0], [0.0], chunk_tokens=8, model=LINEAR)
