@@ -125,3 +125,32 @@ def test_trace_that_overflows_decode_kv_is_refused() -> None:
     trace = build_trace("huge", [0.0], [cap], [10])
     with pytest.raises(ClusterConfigError, match=f"holds {cap} KV tokens.*needing {cap + 10}"):
         Simulation(trace, CLUSTER, config.SbsPolicy(), cost=COST)
+
+
+def conversations(turns: int = 4, users: int = 40, gap_s: float = 0.4) -> Trace:
+    """Multi-turn chats: each turn's prompt extends the previous turn's (shared prefix blocks)."""
+    arrivals, prompts, outputs, hashes = [], [], [], []
+    next_hash = 0
+    for u in range(users):
+        blocks: list[int] = []
+        for t in range(turns):
+            new = 3 + (u + t) % 5
+            blocks = blocks + list(range(next_hash, next_hash + new))
+            next_hash += new
+            arrivals.append(u * 0.05 + t * gap_s)
+            prompts.append(len(blocks) * 512)
+            outputs.append(20 + t)
+            hashes.append(tuple(blocks))
+    return build_trace("chats", arrivals, prompts, outputs, hashes, block_tokens=512)
+
+
+def test_sbs_prefix_affinity_raises_cache_hits_without_spinning() -> None:
+    trace = conversations()
+    sbs = simulate(trace, "sbs")
+    rr = simulate(trace, "round_robin")
+    assert sbs.recorder.summary(**SLO)["completed"] == len(trace)
+    hits_sbs = sbs.recorder.summary(**SLO)["cache_hit_rate"]
+    hits_rr = rr.recorder.summary(**SLO)["cache_hit_rate"]
+    assert hits_sbs > hits_rr + 0.2
+    # Waiting for a cache-holding instance must not turn into a timer loop.
+    assert sbs.events < 40 * len(trace)

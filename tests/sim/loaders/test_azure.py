@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -28,9 +27,7 @@ def _write(tmp_path: Path, text: str, name: str = "trace.csv") -> Path:
 
 
 def test_real_conv_trace_matches_readme():
-    start = time.perf_counter()
     trace = azure.load(_real(AZURE_CONV))
-    elapsed = time.perf_counter() - start
     assert len(trace) == 19_366
     assert trace.name == "AzureLLMInferenceTrace_conv.csv"
     assert trace.block_tokens is None
@@ -44,7 +41,6 @@ def test_real_conv_trace_matches_readme():
     assert max(outputs) == 1_000
     # 18:15:46.6805900 -> 18:15:50.9951690
     assert trace.requests[1].arrival_s == pytest.approx(4.314579, abs=1e-6)
-    assert elapsed < 1.0
 
 
 def test_real_conv_trace_autodetects():

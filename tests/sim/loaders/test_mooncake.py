@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 
 import pytest
@@ -33,9 +32,7 @@ def _write(tmp_path: Path, lines: list[str], name: str = "trace.jsonl") -> Path:
 
 
 def test_real_synthetic_trace_matches_readme():
-    start = time.perf_counter()
     trace = mooncake.load(_real(SYNTHETIC))
-    elapsed = time.perf_counter() - start
     assert len(trace) == 3_993
     assert trace.block_tokens == 512
     assert trace.duration_s == pytest.approx(1_022, abs=1)
@@ -46,7 +43,6 @@ def test_real_synthetic_trace_matches_readme():
     assert max(prompts) == 191_378
     assert all(len(r.hash_ids) == math.ceil(r.prompt_tokens / 512) for r in trace.requests)
     assert trace.requests[0].hash_ids[:3] == (0, 1, 2)
-    assert elapsed < 1.0
 
 
 def test_real_synthetic_trace_autodetects():
