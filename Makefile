@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 
 demo: venv
 	$(BIN)/sbs-sim compare --trace ../shared/traces/azure_llm_2023_conv/AzureLLMInferenceTrace_conv.csv \
-		--load 0.8 --duration 300 --plot out/demo-ttft.png --json out/demo.json
+		--load 0.7 --duration 120 --plot out/demo-ttft.png --json out/demo.json
 
 lint: venv
 	$(BIN)/ruff check .
