@@ -16,11 +16,12 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain, repeat
 
 from sbs.scheduler.core import config
 from sbs.scheduler.core.capacity import PrefillCapacityModel
-from sbs.scheduler.core.decode_alloc import DecodeItem, DecodeRankLoad, assign_decode
-from sbs.scheduler.core.prefill_alloc import PrefillItem, RankSlot, water_fill
+from sbs.scheduler.core.decode_alloc import assign_decode_lists
+from sbs.scheduler.core.prefill_alloc import water_fill_lists
 from sbs.scheduler.core.prefix_index import PrefixIndex
 from sbs.scheduler.core.state import Carry, PrefillInstanceState, RankCounters
 from sbs.scheduler.core.types import (
@@ -93,6 +94,10 @@ class Scheduler:
         ]
         self.decode_healthy = [True] * len(self.decode_specs)
         self.decode_refs = [RankRef(i, r) for i, s in enumerate(self.decode_specs) for r in range(s.dp_size)]
+        self._decode_cap = [s.kv_capacity_tokens for s in self.decode_specs for _ in range(s.dp_size)]
+        self._decode_max_running = [
+            s.max_running_requests for s in self.decode_specs for _ in range(s.dp_size)
+        ]
         self.max_prompt_tokens = max(s.kv_capacity_tokens for s in self.decode_specs) - 1
         self.buffer: dict[int, Request] = {}
         self._buffer_tokens = 0
@@ -331,49 +336,62 @@ class Scheduler:
         spec = st.spec
         chunk = max(1, int(spec.chunk_tokens * self.policy.batching.fill_target))
         committed = st.committed_next()
-        slots = []
-        for r in range(spec.dp_size):
-            c = committed.get(r)
-            if c is None:
-                slots.append(RankSlot())
-            else:
-                tok, done, _ = c
-                slots.append(RankSlot(tok, PrefillCapacityModel.pairs(int(done), tok)))
+        ctok = [0] * spec.dp_size
+        cpairs = [0.0] * spec.dp_size
+        for r, (tok, done, _) in committed.items():
+            ctok[r] = tok
+            cpairs[r] = PrefillCapacityModel.pairs(int(done), tok)
         ranks = range(st.offset, st.offset + spec.dp_size)
         full = chunk
         if self.policy.batching.level_fill:
-            chunk = self._level_tokens(chunk, slots, spec.dp_size)
-        room = sum(max(chunk - s.committed_tokens, 0) for s in slots)
-        items: list[PrefillItem] = []
+            chunk = self._level_tokens(chunk, ctok, spec.dp_size)
+        room = sum(max(chunk - t, 0) for t in ctok)
+        rids: list[int] = []
+        tokens: list[int] = []
+        credits: list[dict[int, int] | None] = []
+        any_credit = False
         taken = 0
         wake = math.inf
+        prefix = self.prefix
         for req in self.buffer.values():
-            if taken >= room and len(items) >= spec.dp_size:
+            if taken >= room and len(rids) >= spec.dp_size:
                 break
-            if items and chunk < full and req.prompt_tokens > chunk:
+            if rids and chunk < full and req.prompt_tokens > chunk:
                 continue  # waits for a step whose level it sets (it is never skipped once oldest)
-            wait_for = self._cached_elsewhere(req, p, now)
-            if wait_for is not None:  # another instance holds its prefix and frees before a recompute
-                wake = min(wake, wait_for)
-                continue
             credit = None
-            if self.prefix is not None and req.hash_ids:
-                matched = self.prefix.matched_blocks(req.hash_ids, ranks)
+            if prefix is not None and req.hash_ids:  # else _cached_elsewhere is None
+                wait_for = self._cached_elsewhere(req, p, now)
+                if wait_for is not None:  # another instance holds its prefix and frees before a recompute
+                    wake = min(wake, wait_for)
+                    continue
+                matched = prefix.matched_blocks(req.hash_ids, ranks)
                 if matched:
                     bt = self.block_tokens or 0
                     credit = {
                         flat - st.offset: min(blocks * bt, req.prompt_tokens - 1)
                         for flat, blocks in matched.items()
                     }
-            items.append(PrefillItem(req.rid, req.prompt_tokens, credit))
+                    any_credit = True
+            rids.append(req.rid)
+            tokens.append(req.prompt_tokens)
+            credits.append(credit)
             taken += req.prompt_tokens
-        if not items:
+        if not rids:
             # Everything buffered waits for the instances caching its prefixes: look again when the
             # first of them is due (or a new request arrives), not in a loop.
             st.deferred_until_s = max(wake, now + self.policy.batching.min_interval_s)
             return []
-        plan = water_fill(items, slots, chunk_tokens=chunk, model=self.capacity, allow_chunking=True)
-        if not plan.placements:
+        plan = water_fill_lists(
+            rids,
+            tokens,
+            ctok,
+            cpairs,
+            credits=credits if any_credit else None,
+            chunk_tokens=chunk,
+            model=self.capacity,
+            allow_chunking=True,
+        )
+        if not plan.rids:
             if committed and len(st.planned) == 1:  # every rank is busy with a chunked prompt
                 st.planned.append((now, self._plan_carry_only(st)))
                 st.busy_until_s += st.planned[-1][1]
@@ -387,24 +405,39 @@ class Scheduler:
         predicted = plan.step_s * st.error_ewma
         st.planned.append((now, predicted))
         st.busy_until_s = max(st.busy_until_s, now) + predicted
-        reqs = [self.buffer.pop(pl.rid) for pl in plan.placements]
+        pop = self.buffer.pop
+        reqs = [pop(rid) for rid in plan.rids]
         self._buffer_tokens -= sum(r.prompt_tokens for r in reqs)
-        decode_ranks = self._decode_plan(reqs)
+        frac = self.policy.decode.output_kv_fraction
+        kvs = [r.prompt_tokens + 1 + int(frac * r.output_tokens) for r in reqs]  # as _kv_estimate
+        decode_ranks = self._decode_plan(plan.rids, kvs)
         out: list[Decision] = []
-        for pl, req in zip(plan.placements, reqs, strict=True):
-            if pl.remaining_tokens > 0:
-                st.carries[pl.rank] = Carry(
-                    req.rid, pl.rank, pl.remaining_tokens, pl.cached_tokens + pl.step_tokens
-                )
-            uncached = pl.step_tokens + pl.remaining_tokens
-            self.prefill.add(p, pl.rank, 1, uncached, now)
-            if self.prefix is not None and req.hash_ids:
-                self.prefix.insert(st.offset + pl.rank, req.hash_ids)
-            dref = decode_ranks[req.rid]
-            kv = self._kv_estimate(req)
-            self.decode.add(dref.instance, dref.rank, 1, kv, now)
-            self.flights[req.rid] = _Flight(p, pl.rank, uncached, dref.instance, dref.rank, kv)
-            out.append(Dispatch(req.rid, p, pl.rank, dref.instance, dref.rank, reason))
+        prefill_add = self.prefill.add
+        decode_add = self.decode.add
+        flights = self.flights
+        columns = zip(
+            plan.rids,
+            plan.ranks,
+            plan.step_tokens,
+            plan.remaining_tokens,
+            plan.cached_tokens,
+            reqs,
+            kvs,
+            strict=True,
+        )
+        for rid, rank, step, rest, cached, req, kv in columns:
+            if rest > 0:
+                st.carries[rank] = Carry(rid, rank, rest, cached + step)
+            uncached = step + rest
+            prefill_add(p, rank, 1, uncached, now)
+            if prefix is not None and req.hash_ids:
+                prefix.insert(st.offset + rank, req.hash_ids)
+            dref = decode_ranks[rid]
+            di = dref.instance
+            dr = dref.rank
+            decode_add(di, dr, 1, kv, now)
+            flights[rid] = _Flight(p, rank, uncached, di, dr, kv)
+            out.append(Dispatch(rid, p, rank, di, dr, reason))
         self.stats.releases += 1
         self.stats.released_requests += len(out)
         return out
@@ -441,7 +474,7 @@ class Scheduler:
         due = max(other.busy_until_s - self.policy.batching.lead_s, other.deferred_until_s, now)
         return due if due - now < saved else None
 
-    def _level_tokens(self, chunk: int, slots: list[RankSlot], dp: int) -> int:
+    def _level_tokens(self, chunk: int, committed_tokens: list[int], dp: int) -> int:
         """Straggler-aware fill level of one step, in tokens per rank.
 
         A lockstep step lasts as long as its fullest rank, so the step's level is set by what it must
@@ -450,7 +483,7 @@ class Scheduler:
         Every rank is filled up to that level; a request above it waits for a step it sets.
         """
         head = next(iter(self.buffer.values())).prompt_tokens
-        committed = max((sl.committed_tokens for sl in slots), default=0)
+        committed = max(committed_tokens, default=0)
         spread = -(-self._buffer_tokens // dp)
         return min(chunk, max(head, committed, spread))
 
@@ -472,27 +505,27 @@ class Scheduler:
         frac = self.policy.decode.output_kv_fraction if self._sbs else 0.0
         return req.prompt_tokens + 1 + int(frac * req.output_tokens)
 
-    def _decode_plan(self, reqs: list[Request]) -> dict[int, RankRef]:
-        loads = []
-        for flat, ref in enumerate(self.decode_refs):
-            spec = self.decode_specs[ref.instance]
-            loads.append(
-                DecodeRankLoad(
-                    ref,
-                    self.decode.count[flat],
-                    self.decode.tokens[flat],
-                    spec.kv_capacity_tokens,
-                    spec.max_running_requests,
-                    self.decode_healthy[ref.instance],
-                )
-            )
+    def _decode_plan(self, rids: list[int], kvs: list[int]) -> dict[int, RankRef]:
+        healthy = zip(self.decode_healthy, self.decode_specs, strict=True)
+        available = list(chain.from_iterable(repeat(ok, spec.dp_size) for ok, spec in healthy))
         d = self.policy.decode
-        kv_of = {r.rid: self._kv_estimate(r) for r in reqs}
-        items = [DecodeItem(rid, kv) for rid, kv in kv_of.items()]
-        plan = assign_decode(items, loads, iqr_k=d.iqr_k, min_candidates=d.min_candidates)
+        plan = assign_decode_lists(
+            rids,
+            kvs,
+            self.decode.count,
+            self.decode.tokens,
+            self._decode_cap,
+            self._decode_max_running,
+            available,
+            self.decode_refs,
+            iqr_k=d.iqr_k,
+            min_candidates=d.min_candidates,
+            refs_sorted=True,
+        )
         self.stats.masked_ranks += plan.masked_ranks
         chosen = dict(plan.assignments)
         if plan.unplaced:  # decode is full: wait in the emptiest healthy rank's queue, as SGLang does
+            kv_of = dict(zip(rids, kvs, strict=True))
             tokens = list(self.decode.tokens)
             for rid, ref in plan.assignments:
                 tokens[self.decode.offsets[ref.instance] + ref.rank] += kv_of[rid]
