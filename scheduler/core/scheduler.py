@@ -412,9 +412,10 @@ class Scheduler:
         kvs = [r.prompt_tokens + 1 + int(frac * r.output_tokens) for r in reqs]  # as _kv_estimate
         decode_ranks = self._decode_plan(plan.rids, kvs)
         out: list[Decision] = []
-        prefill_add = self.prefill.add
-        decode_add = self.decode.add
         flights = self.flights
+        uncached_of: list[int] = []
+        d_instances: list[int] = []
+        d_ranks: list[int] = []
         columns = zip(
             plan.rids,
             plan.ranks,
@@ -429,15 +430,18 @@ class Scheduler:
             if rest > 0:
                 st.carries[rank] = Carry(rid, rank, rest, cached + step)
             uncached = step + rest
-            prefill_add(p, rank, 1, uncached, now)
+            uncached_of.append(uncached)
             if prefix is not None and req.hash_ids:
                 prefix.insert(st.offset + rank, req.hash_ids)
             dref = decode_ranks[rid]
             di = dref.instance
             dr = dref.rank
-            decode_add(di, dr, 1, kv, now)
+            d_instances.append(di)
+            d_ranks.append(dr)
             flights[rid] = _Flight(p, rank, uncached, di, dr, kv)
             out.append(Dispatch(rid, p, rank, di, dr, reason))
+        self.prefill.add_many([p] * len(out), plan.ranks, 1, uncached_of, now)
+        self.decode.add_many(d_instances, d_ranks, 1, kvs, now)
         self.stats.releases += 1
         self.stats.released_requests += len(out)
         return out

@@ -13,9 +13,12 @@ A prefill instance that overruns its prediction by far, or an unhealthy one, is 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sbs.scheduler.core.types import InstanceSpec, RankLoad
+
+_LOG_LIMIT = 4096
 
 
 @dataclass(slots=True)
@@ -80,7 +83,8 @@ class RankCounters:
         self.count = [0] * n
         self.tokens = [0] * n
         self._transit_s = transit_s
-        self._log: list[deque[tuple[float, int, int, int]]] = [deque() for _ in specs]
+        # Bounded: without snapshots the log would grow forever; older entries are long seen.
+        self._log: list[deque[tuple[float, int, int, int]]] = [deque(maxlen=_LOG_LIMIT) for _ in specs]
 
     def add(
         self, instance: int, rank: int, count: int, tokens: int, now: float, *, seen_at: float | None = None
@@ -90,14 +94,25 @@ class RankCounters:
         i = self.offsets[instance] + rank
         self.count[i] += count
         self.tokens[i] += tokens
-        log = self._log[instance]
-        log.append((now + self._transit_s if seen_at is None else seen_at, rank, count, tokens))
-        if len(log) > 4096:  # no snapshots arrive: keep memory bounded
-            log.popleft()
+        self._log[instance].append(
+            (now + self._transit_s if seen_at is None else seen_at, rank, count, tokens)
+        )
+
+    def add_many(
+        self, instances: Sequence[int], ranks: Sequence[int], count: int, tokens: Sequence[int], now: float
+    ) -> None:
+        """`add` for a batch of dispatches sent at `now` (one decision round)."""
+        seen = now + self._transit_s
+        counts, toks, offsets, logs = self.count, self.tokens, self.offsets, self._log
+        for instance, rank, t in zip(instances, ranks, tokens, strict=True):
+            i = offsets[instance] + rank
+            counts[i] += count
+            toks[i] += t
+            logs[instance].append((seen, rank, count, t))
 
     def reconcile(self, instance: int, snapshot_s: float, loads: tuple[RankLoad, ...], tokens_of) -> None:
         """Replace the instance's counters with a snapshot plus the deltas it cannot have seen."""
-        log = deque(e for e in self._log[instance] if e[0] > snapshot_s)
+        log = deque((e for e in self._log[instance] if e[0] > snapshot_s), maxlen=_LOG_LIMIT)
         self._log[instance] = log
         base = self.offsets[instance]
         for load in loads:
