@@ -5,7 +5,8 @@
 1. **Selection.** Items are admitted in the caller's priority order (carried-over first, then oldest)
    while the instance still has token room: the sum over available ranks of
    `chunk_tokens - committed_tokens`. An item counts with its best-case effective tokens (its largest
-   prefix-cache credit), and the last admitted item may overflow the room (it will be chunked). Without
+   prefix-cache credit), capped at `chunk_tokens` (a longer one is chunked and takes one rank's room at
+   most this step); the last admitted item may overflow the room (it will be chunked). Without
    chunking, an item larger than every rank's room is never admitted (it could not be placed anyway).
 2. **Packing** (water-filling as greedy list scheduling, largest cost first, i.e. LPT). Each admitted
    item goes, whole, to the rank with the lowest resulting cost (ties: lowest index) among the ranks
@@ -263,7 +264,9 @@ def water_fill_lists(
     sel_c: list[int]  # best cache credit over available ranks
     if credits is None and allow_chunking:
         # Every considered item is admitted: the first k, up to the one that fills the room.
-        k = min(bisect_left(list(accumulate(tokens)), total_room) + 1, n_items) if total_room > 0 else 0
+        # An item longer than a rank's room is chunked: this step it takes one rank's room at most.
+        need = accumulate(t if t < chunk_tokens else chunk_tokens for t in tokens)
+        k = min(bisect_left(list(need), total_room) + 1, n_items) if total_room > 0 else 0
         sel_idx: Sequence[int] = range(k)
         sel_t = list(tokens[:k])
         sel_c = [0] * k
@@ -290,7 +293,7 @@ def water_fill_lists(
                 c = max((_credit(cache, j, t) for j in cache if avail[j]), default=0)
                 any_cache = True
             if allow_chunking or t - c <= max_room:
-                used += t - c
+                used += min(t - c, chunk_tokens)
                 sel_idx.append(i)
                 sel_t.append(t)
                 sel_c.append(c)

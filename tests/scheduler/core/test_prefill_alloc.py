@@ -55,7 +55,7 @@ def reference_water_fill(
         c = max((credit(it, j) for j in range(len(ranks))), default=0)
         if allow_chunking or it.tokens - c <= max(room, default=0):
             admitted.append((-(a * (it.tokens - c) + b * (it.tokens**2 - c * c)), i))
-            used += it.tokens - c
+            used += min(it.tokens - c, chunk_tokens)  # a chunked item takes one rank's room at most
     placed: dict[int, Placement] = {}
     for _, i in sorted(admitted):
         it, t = items[i], items[i].tokens

@@ -157,10 +157,6 @@ def test_long_prompt_commits_its_carry_on_its_rank_in_next_step() -> None:
     assert (carry.remaining, carry.done) == (500, 2000)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a prompt longer than the chunk is released only as the buffer head, one per step",
-)
 def test_long_prompts_share_a_release_one_chunk_per_rank() -> None:
     sched = make_scheduler()
     busy_both(sched, tokens=(500, 1000))  # instance 0 is due first, alone
