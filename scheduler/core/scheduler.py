@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain, repeat
 
-from sbs.scheduler.core import config
+from sbs.scheduler.core import config, policies
 from sbs.scheduler.core.capacity import PrefillCapacityModel
 from sbs.scheduler.core.decode_alloc import assign_decode_lists
 from sbs.scheduler.core.prefill_alloc import water_fill_lists
@@ -103,9 +103,16 @@ class Scheduler:
         self._buffer_tokens = 0
         self.flights: dict[int, _Flight] = {}
         self.stats = SchedulerStats()
-        self._rr_prefill = 0
         self._rr_decode = 0
         self._rr_instance = 0
+        self._live_cache: tuple[tuple[bool, ...], list[int]] = ((), [])
+        self._decode_live_cache: tuple[tuple[bool, ...], list[int]] = ((), [])
+        self._pickers: tuple[policies.RankPicker, policies.RankPicker] | None = None
+        if self.policy.type in policies.PICKERS:  # prefill and decode legs are picked independently
+            self._pickers = (
+                policies.make_picker(self.policy, self.rng),
+                policies.make_picker(self.policy, self.rng),
+            )
         self._sbs = isinstance(self.policy, config.SbsPolicy)
         self.prefix: PrefixIndex | None = None
         if self._sbs and self.policy.prefix_credit and block_tokens:
@@ -550,8 +557,9 @@ class Scheduler:
             self.instances[p].unpinned_tokens += req.prompt_tokens
             self.flights[req.rid] = _Flight(p, None, req.prompt_tokens, d, None, kv)
             return Dispatch(req.rid, p, None, d, None, "immediate")
-        pflat = self._pick(self._prefill_live(), self.prefill.tokens, "_rr_prefill")
-        dflat = self._pick(self._decode_live(), self.decode.tokens, "_rr_decode")
+        assert self._pickers is not None
+        pflat = self._pickers[0].pick(self._prefill_live(), self.prefill.tokens)
+        dflat = self._pickers[1].pick(self._decode_live(), self.decode.tokens)
         pref = self._prefill_ref(pflat)
         dref = self.decode_refs[dflat]
         self.prefill.add(pref.instance, pref.rank, 1, req.prompt_tokens, now)
@@ -560,23 +568,6 @@ class Scheduler:
             pref.instance, pref.rank, req.prompt_tokens, dref.instance, dref.rank, kv
         )
         return Dispatch(req.rid, pref.instance, pref.rank, dref.instance, dref.rank, "immediate")
-
-    def _pick(self, live: list[int], load: list[int], rr_attr: str) -> int:
-        match self.policy:
-            case config.RoundRobinPolicy():
-                n = getattr(self, rr_attr)
-                setattr(self, rr_attr, n + 1)
-                return live[n % len(live)]
-            case config.RandomPolicy():
-                return self.rng.choice(live)
-            case config.LeastLoadPolicy():
-                return min(live, key=load.__getitem__)
-            case config.PowerOfTwoPolicy():
-                if len(live) == 1:
-                    return live[0]
-                a, b = self.rng.sample(live, 2)
-                return a if (load[a], a) <= (load[b], b) else b
-        raise AssertionError(f"not an immediate rank policy: {self.policy.type}")
 
     def _next_instance(self, available: list[bool], rr_attr: str) -> int:
         n = len(available)
@@ -590,12 +581,18 @@ class Scheduler:
         return start % n
 
     def _prefill_live(self) -> list[int]:
-        live = [st.offset + r for st in self.instances if st.available for r in range(st.spec.dp_size)]
-        return live or list(range(len(self.prefill.count)))
+        key = tuple(st.available for st in self.instances)
+        if self._live_cache[0] != key:
+            live = [st.offset + r for st in self.instances if st.available for r in range(st.spec.dp_size)]
+            self._live_cache = (key, live or list(range(len(self.prefill.count))))
+        return self._live_cache[1]
 
     def _decode_live(self) -> list[int]:
-        live = [i for i, ref in enumerate(self.decode_refs) if self.decode_healthy[ref.instance]]
-        return live or list(range(len(self.decode_refs)))
+        key = tuple(self.decode_healthy)
+        if self._decode_live_cache[0] != key:
+            live = [i for i, ref in enumerate(self.decode_refs) if self.decode_healthy[ref.instance]]
+            self._decode_live_cache = (key, live or list(range(len(self.decode_refs))))
+        return self._decode_live_cache[1]
 
     def _prefill_ref(self, flat: int) -> RankRef:
         for i, st in enumerate(self.instances):
