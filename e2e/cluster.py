@@ -13,6 +13,7 @@ Flags and pitfalls: ../shared/design/controlplane.md.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import ctypes
 import dataclasses
@@ -267,8 +268,10 @@ class ControlPlane:
         self._spawn("kwok", self._kwok_args(config))
         self._write_state()
 
-        for node in nodes.build_nodes(s.node_count, slot=self.slot, shape=s.shape, topology=s.topology):
-            self.kube.create("/api/v1/nodes", node)
+        built = nodes.build_nodes(s.node_count, slot=self.slot, shape=s.shape, topology=s.topology)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(lambda node: self.kube.create("/api/v1/nodes", node), built))
+        mark("nodes_created")
         self.wait(lambda: self.ready_nodes() >= s.node_count, f"{s.node_count} nodes Ready")
         mark("nodes_ready")
         # The service-account controller (KCM) makes `default`; pods need it (ServiceAccount admission).

@@ -13,6 +13,7 @@ import copy
 import http.client
 import json
 import os
+import shutil
 import socket
 import ssl
 import tempfile
@@ -61,7 +62,7 @@ def wait_until(
             check()
         try:
             last = predicate()
-        except (ApiError, OSError) as exc:
+        except (ApiError, OSError, http.client.HTTPException) as exc:
             last = exc
         else:
             if last:
@@ -115,13 +116,16 @@ class Kube:
                 return out
             return Path(section[key])
 
-        return cls(
-            cluster["server"],
-            ca_file=material(cluster, "certificate-authority"),
-            cert_file=material(user, "client-certificate"),
-            key_file=material(user, "client-key"),
-            **kwargs,
-        )
+        try:
+            return cls(
+                cluster["server"],
+                ca_file=material(cluster, "certificate-authority"),
+                cert_file=material(user, "client-certificate"),
+                key_file=material(user, "client-key"),
+                **kwargs,
+            )
+        finally:  # the SSL context has read them
+            shutil.rmtree(secrets, ignore_errors=True)
 
     # -- plumbing ---------------------------------------------------------------------------
 

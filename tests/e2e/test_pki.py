@@ -1,6 +1,7 @@
 """Certificates and kubeconfig for the local control plane."""
 
 import ipaddress
+import tempfile
 
 import yaml
 from cryptography import x509
@@ -39,3 +40,14 @@ def test_kubeconfig_round_trips_through_the_client(tmp_path):
     assert config["current-context"] == "t"
     client = kube.Kube.from_kubeconfig(path)
     assert (client.host, client.port) == ("127.0.0.1", 6443)
+
+
+def test_kubeconfig_secrets_are_not_left_on_disk(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    keys = pki.make_pki(tmp_path / "pki", service_ip="127.96.0.1")
+    path = tmp_path / "kubeconfig"
+    path.write_text(pki.kubeconfig(keys, "https://127.0.0.1:6443"))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    kube.Kube.from_kubeconfig(path)
+    assert list((tmp_path / "tmp").iterdir()) == []
