@@ -1,10 +1,12 @@
-"""`sbs-sim`: compare scheduling policies on a trace with the calibrated simulator.
+"""`sbs-sim`: compare scheduling policies on a workload with the calibrated simulator.
 
-    sbs-sim compare --trace FILE [--format azure|mooncake] [--rate-scale X | --load L] [--cluster NAME|FILE]
-                    [--policies sbs,round_robin,...] [--duration S] [--json OUT] [--plot OUT.png]
+    sbs-sim compare --trace FILE [--format azure|mooncake|servegen]
+                    [--arrivals trace|poisson|gamma:CV|bursty:F] [--rate-scale X | --load L]
+                    [--cluster NAME|FILE] [--policies sbs,round_robin,...]
+                    [--duration S] [--json OUT] [--plot OUT.png]
     sbs-sim sweep   --trace FILE --loads 0.3,0.5,0.7,0.9 --slo-ttft-p90 S [...]
 
-Bad input prints one line naming the file, line or field, and exits with status 2.
+Bad input prints one line naming the file, line, field or flag, and exits with status 2.
 """
 
 from __future__ import annotations
@@ -12,21 +14,50 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 from sbs.scheduler.core import config
 from sbs.sim import report
 from sbs.sim.capacity import nominal_prefill_tok_s
-from sbs.sim.cluster import PRESETS, load_cluster
+from sbs.sim.cluster import PRESETS, ClusterConfig, load_cluster
 from sbs.sim.costmodel import CostModel
 from sbs.sim.errors import SimInputError
-from sbs.sim.loaders import load_trace
+from sbs.sim.loaders import load_trace, servegen
 from sbs.sim.runner import RunSpec, run_many
 from sbs.sim.trace import Trace
-from sbs.sim.workload import load_scaled, rate_scaled, tiled, truncated
+from sbs.sim.workload import bursty, load_scaled, rate_scaled, synthetic, tiled, truncated
 
 DEFAULT_POLICIES = "sbs,round_robin,random,least_load,power_of_two,sglang"
+SERVEGEN_DEFAULT_S = 600.0
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What the workload options resolve to: the base trace, the cluster and the yardstick of --load."""
+
+    base: Trace
+    cluster: ClusterConfig
+    cost: CostModel
+    nominal_tok_s: float
+    opts: dict[str, Any]
+
+    def at(self, *, load: float | None = None, rate_scale: float | None = None) -> Trace:
+        """The base trace scaled (one of `load`, `rate_scale`), re-timed, and cut or repeated."""
+        trace = self.base
+        if rate_scale is not None:
+            trace = rate_scaled(trace, rate_scale)
+        elif load is not None:
+            trace = load_scaled(trace, load * self.nominal_tok_s)
+        trace = _arrivals(trace, self.opts["arrivals"], self.opts["seed"])
+        duration = self.opts["duration"]
+        if duration is not None:
+            trace = tiled(trace, duration) if duration > trace.duration_s else truncated(trace, duration)
+        if len(trace) == 0:
+            raise SimInputError("the workload is empty after scaling and --duration")
+        return trace
 
 
 def _workload_options(f: Callable) -> Callable:
@@ -34,7 +65,21 @@ def _workload_options(f: Callable) -> Callable:
         click.option(
             "--trace", "trace_path", required=True, help="Trace file (Azure CSV or Mooncake JSONL)."
         ),
-        click.option("--format", "fmt", type=click.Choice(["azure", "mooncake"]), default=None),
+        click.option(
+            "--format",
+            "fmt",
+            type=click.Choice(["azure", "mooncake", "servegen"]),
+            default=None,
+            help="Trace format (default: from the file). servegen: --trace is ServeGen's data folder.",
+        ),
+        click.option(
+            "--arrivals",
+            default="trace",
+            show_default=True,
+            help="Arrival process: trace (its own timestamps), poisson, gamma:CV, or bursty:F (10 s at F× "
+            "the rate every 60 s); synthetic ones keep the trace's mean rate and length distribution.",
+        ),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed of synthetic workloads."),
         click.option(
             "--cluster",
             default="ds3-h800",
@@ -46,7 +91,7 @@ def _workload_options(f: Callable) -> Callable:
             "--duration",
             type=float,
             default=None,
-            help="Keep arrivals of the first S seconds (after scaling).",
+            help="Simulate S seconds of arrivals (after scaling): the trace is cut, or repeated if shorter.",
         ),
         click.option(
             "--slo-ttft", type=float, default=2.0, show_default=True, help="TTFT SLO (s) for goodput."
@@ -68,6 +113,134 @@ def main() -> None:
     """Calibrated P/D DP+EP simulator driving the real SBS scheduling core."""
 
 
+@main.command()
+@_workload_options
+@click.option("--rate-scale", type=float, default=None, help="Multiply the trace's arrival rate.")
+@click.option(
+    "--load",
+    type=float,
+    default=None,
+    help="Offered prompt tokens/s as a fraction of nominal prefill capacity.",
+)
+def compare(**opts: Any) -> None:
+    """Run each policy on the same workload and print a table."""
+    _guard(lambda: _compare(opts))
+
+
+def _compare(opts: dict[str, Any]) -> None:
+    if opts["rate_scale"] is not None and opts["load"] is not None:
+        raise SimInputError("--rate-scale and --load are exclusive; give one")
+    _check_range("--rate-scale", opts["rate_scale"], 0.0, None)
+    _check_range("--load", opts["load"], 0.0, 5.0)
+    wl = _workload(opts)
+    pols = _policies(opts["policies"])
+    trace = wl.at(load=opts["load"], rate_scale=opts["rate_scale"])
+    offered = trace.prompt_tokens_per_s
+    click.echo(
+        f"trace {trace.name}: {len(trace)} requests over {trace.duration_s:.1f} s "
+        f"({trace.mean_rate_rps:.1f} req/s, {offered / 1e3:.1f}k prompt tok/s "
+        f"= {offered / wl.nominal_tok_s:.2f} of nominal {wl.nominal_tok_s / 1e3:.0f}k tok/s)"
+    )
+    click.echo(f"cluster {wl.cluster.name}: {report.describe_cluster(wl.cluster)}; {wl.cost.describe()}")
+    slo = {"slo_ttft_s": opts["slo_ttft"], "slo_tpot_s": opts["slo_tpot"]}
+    results = run_many(
+        [RunSpec(trace, wl.cluster, p) for p in pols], jobs=opts["jobs"], label="compare", **slo
+    )
+    click.echo(report.table(results, **slo))
+    doc = {
+        "trace": trace.name,
+        "requests": len(trace),
+        "load_of_nominal": offered / wl.nominal_tok_s,
+        "cluster": wl.cluster.model_dump(),
+        "slo": {"ttft_s": opts["slo_ttft"], "tpot_s": opts["slo_tpot"]},
+        "policies": {r["policy"]: r["summary"] for r in results},
+    }
+    _write_outputs(doc, opts, lambda path: report.plot_ttft_cdf(results, path))
+
+
+@main.command()
+@_workload_options
+@click.option(
+    "--loads", default="0.3,0.5,0.6,0.7,0.8,0.9,1.0", show_default=True, help="Loads (fraction of nominal)."
+)
+@click.option("--slo-ttft-p90", type=float, default=2.0, show_default=True, help="TTFT p90 SLO (s).")
+def sweep(**opts: Any) -> None:
+    """Find each policy's maximum load meeting a TTFT-p90 SLO."""
+    _guard(lambda: _sweep(opts))
+
+
+def _sweep(opts: dict[str, Any]) -> None:
+    try:
+        grid = sorted(float(x) for x in opts["loads"].split(","))
+    except ValueError:
+        raise SimInputError(f"--loads: expected comma-separated numbers, got {opts['loads']!r}") from None
+    for lv in grid:
+        _check_range("--loads", lv, 0.0, 5.0)
+    wl = _workload(opts)
+    pols = _policies(opts["policies"])
+    specs = [RunSpec(wl.at(load=lv), wl.cluster, p, load=lv) for lv in grid for p in pols]
+    slo = {"slo_ttft_s": opts["slo_ttft"], "slo_tpot_s": opts["slo_tpot"]}
+    results = run_many(specs, jobs=opts["jobs"], label="sweep", **slo)
+    slo_p90 = opts["slo_ttft_p90"]
+    best = report.max_load_meeting(results, slo_p90)
+    click.echo(report.sweep_table(results, grid, slo_p90, best))
+    doc = {
+        "trace": wl.base.name,
+        "slo_ttft_p90_s": slo_p90,
+        "nominal_prefill_tok_s": wl.nominal_tok_s,
+        "max_load": best,
+        "runs": [{"policy": r["policy"], "load": r["load"], **r["summary"]} for r in results],
+    }
+    _write_outputs(doc, opts, lambda path: report.plot_sweep(results, slo_p90, path))
+
+
+def _workload(opts: dict[str, Any]) -> Workload:
+    if opts["duration"] is not None and opts["duration"] <= 0:
+        raise SimInputError(f"--duration must be > 0, got {opts['duration']}")
+    cluster = load_cluster(opts["cluster"])
+    if opts["fmt"] == "servegen":
+        path = Path(opts["trace_path"])
+        if not path.is_dir():
+            raise SimInputError(f"--trace {path}: --format servegen expects ServeGen's data folder")
+        span = opts["duration"] or SERVEGEN_DEFAULT_S
+        base = servegen.generate(path, span, seed=opts["seed"])
+    else:
+        base = load_trace(opts["trace_path"], opts["fmt"])
+    cost = CostModel()
+    return Workload(base, cluster, cost, nominal_prefill_tok_s(cluster, cost, base), opts)
+
+
+def _arrivals(trace: Trace, spec: str, seed: int) -> Trace:
+    """Replace the trace's arrival process, keeping its mean rate, span and length distribution."""
+    kind, _, arg = spec.partition(":")
+    if kind == "trace" and not arg:
+        return trace
+    rate, span = trace.mean_rate_rps, trace.duration_s
+    if rate <= 0:
+        raise SimInputError(f"--arrivals {spec}: the trace spans no time, so it has no rate to keep")
+    try:
+        value = float(arg) if arg else None
+    except ValueError:
+        raise SimInputError(f"--arrivals {spec}: expected a number after ':', got {arg!r}") from None
+    if kind == "poisson" and value is None:
+        return synthetic(rate_rps=rate, duration_s=span, seed=seed, lengths=trace)
+    if kind == "gamma" and value is not None and value > 0:
+        return synthetic(rate_rps=rate, duration_s=span, seed=seed, cv=value, lengths=trace)
+    if kind == "bursty" and value is not None and value > 1:
+        # 10 s of every 60 s at `value`× the base rate, the mean rate kept.
+        base_rate = rate * 60.0 / (50.0 + 10.0 * value)
+        return bursty(
+            base_rate_rps=base_rate,
+            burst_rate_rps=base_rate * value,
+            period_s=60.0,
+            burst_s=10.0,
+            duration_s=span,
+            seed=seed,
+            lengths=trace,
+        )
+    raise SimInputError(f"--arrivals {spec}: expected trace, poisson, gamma:CV (CV > 0) or bursty:F (F > 1)")
+
+
 def _policies(names: str) -> list[config.PolicySettings]:
     out = []
     for name in [n.strip() for n in names.split(",") if n.strip()]:
@@ -80,207 +253,25 @@ def _policies(names: str) -> list[config.PolicySettings]:
     return out
 
 
-def _scaled(trace: Trace, rate_scale: float | None, load: float | None, target_tok_s: float | None) -> Trace:
-    if rate_scale is not None and load is not None:
-        raise SimInputError("--rate-scale and --load are exclusive; give one")
-    if rate_scale is not None:
-        if rate_scale <= 0:
-            raise SimInputError(f"--rate-scale must be > 0, got {rate_scale}")
-        return rate_scaled(trace, rate_scale)
-    if load is not None:
-        if not 0 < load <= 5:
-            raise SimInputError(f"--load must be in (0, 5], got {load}")
-        assert target_tok_s is not None
-        return load_scaled(trace, load * target_tok_s)
-    return trace
+def _check_range(flag: str, value: float | None, low: float, high: float | None) -> None:
+    if value is None:
+        return
+    if value <= low or (high is not None and value > high):
+        bound = f"({low:g}, {high:g}]" if high is not None else f"> {low:g}"
+        raise SimInputError(f"{flag} must be {bound}, got {value:g}")
 
 
-@main.command()
-@_workload_options
-@click.option("--rate-scale", type=float, default=None, help="Multiply the trace's arrival rate.")
-@click.option(
-    "--load",
-    type=float,
-    default=None,
-    help="Offered prompt tokens/s as a fraction of nominal prefill capacity.",
-)
-def compare(
-    trace_path,
-    fmt,
-    cluster,
-    policies,
-    duration,
-    slo_ttft,
-    slo_tpot,
-    jobs,
-    json_out,
-    plot_out,
-    rate_scale,
-    load,
-):
-    """Run each policy on the same workload and print a table."""
-    _guard(
-        lambda: _compare(
-            trace_path,
-            fmt,
-            cluster,
-            policies,
-            duration,
-            slo_ttft,
-            slo_tpot,
-            jobs,
-            json_out,
-            plot_out,
-            rate_scale,
-            load,
-        )
-    )
-
-
-def _compare(
-    trace_path,
-    fmt,
-    cluster_name,
-    policies,
-    duration,
-    slo_ttft,
-    slo_tpot,
-    jobs,
-    json_out,
-    plot_out,
-    rate_scale,
-    load,
-):
-    cluster = load_cluster(cluster_name)
-    pols = _policies(policies)
-    cost = CostModel()
-    base = load_trace(trace_path, fmt)
-    nominal = nominal_prefill_tok_s(cluster, cost, base)
-    trace = _scaled(base, rate_scale, load, nominal)
-    if duration is not None:
-        trace = _for_duration(trace, duration)
-    if len(trace) == 0:
-        raise SimInputError("the workload is empty after scaling/--duration")
-    offered = trace.prompt_tokens_per_s
-    click.echo(
-        f"trace {trace.name}: {len(trace)} requests over {trace.duration_s:.1f} s "
-        f"({trace.mean_rate_rps:.1f} req/s, {offered / 1e3:.1f}k prompt tok/s "
-        f"= {offered / nominal:.2f} of nominal {nominal / 1e3:.0f}k tok/s)"
-    )
-    click.echo(f"cluster {cluster.name}: {report.describe_cluster(cluster)}; {cost.describe()}")
-    specs = [RunSpec(trace, cluster, p) for p in pols]
-    results = run_many(specs, jobs=jobs, slo_ttft_s=slo_ttft, slo_tpot_s=slo_tpot, label="compare")
-    click.echo(report.table(results, slo_ttft_s=slo_ttft, slo_tpot_s=slo_tpot))
-    doc = {
-        "trace": trace.name,
-        "requests": len(trace),
-        "load_of_nominal": offered / nominal,
-        "cluster": cluster.model_dump(),
-        "slo": {"ttft_s": slo_ttft, "tpot_s": slo_tpot},
-        "policies": {r["policy"]: r["summary"] for r in results},
-    }
-    _write_outputs(doc, json_out, plot_out, lambda path: report.plot_ttft_cdf(results, path))
-
-
-@main.command()
-@_workload_options
-@click.option(
-    "--loads", default="0.3,0.5,0.6,0.7,0.8,0.9,1.0", show_default=True, help="Loads (fraction of nominal)."
-)
-@click.option("--slo-ttft-p90", type=float, default=2.0, show_default=True, help="TTFT p90 SLO (s).")
-def sweep(
-    trace_path,
-    fmt,
-    cluster,
-    policies,
-    duration,
-    slo_ttft,
-    slo_tpot,
-    jobs,
-    json_out,
-    plot_out,
-    loads,
-    slo_ttft_p90,
-):
-    """Find each policy's maximum load meeting a TTFT-p90 SLO."""
-    _guard(
-        lambda: _sweep(
-            trace_path,
-            fmt,
-            cluster,
-            policies,
-            duration,
-            slo_ttft,
-            slo_tpot,
-            jobs,
-            json_out,
-            plot_out,
-            loads,
-            slo_ttft_p90,
-        )
-    )
-
-
-def _sweep(
-    trace_path,
-    fmt,
-    cluster_name,
-    policies,
-    duration,
-    slo_ttft,
-    slo_tpot,
-    jobs,
-    json_out,
-    plot_out,
-    loads,
-    slo_p90,
-):
-    cluster = load_cluster(cluster_name)
-    pols = _policies(policies)
-    try:
-        grid = sorted(float(x) for x in loads.split(","))
-    except ValueError:
-        raise SimInputError(f"--loads: expected comma-separated numbers, got {loads!r}") from None
-    cost = CostModel()
-    base = load_trace(trace_path, fmt)
-    nominal = nominal_prefill_tok_s(cluster, cost, base)
-    specs = []
-    for lv in grid:
-        tr = _scaled(base, None, lv, nominal)
-        if duration is not None:
-            tr = _for_duration(tr, duration)
-        specs += [RunSpec(tr, cluster, p, load=lv) for p in pols]
-    results = run_many(specs, jobs=jobs, slo_ttft_s=slo_ttft, slo_tpot_s=slo_tpot, label="sweep")
-    best = report.max_load_meeting(results, slo_p90)
-    click.echo(report.sweep_table(results, grid, slo_p90, best))
-    doc = {
-        "trace": base.name,
-        "slo_ttft_p90_s": slo_p90,
-        "nominal_prefill_tok_s": nominal,
-        "max_load": best,
-        "runs": [{"policy": r["policy"], "load": r["load"], **r["summary"]} for r in results],
-    }
-    _write_outputs(doc, json_out, plot_out, lambda path: report.plot_sweep(results, slo_p90, path))
-
-
-def _for_duration(trace: Trace, duration_s: float) -> Trace:
-    """`duration_s` of arrivals: the trace cut, or repeated back to back when it is shorter."""
-    if duration_s <= 0:
-        raise SimInputError(f"--duration must be > 0, got {duration_s}")
-    return tiled(trace, duration_s) if duration_s > trace.duration_s else truncated(trace, duration_s)
-
-
-def _write_outputs(
-    doc: dict, json_out: str | None, plot_out: str | None, plot: Callable[[Path], None]
-) -> None:
-    if json_out:
-        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_out).write_text(json.dumps(doc, indent=2, default=float) + "\n")
-        click.echo(f"wrote {json_out}")
-    if plot_out:
-        Path(plot_out).parent.mkdir(parents=True, exist_ok=True)
-        plot(Path(plot_out))
-        click.echo(f"wrote {plot_out}")
+def _write_outputs(doc: dict, opts: dict[str, Any], plot: Callable[[Path], None]) -> None:
+    if opts["json_out"]:
+        path = Path(opts["json_out"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(doc, indent=2, default=float) + "\n")
+        click.echo(f"wrote {path}")
+    if opts["plot_out"]:
+        path = Path(opts["plot_out"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        plot(path)
+        click.echo(f"wrote {path}")
 
 
 def _guard(fn: Callable[[], None]) -> None:

@@ -139,3 +139,16 @@ def test_sweep_writes_max_load_per_policy(trace: Path, tmp_path: Path) -> None:
         ("least_load", 0.2), ("least_load", 0.4), ("sbs", 0.2), ("sbs", 0.4),
     ]  # fmt: skip
     assert "max@5s" in result.stdout
+
+
+def test_compare_accepts_synthetic_arrivals(trace: Path) -> None:
+    result = compare(trace, "--policies", "sbs", "--arrivals", "gamma:2", "--seed", "3")
+    assert result.exit_code == 0, result.output
+
+
+def test_bad_arrivals_spec_is_one_line_error(trace: Path) -> None:
+    assert_one_line_error(compare(trace, "--policies", "sbs", "--arrivals", "gamma"), "--arrivals gamma")
+
+
+def test_servegen_format_needs_the_data_folder(trace: Path) -> None:
+    assert_one_line_error(compare(trace, "--format", "servegen"), "ServeGen's data folder")
