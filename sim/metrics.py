@@ -33,7 +33,6 @@ SUMMARY_KEYS: tuple[str, ...] = (
     "queue_wait_p90_s",
     "prefill_step_mean_s",
     "cache_hit_rate",
-    "ttft_drift",
     "completed",
     "dropped",
     "duration_s",
@@ -118,23 +117,9 @@ class Recorder:
             queue_wait_p90_s=float(np.percentile(wait, 90)),
             prefill_step_mean_s=float(np.mean(self.prefill_durations)) if self.prefill_durations else 0.0,
             cache_hit_rate=float(self.cached[done].sum() / max(self.prompt[done].sum(), 1.0)),
-            ttft_drift=self._ttft_drift(),
             duration_s=duration,
         )
         return out
-
-    def _ttft_drift(self) -> float:
-        """Mean TTFT of the last quarter of arrivals over that of the second quarter: about 1 when the
-        system keeps up with the offered load, growing with the run when a queue builds without bound.
-        Requests that never completed count as infinitely late."""
-        order = np.argsort(self.arrival, kind="stable")
-        ttft = (self.first_token - self.arrival)[order]
-        ttft = np.where(np.isnan(ttft), np.inf, ttft)
-        q = len(ttft) // 4
-        if q == 0:
-            return 1.0
-        second, last = ttft[q : 2 * q].mean(), ttft[3 * q :].mean()
-        return float(last / second) if second > 0 else 1.0
 
     def ttft(self) -> np.ndarray:
         done = ~np.isnan(self.finished)

@@ -42,6 +42,15 @@ class BatchingSettings(_Settings):
     fill_target: float = Field(1.0, gt=0.0, le=1.0)
     """Fraction of each rank's chunk budget a release fills at most (1.0 = full chunks)."""
 
+    size_priority: float = Field(5.0, ge=0.0)
+    """Buffered requests are released in order of arrival + this × their predicted prefill time
+    (0 = strict arrival order): in a burst short prompts do not wait behind long ones. Only a
+    buffering scheduler can do this; immediate dispatch leaves the order to each engine's queue."""
+
+    size_priority_max_s: float = Field(2.0, ge=0.0)
+    """The most a request is put back by `size_priority`, so long prompts never starve (it is a
+    bounded unfairness: a long prompt's TTFT grows by at most this under a sustained burst)."""
+
     level_fill: bool = True
     """Straggler-aware release: a step's level is set by its oldest request (or by the buffered work
     spread over the ranks); every rank is filled up to that level and longer requests wait for a step

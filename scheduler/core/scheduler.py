@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import random
+from bisect import insort
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain, repeat
@@ -100,6 +101,9 @@ class Scheduler:
         ]
         self.max_prompt_tokens = max(s.kv_capacity_tokens for s in self.decode_specs) - 1
         self.buffer: dict[int, Request] = {}
+        """Buffered requests in arrival order (the hold guard looks at the oldest)."""
+        self._queue: list[tuple[float, int]] = []
+        """(priority key, rid) of the buffered requests, sorted: the order releases take them in."""
         self._buffer_tokens = 0
         self.flights: dict[int, _Flight] = {}
         self.stats = SchedulerStats()
@@ -139,6 +143,7 @@ class Scheduler:
                 if not self._sbs:
                     return [self._dispatch_now(req, now)]
                 self.buffer[req.rid] = req
+                insort(self._queue, (self._priority(req), req.rid))
                 self._buffer_tokens += req.prompt_tokens
             case StepCompleted():
                 self._on_step(event, now)
@@ -309,7 +314,20 @@ class Scheduler:
             self._buffer_tokens -= oldest.prompt_tokens
             self.stats.rejected += 1
             out.append(Reject(oldest.rid, "no healthy prefill instance within the hold time", retryable=True))
+        if out:
+            self._queue = [e for e in self._queue if e[1] in self.buffer]
         return out
+
+    def _priority(self, req: Request) -> float:
+        """Release order key: arrival time plus `size_priority` × the request's predicted prefill time,
+        at most `size_priority_max_s`: short prompts are not stuck behind long ones in a burst, and a
+        long one is put back by a bounded time, so nothing starves."""
+        weight = self.policy.batching.size_priority
+        if not weight:
+            return req.arrival_s
+        n = req.prompt_tokens
+        delay = weight * (self.capacity.per_token_s * n + self.capacity.per_pair_s * n * n)
+        return req.arrival_s + min(delay, self.policy.batching.size_priority_max_s)
 
     def _mark_suspects(self, now: float) -> None:
         overrun = self.settings.sync.suspect_overrun
@@ -360,7 +378,13 @@ class Scheduler:
         taken = 0
         wake = math.inf
         prefix = self.prefix
-        for req in self.buffer.values():
+        buffer = self.buffer
+        queue = self._queue
+        if reason == "max_hold":  # the requests over the hold go first, whatever their size
+            late = now - self._max_hold_s()
+            queue = sorted(queue, key=lambda e: buffer[e[1]].arrival_s > late)
+        for _, rid in queue:
+            req = buffer[rid]
             if taken >= room and len(rids) >= spec.dp_size:
                 break
             if rids and chunk < full and req.prompt_tokens > chunk:
@@ -414,6 +438,7 @@ class Scheduler:
         st.busy_until_s = max(st.busy_until_s, now) + predicted
         pop = self.buffer.pop
         reqs = [pop(rid) for rid in plan.rids]
+        self._queue = [e for e in self._queue if e[1] in buffer]
         self._buffer_tokens -= sum(r.prompt_tokens for r in reqs)
         frac = self.policy.decode.output_kv_fraction
         kvs = [r.prompt_tokens + 1 + int(frac * r.output_tokens) for r in reqs]  # as _kv_estimate
@@ -493,7 +518,7 @@ class Scheduler:
         prompts in progress, or the buffered work spread over the ranks when there is much of it.
         Every rank is filled up to that level; a request above it waits for a step it sets.
         """
-        head = next(iter(self.buffer.values())).prompt_tokens
+        head = self.buffer[self._queue[0][1]].prompt_tokens
         committed = max(committed_tokens, default=0)
         spread = -(-self._buffer_tokens // dp)
         return min(chunk, max(head, committed, spread))
