@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -17,6 +19,35 @@ def open_text(path: str | os.PathLike[str]) -> IO[str]:
     if p.is_dir():
         raise TraceFormatError(path, None, None, "is a directory, expected a trace file")
     return p.open(encoding="utf-8-sig", newline="")
+
+
+def csv_rows(
+    path: str | os.PathLike[str], columns: Sequence[str], *, more: bool = False
+) -> Iterator[tuple[int, list[str]]]:
+    """(line number, values of `columns` in that order) for each non-blank row of a CSV whose header
+    names `columns` (`more`: other columns may follow, as the message then says)."""
+    etc = ",..." if more else ""
+    with open_text(path) as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            raise TraceFormatError(path, 1, None, f"empty file, expected header {','.join(columns)}{etc}")
+        names = [h.strip() for h in header]
+        for col in columns:
+            if col not in names:
+                expected, got = ",".join(columns), ",".join(names)
+                raise TraceFormatError(
+                    path, 1, col, f"is missing from the header: expected {expected}{etc}, got {got}"
+                )
+        index = [names.index(c) for c in columns]
+        width = len(names)
+        for row in reader:
+            line = reader.line_num
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue
+            if len(row) != width:
+                raise TraceFormatError(path, line, None, f"expected {width} columns, got {len(row)}")
+            yield line, [row[i] for i in index]
 
 
 def parse_int(text: str, path: str | os.PathLike[str], line: int, field: str, *, minimum: int) -> int:

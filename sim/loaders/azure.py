@@ -8,13 +8,12 @@ one token. Negative counts and non-positive context lengths are errors.
 
 from __future__ import annotations
 
-import csv
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sbs.sim.errors import TraceFormatError
-from sbs.sim.loaders._fields import open_text, parse_int
+from sbs.sim.loaders._fields import csv_rows, parse_int
 from sbs.sim.trace import Trace, build_trace
 
 COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
@@ -24,32 +23,13 @@ _MICROSECOND = timedelta(microseconds=1)
 
 def load(path: str | os.PathLike[str]) -> Trace:
     """Read an Azure LLM 2023 CSV into a `Trace` (no prefix hashes)."""
-    with open_text(path) as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
-            raise TraceFormatError(path, 1, None, f"empty file, expected header {','.join(COLUMNS)}")
-        names = [h.strip() for h in header]
-        for col in COLUMNS:
-            if col not in names:
-                expected, got = ",".join(COLUMNS), ",".join(names)
-                raise TraceFormatError(
-                    path, 1, col, f"is missing from the header: expected {expected}, got {got}"
-                )
-        i_ts, i_in, i_out = (names.index(c) for c in COLUMNS)
-        width = len(names)
-        micros: list[int] = []
-        prompts: list[int] = []
-        outputs: list[int] = []
-        for row in reader:
-            line = reader.line_num
-            if not row or (len(row) == 1 and not row[0].strip()):
-                continue
-            if len(row) != width:
-                raise TraceFormatError(path, line, None, f"expected {width} columns, got {len(row)}")
-            micros.append(_parse_timestamp(row[i_ts], path, line))
-            prompts.append(parse_int(row[i_in], path, line, "ContextTokens", minimum=1))
-            outputs.append(max(1, parse_int(row[i_out], path, line, "GeneratedTokens", minimum=0)))
+    micros: list[int] = []
+    prompts: list[int] = []
+    outputs: list[int] = []
+    for line, (stamp, ctx, gen) in csv_rows(path, COLUMNS):
+        micros.append(_parse_timestamp(stamp, path, line))
+        prompts.append(parse_int(ctx, path, line, "ContextTokens", minimum=1))
+        outputs.append(max(1, parse_int(gen, path, line, "GeneratedTokens", minimum=0)))
     if not micros:
         raise TraceFormatError(path, None, None, "has a header but no requests")
     first = min(micros)

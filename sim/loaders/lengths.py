@@ -6,7 +6,6 @@ arrival process from `sbs.sim.workload`. As for traces, 0 decode tokens become 1
 
 from __future__ import annotations
 
-import csv
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 from sbs.sim.errors import TraceFormatError
-from sbs.sim.loaders._fields import open_text, parse_int
+from sbs.sim.loaders._fields import csv_rows, parse_int
 
 COLUMNS = ("num_prefill_tokens", "num_decode_tokens")
 
@@ -59,28 +58,9 @@ def load(path: str | os.PathLike[str]) -> LengthTable:
     """Read a length CSV into a `LengthTable` named after the file."""
     prompts: list[int] = []
     outputs: list[int] = []
-    with open_text(path) as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
-            raise TraceFormatError(path, 1, None, f"empty file, expected header {','.join(COLUMNS)},...")
-        names = [h.strip() for h in header]
-        for col in COLUMNS:
-            if col not in names:
-                expected, got = ",".join(COLUMNS), ",".join(names)
-                raise TraceFormatError(
-                    path, 1, col, f"is missing from the header: expected {expected},..., got {got}"
-                )
-        i_in, i_out = (names.index(c) for c in COLUMNS)
-        width = len(names)
-        for row in reader:
-            line = reader.line_num
-            if not row or (len(row) == 1 and not row[0].strip()):
-                continue
-            if len(row) != width:
-                raise TraceFormatError(path, line, None, f"expected {width} columns, got {len(row)}")
-            prompts.append(parse_int(row[i_in], path, line, "num_prefill_tokens", minimum=1))
-            outputs.append(max(1, parse_int(row[i_out], path, line, "num_decode_tokens", minimum=0)))
+    for line, (prompt, output) in csv_rows(path, COLUMNS, more=True):
+        prompts.append(parse_int(prompt, path, line, "num_prefill_tokens", minimum=1))
+        outputs.append(max(1, parse_int(output, path, line, "num_decode_tokens", minimum=0)))
     if not prompts:
         raise TraceFormatError(path, None, None, "has a header but no rows")
     return LengthTable(Path(path).name, tuple(prompts), tuple(outputs))
