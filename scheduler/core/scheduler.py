@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain, repeat
 
-from sbs.scheduler.core import config, policies
+from sbs.scheduler.core import batcher, config, policies
 from sbs.scheduler.core.capacity import PrefillCapacityModel
 from sbs.scheduler.core.decode_alloc import assign_decode_lists
 from sbs.scheduler.core.prefill_alloc import water_fill_lists
@@ -143,7 +143,10 @@ class Scheduler:
                 if not self._sbs:
                     return [self._dispatch_now(req, now)]
                 self.buffer[req.rid] = req
-                insort(self._queue, (self._priority(req), req.rid))
+                key = batcher.priority_key(
+                    req.arrival_s, req.prompt_tokens, self.capacity, self.policy.batching
+                )
+                insort(self._queue, (key, req.rid))
                 self._buffer_tokens += req.prompt_tokens
             case StepCompleted():
                 self._on_step(event, now)
@@ -164,34 +167,27 @@ class Scheduler:
         """When the caller must call `handle(None, t)` next, or None if only events can help."""
         if not self._sbs or not self.buffer:
             return None
-        batching = self.policy.batching
-        oldest = next(iter(self.buffer.values()))
-        deadline = oldest.arrival_s + self._max_hold_s()
+        hold = batcher.hold_s(self.instances, self.policy.batching)
+        deadline = next(iter(self.buffer.values())).arrival_s + hold
         if not any(st.available for st in self.instances):
-            return deadline + self._max_hold_s()  # then reject what is still held, retryable
-        for st in self.instances:
-            if not st.available:
-                continue
-            if len(st.planned) == 1:
-                deadline = min(deadline, max(st.busy_until_s - batching.lead_s, st.deferred_until_s))
-            elif not st.planned:
-                start = st.busy_until_s if batching.bypass else oldest.arrival_s + self.interval_s()
-                deadline = min(deadline, max(start, st.deferred_until_s))
-        return deadline
-
-    def _max_hold_s(self) -> float:
-        """The hold guard never fires merely because steps are long: at least two measured steps."""
-        longest = max((st.step_ewma_s for st in self.instances), default=0.0)
-        return max(self.policy.batching.max_hold_s, 2.0 * longest)
+            return deadline + hold  # then reject what is still held, retryable
+        idle_from = self._idle_from()
+        lead = self.policy.batching.lead_s
+        return min(
+            deadline, *(batcher.release_time(st, lead_s=lead, idle_from=idle_from) for st in self.instances)
+        )
 
     def interval_s(self) -> float:
         """Adaptive release interval: measured step time over the instances sharing the load."""
-        live = [st for st in self.instances if st.available]
-        if not live:
-            return self.policy.batching.max_interval_s if self._sbs else 0.0
-        step = sum(st.step_ewma_s for st in live) / len(live)
         b = self.policy.batching if self._sbs else config.BatchingSettings()
-        return min(max(step / len(live), b.min_interval_s), b.max_interval_s)
+        return batcher.interval_s(self.instances, b)
+
+    def _idle_from(self) -> float:
+        """When idle instances may take work: at once under the bypass, else one interval after the
+        oldest buffered arrival (a plain fixed-window batcher)."""
+        if self.policy.batching.bypass:
+            return -math.inf
+        return next(iter(self.buffer.values())).arrival_s + self.interval_s()
 
     # -- reports --------------------------------------------------------------------------------
 
@@ -273,7 +269,7 @@ class Scheduler:
         out: list[Decision] = []
         if not self.buffer:
             return out
-        self._mark_suspects(now)
+        batcher.mark_suspects(self.instances, now, self.settings.sync.suspect_overrun)
         tried: set[int] = set()
         while self.buffer:
             p = self._due_instance(now, tried)
@@ -287,7 +283,7 @@ class Scheduler:
             out.extend(self._release_to(p, now, reason))
         while self.buffer:
             oldest = next(iter(self.buffer.values()))
-            if oldest.arrival_s + self._max_hold_s() > now:
+            if oldest.arrival_s + batcher.hold_s(self.instances, self.policy.batching) > now:
                 break
             live = [st for st in self.instances if st.available]
             if not live:
@@ -305,7 +301,7 @@ class Scheduler:
         """No prefill instance is usable: requests held twice the hold get an explicit, retryable
         error instead of waiting forever (an accepted request completes or is told to retry)."""
         out: list[Decision] = []
-        limit = 2.0 * self._max_hold_s()
+        limit = 2.0 * batcher.hold_s(self.instances, self.policy.batching)
         while self.buffer:
             oldest = next(iter(self.buffer.values()))
             if oldest.arrival_s + limit > now:
@@ -318,42 +314,16 @@ class Scheduler:
             self._queue = [e for e in self._queue if e[1] in self.buffer]
         return out
 
-    def _priority(self, req: Request) -> float:
-        """Release order key: arrival time plus `size_priority` × the request's predicted prefill time,
-        at most `size_priority_max_s`: short prompts are not stuck behind long ones in a burst, and a
-        long one is put back by a bounded time, so nothing starves."""
-        weight = self.policy.batching.size_priority
-        if not weight:
-            return req.arrival_s
-        n = req.prompt_tokens
-        delay = weight * (self.capacity.per_token_s * n + self.capacity.per_pair_s * n * n)
-        return req.arrival_s + min(delay, self.policy.batching.size_priority_max_s)
-
-    def _mark_suspects(self, now: float) -> None:
-        overrun = self.settings.sync.suspect_overrun
-        for st in self.instances:
-            if st.planned and not st.suspect:
-                grace = max(1.0, (overrun - 1.0) * max(st.step_ewma_s, st.planned[0][1]))
-                if now > st.busy_until_s + grace:
-                    st.suspect = True
-
     def _due_instance(self, now: float, tried: set[int]) -> int | None:
-        batching = self.policy.batching
+        """The instance due now whose step ends first (ties: lowest index), if any."""
+        idle_from = self._idle_from()
+        lead = self.policy.batching.lead_s
         best: tuple[float, int] | None = None
-        oldest = next(iter(self.buffer.values()))
         for i, st in enumerate(self.instances):
-            if i in tried or not st.available or st.deferred_until_s > now:
-                continue
-            if not st.planned:
-                if st.busy_until_s > now:
-                    continue
-                if not batching.bypass and now < oldest.arrival_s + self.interval_s():
-                    continue
-            elif len(st.planned) > 1 or now < st.busy_until_s - batching.lead_s:
-                continue
-            key = (st.busy_until_s, i)
-            if best is None or key < best:
-                best = key
+            if i not in tried and batcher.release_time(st, lead_s=lead, idle_from=idle_from) <= now:
+                key = (st.busy_until_s, i)
+                if best is None or key < best:
+                    best = key
         return None if best is None else best[1]
 
     def _release_to(self, p: int, now: float, reason: str) -> list[Decision]:
@@ -369,7 +339,10 @@ class Scheduler:
         ranks = range(st.offset, st.offset + spec.dp_size)
         full = chunk
         if self.policy.batching.level_fill:
-            chunk = self._level_tokens(chunk, ctok, spec.dp_size)
+            head = self.buffer[self._queue[0][1]].prompt_tokens
+            chunk = batcher.fill_level(
+                chunk, head_tokens=head, committed=ctok, buffered_tokens=self._buffer_tokens
+            )
         room = sum(max(chunk - t, 0) for t in ctok)
         rids: list[int] = []
         tokens: list[int] = []
@@ -381,7 +354,7 @@ class Scheduler:
         buffer = self.buffer
         queue = self._queue
         if reason == "max_hold":  # the requests over the hold go first, whatever their size
-            late = now - self._max_hold_s()
+            late = now - batcher.hold_s(self.instances, self.policy.batching)
             queue = sorted(queue, key=lambda e: buffer[e[1]].arrival_s > late)
         for _, rid in queue:
             req = buffer[rid]
@@ -488,7 +461,7 @@ class Scheduler:
         """
         if self.prefix is None or not req.hash_ids or not self.block_tokens:
             return None
-        if now - req.arrival_s >= 0.5 * self._max_hold_s():
+        if now - req.arrival_s >= 0.5 * batcher.hold_s(self.instances, self.policy.batching):
             return None
         matched = self.prefix.matched_blocks(req.hash_ids, range(len(self.prefill.count)))
         if not matched:
@@ -509,19 +482,6 @@ class Scheduler:
         )
         due = max(other.busy_until_s - self.policy.batching.lead_s, other.deferred_until_s, now)
         return due if due - now < saved else None
-
-    def _level_tokens(self, chunk: int, committed_tokens: list[int], dp: int) -> int:
-        """Straggler-aware fill level of one step, in tokens per rank.
-
-        A lockstep step lasts as long as its fullest rank, so the step's level is set by what it must
-        carry anyway: the oldest buffered request (carry-over priority), the chunks committed by
-        prompts in progress, or the buffered work spread over the ranks when there is much of it.
-        Every rank is filled up to that level; a request above it waits for a step it sets.
-        """
-        head = self.buffer[self._queue[0][1]].prompt_tokens
-        committed = max(committed_tokens, default=0)
-        spread = -(-self._buffer_tokens // dp)
-        return min(chunk, max(head, committed, spread))
 
     def _plan_carry_only(self, st: PrefillInstanceState) -> float:
         committed = st.committed_next()
