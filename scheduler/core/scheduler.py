@@ -3,9 +3,11 @@ call back. Pure and deterministic: no IO, no clock, randomness from a seeded `ra
 
 Two families of policy share the state model and the interfaces:
 - `sbs`: requests are buffered and released per prefill instance just before the instance's predicted
-  free time, water-filled over its DP ranks, each paired with a decode rank by the IQR-masked
-  lexicographic rule. An idle instance gets work at once (low-load bypass); nothing is held longer than
-  `max_hold_s`.
+  free time (rules in `batcher`), in a size-aware order, water-filled over its DP ranks
+  (`prefill_alloc`), each paired with a decode rank by the IQR-masked lexicographic rule
+  (`decode_alloc`). An idle instance gets work at once (low-load bypass). A request held past the hold
+  time is forced out to the instance that frees first, or, when no instance is usable at all, gets an
+  explicit retryable `Reject`.
 - immediate baselines (`round_robin`, `random`, `least_load`, `power_of_two`, `sglang`): every request
   is dispatched the moment it arrives; the engines queue what they cannot start.
 """
