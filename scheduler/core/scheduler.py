@@ -287,12 +287,12 @@ class Scheduler:
             oldest = next(iter(self.buffer.values()))
             if oldest.arrival_s + batcher.hold_s(self.instances, self.policy.batching) > now:
                 break
-            live = [st for st in self.instances if st.available]
+            live = [i for i, st in enumerate(self.instances) if st.available]
             if not live:
                 out.extend(self._reject_stale(now))
                 break
-            st = min(live, key=lambda s: (s.busy_until_s, s.offset))
-            sent = self._release_to(self.instances.index(st), now, "max_hold")
+            first = min(live, key=lambda i: (self.instances[i].busy_until_s, i))
+            sent = self._release_to(first, now, "max_hold")
             if not sent:
                 break
             self.stats.forced_releases += 1
