@@ -1,0 +1,225 @@
+"""Generate the SBSDeployment CustomResourceDefinition from the pydantic models in `api.py`.
+
+pydantic's JSON Schema becomes a Kubernetes structural schema: references are inlined, optional
+fields lose their `null` branch, titles go, field defaults (including nested objects' defaults)
+are kept so the API server applies them, and each model's `Rule`s become CEL
+`x-kubernetes-validations`. Free-form objects keep their unknown fields.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+from sbs.operator import api
+
+CRD_FILE = f"{api.PLURAL}.{api.GROUP}.yaml"
+
+PRINTER_COLUMNS = [
+    {
+        "name": "Prefill",
+        "type": "string",
+        "jsonPath": ".status.prefill.summary",
+        "description": "ready/desired",
+    },
+    {
+        "name": "Decode",
+        "type": "string",
+        "jsonPath": ".status.decode.summary",
+        "description": "ready/desired",
+    },
+    {
+        "name": "Scheduler",
+        "type": "string",
+        "jsonPath": ".status.scheduler.summary",
+        "description": "ready/desired",
+    },
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+ROOT_RULES = [
+    {
+        "rule": f"self.metadata.name.size() <= {api.MAX_NAME_LENGTH}",
+        "message": f"metadata.name: at most {api.MAX_NAME_LENGTH} characters (children are named after it)",
+    }
+]
+
+_DROP = {"title", "additionalProperties", "discriminator"}
+
+
+def _field_default(info: FieldInfo) -> Any:
+    """A field's default as the API server applies it: whole objects, as the server checks CEL on them."""
+    if info.default_factory is None:
+        return info.default
+    value = info.default_factory()  # type: ignore[call-arg]
+    if isinstance(value, BaseModel):
+        return value.model_dump(by_alias=True, exclude_none=True, mode="json")
+    return value
+
+
+def _model_defaults(model: type[BaseModel]) -> dict[str, Any]:
+    """camelCase property name -> default, for fields with a factory (pydantic's schema omits those)."""
+    out = {}
+    for name, info in model.model_fields.items():
+        if info.default_factory is not None:
+            out[info.alias or name] = _field_default(info)
+    return out
+
+
+def _models(root: type[BaseModel]) -> dict[str, type[BaseModel]]:
+    """Every model reachable from `root`, by the name pydantic uses in `$defs`."""
+    seen: dict[str, type[BaseModel]] = {}
+    stack = [root]
+    while stack:
+        m = stack.pop()
+        if m.__name__ in seen:
+            continue
+        seen[m.__name__] = m
+        for info in m.model_fields.values():
+            for t in _types_in(info.annotation):
+                if isinstance(t, type) and issubclass(t, BaseModel):
+                    stack.append(t)
+    return seen
+
+
+def _types_in(annotation: Any) -> list[Any]:
+    args = getattr(annotation, "__args__", None)
+    if not args:
+        return [annotation]
+    return [t for a in args for t in _types_in(a)]
+
+
+def structural(
+    schema: dict[str, Any], defs: dict[str, Any], models: dict[str, type[BaseModel]]
+) -> dict[str, Any]:
+    """A pydantic JSON Schema node as a structural OpenAPI v3 schema node."""
+    node = copy.deepcopy(schema)
+    ref = node.pop("$ref", None)
+    model_name = None
+    if ref is not None:
+        model_name = ref.rsplit("/", 1)[-1]
+        node = {**copy.deepcopy(defs[model_name]), **node}
+    if "anyOf" in node:
+        branches = [b for b in node.pop("anyOf") if b.get("type") != "null"]
+        if len(branches) != 1:
+            raise ValueError(f"cannot express a union of {len(branches)} types structurally: {schema}")
+        inner = structural(branches[0], defs, models)
+        node = {**inner, **{k: v for k, v in node.items() if k not in _DROP}}
+        if node.get("default", 0) is None:
+            del node["default"]
+        return node
+    if "const" in node:
+        node["enum"] = [node.pop("const")]
+    for bound, plain in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if isinstance(node.get(bound), int | float) and not isinstance(node.get(bound), bool):
+            node[plain] = node.pop(bound)  # JSON Schema 2020-12 -> OpenAPI v3.0 form
+            node[bound] = True
+    for key in _DROP:
+        node.pop(key, None)
+    if node.get("default", 0) is None:
+        del node["default"]
+    if node.get("type") == "object" or "properties" in node:
+        node["type"] = "object"
+        if "properties" in node:
+            factory_defaults = _model_defaults(models[model_name]) if model_name in models else {}
+            props = {}
+            for key, sub in node["properties"].items():
+                props[key] = structural(sub, defs, models)
+                if key in factory_defaults and "default" not in props[key]:
+                    props[key]["default"] = factory_defaults[key]
+            node["properties"] = props
+        else:
+            additional = schema.get("additionalProperties")
+            if isinstance(additional, dict) and additional.get("type") in (
+                "string",
+                "integer",
+                "boolean",
+                "number",
+            ):
+                node["additionalProperties"] = {"type": additional["type"]}
+            else:
+                node["x-kubernetes-preserve-unknown-fields"] = True
+    if node.get("type") == "array":
+        node["items"] = structural(node.get("items", {}), defs, models)
+    if not node.get("type") and "enum" in node:
+        node["type"] = "string"
+    if not node.get("type") and not node.get("x-kubernetes-preserve-unknown-fields"):
+        node["x-kubernetes-preserve-unknown-fields"] = True
+        node["type"] = "object"
+    return node
+
+
+def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
+    raw = model.model_json_schema(by_alias=True, mode="validation", ref_template="#/$defs/{model}")
+    defs = raw.pop("$defs", {})
+    models = _models(model)
+    raw_root = {"$ref": f"#/$defs/{model.__name__}"}
+    defs[model.__name__] = raw
+    return structural(raw_root, defs, models)
+
+
+def crd() -> dict[str, Any]:
+    """The CustomResourceDefinition object."""
+    spec_schema = openapi_schema(api.SBSDeploymentSpec)
+    spec_schema["description"] = "Desired state: the model, both roles' engine groups and the SBS scheduler."
+    status_schema = openapi_schema(api.SBSDeploymentStatus)
+    status_schema["description"] = "Observed state, written by the operator."
+    root = {
+        "type": "object",
+        "description": "A P/D-disaggregated SGLang deployment of a MoE model behind the SBS scheduler.",
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": spec_schema,
+            "status": status_schema,
+        },
+        "x-kubernetes-validations": ROOT_RULES,
+    }
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{api.PLURAL}.{api.GROUP}"},
+        "spec": {
+            "group": api.GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": api.KIND,
+                "listKind": f"{api.KIND}List",
+                "plural": api.PLURAL,
+                "singular": api.SINGULAR,
+                "shortNames": list(api.SHORT_NAMES),
+                "categories": ["all", "sbs"],
+            },
+            "versions": [
+                {
+                    "name": api.VERSION,
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": root},
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                }
+            ],
+        },
+    }
+
+
+HEADER = "# Generated by `sbs-operator crds` from operator/api.py; do not edit by hand.\n"
+
+
+def render() -> str:
+    return HEADER + yaml.safe_dump(crd(), sort_keys=False, width=120)
+
+
+def write(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / CRD_FILE
+    path.write_text(render())
+    return path

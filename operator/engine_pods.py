@@ -1,0 +1,192 @@
+"""Pure builders for engine groups: pods (one per node, rank 0 the leader), DNS and gang PodGroups.
+
+A group is identified by (role, index, template hash); its pods are created together and, since
+an engine cannot survive a lost rank, only ever deleted together.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sbs.operator import api, naming, sglang_args
+
+GPU_RESOURCE = "nvidia.com/gpu"
+GANG = {
+    "scheduler-plugins": {
+        "apiVersion": "scheduling.x-k8s.io/v1alpha1",
+        "plural": "podgroups",
+        "scheduler": "scheduler-plugins-scheduler",
+        "label": "scheduling.x-k8s.io/pod-group",
+    },
+    "volcano": {
+        "apiVersion": "scheduling.volcano.sh/v1beta1",
+        "plural": "podgroups",
+        "scheduler": "volcano",
+        "annotation": "scheduling.k8s.io/group-name",
+    },
+}
+
+
+def serving_revision(spec: api.SBSDeploymentSpec) -> str:
+    """What prefill and decode must share to exchange KV: model and engine settings."""
+    return naming.short_hash(
+        {"model": spec.model.model_dump(mode="json"), "engine": spec.engine.model_dump(mode="json")}
+    )
+
+
+def template_hash(spec: api.SBSDeploymentSpec, role: str, gang: bool) -> str:
+    """Everything that shapes a role's pods: a change replaces that role's groups."""
+    return naming.short_hash(
+        {"revision": serving_revision(spec), "role": spec.role(role).model_dump(mode="json"), "gang": gang}
+    )
+
+
+def group_labels(dep: api.SBSDeployment, role: str, index: int, thash: str) -> dict[str, str]:
+    return {
+        **naming.common_labels(dep.name, naming.ENGINE),
+        naming.ROLE: role,
+        naming.GROUP: str(index),
+        naming.REVISION: serving_revision(dep.spec),
+        naming.TEMPLATE_HASH: thash,
+        naming.GROUP_ID: naming.group_id(dep.name, role, index, thash),
+    }
+
+
+def _affinity(r: api.RoleSpec, gid: str) -> dict[str, Any] | None:
+    affinity: dict[str, Any] = dict(r.affinity or {})
+    if r.topology_key:
+        pod_affinity = dict(affinity.get("podAffinity") or {})
+        terms = list(pod_affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or [])
+        terms.append(
+            {"labelSelector": {"matchLabels": {naming.GROUP_ID: gid}}, "topologyKey": r.topology_key}
+        )
+        pod_affinity["requiredDuringSchedulingIgnoredDuringExecution"] = terms
+        affinity["podAffinity"] = pod_affinity
+    return affinity or None
+
+
+def _container(dep: api.SBSDeployment, role: str, index: int, thash: str, rank: int) -> dict[str, Any]:
+    spec, r, e = dep.spec, dep.spec.role(role), dep.spec.engine
+    leader_host = naming.leader_address(dep, role, index, thash)
+    ports = [{"name": "http", "containerPort": e.port}, {"name": "dist", "containerPort": e.dist_init_port}]
+    if role == "prefill":
+        ports.append({"name": "bootstrap", "containerPort": e.bootstrap_port})
+    limits = {GPU_RESOURCE: str(r.gpus_per_node)}
+    if r.resources.rdma.count:
+        limits[r.resources.rdma.name] = str(r.resources.rdma.count)
+    container: dict[str, Any] = {
+        "name": "sglang",
+        "image": e.image,
+        "imagePullPolicy": e.image_pull_policy,
+        "command": list(sglang_args.LAUNCH),
+        "args": sglang_args.engine_args(spec, role, rank=rank, dist_init_host=leader_host),
+        "env": [
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            *({"name": v.name, "value": v.value} for v in e.env),
+        ],
+        "ports": ports,
+        "resources": {
+            "requests": {"cpu": r.resources.cpu, "memory": r.resources.memory, **limits},
+            "limits": limits,
+        },
+        "securityContext": {"capabilities": {"add": ["IPC_LOCK"]}},
+        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
+    }
+    if rank == 0:
+        container["readinessProbe"] = {
+            "httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 10, "failureThreshold": 3,
+        }  # fmt: skip
+        container["startupProbe"] = {
+            "httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 10, "failureThreshold": 180,
+        }  # fmt: skip
+    return container
+
+
+def group_pods(
+    dep: api.SBSDeployment, role: str, index: int, thash: str, *, gang: bool
+) -> list[dict[str, Any]]:
+    """The pods of one engine group, leader first."""
+    r, e = dep.spec.role(role), dep.spec.engine
+    labels = group_labels(dep, role, index, thash)
+    gid = labels[naming.GROUP_ID]
+    pods = []
+    for rank in range(r.nodes_per_group):
+        pod_labels = {**labels, naming.RANK: str(rank), naming.LEADER: "true" if rank == 0 else "false"}
+        annotations: dict[str, str] = {}
+        if rank == 0:
+            annotations = {naming.DP_SIZE: str(r.attn_dp_size), naming.ENGINE_PORT: str(e.port)}
+            if role == "prefill":
+                annotations[naming.BOOTSTRAP_PORT] = str(e.bootstrap_port)
+                annotations[naming.SGLANG_BOOTSTRAP_PORT] = str(e.bootstrap_port)
+        pod_spec: dict[str, Any] = {
+            "hostname": naming.hostname(role, index, thash, rank),
+            "subdomain": naming.engine_service(dep.name),
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 30,
+            "nodeSelector": dict(r.node_selector),
+            "containers": [_container(dep, role, index, thash, rank)],
+            "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": e.shm_size}}],
+        }
+        if r.tolerations:
+            pod_spec["tolerations"] = list(r.tolerations)
+        affinity = _affinity(r, gid)
+        if affinity:
+            pod_spec["affinity"] = affinity
+        if e.host_network:
+            pod_spec["hostNetwork"] = True
+            pod_spec["dnsPolicy"] = "ClusterFirstWithHostNet"
+        if gang:
+            provider = GANG[dep.spec.gang_scheduling.provider]
+            pod_spec["schedulerName"] = dep.spec.gang_scheduling.scheduler_name or provider["scheduler"]
+            if "label" in provider:
+                pod_labels[provider["label"]] = gid
+            else:
+                annotations[provider["annotation"]] = gid
+        metadata: dict[str, Any] = {
+            "name": naming.pod_name(dep.name, role, index, thash, rank),
+            "namespace": dep.namespace,
+            "labels": pod_labels,
+            "ownerReferences": [naming.owner_reference(dep)],
+        }
+        if annotations:
+            metadata["annotations"] = annotations
+        pods.append({"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec})
+    return pods
+
+
+def pod_group(dep: api.SBSDeployment, role: str, index: int, thash: str) -> dict[str, Any]:
+    """The gang-scheduling PodGroup of one engine group (all nodes or none)."""
+    provider = GANG[dep.spec.gang_scheduling.provider]
+    r = dep.spec.role(role)
+    labels = group_labels(dep, role, index, thash)
+    return {
+        "apiVersion": provider["apiVersion"],
+        "kind": "PodGroup",
+        "metadata": {
+            "name": labels[naming.GROUP_ID],
+            "namespace": dep.namespace,
+            "labels": labels,
+            "ownerReferences": [naming.owner_reference(dep)],
+        },
+        "spec": {"minMember": r.nodes_per_group},
+    }
+
+
+def headless_service(dep: api.SBSDeployment) -> dict[str, Any]:
+    """Stable DNS for every engine pod (`<hostname>.<name>-engines`), ready or not, for rendezvous."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": naming.engine_service(dep.name),
+            "namespace": dep.namespace,
+            "labels": naming.common_labels(dep.name, naming.ENGINE),
+            "ownerReferences": [naming.owner_reference(dep)],
+        },
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": naming.engine_selector(dep.name),
+            "ports": [{"name": "http", "port": dep.spec.engine.port, "targetPort": "http"}],
+        },
+    }

@@ -1,0 +1,271 @@
+"""One reconcile of one SBSDeployment: read, plan (pure), write only what differs, report status.
+
+Children other than pods are server-side applied under the `sbs-operator` field manager, and only
+when the hash of what we would apply differs from the one recorded on the object; pods are
+created whole and deleted whole (per group). The status is patched only when it changed. So a
+reconcile of a converged deployment makes no writes at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+from sbs.operator import api, engine_pods, naming, placement, scheduler_objects
+from sbs.operator import plan as plan_mod
+from sbs.operator import status as status_mod
+from sbs.operator.kubeclient import RESOURCES, ApiError, KubeClient, collection_path, object_path
+
+log = logging.getLogger("sbs.operator")
+
+CHILD_KINDS = ("ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Deployment", "Service")
+PODGROUP_PLURAL = "podgroups"
+
+
+@dataclass
+class Result:
+    writes: int
+    requeue_after: float | None
+    phase: str
+
+
+def dep_path(namespace: str, name: str) -> str:
+    return f"{collection_path(api.API_VERSION, api.PLURAL, namespace)}/{name}"
+
+
+def validation_problem(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"])
+    return f"InvalidSpec: {where}: {err['msg']}"
+
+
+def with_spec_hash(obj: dict[str, Any]) -> dict[str, Any]:
+    """`obj` annotated with the hash of its own content (what tells us whether to apply again)."""
+    meta = obj["metadata"]
+    annotations = {**meta.get("annotations", {}), naming.SPEC_HASH: naming.short_hash(obj)}
+    return {**obj, "metadata": {**meta, "annotations": annotations}}
+
+
+async def _list_children(client: KubeClient, dep: api.SBSDeployment, kind: str) -> list[dict[str, Any]]:
+    api_version, plural, _ = RESOURCES[kind]
+    selector = f"{naming.DEPLOYMENT}={dep.name}"
+    items = await client.list(collection_path(api_version, plural, dep.namespace), label_selector=selector)
+    return [
+        i for i in items if any(o.get("uid") == dep.uid for o in i["metadata"].get("ownerReferences", []))
+    ]
+
+
+async def _converge(
+    client: KubeClient, dep: api.SBSDeployment, desired: list[dict[str, Any]], observed: list[dict[str, Any]]
+) -> None:
+    """Apply changed children; delete owned ones no longer desired."""
+    have = {(o.get("kind"), o["metadata"]["name"]): o for o in observed}
+    want = set()
+    for obj in map(with_spec_hash, desired):
+        key = (obj["kind"], obj["metadata"]["name"])
+        want.add(key)
+        current = have.get(key)
+        current_hash = ((current or {}).get("metadata", {}).get("annotations") or {}).get(naming.SPEC_HASH)
+        if current_hash != obj["metadata"]["annotations"][naming.SPEC_HASH]:
+            await client.apply(obj, plural=PODGROUP_PLURAL if obj["kind"] == "PodGroup" else None)
+    for key, obj in have.items():
+        if key not in want:
+            plural = PODGROUP_PLURAL if key[0] == "PodGroup" else None
+            await client.delete(object_path(obj, plural))
+
+
+async def _event(
+    client: KubeClient, dep: api.SBSDeployment, type_: str, reason: str, message: str, now: float
+) -> None:
+    stamp = plan_mod.iso(now)
+    event = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": f"{dep.name}.{secrets.token_hex(8)}", "namespace": dep.namespace},
+        "involvedObject": {
+            "apiVersion": api.API_VERSION,
+            "kind": api.KIND,
+            "name": dep.name,
+            "namespace": dep.namespace,
+            "uid": dep.uid,
+        },
+        "type": type_,
+        "reason": reason,
+        "message": message,
+        "source": {"component": "sbs-operator"},
+        "reportingComponent": "sbs-operator",
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    }
+    try:
+        await client.create(collection_path("v1", "events", dep.namespace), event)
+    except ApiError as exc:  # events are best effort
+        log.warning("event %s for %s/%s not recorded: %s", reason, dep.namespace, dep.name, exc)
+
+
+async def _write_status(client: KubeClient, raw: dict[str, Any], status: api.SBSDeploymentStatus) -> None:
+    new = status.model_dump(by_alias=True, mode="json")
+    if (raw.get("status") or {}) != new:
+        patch = {"metadata": {"resourceVersion": raw["metadata"]["resourceVersion"]}, "status": new}
+        await client.patch(dep_path(raw["metadata"]["namespace"], raw["metadata"]["name"]) + "/status", patch)
+
+
+def _pods_of(pods: list[dict[str, Any]], action: plan_mod.GroupAction) -> list[dict[str, Any]]:
+    out = []
+    for p in pods:
+        labels = p["metadata"].get("labels") or {}
+        if (labels.get(naming.ROLE), labels.get(naming.GROUP), labels.get(naming.TEMPLATE_HASH)) == (
+            action.role, str(action.index), action.thash,
+        ):  # fmt: skip
+            out.append(p)
+    return out
+
+
+async def reconcile(
+    client: KubeClient, namespace: str, name: str, now: float, *, gang_available: bool
+) -> Result | None:
+    """Converge one SBSDeployment; None when it is gone or being deleted (garbage collection cleans up)."""
+    writes_before = sum(client.writes.values())
+    raw = await client.get_or_none(dep_path(namespace, name))
+    if raw is None or raw["metadata"].get("deletionTimestamp"):
+        return None
+    try:
+        dep = api.SBSDeployment.model_validate(raw)
+    except ValidationError as exc:
+        problem = validation_problem(exc)
+        log.warning("%s/%s: %s", namespace, name, problem)
+        prev = api.SBSDeploymentStatus.model_validate(raw.get("status") or {})
+        status = status_mod.invalid(prev, problem, int(raw["metadata"].get("generation", 0)), now)
+        await _write_status(client, raw, status)
+        return Result(sum(client.writes.values()) - writes_before, None, "Failed")
+
+    spec = dep.spec
+    mode = spec.gang_scheduling.mode
+    gang = mode == "Enabled" or (mode == "Auto" and gang_available)
+    thashes = {r: engine_pods.template_hash(spec, r, gang) for r in api.ROLES}
+    pods_path = collection_path("v1", "pods", namespace)
+    pods = await client.list(pods_path, label_selector=naming.selector_string(naming.engine_selector(name)))
+    pods = [p for p in pods if any(o.get("uid") == dep.uid for o in p["metadata"].get("ownerReferences", []))]
+    p = plan_mod.plan(dep, pods, thashes, now)
+
+    problem = None
+    try:
+        desired = [engine_pods.headless_service(dep), *scheduler_objects.objects(dep)]
+    except scheduler_objects.SchedulerSettingsError as exc:
+        problem = f"InvalidSchedulerSettings: {exc}"
+        desired = [engine_pods.headless_service(dep)]
+    observed: list[dict[str, Any]] = []
+    for kind in CHILD_KINDS:
+        for obj in await _list_children(client, dep, kind):
+            observed.append({**obj, "kind": kind})
+    if problem is None:
+        await _converge(client, dep, desired, observed)
+    else:  # keep what runs; only the engine Service is safe to converge
+        await _converge(
+            client,
+            dep,
+            desired,
+            [o for o in observed if o["metadata"]["name"] == desired[0]["metadata"]["name"]],
+        )
+
+    if gang:
+        await _converge_podgroups(client, dep, pods, p)
+
+    for action in p.drain:
+        for pod in _pods_of(pods, action):
+            if (pod["metadata"].get("labels") or {}).get(naming.RANK) == "0":
+                annotations = {naming.DRAINING: "true", naming.DRAIN_SINCE: plan_mod.iso(now)}
+                await client.patch(object_path(pod), {"metadata": {"annotations": annotations}})
+        what = f"{action.role} group {action.index} ({action.thash[:5]}) draining: {action.reason}"
+        await _event(client, dep, "Normal", "GroupDraining", what, now)
+    for action in p.delete:
+        for pod in _pods_of(pods, action):
+            await client.delete(object_path(pod))
+        if not action.reason.startswith("GroupFailed"):
+            what = f"{action.role} group {action.index} ({action.thash[:5]}) deleted: {action.reason}"
+            await _event(client, dep, "Normal", "GroupDeleted", what, now)
+    for kind, reason, message in p.events:
+        await _event(client, dep, kind, reason, message, now)
+    for action, pods_to_create in await _placed(client, dep, p.create, gang):
+        for pod in pods_to_create:
+            try:
+                await client.create(pods_path, pod)
+            except ApiError as exc:
+                if exc.status != 409:
+                    raise
+        what = f"{action.role} group {action.index} ({action.thash[:5]}): {action.reason}"
+        await _event(client, dep, "Normal", "GroupCreated", what, now)
+
+    sched_deploy = next(
+        (
+            o
+            for o in observed
+            if o["kind"] == "Deployment" and o["metadata"]["name"] == naming.scheduler_name(name)
+        ),
+        None,
+    )
+    sched = status_mod.scheduler_status(dep, sched_deploy, scheduler_objects.endpoint(dep))
+    status = status_mod.build(
+        dep, p, scheduler=sched, revision=engine_pods.serving_revision(spec), now=now, problem=problem
+    )
+    await _write_status(client, raw, status)
+    requeue = p.requeue_after
+    if status.phase != "Ready" and requeue is None:
+        requeue = 10.0
+    return Result(sum(client.writes.values()) - writes_before, requeue, status.phase)
+
+
+async def _converge_podgroups(
+    client: KubeClient, dep: api.SBSDeployment, pods: list[dict[str, Any]], p: plan_mod.Plan
+) -> None:
+    """One PodGroup per existing or planned group instance."""
+    keys = {(a.role, a.index, a.thash) for a in p.create}
+    for pod in pods:
+        labels = pod["metadata"]["labels"]
+        keys.add((labels[naming.ROLE], int(labels[naming.GROUP]), labels[naming.TEMPLATE_HASH]))
+    deleted = {(a.role, a.index, a.thash) for a in p.delete}
+    desired = [engine_pods.pod_group(dep, *k) for k in sorted(keys - deleted)]
+    provider = engine_pods.GANG[dep.spec.gang_scheduling.provider]
+    path = collection_path(provider["apiVersion"], PODGROUP_PLURAL, dep.namespace)
+    items = await client.list(path, label_selector=f"{naming.DEPLOYMENT}={dep.name}")
+    observed = [{**i, "kind": "PodGroup", "apiVersion": provider["apiVersion"]} for i in items]
+    await _converge(client, dep, desired, observed)
+
+
+async def _placed(
+    client: KubeClient, dep: api.SBSDeployment, creates: list[plan_mod.GroupAction], gang: bool
+) -> list[tuple[plan_mod.GroupAction, list[dict[str, Any]]]]:
+    """The pods of each group to create, pinned to a topology domain that holds the whole group.
+
+    Larger groups are placed first. Without permission to list nodes, or when no domain has room,
+    pods keep only their pod affinity and kube-scheduler decides (and reports what is missing).
+    """
+    out = []
+    creates = sorted(creates, key=lambda a: -dep.spec.role(a.role).nodes_per_group)
+    free: dict[tuple[str, str, int], dict[str, int]] = {}
+    cluster: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None = None
+    for action in creates:
+        r = dep.spec.role(action.role)
+        pods = engine_pods.group_pods(dep, action.role, action.index, action.thash, gang=gang)
+        if r.topology_key and not gang:
+            if cluster is None:
+                try:
+                    cluster = (await client.list("/api/v1/nodes"), await client.list("/api/v1/pods"))
+                except ApiError as exc:
+                    log.warning("placement skipped (cannot list nodes and pods): %s", exc)
+                    cluster = ([], [])
+            key = (r.topology_key, naming.short_hash(r.node_selector), r.gpus_per_node)
+            if key not in free:
+                free[key] = placement.free_slots(
+                    *cluster, key=r.topology_key, selector=r.node_selector, gpus=r.gpus_per_node
+                )
+            domain = placement.choose(free[key], r.nodes_per_group)
+            if domain is not None:
+                free[key][domain] -= r.nodes_per_group
+                pods = [placement.pin(pod, r.topology_key, domain) for pod in pods]
+        out.append((action, pods))
+    return out

@@ -1,0 +1,138 @@
+"""Pure builders for the SBS scheduler of a deployment: config, Deployment, Service and its RBAC.
+
+The scheduler discovers its engines by watching the deployment's leader pods, so it gets a
+ServiceAccount allowed to read pods in its namespace and nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+from sbs.operator import api, naming
+from sbs.scheduler.core.config import SchedulerSettings
+
+CONFIG_KEY = "scheduler.yaml"
+CONFIG_DIR = "/etc/sbs"
+
+
+class SchedulerSettingsError(ValueError):
+    """`spec.scheduler.settings` is not a valid `SchedulerSettings`."""
+
+
+def core_settings(spec: api.SchedulerSpec) -> dict[str, Any]:
+    """The core's settings: `spec.scheduler.settings` with the policy type from `spec.scheduler.policy`."""
+    raw = dict(spec.settings)
+    policy = {**(raw.pop("policy", None) or {}), "type": spec.policy}
+    try:
+        settings = SchedulerSettings.model_validate({**raw, "policy": policy})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise SchedulerSettingsError(f"spec.scheduler.settings.{where}: {err['msg']}") from None
+    return settings.model_dump(mode="json")
+
+
+def config(dep: api.SBSDeployment) -> dict[str, Any]:
+    """The scheduler's configuration file: where to listen, how to find engines, how to schedule."""
+    s = dep.spec.scheduler
+    return {
+        "host": "0.0.0.0",
+        "port": s.port,
+        "discovery": {
+            "kubernetes": {
+                "namespace": dep.namespace,
+                "selector": naming.selector_string(naming.engine_selector(dep.name)),
+            }
+        },
+        "scheduler": core_settings(s),
+    }
+
+
+def _meta(dep: api.SBSDeployment, name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": dep.namespace,
+        "labels": naming.common_labels(dep.name, naming.SCHEDULER),
+        "ownerReferences": [naming.owner_reference(dep)],
+    }
+
+
+def objects(dep: api.SBSDeployment) -> list[dict[str, Any]]:
+    """ServiceAccount, Role, RoleBinding, ConfigMap, Deployment and Service of the scheduler."""
+    name = naming.scheduler_name(dep.name)
+    s = dep.spec.scheduler
+    cfg = yaml.safe_dump(config(dep), sort_keys=True)
+    selector = naming.scheduler_selector(dep.name)
+    container = {
+        "name": "scheduler",
+        "image": s.image,
+        "imagePullPolicy": s.image_pull_policy,
+        "command": ["sbs-scheduler"],
+        "args": ["--config", f"{CONFIG_DIR}/{CONFIG_KEY}"],
+        "ports": [{"name": "http", "containerPort": s.port}],
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
+        "livenessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 10},
+        "resources": {"requests": {"cpu": s.cpu, "memory": s.memory}, "limits": {"memory": s.memory}},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}],
+    }
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(dep, name),
+        "spec": {
+            "replicas": s.replicas,
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {
+                    "labels": naming.common_labels(dep.name, naming.SCHEDULER),
+                    # a config change restarts the scheduler
+                    "annotations": {naming.SPEC_HASH: naming.short_hash(cfg)},
+                },
+                "spec": {
+                    "serviceAccountName": name,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": 65532,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [container],
+                    "volumes": [{"name": "config", "configMap": {"name": name}}],
+                },
+            },
+        },
+    }
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(dep, name)},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": _meta(dep, name),
+            "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": _meta(dep, name),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": dep.namespace}],
+        },
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(dep, name), "data": {CONFIG_KEY: cfg}},
+        deployment,
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": _meta(dep, name),
+            "spec": {"selector": selector, "ports": [{"name": "http", "port": s.port, "targetPort": "http"}]},
+        },
+    ]
+
+
+def endpoint(dep: api.SBSDeployment) -> str:
+    return f"http://{naming.scheduler_name(dep.name)}.{dep.namespace}.svc:{dep.spec.scheduler.port}"
