@@ -196,6 +196,22 @@ class PrefillEngine:
         self.running = None
         return rec
 
+    def abort(self, rid: int) -> bool:
+        """Drop a queued job (client gone). Call between steps only; False if `rid` is not queued."""
+        assert self.running is None, "abort during a running step"
+        for r, q in enumerate(self.queues):
+            for job in q:
+                if job.rid == rid:
+                    q.remove(job)
+                    self.queued_tokens[r] -= job.prompt_tokens
+                    return True
+        return False
+
+    def flush_cache(self) -> None:
+        """Empty every rank's prefix cache (SGLang `/flush_cache`)."""
+        for cache in self.caches or ():
+            cache.blocks.clear()
+
     def loads(self) -> tuple[RankLoad, ...]:
         """Per-rank snapshot in SGLang `/v1/loads` shape."""
         out = []
@@ -273,6 +289,30 @@ class DecodeEngine:
         self.reserved_kv[job.rank] -= job.kv_tokens
         self.waiting[job.rank].append(job)
         self.n_waiting += 1
+
+    def unreserve(self, rank: int, kv_tokens: int) -> None:
+        """A reserved request left before its KV arrived (aborted, or its transfer failed)."""
+        self.reserved[rank] -= 1
+        self.reserved_kv[rank] -= kv_tokens
+
+    def abort(self, rid: int) -> bool:
+        """Drop a waiting or running job (client gone). Call between steps only; False if unknown."""
+        assert self.running is None, "abort during a running step"
+        for q in self.waiting:
+            for job in q:
+                if job.rid == rid:
+                    q.remove(job)
+                    self.n_waiting -= 1
+                    return True
+        for i, (_, heap_rid, job) in enumerate(self._finish_heap):
+            if heap_rid == rid:
+                self._finish_heap[i] = self._finish_heap[-1]
+                self._finish_heap.pop()
+                heapq.heapify(self._finish_heap)
+                self.batch[job.rank] -= 1
+                self.kv[job.rank] -= job.kv_tokens + (self.step_index - job.joined_step)
+                return True
+        return False
 
     def _admit(self) -> None:
         cap = self.spec.kv_capacity_tokens
