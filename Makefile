@@ -28,8 +28,13 @@ fmt: venv
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: lint e2e-bins
+test: lint e2e-bins sglang-env
 	$(BIN)/pytest -q
+
+# SGLang 0.5.23 without its GPU stack, for the contract tests (tests/contract/): built once into
+# ~/.cache/sbs-sglang/ (about a minute), then reused.
+sglang-env: venv
+	$(BIN)/python -c 'import sys; sys.path.insert(0, "tests/contract"); import sglang_env; print(sglang_env.ensure_env())'
 
 test-quick: venv
 	$(BIN)/pytest -q -m "not e2e and not slow"
