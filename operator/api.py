@@ -12,6 +12,7 @@ so the operator and tests agree with the API server.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -50,6 +51,8 @@ class Rule:
     check: Callable[[Any], bool]
 
     def schema(self) -> dict[str, str]:
+        if self.field_path.startswith(".metadata"):  # the API server takes field paths below spec only
+            return {"rule": self.cel, "message": f"{self.field_path.lstrip('.')}: {self.message}"}
         return {"rule": self.cel, "message": self.message, "fieldPath": self.field_path}
 
 
@@ -100,11 +103,16 @@ class EnvVar(ApiModel):
 
 ENGINE_SETTINGS_RULES = (
     Rule(
-        "self.port != self.bootstrapPort && self.port != self.distInitPort "
-        "&& self.bootstrapPort != self.distInitPort",
-        "port, bootstrapPort and distInitPort must differ",
+        "self.port != self.bootstrapPort",
+        "must differ from port",
         ".bootstrapPort",
-        lambda s: len({s.port, s.bootstrap_port, s.dist_init_port}) == 3,
+        lambda s: s.port != s.bootstrap_port,
+    ),
+    Rule(
+        "self.distInitPort != self.port && self.distInitPort != self.bootstrapPort",
+        "must differ from port and bootstrapPort",
+        ".distInitPort",
+        lambda s: s.dist_init_port not in (s.port, s.bootstrap_port),
     ),
 )
 
@@ -442,10 +450,30 @@ class SBSDeploymentStatus(ApiModel):
     conditions: list[Condition] = Field(default_factory=list)
 
 
+NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+
+ROOT_RULES = (
+    Rule(
+        f"self.metadata.name.size() <= {MAX_NAME_LENGTH}",
+        f"at most {MAX_NAME_LENGTH} characters (child objects are named after it)",
+        ".metadata.name",
+        lambda d: len(d.metadata.get("name", "")) <= MAX_NAME_LENGTH,
+    ),
+    Rule(
+        f"self.metadata.name.matches('{NAME_PATTERN}')",
+        "must be a DNS-1035 label: lowercase letters, digits and '-', starting with a letter "
+        "(it names Services)",
+        ".metadata.name",
+        lambda d: re.fullmatch(NAME_PATTERN, d.metadata.get("name", "")) is not None,
+    ),
+)
+
+
 class SBSDeployment(ApiModel):
     """The whole object as the operator reads it."""
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+    rules: ClassVar[tuple[Rule, ...]] = ROOT_RULES
     api_version: str = API_VERSION
     kind: str = KIND
     metadata: dict[str, Any] = Field(default_factory=dict)

@@ -107,3 +107,7 @@ def run(
         f"sbs-operator: watching {', '.join(cfg.namespaces) or 'all namespaces'} on {creds.server}", err=True
     )
     asyncio.run(main_async())
+
+
+if __name__ == "__main__":
+    main()

@@ -42,12 +42,6 @@ PRINTER_COLUMNS = [
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 
-ROOT_RULES = [
-    {
-        "rule": f"self.metadata.name.size() <= {api.MAX_NAME_LENGTH}",
-        "message": f"metadata.name: at most {api.MAX_NAME_LENGTH} characters (children are named after it)",
-    }
-]
 
 _DROP = {"title", "additionalProperties", "discriminator"}
 
@@ -180,7 +174,7 @@ def crd() -> dict[str, Any]:
             "spec": spec_schema,
             "status": status_schema,
         },
-        "x-kubernetes-validations": ROOT_RULES,
+        "x-kubernetes-validations": [r.schema() for r in api.ROOT_RULES],
     }
     return {
         "apiVersion": "apiextensions.k8s.io/v1",

@@ -125,6 +125,13 @@ class KubeClient:
         self.writes: Counter[str] = Counter()
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
+        self._owns_session = True
+
+    def fork(self) -> KubeClient:
+        """A client sharing this one's connections but counting its own writes (one per reconcile)."""
+        twin = KubeClient(self.creds, field_manager=self.field_manager)
+        twin._timeout, twin._session, twin._owns_session = self._timeout, self._http(), False
+        return twin
 
     async def __aenter__(self) -> KubeClient:
         return self
@@ -143,7 +150,7 @@ class KubeClient:
         return self._session
 
     async def close(self) -> None:
-        if self._session is not None:
+        if self._session is not None and self._owns_session:
             await self._session.close()
             self._session = None
 

@@ -8,6 +8,7 @@ reconcile of a converged deployment makes no writes at all.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from dataclasses import dataclass
@@ -20,6 +21,10 @@ from sbs.operator import status as status_mod
 from sbs.operator.kubeclient import RESOURCES, ApiError, KubeClient, collection_path, object_path
 
 log = logging.getLogger("sbs.operator")
+
+PLACEMENT_LOCK = asyncio.Lock()
+"""Placement reads free capacity and then creates pods: one reconcile at a time, or two would pick
+the same free nodes."""
 
 CHILD_KINDS = ("ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Deployment", "Service")
 PODGROUP_PLURAL = "podgroups"
@@ -53,9 +58,10 @@ async def _list_children(client: KubeClient, dep: api.SBSDeployment, kind: str) 
     api_version, plural, _ = RESOURCES[kind]
     selector = f"{naming.DEPLOYMENT}={dep.name}"
     items = await client.list(collection_path(api_version, plural, dep.namespace), label_selector=selector)
-    return [
+    owned = [
         i for i in items if any(o.get("uid") == dep.uid for o in i["metadata"].get("ownerReferences", []))
     ]
+    return [{**i, "kind": kind, "apiVersion": api_version} for i in owned]  # list items carry neither
 
 
 async def _converge(
@@ -114,6 +120,11 @@ async def _write_status(client: KubeClient, raw: dict[str, Any], status: api.SBS
         await client.patch(dep_path(raw["metadata"]["namespace"], raw["metadata"]["name"]) + "/status", patch)
 
 
+def pod_path(pod: dict[str, Any]) -> str:
+    meta = pod["metadata"]
+    return f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}"
+
+
 def _pods_of(pods: list[dict[str, Any]], action: plan_mod.GroupAction) -> list[dict[str, Any]]:
     out = []
     for p in pods:
@@ -160,8 +171,7 @@ async def reconcile(
         desired = [engine_pods.headless_service(dep)]
     observed: list[dict[str, Any]] = []
     for kind in CHILD_KINDS:
-        for obj in await _list_children(client, dep, kind):
-            observed.append({**obj, "kind": kind})
+        observed += await _list_children(client, dep, kind)
     if problem is None:
         await _converge(client, dep, desired, observed)
     else:  # keep what runs; only the engine Service is safe to converge
@@ -179,26 +189,28 @@ async def reconcile(
         for pod in _pods_of(pods, action):
             if (pod["metadata"].get("labels") or {}).get(naming.RANK) == "0":
                 annotations = {naming.DRAINING: "true", naming.DRAIN_SINCE: plan_mod.iso(now)}
-                await client.patch(object_path(pod), {"metadata": {"annotations": annotations}})
+                await client.patch(pod_path(pod), {"metadata": {"annotations": annotations}})
         what = f"{action.role} group {action.index} ({action.thash[:5]}) draining: {action.reason}"
         await _event(client, dep, "Normal", "GroupDraining", what, now)
     for action in p.delete:
         for pod in _pods_of(pods, action):
-            await client.delete(object_path(pod))
+            await client.delete(pod_path(pod))
         if not action.reason.startswith("GroupFailed"):
             what = f"{action.role} group {action.index} ({action.thash[:5]}) deleted: {action.reason}"
             await _event(client, dep, "Normal", "GroupDeleted", what, now)
     for kind, reason, message in p.events:
         await _event(client, dep, kind, reason, message, now)
-    for action, pods_to_create in await _placed(client, dep, p.create, gang):
-        for pod in pods_to_create:
-            try:
-                await client.create(pods_path, pod)
-            except ApiError as exc:
-                if exc.status != 409:
-                    raise
-        what = f"{action.role} group {action.index} ({action.thash[:5]}): {action.reason}"
-        await _event(client, dep, "Normal", "GroupCreated", what, now)
+    if p.create:
+        async with PLACEMENT_LOCK:
+            for action, pods_to_create in await _placed(client, dep, p.create, gang):
+                for pod in pods_to_create:
+                    try:
+                        await client.create(pods_path, pod)
+                    except ApiError as exc:
+                        if exc.status != 409:
+                            raise
+                what = f"{action.role} group {action.index} ({action.thash[:5]}): {action.reason}"
+                await _event(client, dep, "Normal", "GroupCreated", what, now)
 
     sched_deploy = next(
         (

@@ -107,10 +107,10 @@ class Reconciler:
                 continue  # the leader reconciles; the resync re-enqueues everything on takeover
             self.running.add(key)
             started = time.monotonic()
-            before = sum(self.client.writes.values())
+            client = self.client.fork()
             now = time.time()  # noqa: TID251 (IO edge: the wall clock is passed into the pure planner)
             try:
-                result = await reconciler.reconcile(self.client, *key, now, gang_available=await self._gang())
+                result = await reconciler.reconcile(client, *key, now, gang_available=await self._gang())
             except ApiError as exc:
                 level = logging.INFO if exc.status == 409 else logging.WARNING
                 log.log(level, "reconcile %s/%s: %s; retrying", *key, exc)
@@ -130,7 +130,7 @@ class Reconciler:
                     if result.requeue_after is not None:
                         self.enqueue_later(key, result.requeue_after)
             finally:
-                WRITES.inc(sum(self.client.writes.values()) - before)
+                WRITES.inc(sum(client.writes.values()))
                 RECONCILE_SECONDS.observe(time.monotonic() - started)
                 self.running.discard(key)
                 if key in self.again:

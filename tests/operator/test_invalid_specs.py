@@ -61,18 +61,7 @@ CASES = [
     ),
     Case("prefill-chunk-zero", spec(prefill={"chunkedPrefillSize": 0}), "spec.prefill.chunkedPrefillSize"),
     Case("port-is-bootstrap-port", spec(engine={"port": 8998}), "spec.engine.bootstrapPort"),
-    Case(
-        "port-is-dist-init-port",
-        spec(engine={"port": 5757}),
-        "spec.engine.distInitPort",
-        marks=(
-            pytest.mark.xfail(
-                strict=True,
-                reason="ENGINE_SETTINGS_RULES is one rule with fieldPath .bootstrapPort, so a clash of port "
-                "and distInitPort is reported on spec.engine.bootstrapPort, a field that is fine",
-            ),
-        ),
-    ),
+    Case("port-is-dist-init-port", spec(engine={"port": 5757}), "spec.engine.distInitPort"),
     Case("bootstrap-port-privileged", spec(engine={"bootstrapPort": 80}), "spec.engine.bootstrapPort"),
     Case("transfer-backend-tcp", spec(engine={"transferBackend": "tcp"}), "spec.engine.transferBackend"),
     Case(
@@ -187,13 +176,7 @@ def test_api_server_rejects_naming_the_field(kube, ns, case):
     assert case.field in message, message
 
 
-PYDANTIC_MARKS = {
-    "name-too-long": pytest.mark.xfail(
-        strict=True,
-        reason="api.SBSDeployment keeps metadata as a plain dict: the name-length rule exists only as CEL "
-        "(crdgen.ROOT_RULES), so pydantic accepts a name the API server rejects",
-    ),
-}
+PYDANTIC_MARKS: dict[str, pytest.MarkDecorator] = {}
 
 
 @pytest.mark.parametrize(
@@ -219,13 +202,6 @@ def test_pydantic_rejects_naming_the_field(case):
 # ---- a name the API server accepts must give children valid names ---------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="metadata.name is only length-checked: a DNS-subdomain name with a dot is accepted, but the "
-    "`<name>-engines` and `<name>-scheduler` Services (and the pods' subdomain) then cannot be created; "
-    "the root rule should also require a DNS label: "
-    "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
-)
 @pytest.mark.parametrize("name", ["deepseek.v3"])
 def test_a_name_the_api_server_accepts_yields_a_creatable_engine_service(kube, ns, name):
     obj = merged(BASELINE, {"metadata": {"name": name}})

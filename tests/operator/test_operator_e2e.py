@@ -1,0 +1,323 @@
+"""The operator against the real control plane: 64 kwok H800 nodes, kube-scheduler, garbage collector.
+
+The operator runs as its own process (`sbs-operator run`), exactly as a user would start it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import copy
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from sbs.e2e import cluster, kube
+from sbs.operator import api, naming, reconciler
+from sbs.operator.kubeclient import KubeClient, load_kubeconfig
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLE = REPO / "manifests" / "samples" / "deepseek-v3-h800.yaml"
+DEPS = f"/apis/{api.API_VERSION}/namespaces/{{ns}}/{api.PLURAL}"
+
+
+class Operator:
+    def __init__(self, plane: cluster.ControlPlane, namespace: str, log: Path, *extra: str) -> None:
+        self.log_path = log
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "sbs.operator.cli", "run", "--kubeconfig", str(plane.kubeconfig),
+                 "-n", namespace, "--lease-namespace", namespace, "--resync-seconds", "5", *extra],
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+@pytest.fixture
+def operator(
+    control_plane: cluster.ControlPlane, namespace: str, tmp_path: Path
+) -> Iterator[Callable[..., Operator]]:
+    started: list[Operator] = []
+
+    def start(*extra: str) -> Operator:
+        op = Operator(control_plane, namespace, tmp_path / f"operator-{len(started)}.log", *extra)
+        started.append(op)
+        return op
+
+    yield start
+    for op in started:
+        op.stop()
+
+
+def sample(**overrides: object) -> dict:
+    obj = yaml.safe_load(SAMPLE.read_text())
+    obj["spec"]["updateStrategy"]["drainSeconds"] = 1
+    obj["spec"]["restartPolicy"] = {"backoffSeconds": 0}
+    obj["spec"].update(overrides)
+    return obj
+
+
+def get_dep(k: kube.Kube, ns: str, name: str) -> dict:
+    return k.get(DEPS.format(ns=ns) + f"/{name}")
+
+
+def wait_phase(
+    plane: cluster.ControlPlane, k: kube.Kube, ns: str, name: str, phase: str, timeout_s: float = 60
+) -> dict:
+    def check() -> dict | None:
+        obj = get_dep(k, ns, name)
+        st = obj.get("status") or {}
+        if st.get("phase") == phase and st.get("observedGeneration") == obj["metadata"]["generation"]:
+            return obj
+        return None
+
+    return plane.wait(check, f"{ns}/{name} phase {phase}", timeout_s)
+
+
+def engine_pods(k: kube.Kube, ns: str, name: str) -> list[dict]:
+    sel = naming.selector_string(naming.engine_selector(name))
+    return k.get(f"/api/v1/namespaces/{ns}/pods", labelSelector=sel)["items"]
+
+
+def groups_of(pods: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = collections.defaultdict(list)
+    for p in pods:
+        out[p["metadata"]["labels"][naming.GROUP_ID]].append(p)
+    return out
+
+
+def kubectl(plane: cluster.ControlPlane, *args: str) -> str:
+    env = {**os.environ, "KUBECONFIG": str(plane.kubeconfig)}
+    return subprocess.run(
+        [str(plane.bins.path("kubectl")), *args], env=env, check=True, capture_output=True, text=True
+    ).stdout
+
+
+def reconcile_writes(plane: cluster.ControlPlane, ns: str, name: str) -> int:
+    async def once() -> int:
+        async with KubeClient(load_kubeconfig(plane.kubeconfig)) as client:
+            now = time.time()  # noqa: TID251 (the test is the IO edge)
+            result = await reconciler.reconcile(client, ns, name, now, gang_available=False)
+            assert result is not None
+            return result.writes
+
+    return asyncio.run(once())
+
+
+def delete_and_wait_gone(plane: cluster.ControlPlane, k: kube.Kube, ns: str, name: str) -> None:
+    k.delete(DEPS.format(ns=ns) + f"/{name}")
+    plane.wait(lambda: not engine_pods(k, ns, name), f"{ns}/{name} engine pods garbage-collected", 60)
+
+
+def test_sample_becomes_ready_packed_per_topology_domain_and_idempotent(
+    control_plane: cluster.ControlPlane, kube: kube.Kube, namespace: str, operator: Callable[..., Operator]
+) -> None:
+    op = operator()
+    obj = sample()
+    t0 = time.monotonic()
+    kube.create(DEPS.format(ns=namespace), obj)
+    dep = wait_phase(control_plane, kube, namespace, "deepseek-v3", "Ready")
+    took = time.monotonic() - t0
+    print(f"\nsample (4x4 prefill + 2x9 decode on 64 H800 nodes): apply -> Ready in {took:.1f} s")
+
+    # printer columns
+    out = kubectl(control_plane, "get", "sbsd", "-n", namespace)
+    header, row = out.splitlines()[:2]
+    assert header.split()[:5] == ["NAME", "PREFILL", "DECODE", "SCHEDULER", "PHASE"]
+    assert row.split()[:5] == ["deepseek-v3", "4/4", "2/2", "1/1", "Ready"]
+    assert not dep["metadata"].get("finalizers")
+    assert not any(k.startswith("kopf.") for k in dep["metadata"].get("annotations", {}))
+
+    # every group inside one topology block, leaders annotated
+    nodes = {n["metadata"]["name"]: n for n in kube.get("/api/v1/nodes")["items"]}
+    pods = engine_pods(kube, namespace, "deepseek-v3")
+    groups = groups_of(pods)
+    assert sorted(len(g) for g in groups.values()) == [4, 4, 4, 4, 9, 9]
+    for gid, members in groups.items():
+        blocks = {
+            nodes[p["spec"]["nodeName"]]["metadata"]["labels"]["network.topology.kubernetes.io/block"]
+            for p in members
+        }
+        assert len(blocks) == 1, f"{gid} spans {blocks}"
+        leader = next(p for p in members if p["metadata"]["labels"][naming.RANK] == "0")
+        assert leader["metadata"]["labels"][naming.LEADER] == "true"
+        assert leader["metadata"]["annotations"][naming.DP_SIZE] in ("32", "72")
+    assert len({p["spec"]["nodeName"] for p in pods}) == 34  # one engine pod per node
+
+    # converged: a reconcile makes zero writes, and the running operator leaves the object alone
+    assert reconcile_writes(control_plane, namespace, "deepseek-v3") == 0
+    rv = get_dep(kube, namespace, "deepseek-v3")["metadata"]["resourceVersion"]
+    uids = sorted(p["metadata"]["uid"] for p in engine_pods(kube, namespace, "deepseek-v3"))
+    time.sleep(6)  # longer than the operator's resync period
+    assert get_dep(kube, namespace, "deepseek-v3")["metadata"]["resourceVersion"] == rv
+    assert sorted(p["metadata"]["uid"] for p in engine_pods(kube, namespace, "deepseek-v3")) == uids
+
+    # deletion leaves nothing behind
+    delete_and_wait_gone(control_plane, kube, namespace, "deepseek-v3")
+    sel = f"{naming.DEPLOYMENT}=deepseek-v3"
+    for path in ("/api/v1/namespaces/{ns}/services", "/api/v1/namespaces/{ns}/configmaps",
+                 "/apis/apps/v1/namespaces/{ns}/deployments", "/api/v1/namespaces/{ns}/serviceaccounts",
+                 "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles",
+                 "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings"):  # fmt: skip
+        control_plane.wait(
+            lambda p=path: not kube.get(p.format(ns=namespace), labelSelector=sel)["items"],
+            f"{path} empty",
+            60,
+        )
+    assert "Traceback" not in op.log(), op.log()[-3000:]
+
+
+def test_pod_loss_recreates_exactly_its_group_and_image_change_rolls_group_by_group(
+    control_plane: cluster.ControlPlane, kube: kube.Kube, namespace: str, operator: Callable[..., Operator]
+) -> None:
+    op = operator()
+    kube.create(DEPS.format(ns=namespace), sample())
+    wait_phase(control_plane, kube, namespace, "deepseek-v3", "Ready")
+
+    # delete one pod of prefill group 2: that group, and only it, is recreated
+    before = {
+        gid: sorted(p["metadata"]["uid"] for p in ps)
+        for gid, ps in groups_of(engine_pods(kube, namespace, "deepseek-v3")).items()
+    }
+    victim = next(gid for gid in before if "-prefill-2-" in gid)
+    pod = next(
+        p
+        for p in engine_pods(kube, namespace, "deepseek-v3")
+        if p["metadata"]["labels"][naming.GROUP_ID] == victim
+    )
+    kube.delete(f"/api/v1/namespaces/{namespace}/pods/{pod['metadata']['name']}")
+    control_plane.wait(
+        lambda: (get_dep(kube, namespace, "deepseek-v3")["status"].get("groupRestarts") or [None])[0],
+        "restart recorded",
+        30,
+    )
+    dep = wait_phase(control_plane, kube, namespace, "deepseek-v3", "Ready")
+    after = {
+        gid: sorted(p["metadata"]["uid"] for p in ps)
+        for gid, ps in groups_of(engine_pods(kube, namespace, "deepseek-v3")).items()
+    }
+    changed = sorted(gid for gid in before if after.get(gid) != before[gid])
+    assert changed == [victim]
+    assert set(after[victim]).isdisjoint(before[victim])  # every pod of the group is new
+    restarts = dep["status"]["groupRestarts"]
+    assert [(r["role"], r["index"], r["count"]) for r in restarts] == [("prefill", 2, 1)]
+    reasons = [e["reason"] for e in kube.get(f"/api/v1/namespaces/{namespace}/events")["items"]]
+    assert "GroupRecreated" in reasons
+
+    # image change: groups are replaced one at a time per role (maxSurge 1, maxUnavailable 0)
+    old_hashes = {
+        p["metadata"]["labels"][naming.TEMPLATE_HASH] for p in engine_pods(kube, namespace, "deepseek-v3")
+    }
+    kube.patch(
+        DEPS.format(ns=namespace) + "/deepseek-v3", {"spec": {"engine": {"image": "lmsysorg/sglang:v0.5.24"}}}
+    )
+    sequence: list[tuple[float, str, int, int]] = []  # (t, role, old groups, new groups)
+    max_extra = collections.Counter()
+    t0 = time.monotonic()
+    deadline = t0 + 120
+    while time.monotonic() < deadline:
+        groups = groups_of(engine_pods(kube, namespace, "deepseek-v3"))
+        for role, desired in (("prefill", 4), ("decode", 2)):
+            mine = [g for g in groups if f"-{role}-" in g]
+            new = sum(
+                1 for g in mine if groups[g][0]["metadata"]["labels"][naming.TEMPLATE_HASH] not in old_hashes
+            )
+            state = (round(time.monotonic() - t0, 1), role, len(mine) - new, new)
+            if not sequence or [s[1:] for s in sequence if s[1] == role][-1:] != [state[1:]]:
+                sequence.append(state)
+            max_extra[role] = max(max_extra[role], len(mine) - desired)
+        obj = get_dep(kube, namespace, "deepseek-v3")
+        st = obj.get("status") or {}
+        if (
+            st.get("phase") == "Ready"
+            and st.get("observedGeneration") == obj["metadata"]["generation"]
+            and all(
+                p["metadata"]["labels"][naming.TEMPLATE_HASH] not in old_hashes
+                for p in engine_pods(kube, namespace, "deepseek-v3")
+            )
+        ):
+            break
+        time.sleep(0.2)
+    print("\nrolling update sequence (t s, role, old groups, new groups):")
+    for s in sequence:
+        print("  ", s)
+    assert get_dep(kube, namespace, "deepseek-v3")["status"]["phase"] == "Ready", sequence
+    assert max_extra == {"prefill": 1, "decode": 1}, (max_extra, sequence)
+    prefill_new = [s[3] for s in sequence if s[1] == "prefill"]
+    assert prefill_new == sorted(prefill_new) and prefill_new[-1] == 4  # monotone, one by one
+    delete_and_wait_gone(control_plane, kube, namespace, "deepseek-v3")
+    assert "Traceback" not in op.log(), op.log()[-3000:]
+
+
+def test_more_gpus_than_exist_reports_insufficient_gpus(
+    control_plane: cluster.ControlPlane, kube: kube.Kube, namespace: str, operator: Callable[..., Operator]
+) -> None:
+    operator()
+    obj = sample()
+    obj["metadata"]["name"] = "too-big"
+    obj["spec"]["decode"]["groups"] = 8  # 16 + 72 nodes > 64
+    kube.create(DEPS.format(ns=namespace), obj)
+    dep = wait_phase(control_plane, kube, namespace, "too-big", "Degraded", 60)
+    degraded = next(c for c in dep["status"]["conditions"] if c["type"] == "Degraded")
+    assert degraded["reason"] == "InsufficientGPUs", degraded
+    assert "nvidia.com/gpu" in degraded["message"]
+    delete_and_wait_gone(control_plane, kube, namespace, "too-big")
+
+
+def test_twenty_deployments_reconcile_concurrently(
+    control_plane: cluster.ControlPlane, kube: kube.Kube, namespace: str, operator: Callable[..., Operator]
+) -> None:
+    op = operator("--workers", "8")
+    base = sample()
+    base["spec"]["prefill"].update(groups=1, nodesPerGroup=1, chunkedPrefillSize=8192)
+    base["spec"]["decode"].update(groups=1, nodesPerGroup=2)
+    t0 = time.monotonic()
+    for i in range(20):
+        obj = copy.deepcopy(base)
+        obj["metadata"]["name"] = f"m{i:02d}"
+        kube.create(DEPS.format(ns=namespace), obj)  # 3 nodes each: 60 of 64
+
+    def all_ready() -> bool:
+        items = kube.get(DEPS.format(ns=namespace))["items"]
+        return len(items) == 20 and all((i.get("status") or {}).get("phase") == "Ready" for i in items)
+
+    control_plane.wait(all_ready, "20 deployments Ready", 120)
+    took = time.monotonic() - t0
+    rss = op.rss_mib()
+    print(f"\n20 SBSDeployments (60 engine pods) Ready in {took:.1f} s; operator RSS {rss:.0f} MiB")
+    log = op.log()
+    assert "Traceback" not in log and " ERROR " not in log, log[-3000:]
+    for i in range(20):
+        kube.delete(DEPS.format(ns=namespace) + f"/m{i:02d}")
+    control_plane.wait(
+        lambda: (
+            not kube.get(f"/api/v1/namespaces/{namespace}/pods", labelSelector=f"{naming.COMPONENT}=engine")[
+                "items"
+            ]
+        ),
+        "engine pods gone",
+        90,
+    )
