@@ -5,7 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-quick test-e2e lint fmt bench clean e2e-bins e2e-gomod dev-cluster dev-cluster-down
+
+.PHONY: venv demo demo-operator test test-quick test-e2e lint fmt bench clean e2e-bins e2e-gomod dev-cluster dev-cluster-down
 
 venv: $(STAMP)
 
@@ -56,6 +57,11 @@ e2e-gomod: venv
 
 dev-cluster: e2e-bins
 	$(BIN)/python -m sbs.e2e up
+
+# The operator's main job on the embedded default: dev cluster (started if needed), generated CRDs,
+# `sbs-operator run` as a local process, the DeepSeek-V3 sample applied and followed to Ready.
+demo-operator: e2e-bins
+	$(BIN)/python -m sbs.e2e demo-operator
 
 dev-cluster-down: venv
 	$(BIN)/python -m sbs.e2e down

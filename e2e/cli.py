@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -99,6 +100,25 @@ def up(name: str, node_count: int, crd_paths: tuple[Path, ...]) -> None:
     )
     click.echo(f"kubectl {plane.bins.build_info()['pins']['kubernetes']}: {plane.bins.path('kubectl')}")
     click.echo(f"export KUBECONFIG={plane.kubeconfig}")
+
+
+@main.command("demo-operator")
+@name_option
+@click.option("--log-dir", default="out", show_default=True, type=click.Path(path_type=Path))
+def demo_operator(name: str, log_dir: Path) -> None:
+    """Run the operator on the dev cluster (started if needed), apply the sample, follow it to Ready."""
+    from sbs.e2e import demo
+
+    running = cluster.find_clusters(name)
+    if running:
+        plane = running[0]
+    else:
+        plane = cluster.ControlPlane(_bins(), cluster.ClusterSettings(), name=name, owned=False)
+        try:
+            plane.start()
+        except (cluster.ControlPlaneError, kube.WaitTimeout, kube.ApiError) as exc:
+            raise CliError(f"cluster {name!r} did not start: {exc}") from exc
+    sys.exit(demo.run_demo(plane, log_dir))
 
 
 @main.command()

@@ -34,10 +34,19 @@ def serving_revision(spec: api.SBSDeploymentSpec) -> str:
     )
 
 
-def template_hash(spec: api.SBSDeploymentSpec, role: str, gang: bool) -> str:
-    """Everything that shapes a role's pods: a change replaces that role's groups."""
+def template_hash(spec: api.SBSDeploymentSpec, role: str, gang: bool, owner_uid: str = "") -> str:
+    """Everything that shapes a role's pods: a change replaces that role's groups.
+
+    The owner's UID is part of it, so a deployment deleted and created again under the same name
+    never collides with its predecessor's pods while the garbage collector removes them.
+    """
     return naming.short_hash(
-        {"revision": serving_revision(spec), "role": spec.role(role).model_dump(mode="json"), "gang": gang}
+        {
+            "revision": serving_revision(spec),
+            "role": spec.role(role).model_dump(mode="json"),
+            "gang": gang,
+            "owner": owner_uid,
+        }
     )
 
 

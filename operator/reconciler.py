@@ -157,7 +157,7 @@ async def reconcile(
     spec = dep.spec
     mode = spec.gang_scheduling.mode
     gang = mode == "Enabled" or (mode == "Auto" and gang_available)
-    thashes = {r: engine_pods.template_hash(spec, r, gang) for r in api.ROLES}
+    thashes = {r: engine_pods.template_hash(spec, r, gang, dep.uid) for r in api.ROLES}
     pods_path = collection_path("v1", "pods", namespace)
     pods = await client.list(pods_path, label_selector=naming.selector_string(naming.engine_selector(name)))
     pods = [p for p in pods if any(o.get("uid") == dep.uid for o in p["metadata"].get("ownerReferences", []))]

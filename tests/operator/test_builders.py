@@ -467,3 +467,10 @@ def test_volcano_gang_uses_the_group_name_annotation_and_a_custom_scheduler_name
         assert pod["metadata"]["annotations"]["scheduling.k8s.io/group-name"] == gid
     pg = engine_pods.pod_group(dep, "decode", 0, engine_pods.template_hash(dep.spec, "decode", True))
     assert pg["apiVersion"] == "scheduling.volcano.sh/v1beta1" and pg["spec"]["minMember"] == 9
+
+
+def test_a_recreated_deployment_never_reuses_its_predecessors_pod_names(dep):
+    first = engine_pods.template_hash(dep.spec, "prefill", False, "uid-1")
+    second = engine_pods.template_hash(dep.spec, "prefill", False, "uid-2")
+    assert first != second
+    assert naming.pod_name("d", "prefill", 0, first, 0) != naming.pod_name("d", "prefill", 0, second, 0)
