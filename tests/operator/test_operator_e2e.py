@@ -321,3 +321,41 @@ def test_twenty_deployments_reconcile_concurrently(
         "engine pods gone",
         90,
     )
+
+
+def test_only_the_lease_holder_reconciles_and_a_standby_takes_over(
+    control_plane: cluster.ControlPlane, kube: kube.Kube, namespace: str, operator: Callable[..., Operator]
+) -> None:
+    import json
+    import socket
+    import urllib.request
+
+    port = cluster.free_port()
+    first = operator("--liveness", f"http://127.0.0.1:{port}/healthz")
+    lease_path = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/sbs-operator"
+    identity = f"{socket.gethostname()}-{first.proc.pid}"
+    control_plane.wait(
+        lambda: kube.exists(lease_path) and kube.get(lease_path)["spec"]["holderIdentity"] == identity,
+        "the first operator holds the lease",
+        30,
+    )
+    second = operator()
+    obj = sample()
+    obj["spec"]["prefill"].update(groups=1, nodesPerGroup=1, chunkedPrefillSize=8192)
+    obj["spec"]["decode"].update(groups=1, nodesPerGroup=1)
+    kube.create(DEPS.format(ns=namespace), obj)
+    wait_phase(control_plane, kube, namespace, "deepseek-v3", "Ready")
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
+        assert resp.status == 200
+        assert json.loads(resp.read())["reconciler"]["leader"] is True
+    assert "reconciled" not in second.log()  # the standby watched, but wrote nothing
+
+    first.stop()  # SIGTERM: the lease is released, the standby takes over at its next renewal
+    kube.patch(
+        DEPS.format(ns=namespace) + "/deepseek-v3", {"spec": {"engine": {"image": "lmsysorg/sglang:v0.5.24"}}}
+    )
+    dep = wait_phase(control_plane, kube, namespace, "deepseek-v3", "Ready", 60)
+    assert dep["status"]["observedGeneration"] == 2
+    assert kube.get(lease_path)["spec"]["holderIdentity"] == f"{socket.gethostname()}-{second.proc.pid}"
+    assert "reconciled" in second.log()
+    delete_and_wait_gone(control_plane, kube, namespace, "deepseek-v3")
