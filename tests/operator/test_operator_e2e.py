@@ -359,3 +359,55 @@ def test_only_the_lease_holder_reconciles_and_a_standby_takes_over(
     assert kube.get(lease_path)["spec"]["holderIdentity"] == f"{socket.gethostname()}-{second.proc.pid}"
     assert "reconciled" in second.log()
     delete_and_wait_gone(control_plane, kube, namespace, "deepseek-v3")
+
+
+PODGROUP_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "podgroups.scheduling.x-k8s.io"},
+    "spec": {
+        "group": "scheduling.x-k8s.io",
+        "scope": "Namespaced",
+        "names": {"kind": "PodGroup", "plural": "podgroups", "singular": "podgroup"},
+        "versions": [{
+            "name": "v1alpha1", "served": True, "storage": True,
+            "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+        }],
+    },
+}  # fmt: skip
+"""A stand-in for scheduler-plugins' PodGroup CRD (only its API identity matters to the operator)."""
+
+
+def test_gang_scheduling_creates_a_podgroup_per_group_when_the_crd_exists(
+    control_plane: cluster.ControlPlane, kube: kube.Kube, namespace: str, operator: Callable[..., Operator]
+) -> None:
+    crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+    kube.create(crds, PODGROUP_CRD)
+    try:
+        control_plane.wait(
+            lambda: kube.exists("/apis/scheduling.x-k8s.io/v1alpha1"), "PodGroup API served", 30
+        )
+        operator()
+        obj = sample()
+        obj["spec"]["prefill"].update(groups=2, nodesPerGroup=2, chunkedPrefillSize=16384)
+        obj["spec"]["decode"].update(groups=1, nodesPerGroup=3)
+        kube.create(DEPS.format(ns=namespace), obj)  # gangScheduling.mode defaults to Auto
+        path = f"/apis/scheduling.x-k8s.io/v1alpha1/namespaces/{namespace}/podgroups"
+        control_plane.wait(lambda: len(kube.get(path)["items"]) == 3, "3 PodGroups", 30)
+        groups = {g["metadata"]["name"]: g for g in kube.get(path)["items"]}
+        assert sorted(g["spec"]["minMember"] for g in groups.values()) == [2, 2, 3]
+        pods = engine_pods(kube, namespace, "deepseek-v3")
+        assert len(pods) == 7
+        for p in pods:
+            assert p["spec"]["schedulerName"] == "scheduler-plugins-scheduler"
+            assert p["metadata"]["labels"]["scheduling.x-k8s.io/pod-group"] in groups
+        kube.delete(DEPS.format(ns=namespace) + "/deepseek-v3")
+        control_plane.wait(lambda: not kube.get(path)["items"], "PodGroups garbage-collected", 60)
+        control_plane.wait(
+            lambda: not engine_pods(kube, namespace, "deepseek-v3"), "pods garbage-collected", 60
+        )
+    finally:
+        kube.delete(f"{crds}/podgroups.scheduling.x-k8s.io", missing_ok=True)
+        control_plane.wait(
+            lambda: not kube.exists("/apis/scheduling.x-k8s.io/v1alpha1"), "PodGroup API gone", 60
+        )
