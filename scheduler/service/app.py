@@ -1,0 +1,106 @@
+"""The aiohttp application: routes, and the driver's start and stop.
+
+Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `POST|PUT /generate` (scheduled and
+relayed), `GET /v1/models` (from a usable decode engine), `GET /health` (liveness), `GET /readyz`
+(a prefill and a decode of one revision are usable), `GET /metrics`, `GET /openapi.json`,
+`GET /engines` (what discovery and the health checks know).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+from sbs.scheduler.core.types import Role
+from sbs.scheduler.service import engines as eng
+from sbs.scheduler.service import openapi, protocol, relay
+from sbs.scheduler.service.loop import Driver
+from sbs.scheduler.service.metrics import Metrics
+from sbs.scheduler.service.settings import ServiceSettings
+
+DRIVER = web.AppKey("driver", Driver)
+
+
+def make_app(
+    settings: ServiceSettings, *, sources: Iterable[eng.EngineSource] | None = None
+) -> web.Application:
+    """The service for `settings`; engines come from `sources` (default: the static list)."""
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    driver = Driver(settings, Metrics())
+    app[DRIVER] = driver
+    chosen = list(sources) if sources is not None else [eng.StaticSource(settings.engines)]
+
+    async def lifecycle(_: web.Application) -> AsyncIterator[None]:
+        await driver.start(chosen)
+        yield
+        await driver.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    for endpoint in protocol.ENDPOINTS:
+        app.router.add_post(endpoint, _generation_handler(endpoint))
+    app.router.add_put(protocol.GENERATE, _generation_handler(protocol.GENERATE))
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/health", health)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi_json)
+    app.router.add_get("/engines", engines)
+    return app
+
+
+def _generation_handler(endpoint: str):
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await relay.serve(request.app[DRIVER], request, endpoint)
+
+    handler.__name__ = f"generation_{endpoint.strip('/').replace('/', '_')}"
+    return handler
+
+
+async def health(_: web.Request) -> web.Response:
+    """Liveness: the process serves HTTP."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: at least one prefill and one decode engine of the same revision are usable."""
+    driver = request.app[DRIVER]
+    ready = driver.ready()
+    pools = [
+        {"revision": p.revision, "usable": p.usable()}
+        for p in sorted(driver.pools.values(), key=lambda p: p.revision)
+    ]
+    return web.json_response({"ready": ready, "pools": pools}, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[DRIVER].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi_json(_: web.Request) -> web.Response:
+    return web.json_response(openapi.document())
+
+
+async def engines(request: web.Request) -> web.Response:
+    return web.json_response(request.app[DRIVER].describe())
+
+
+async def models(request: web.Request) -> web.Response:
+    """`/v1/models` of a usable decode engine (all engines of a deployment serve one model)."""
+    driver = request.app[DRIVER]
+    assert driver.session is not None
+    for engine in driver.registry.usable(Role.DECODE):
+        try:
+            async with driver.session.get(f"{engine.record.url}/v1/models") as resp:
+                if resp.status == 200:
+                    return web.Response(body=await resp.read(), content_type="application/json")
+        except (aiohttp.ClientError, OSError):
+            continue
+    body = protocol.error_body(
+        "no usable decode engine", type="service_unavailable", code="not_ready", retryable=True
+    )
+    return web.json_response(
+        body, status=503, headers={"Retry-After": str(driver.settings.admission.retry_after_s)}
+    )

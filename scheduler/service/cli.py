@@ -1,0 +1,148 @@
+"""`sbs-scheduler`: the scheduler service in front of SGLang prefill/decode engines.
+
+    sbs-scheduler run    [--config FILE] [--host H] [--port N] [--policy NAME]
+                         [--prefill URL[,bootstrap_port=N,dp_size=N,...]]... [--decode URL[,dp_size=N,...]]...
+    sbs-scheduler config [--config FILE] [same flags] [--schema]
+
+`config` prints the effective settings (or their JSON schema) and exits. Bad configuration prints one
+line naming the file and field, and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+from aiohttp import web
+from sbs.scheduler.core import config
+from sbs.scheduler.service.app import make_app
+from sbs.scheduler.service.settings import (
+    ServiceSettings,
+    SettingsError,
+    build_settings,
+    parse_engine_flag,
+    read_config_file,
+)
+
+log = logging.getLogger(__name__)
+
+
+def settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The options shared by `run` and `config`."""
+    options = [
+        click.option(
+            "--config", "config_path", type=click.Path(dir_okay=False), help="YAML or JSON config file."
+        ),
+        click.option("--host", default=None, help="Listen address (default 0.0.0.0)."),
+        click.option("--port", type=int, default=None, help="Listen port (default 8000; 0 = any free port)."),
+        click.option(
+            "--policy",
+            type=click.Choice(config.POLICY_NAMES),
+            default=None,
+            help="Scheduling policy (default sbs).",
+        ),
+        click.option(
+            "--prefill",
+            multiple=True,
+            metavar="URL[,key=value...]",
+            help="A prefill engine, e.g. http://p0:30000,bootstrap_port=8998,dp_size=8 (repeatable).",
+        ),
+        click.option(
+            "--decode",
+            multiple=True,
+            metavar="URL[,key=value...]",
+            help="A decode engine, e.g. http://d0:30000.",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def load(
+    config_path: str | None,
+    host: str | None,
+    port: int | None,
+    policy: str | None,
+    prefill: tuple[str, ...],
+    decode: tuple[str, ...],
+) -> ServiceSettings:
+    """Settings from the file and the flags (flags win)."""
+    data = read_config_file(config_path) if config_path else {}
+    overrides: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "policy": policy,
+        "prefill": [parse_engine_flag(v, "--prefill") for v in prefill],
+        "decode": [parse_engine_flag(v, "--decode") for v in decode],
+    }
+    return build_settings(data, overrides=overrides, where=config_path or "flags")
+
+
+@click.group()
+def main() -> None:
+    """SBS scheduler service."""
+
+
+@main.command()
+@settings_options
+def run(**flags: Any) -> None:
+    """Serve until SIGINT or SIGTERM."""
+    settings = _settings_or_exit(flags)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not settings.engines.prefill or not settings.engines.decode:
+        log.warning("no static prefill or decode engines configured: the service stays unready")
+    asyncio.run(serve(settings))
+
+
+@main.command("config")
+@settings_options
+@click.option("--schema", is_flag=True, help="Print the JSON schema of the config file instead.")
+def config_cmd(schema: bool, **flags: Any) -> None:
+    """Print the effective settings as JSON (validating the file and flags)."""
+    if schema:
+        click.echo(json.dumps(ServiceSettings.model_json_schema(), indent=2))
+        return
+    click.echo(_settings_or_exit(flags).model_dump_json(indent=2))
+
+
+def _settings_or_exit(flags: dict[str, Any]) -> ServiceSettings:
+    try:
+        return load(**flags)
+    except SettingsError as exc:
+        click.echo(f"sbs-scheduler: {exc}", err=True)
+        sys.exit(2)
+
+
+async def serve(settings: ServiceSettings, *, stop: asyncio.Event | None = None) -> None:
+    """Run the service until `stop` is set (or a termination signal arrives)."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    runner = web.AppRunner(make_app(settings), handler_cancellation=True, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    await site.start()
+    log.info(
+        "sbs-scheduler listening on %s:%d, policy %s",
+        settings.host,
+        settings.port,
+        settings.scheduler.policy.type,
+    )
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()

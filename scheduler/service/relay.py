@@ -1,0 +1,380 @@
+"""Serving one accepted request: wait for the core's decision, send the PD pair, relay the decode.
+
+Fault semantics (docs/service.md):
+- an engine failure (connection refused or reset, 5xx, a stream that breaks) **before the request's
+  prefill completed** (no prefill answer and no decode output yet) is invisible to the client: both
+  upstream requests are closed, the failed engine is marked suspect and the core places the request
+  again (at most `max_redispatches` times);
+- a failure **after** it is an explicit, retryable error: 503 with `Retry-After`, or an SSE error
+  event when the stream has started;
+- an engine's 4xx is the request's fault and is passed through;
+- the deadline gives 504 (or an SSE error event); a client disconnect closes both upstream requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from sbs.scheduler.core.types import Dispatch, Reject
+from sbs.scheduler.service import protocol, upstream
+from sbs.scheduler.service.loop import Driver, Job, Overloaded
+
+log = logging.getLogger(__name__)
+
+_PREFILL_GRACE_S = 1.0
+"""After the decode answered, how long the prefill's own answer is awaited (it is normally in)."""
+
+
+class ClientGone(Exception):
+    """The client closed the connection while we were writing to it."""
+
+
+class _Redispatch(Exception):
+    def __init__(self, failed: upstream.UpstreamError | None, engine: Any) -> None:
+        super().__init__(str(failed) if failed else "engine not usable")
+        self.failed = failed
+        self.engine = engine
+
+
+class Relay:
+    """The upstream side of one job; `run()` returns the client's response."""
+
+    def __init__(self, driver: Driver, job: Job, request: web.Request) -> None:
+        self.driver = driver
+        self.job = job
+        self.request = request
+        self.error_reason: str | None = None
+        """Set when the answer is an error: the `reason` label the job is counted under."""
+        self.stream: web.StreamResponse | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._decode_resp: aiohttp.ClientResponse | None = None
+        self._tail = b""
+
+    def headers(self, **extra: str) -> dict[str, str]:
+        return {"X-Request-Id": self.job.request_id, **extra}
+
+    # -- the attempt loop -----------------------------------------------------------------------
+
+    async def run(self) -> web.StreamResponse:
+        job = self.job
+        while True:
+            decision = await job.decision
+            if isinstance(decision, Reject):
+                status = 503 if decision.retryable else 400
+                return self.error(
+                    status,
+                    decision.reason,
+                    reason="rejected",
+                    type="service_unavailable" if decision.retryable else "invalid_request_error",
+                    code="scheduler_rejected",
+                    retryable=decision.retryable,
+                )
+            try:
+                return await self._attempt(decision)
+            except _Redispatch as r:
+                self.close()
+                failed_msg = str(r)
+                log.info("request %s: %s; sending it again", job.request_id, failed_msg)
+                if not self.driver.redispatch(job, r.engine):
+                    return self.error(
+                        503,
+                        f"engine failure before the prefill completed ({failed_msg}); no engine to retry on",
+                        reason="engine_failed",
+                        type="service_unavailable",
+                        code="engine_failed",
+                        retryable=True,
+                    )
+
+    async def _attempt(self, d: Dispatch) -> web.StreamResponse:
+        job, driver = self.job, self.driver
+        pe, de = job.prefill_engine, job.decode_engine
+        assert pe is not None and de is not None and pe.spec is not None and driver.session is not None
+        if not pe.usable:
+            raise _Redispatch(None, None)
+        if not de.usable:
+            raise _Redispatch(None, None)
+        rid = job.request_id if job.attempts == 0 else f"{job.request_id}-{job.attempts}"
+        room = upstream.choose_room(driver.rng, pe.spec.dp_size, d.prefill_rank)
+        pbody, dbody = upstream.pd_bodies(
+            job.body,
+            rid=rid,
+            bootstrap_host=pe.record.host,
+            bootstrap_port=pe.bootstrap_port,
+            room=room,
+            prefill_rank=d.prefill_rank,
+            decode_rank=d.decode_rank,
+        )
+        attempt = job.attempts
+        prefill = asyncio.ensure_future(
+            upstream.call_prefill(driver.session, pe.record.url + job.endpoint, pbody, pe.key)
+        )
+        prefill.add_done_callback(lambda t: driver.prefill_answered(job, attempt, _ok(t)))
+        decode = asyncio.ensure_future(self._decode_head(de.record.url + job.endpoint, dbody, de.key))
+        decode.add_done_callback(_retrieve)
+        prefill.add_done_callback(_retrieve)
+        self._tasks = [prefill, decode]
+        pending: set[asyncio.Task[Any]] = {prefill, decode}
+        while decode in pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if prefill in done:
+                exc = prefill.exception()
+                if isinstance(exc, upstream.UpstreamError) and not job.prefilled:
+                    if exc.engine_failed:
+                        raise _Redispatch(exc, pe)
+                    return self.passthrough(exc)
+                if exc is not None and not isinstance(exc, upstream.UpstreamError):
+                    raise exc
+        exc = decode.exception()
+        if isinstance(exc, upstream.UpstreamError):
+            if not exc.engine_failed:
+                return self.passthrough(exc)
+            if not (job.prefilled or (prefill.done() and _ok(prefill))):
+                raise _Redispatch(exc, de)
+            driver.engine_failed(de)
+            return self.error(
+                503,
+                f"decode engine failed after the prefill completed: {exc}",
+                reason="engine_failed_after_prefill",
+                type="service_unavailable",
+                code="engine_failed",
+                retryable=True,
+            )
+        if exc is not None:
+            raise exc
+        job.prefilled = True
+        result = decode.result()
+        if not prefill.done():
+            await asyncio.wait({prefill}, timeout=_PREFILL_GRACE_S)
+        if job.parsed.stream:
+            resp, first = result
+            return await self._relay_stream(resp, first)
+        status, body, content_type = result
+        return web.Response(status=status, body=body, content_type=content_type, headers=self.headers())
+
+    async def _decode_head(self, url: str, body: dict[str, Any], engine: str) -> Any:
+        """Non-stream: (status, body, content type). Stream: (open response, first bytes)."""
+        session = self.driver.session
+        assert session is not None
+        resp = await upstream.open_decode(session, url, body, engine)
+        self._decode_resp = resp
+        try:
+            if not self.job.parsed.stream:
+                data = await resp.read()
+                resp.release()
+                return resp.status, data, resp.content_type or "application/json"
+            first = await resp.content.readany()
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            resp.close()
+            raise upstream.UpstreamError(engine, f"decode stream broke before any output: {exc!r}") from None
+        if not first:
+            resp.close()
+            raise upstream.UpstreamError(engine, "decode stream ended before any output", status=502)
+        if first.startswith(b'data: {"error"'):
+            # A refusal or a failure before any token (SGLang streams those as an error event).
+            rest = b""
+            with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+                rest = await resp.content.read()
+            resp.close()
+            err = upstream.stream_error(first + rest) or {}
+            raise upstream.UpstreamError(
+                engine,
+                f"decode stream reported an error: {err.get('message')}",
+                status=upstream.error_status(err),
+                body=first + rest,
+                content_type="text/event-stream",
+            )
+        return resp, first
+
+    async def _relay_stream(self, resp: aiohttp.ClientResponse, first: bytes) -> web.StreamResponse:
+        job, driver = self.job, self.driver
+        out = web.StreamResponse(
+            status=200,
+            headers=self.headers(**{"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}),
+        )
+        try:
+            await out.prepare(self.request)
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
+            raise ClientGone() from exc
+        self.stream = out
+        driver.metrics.ttft.observe(driver.now() - job.arrival_s)
+        await self._write(first)
+        broke: str | None = None
+        relayed: dict[str, Any] | None = None
+        try:
+            async for chunk in resp.content.iter_any():
+                if relayed is None and b'"error"' in chunk:
+                    relayed = upstream.stream_error(self._tail + chunk)
+                await self._write(chunk)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            broke = f"decode stream broke: {exc!r}"
+        finally:
+            resp.close()
+        if relayed is not None:
+            # The engine ended the stream with its own error event (relayed as is).
+            status = upstream.error_status(relayed)
+            self.error_reason = "engine_failed_after_prefill" if status >= 500 else "upstream_rejected"
+        elif broke is None and b"[DONE]" not in self._tail:
+            broke = "decode stream ended without [DONE]"
+        if broke is not None:
+            assert job.decode_engine is not None
+            driver.engine_failed(job.decode_engine)
+            await self._stream_error(broke, code="engine_failed", type="service_unavailable", retryable=True)
+            self.error_reason = "engine_failed_after_prefill"
+        with contextlib.suppress(ConnectionResetError, aiohttp.ClientConnectionResetError):
+            await out.write_eof()
+        return out
+
+    async def _write(self, data: bytes) -> None:
+        assert self.stream is not None
+        try:
+            await self.stream.write(data)
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
+            raise ClientGone() from exc
+        self._tail = (self._tail + data)[-64:]
+
+    async def _stream_error(self, message: str, *, code: str, type: str, retryable: bool) -> None:
+        """An SGLang-style error event ending a started stream (after any partial event)."""
+        event = json.dumps(protocol.error_body(message, type=type, code=code, retryable=retryable))
+        sep = b"" if self._tail.endswith(b"\n\n") or not self._tail else b"\n\n"
+        with contextlib.suppress(ClientGone):
+            await self._write(sep + f"data: {event}\n\n".encode() + b"data: [DONE]\n\n")
+
+    # -- answers --------------------------------------------------------------------------------
+
+    def error(
+        self, status: int, message: str, *, reason: str, type: str, code: str, retryable: bool = False
+    ) -> web.Response:
+        self.error_reason = reason
+        headers = self.headers()
+        if retryable or status in (429, 503):
+            headers["Retry-After"] = str(self.driver.settings.admission.retry_after_s)
+        body = protocol.error_body(message, type=type, code=code, retryable=retryable)
+        return web.json_response(body, status=status, headers=headers)
+
+    def passthrough(self, exc: upstream.UpstreamError) -> web.Response:
+        """An engine refused the request itself (4xx): the client gets the engine's answer (a stream
+        refusal stays a 200 event stream with the error event, as SGLang sends it)."""
+        self.error_reason = "upstream_rejected"
+        assert exc.status is not None
+        if exc.content_type == "text/event-stream":
+            return web.Response(
+                status=200, body=exc.body, content_type=exc.content_type, headers=self.headers()
+            )
+        return web.Response(
+            status=exc.status,
+            body=exc.body,
+            content_type=exc.content_type or "application/json",
+            headers=self.headers(),
+        )
+
+    async def deadline(self) -> web.StreamResponse:
+        """The request's deadline passed."""
+        message = "the request's deadline passed before it completed"
+        if self.stream is not None:
+            await self._stream_error(message, code="deadline_exceeded", type="timeout_error", retryable=True)
+            with contextlib.suppress(ConnectionResetError, aiohttp.ClientConnectionResetError):
+                await self.stream.write_eof()
+            return self.stream
+        return self.error(
+            504, message, reason="deadline", type="timeout_error", code="deadline_exceeded", retryable=True
+        )
+
+    def close(self) -> None:
+        """Close both upstream requests (cancels work the engines would otherwise finish)."""
+        for t in self._tasks:
+            if not t.done():
+                t.cancel()
+        self._tasks = []
+        if self._decode_resp is not None:
+            self._decode_resp.close()
+            self._decode_resp = None
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Mark a side's outcome as seen: after a re-dispatch or an error, one side's failure is moot."""
+    if not task.cancelled():
+        task.exception()
+
+
+def _ok(task: asyncio.Task[Any]) -> bool:
+    return not task.cancelled() and task.exception() is None
+
+
+async def serve(driver: Driver, request: web.Request, endpoint: str) -> web.StreamResponse:
+    """The handler of the three generation endpoints."""
+    request_id = request.headers.get("X-Request-Id", "")
+    try:
+        body = await request.json()
+    except ValueError:
+        driver.metrics.rejected.labels("invalid_request").inc()
+        return _invalid(protocol.InvalidRequest("the request body is not valid JSON"), request_id)
+    if not request_id and isinstance(body, dict) and isinstance(body.get("rid"), str):
+        request_id = body["rid"]
+    request_id = request_id or driver.new_request_id()
+    try:
+        parsed = protocol.parse(endpoint, body, driver.settings.estimate)
+        timeout = _timeout_header(request)
+    except protocol.InvalidRequest as exc:
+        driver.metrics.rejected.labels("invalid_request").inc()
+        return _invalid(exc, request_id)
+    try:
+        job = driver.accept(endpoint, body, parsed, request_id, timeout)
+    except Overloaded as exc:
+        headers = {"X-Request-Id": request_id, "Retry-After": str(driver.settings.admission.retry_after_s)}
+        err = protocol.error_body(
+            exc.message,
+            type="rate_limit_error" if exc.status == 429 else "service_unavailable",
+            code=exc.reason,
+            retryable=True,
+        )
+        return web.json_response(err, status=exc.status, headers=headers)
+    relay = Relay(driver, job, request)
+    reason: str | None = "internal_error"
+    try:
+        try:
+            async with asyncio.timeout_at(job.deadline_s):
+                response = await relay.run()
+        except TimeoutError:
+            reason = "deadline"
+            return await relay.deadline()
+        reason = relay.error_reason
+        return response
+    except ClientGone:
+        reason = "client_disconnect"
+        return relay.stream or web.Response(status=499)
+    except asyncio.CancelledError:
+        reason = "client_disconnect"
+        raise
+    finally:
+        relay.close()
+        driver.finish(job, reason)
+
+
+def _timeout_header(request: web.Request) -> float | None:
+    raw = request.headers.get("X-Request-Timeout")
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise protocol.InvalidRequest(
+            f"header 'X-Request-Timeout' must be a positive number of seconds, got {raw!r}",
+            "X-Request-Timeout",
+        )
+    return value
+
+
+def _invalid(exc: protocol.InvalidRequest, request_id: str) -> web.Response:
+    body = protocol.error_body(
+        exc.message, param=exc.param, code="invalid_field" if exc.param else "invalid_body"
+    )
+    headers = {"X-Request-Id": request_id} if request_id else {}
+    return web.json_response(body, status=400, headers=headers)

@@ -1,0 +1,319 @@
+"""HTTP calls to the engines: the PD request pair, load polls and shape discovery.
+
+The PD pair follows SGLang 0.5.23 (`disaggregation/common/conn.py`, `decode.py`; design notes §0, §1.6):
+both sides get the same body with the same `bootstrap_host`/`bootstrap_port`/`bootstrap_room`;
+- the room is chosen ≡ the prefill rank (mod the prefill's DP size), so a prefill that follows the
+  room (0.5.23's default for PD prefill) puts the request on that rank, and no "follow_bootstrap_room
+  conflict" can arise;
+- the prefill request also carries `routed_dp_rank` = `disagg_prefill_dp_rank` = the prefill rank
+  (the latter skips the prefill's room/rank check and registration);
+- the decode request carries `routed_dp_rank` = the decode rank and `disagg_prefill_dp_rank` = the
+  prefill rank (where to pull the KV from; no bootstrap-server query).
+An unpinned side (the `sglang` baseline) gets none of the rank fields and a random room.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+from sbs.scheduler.core.types import RankLoad
+
+log = logging.getLogger(__name__)
+
+MAX_ROOM = (1 << 63) - 1
+PD_FIELDS = frozenset(
+    {
+        "bootstrap_host",
+        "bootstrap_port",
+        "bootstrap_room",
+        "routed_dp_rank",
+        "data_parallel_rank",
+        "disagg_prefill_dp_rank",
+        "rid",
+    }
+)
+"""Fields the service owns: a client's values for them are replaced."""
+
+
+def choose_room(rng: random.Random, dp_size: int, rank: int | None) -> int:
+    """A random 63-bit bootstrap room, ≡ `rank` (mod `dp_size`) when the prefill rank is pinned."""
+    room = rng.getrandbits(63)
+    if rank is None or dp_size <= 1:
+        return room
+    room += rank - room % dp_size
+    return room - dp_size if room > MAX_ROOM else room
+
+
+def pd_bodies(
+    body: Mapping[str, Any],
+    *,
+    rid: str,
+    bootstrap_host: str,
+    bootstrap_port: int | None,
+    room: int,
+    prefill_rank: int | None,
+    decode_rank: int | None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The (prefill, decode) bodies of one PD dispatch: the client's body plus the PD fields."""
+    base = {k: v for k, v in body.items() if k not in PD_FIELDS}
+    base["rid"] = rid
+    base["bootstrap_host"] = bootstrap_host
+    if bootstrap_port is not None:
+        base["bootstrap_port"] = bootstrap_port
+    base["bootstrap_room"] = room
+    prefill, decode = dict(base), base
+    if prefill_rank is not None:
+        prefill["routed_dp_rank"] = prefill_rank
+        prefill["disagg_prefill_dp_rank"] = prefill_rank
+        decode["disagg_prefill_dp_rank"] = prefill_rank
+    if decode_rank is not None:
+        decode["routed_dp_rank"] = decode_rank
+    return prefill, decode
+
+
+class UpstreamError(Exception):
+    """An engine call failed. `status` is None for a connection failure (refused, reset, timed out);
+    `engine_failed` says whether the engine (not the request) is to blame."""
+
+    def __init__(
+        self,
+        engine: str,
+        message: str,
+        *,
+        status: int | None = None,
+        body: bytes = b"",
+        content_type: str = "",
+    ) -> None:
+        super().__init__(f"engine {engine}: {message}")
+        self.engine = engine
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+
+    @property
+    def engine_failed(self) -> bool:
+        return self.status is None or self.status >= 500
+
+
+def _connection_error(engine: str, exc: BaseException) -> UpstreamError:
+    return UpstreamError(engine, f"{type(exc).__name__}: {exc}".rstrip(": "))
+
+
+async def call_prefill(session: aiohttp.ClientSession, url: str, body: dict[str, Any], engine: str) -> None:
+    """POST the prefill side and read its whole answer (it ends when the prefill is done)."""
+    try:
+        async with session.post(url, json=body) as resp:
+            data = await resp.read()
+            if resp.status != 200:
+                raise UpstreamError(
+                    engine,
+                    f"prefill answered {resp.status}",
+                    status=resp.status,
+                    body=data,
+                    content_type=resp.content_type,
+                )
+            err = stream_error(data) if resp.content_type == "text/event-stream" else None
+            if err is not None:
+                raise UpstreamError(
+                    engine,
+                    f"prefill stream reported an error: {err.get('message')}",
+                    status=error_status(err),
+                    body=data,
+                    content_type=resp.content_type,
+                )
+    except UpstreamError:
+        raise
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        raise _connection_error(engine, exc) from None
+
+
+def stream_error(data: bytes) -> dict[str, Any] | None:
+    """The first SSE `error` event in `data` (SGLang ends a failed stream with one), if any."""
+    at = data.find(b'data: {"error"')
+    if at < 0:
+        return None
+    end = data.find(b"\n", at)
+    try:
+        doc = json.loads(data[at + 6 : end if end >= 0 else len(data)])
+    except ValueError:
+        return {"message": "malformed error event"}
+    err = doc.get("error") if isinstance(doc, dict) else None
+    return err if isinstance(err, dict) else {"message": str(err)}
+
+
+def error_status(err: dict[str, Any]) -> int:
+    """The HTTP status an SSE error event stands for (its integer `code`; 500 when it has none)."""
+    code = err.get("code")
+    return code if isinstance(code, int) and 400 <= code <= 599 else 500
+
+
+async def open_decode(
+    session: aiohttp.ClientSession, url: str, body: dict[str, Any], engine: str
+) -> aiohttp.ClientResponse:
+    """POST the decode side and return the open response (status 200); the caller closes it."""
+    try:
+        resp = await session.post(url, json=body)
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        raise _connection_error(engine, exc) from None
+    if resp.status != 200:
+        try:
+            data = await resp.read()
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            data = b""
+        finally:
+            resp.release()
+        raise UpstreamError(
+            engine,
+            f"decode answered {resp.status}",
+            status=resp.status,
+            body=data,
+            content_type=resp.content_type,
+        )
+    return resp
+
+
+# ---------------------------------------------------------------------------------------------
+# Polling
+
+
+class LoadsUnavailable(Exception):
+    """The engine has no `/v1/loads` (404): fall back to `/metrics`."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoadsReply:
+    loads: tuple[RankLoad, ...]
+    engine_ts: float | None
+    """The engine's wall-clock time of the oldest rank snapshot, when it says."""
+
+
+def parse_loads(doc: Any) -> LoadsReply:
+    """`GET /v1/loads` JSON → per-rank loads (missing counters read as 0)."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("loads"), list):
+        raise ValueError("expected an object with a 'loads' list")
+    out = []
+    stamps = []
+    for entry in doc["loads"]:
+        if not isinstance(entry, dict) or not isinstance(entry.get("dp_rank"), int):
+            raise ValueError(f"expected per-rank entries with an integer 'dp_rank', got {entry!r}")
+        out.append(
+            RankLoad(
+                dp_rank=entry["dp_rank"],
+                num_running_reqs=int(entry.get("num_running_reqs") or 0),
+                num_waiting_reqs=int(entry.get("num_waiting_reqs") or 0),
+                num_waiting_uncached_tokens=int(entry.get("num_waiting_uncached_tokens") or 0),
+                num_used_tokens=int(entry.get("num_used_tokens") or 0),
+                max_total_num_tokens=int(entry.get("max_total_num_tokens") or 0),
+            )
+        )
+        ts = _timestamp(entry.get("timestamp"))
+        if ts is not None:
+            stamps.append(ts)
+    if not stamps and (ts := _timestamp(doc.get("timestamp"))) is not None:
+        stamps.append(ts)
+    return LoadsReply(tuple(out), min(stamps) if stamps else None)
+
+
+def _timestamp(value: Any) -> float | None:
+    """Unix seconds from a number or an ISO 8601 string (SGLang has used both); None otherwise."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            when = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+        return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+    return None
+
+
+_METRIC_FIELDS = {
+    "num_running_reqs": "num_running_reqs",
+    "num_queue_reqs": "num_waiting_reqs",
+    "num_used_tokens": "num_used_tokens",
+    "max_total_num_tokens": "max_total_num_tokens",
+}
+
+
+def parse_metrics_loads(text: str) -> tuple[RankLoad, ...]:
+    """Per-rank loads from SGLang's Prometheus gauges (`sglang:` or `sglang_` names, `dp_rank` label).
+    Waiting uncached tokens are not exported there and read as 0."""
+    ranks: dict[int, dict[str, int]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            name = sample.name.removeprefix("sglang:").removeprefix("sglang_")
+            field = _METRIC_FIELDS.get(name)
+            if field is None:
+                continue
+            rank = int(sample.labels.get("dp_rank", "0"))
+            ranks.setdefault(rank, {})[field] = int(sample.value)
+    return tuple(
+        RankLoad(
+            dp_rank=r,
+            num_running_reqs=f.get("num_running_reqs", 0),
+            num_waiting_reqs=f.get("num_waiting_reqs", 0),
+            num_waiting_uncached_tokens=0,
+            num_used_tokens=f.get("num_used_tokens", 0),
+            max_total_num_tokens=f.get("max_total_num_tokens", 0),
+        )
+        for r, f in sorted(ranks.items())
+    )
+
+
+async def fetch_loads(session: aiohttp.ClientSession, url: str, engine: str) -> LoadsReply:
+    """One `GET /v1/loads?include=core`. Raises `LoadsUnavailable` on 404, `UpstreamError` otherwise."""
+    try:
+        async with session.get(f"{url}/v1/loads", params={"include": "core"}) as resp:
+            if resp.status == 404:
+                raise LoadsUnavailable(engine)
+            if resp.status != 200:
+                raise UpstreamError(engine, f"/v1/loads answered {resp.status}", status=resp.status)
+            doc = await resp.json(content_type=None)
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        raise _connection_error(engine, exc) from None
+    try:
+        return parse_loads(doc)
+    except ValueError as exc:
+        raise UpstreamError(engine, f"/v1/loads: {exc}", status=502) from None
+
+
+async def fetch_metrics_loads(session: aiohttp.ClientSession, url: str, engine: str) -> LoadsReply:
+    """Per-rank loads scraped from `/metrics` (engines without `/v1/loads`)."""
+    try:
+        async with session.get(f"{url}/metrics") as resp:
+            if resp.status != 200:
+                raise UpstreamError(engine, f"/metrics answered {resp.status}", status=resp.status)
+            text = await resp.text()
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        raise _connection_error(engine, exc) from None
+    try:
+        return LoadsReply(parse_metrics_loads(text), None)
+    except ValueError as exc:
+        raise UpstreamError(engine, f"/metrics: {exc}", status=502) from None
+
+
+async def fetch_server_info(session: aiohttp.ClientSession, url: str, engine: str) -> dict[str, Any]:
+    """`GET /server_info` (or the deprecated `/get_server_info`)."""
+    last: UpstreamError | None = None
+    for path in ("/server_info", "/get_server_info"):
+        try:
+            async with session.get(f"{url}{path}") as resp:
+                if resp.status == 200:
+                    doc = await resp.json(content_type=None)
+                    if isinstance(doc, dict):
+                        return doc
+                    last = UpstreamError(engine, f"{path}: expected a JSON object", status=502)
+                else:
+                    last = UpstreamError(engine, f"{path} answered {resp.status}", status=resp.status)
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+            raise _connection_error(engine, exc) from None
+    assert last is not None
+    raise last

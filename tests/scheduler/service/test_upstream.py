@@ -1,0 +1,105 @@
+"""The PD request pair (rank pinning as SGLang 0.5.23 honours it) and the load parsers."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from sbs.scheduler.core.types import RankLoad
+from sbs.scheduler.service import upstream
+
+
+@given(seed=st.integers(0, 2**32), dp=st.integers(1, 512), data=st.data())
+def test_room_is_a_63_bit_integer_congruent_to_the_pinned_prefill_rank(
+    seed: int, dp: int, data: st.DataObject
+) -> None:
+    rank = data.draw(st.integers(0, dp - 1))
+    room = upstream.choose_room(random.Random(seed), dp, rank)
+    assert 0 <= room <= upstream.MAX_ROOM
+    assert room % dp == rank
+
+
+def test_unpinned_room_is_random() -> None:
+    rng = random.Random(1)
+    rooms = {upstream.choose_room(rng, 8, None) for _ in range(50)}
+    assert len(rooms) == 50 and {r % 8 for r in rooms} != {0}
+
+
+def test_pd_bodies_pin_both_ranks_and_replace_client_pd_fields() -> None:
+    body = {"text": "hi", "stream": True, "routed_dp_rank": 5, "bootstrap_room": 1, "rid": "client"}
+    p, d = upstream.pd_bodies(
+        body, rid="r1", bootstrap_host="10.0.0.1", bootstrap_port=8998, room=19, prefill_rank=3, decode_rank=6
+    )
+    common = {"text": "hi", "stream": True, "rid": "r1", "bootstrap_host": "10.0.0.1", "bootstrap_port": 8998}
+    assert p == {**common, "bootstrap_room": 19, "routed_dp_rank": 3, "disagg_prefill_dp_rank": 3}
+    assert d == {**common, "bootstrap_room": 19, "routed_dp_rank": 6, "disagg_prefill_dp_rank": 3}
+    assert body["routed_dp_rank"] == 5  # the client's body is not modified
+
+
+def test_pd_bodies_without_ranks_leave_the_choice_to_the_engines() -> None:
+    p, d = upstream.pd_bodies(
+        {"text": "hi"},
+        rid="r",
+        bootstrap_host="h",
+        bootstrap_port=None,
+        room=7,
+        prefill_rank=None,
+        decode_rank=None,
+    )
+    assert p == d == {"text": "hi", "rid": "r", "bootstrap_host": "h", "bootstrap_room": 7}
+
+
+def test_parse_loads_reads_per_rank_core_fields_and_the_oldest_timestamp() -> None:
+    doc = {
+        "timestamp": 100.0,
+        "loads": [
+            {
+                "dp_rank": 0,
+                "timestamp": 99.5,
+                "num_running_reqs": 2,
+                "num_waiting_reqs": 1,
+                "num_waiting_uncached_tokens": 300,
+                "num_used_tokens": 900,
+                "max_total_num_tokens": 5000,
+            },
+            {"dp_rank": 1, "timestamp": 99.0},
+        ],
+    }
+    reply = upstream.parse_loads(doc)
+    assert reply.engine_ts == 99.0
+    assert reply.loads == (RankLoad(0, 2, 1, 300, 900, 5000), RankLoad(1, 0, 0, 0, 0, 0))
+
+
+@pytest.mark.parametrize(
+    "doc", [{"load": 3}, {"loads": [{"num_running_reqs": 1}]}, []], ids=["old", "no_rank", "list"]
+)
+def test_parse_loads_refuses_other_shapes(doc: object) -> None:
+    with pytest.raises(ValueError, match="expected"):
+        upstream.parse_loads(doc)
+
+
+def test_metrics_fallback_reads_sglang_gauges_per_dp_rank() -> None:
+    text = (
+        "# TYPE sglang:num_running_reqs gauge\n"
+        'sglang:num_running_reqs{dp_rank="0",engine_type="decode"} 3.0\n'
+        'sglang:num_running_reqs{dp_rank="1",engine_type="decode"} 1.0\n'
+        "# TYPE sglang:num_queue_reqs gauge\n"
+        'sglang:num_queue_reqs{dp_rank="1"} 4.0\n'
+        "# TYPE sglang_num_used_tokens gauge\n"
+        'sglang_num_used_tokens{dp_rank="0"} 700.0\n'
+        "# TYPE sglang:max_total_num_tokens gauge\n"
+        'sglang:max_total_num_tokens{dp_rank="0"} 9000.0\n'
+        'sglang:max_total_num_tokens{dp_rank="1"} 9000.0\n'
+    )
+    assert upstream.parse_metrics_loads(text) == (
+        RankLoad(0, 3, 0, 0, 700, 9000),
+        RankLoad(1, 1, 4, 0, 0, 9000),
+    )
+
+
+def test_engine_errors_say_whose_fault() -> None:
+    assert upstream.UpstreamError("p", "refused").engine_failed
+    assert upstream.UpstreamError("p", "boom", status=500).engine_failed
+    assert not upstream.UpstreamError("p", "bad body", status=400).engine_failed
