@@ -150,9 +150,9 @@ class Driver:
         self._timer_at = math.inf
         self._tasks: set[asyncio.Task[Any]] = set()
         self._core_stats: Counter[str] = Counter()
-        self._prefill_sent: dict[str, dict[int, float]] = {}
-        """Prefill engine key → rid → send time, for the prefills not yet answered."""
-        self._step_done: dict[str, list[tuple[int, float]]] = {}
+        self._prefill_sent: dict[str, dict[tuple[int, int], tuple[float, int]]] = {}
+        """Prefill engine key → (rid, attempt) → (send time, pool generation), until it answers."""
+        self._step_done: dict[str, list[tuple[int, float, int]]] = {}
         self._step_end: dict[str, float] = {}
         self._last_release_s: float | None = None
         cap = settings.capacity
@@ -315,7 +315,6 @@ class Driver:
                 job.decode_engine = pool.decode[d.decode_instance]
                 job.prefilled = False
                 job.dispatched_s = now
-                self._prefill_sent.setdefault(job.prefill_engine.key, {})[job.rid] = now
                 if job.attempts == 0:
                     self.metrics.queue_wait.observe(now - job.arrival_s)
                 self.metrics.dispatched.labels(d.reason or "unknown").inc()
@@ -366,48 +365,43 @@ class Driver:
 
     # -- request lifecycle (called by the relay) -----------------------------------------------
 
-    def prefill_answered(self, job: Job, attempt: int, ok: bool) -> None:
-        """The prefill side of `job`'s attempt answered (ok: its prefill is done)."""
-        if job.attempts != attempt or job.prefill_engine is None:
+    def prefill_sent(self, job: Job, engine: eng.Engine) -> None:
+        """The prefill side of `job`'s current attempt was sent to `engine`."""
+        sent = self._prefill_sent.setdefault(engine.key, {})
+        sent[(job.rid, job.attempts)] = (self.now(), job.generation)
+
+    def prefill_answered(self, job: Job, engine: eng.Engine, attempt: int, ok: bool) -> None:
+        """The prefill side of one attempt ended: `ok` when the engine answered that its prefill is
+        done (one more completion of an inferred step), else failed or cancelled."""
+        entry = self._prefill_sent.get(engine.key, {}).pop((job.rid, attempt), None)
+        if entry is None or not ok:
             return
-        key = job.prefill_engine.key
-        sent = self._prefill_sent.get(key, {}).pop(job.rid, None)
-        if sent is None:
-            return
-        if ok:
+        if job.attempts == attempt:
             job.prefilled = True
-        now = self.now()
-        pending = self._step_done.setdefault(key, [])
-        pending.append((job.rid, sent))
+        pending = self._step_done.setdefault(engine.key, [])
+        pending.append((job.rid, *entry))
         if len(pending) == 1:
             assert self._loop is not None
-            self._loop.call_later(
-                self.settings.engines.step_merge_s, self._flush_step, job.prefill_engine, now
-            )
+            self._loop.call_later(self.settings.engines.step_merge_s, self._flush_step, engine, self.now())
 
     def _flush_step(self, engine: eng.Engine, end: float) -> None:
         """Infer one prefill step of `engine` from the answers collected since `end`."""
         done = self._step_done.pop(engine.key, [])
         if not done:
             return
-        started = max(self._step_end.get(engine.key, -math.inf), max(s for _, s in done))
+        started = max(self._step_end.get(engine.key, -math.inf), max(s for _, s, _ in done))
         self._step_end[engine.key] = end
         pool = self.pools.get(engine.record.revision)
         i = pool.member(engine) if pool is not None else None
         if pool is None or i is None:
             return
         queued = bool(self._prefill_sent.get(engine.key))
-        rids = tuple(
-            rid
-            for rid, _ in done
-            if (j := self.jobs.get(rid)) is not None and j.generation == pool.generation
-        )
+        rids = tuple(rid for rid, _, generation in done if generation == pool.generation)
         self.feed(pool, StepCompleted(i, started, max(end - started, 1e-6), rids, queued))
 
     def redispatch(self, job: Job, failed: eng.Engine | None) -> bool:
         """Send `job` again after its engines failed before its prefill completed; False when it
         may not (attempts used up, or no usable pool)."""
-        self._drop_prefill(job)
         if failed is not None:
             self.engine_failed(failed)
         if job.generation == job.pool.generation:
@@ -448,7 +442,6 @@ class Driver:
         self._set_state(job, JobState.DONE)
         self.jobs.pop(job.rid, None)
         job.pool.outstanding -= 1
-        self._drop_prefill(job)
         if not job.decision.done():
             job.decision.cancel()
         if was is JobState.DISPATCHED and job.generation == job.pool.generation:
@@ -461,10 +454,6 @@ class Driver:
             self.metrics.errored.labels(job.endpoint, error_reason).inc()
             self.metrics.e2e.labels("errored").observe(elapsed)
         self._gauges()
-
-    def _drop_prefill(self, job: Job) -> None:
-        if job.prefill_engine is not None:
-            self._prefill_sent.get(job.prefill_engine.key, {}).pop(job.rid, None)
 
     def engine_failed(self, engine: eng.Engine) -> None:
         """A request to `engine` failed at the connection or with a 5xx: skip it until a poll succeeds."""

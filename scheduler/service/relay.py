@@ -27,8 +27,9 @@ from sbs.scheduler.service.loop import Driver, Job, Overloaded
 
 log = logging.getLogger(__name__)
 
-_PREFILL_GRACE_S = 1.0
-"""After the decode answered, how long the prefill's own answer is awaited (it is normally in)."""
+_PREFILL_GRACE_S = 30.0
+"""Once the decode has answered, how long the prefill's own answer may still take (it is normally in
+already; it only times the inferred prefill step)."""
 
 
 class ClientGone(Exception):
@@ -111,10 +112,11 @@ class Relay:
             decode_rank=d.decode_rank,
         )
         attempt = job.attempts
+        driver.prefill_sent(job, pe)
         prefill = asyncio.ensure_future(
             upstream.call_prefill(driver.session, pe.record.url + job.endpoint, pbody, pe.key)
         )
-        prefill.add_done_callback(lambda t: driver.prefill_answered(job, attempt, _ok(t)))
+        prefill.add_done_callback(lambda t: driver.prefill_answered(job, pe, attempt, _ok(t)))
         decode = asyncio.ensure_future(self._decode_head(de.record.url + job.endpoint, dbody, de.key))
         decode.add_done_callback(_retrieve)
         prefill.add_done_callback(_retrieve)
@@ -122,13 +124,13 @@ class Relay:
         pending: set[asyncio.Task[Any]] = {prefill, decode}
         while decode in pending:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            if prefill in done:
+            if prefill in done and not prefill.cancelled() and not job.prefilled:
                 exc = prefill.exception()
-                if isinstance(exc, upstream.UpstreamError) and not job.prefilled:
+                if isinstance(exc, upstream.UpstreamError):
                     if exc.engine_failed:
                         raise _Redispatch(exc, pe)
                     return self.passthrough(exc)
-                if exc is not None and not isinstance(exc, upstream.UpstreamError):
+                if exc is not None:
                     raise exc
         exc = decode.exception()
         if isinstance(exc, upstream.UpstreamError):
@@ -150,7 +152,10 @@ class Relay:
         job.prefilled = True
         result = decode.result()
         if not prefill.done():
-            await asyncio.wait({prefill}, timeout=_PREFILL_GRACE_S)
+            # Its answer (due any moment: the decode has the KV) still times the prefill step, so it
+            # outlives this request for a while instead of being closed with it.
+            self._tasks.remove(prefill)
+            asyncio.get_running_loop().call_later(_PREFILL_GRACE_S, prefill.cancel)
         if job.parsed.stream:
             resp, first = result
             return await self._relay_stream(resp, first)
