@@ -129,20 +129,20 @@ async def serve(settings: ServiceSettings, *, stop: asyncio.Event | None = None)
     """Run the service until `stop` is set (or a termination signal arrives)."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+    signals = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+            signals.append(sig)
     runner = web.AppRunner(make_app(settings), handler_cancellation=True, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port)
-    await site.start()
-    log.info(
-        "sbs-scheduler listening on %s:%d, policy %s",
-        settings.host,
-        settings.port,
-        settings.scheduler.policy.type,
-    )
     try:
+        await runner.setup()
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+        where = ", ".join(f"{a[0]}:{a[1]}" for a in runner.addresses if isinstance(a, tuple))
+        log.info("sbs-scheduler listening on %s, policy %s", where, settings.scheduler.policy.type)
         await stop.wait()
     finally:
         await runner.cleanup()
+        for sig in signals:
+            loop.remove_signal_handler(sig)

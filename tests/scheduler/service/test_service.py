@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -14,10 +15,18 @@ import aiohttp
 import pytest
 from sbs.scheduler.core import config
 from sbs.scheduler.core.types import LoadReported, Role
+from sbs.scheduler.service import cli, openapi, upstream
 from sbs.scheduler.service import engines as eng
-from sbs.scheduler.service import openapi
+from sbs.scheduler.service.settings import build_settings
 
-from tests.scheduler.service.harness import Cluster, Recorder, Service, start_cluster, start_service
+from tests.scheduler.service.harness import (
+    Cluster,
+    Recorder,
+    Service,
+    engine_entries,
+    start_cluster,
+    start_service,
+)
 
 GEN = {"text": "hello " * 40, "sampling_params": {"max_new_tokens": 6}}
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi " * 30}], "max_tokens": 5}
@@ -463,3 +472,74 @@ async def test_health_readiness_metrics_and_openapi(service: Service) -> None:
     assert {e["key"]: e["dp_size"] for e in doc["engines"]} == {"decode-0": 8, "prefill-0": 4, "prefill-1": 4}
     async with service.client.get(service.url + "/openapi.json") as r:
         assert await r.json() == json.loads(json.dumps(openapi.document()))
+
+
+async def test_engines_without_v1_loads_are_read_from_metrics(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def no_loads(session: object, url: str, engine: str) -> upstream.LoadsReply:
+        raise upstream.LoadsUnavailable(engine)
+
+    scraped: list[str] = []
+    real = upstream.fetch_metrics_loads
+
+    async def fetch_metrics_loads(session: object, url: str, engine: str) -> upstream.LoadsReply:
+        reply = await real(session, url, engine)
+        scraped.append(engine)
+        return reply
+
+    monkeypatch.setattr(upstream, "fetch_loads", no_loads)
+    monkeypatch.setattr(upstream, "fetch_metrics_loads", fetch_metrics_loads)
+    svc = await start_service(cluster)
+    try:
+        async with asyncio.timeout(2):
+            while not {"prefill-0", "prefill-1", "decode-0"} <= set(scraped):
+                await asyncio.sleep(0.01)
+        assert (await svc.post("/generate", GEN))[0] == 200
+        assert {e.engine: e.state for e in svc.driver.snapshot().engines} == {
+            "prefill-0": "usable",
+            "prefill-1": "usable",
+            "decode-0": "usable",
+        }
+    finally:
+        await svc.close()
+
+
+async def test_a_non_stream_client_that_gives_up_cancels_upstream(service: Service, cluster: Cluster) -> None:
+    body = {**GEN, "sampling_params": {"max_new_tokens": LONG}}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.2)) as client:
+        with pytest.raises(TimeoutError):
+            await client.post(service.url + "/generate", json=body)
+    decode = cluster.decode[0].runtime
+    async with asyncio.timeout(2):
+        while decode.reqs or service.driver.jobs:
+            await asyncio.sleep(0.01)
+    await service.assert_accounted()
+    assert service.metric("sbs_requests_errored_total", endpoint="/generate", reason="client_disconnect") == 1
+
+
+async def test_cli_serve_runs_until_stopped(cluster: Cluster) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = build_settings(
+        {"host": "127.0.0.1", "port": port, "engines": engine_entries(cluster)},
+        overrides={"policy": "least_load"},
+    )
+    stop = asyncio.Event()
+    task = asyncio.ensure_future(cli.serve(settings, stop=stop))
+    try:
+        async with aiohttp.ClientSession() as client, asyncio.timeout(5):
+            while True:
+                try:
+                    async with client.get(f"http://127.0.0.1:{port}/readyz") as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientConnectionError:
+                    pass
+                await asyncio.sleep(0.02)
+            async with client.post(f"http://127.0.0.1:{port}/generate", json=GEN) as r:
+                assert r.status == 200
+    finally:
+        stop.set()
+        await task
