@@ -12,6 +12,7 @@ import yaml
 from pydantic import ValidationError
 from sbs.operator import api, naming
 from sbs.scheduler.core.config import SchedulerSettings
+from sbs.scheduler.service.settings import ServiceSettings, validation_message
 
 CONFIG_KEY = "scheduler.yaml"
 CONFIG_DIR = "/etc/sbs"
@@ -35,19 +36,26 @@ def core_settings(spec: api.SchedulerSpec) -> dict[str, Any]:
 
 
 def config(dep: api.SBSDeployment) -> dict[str, Any]:
-    """The scheduler's configuration file: where to listen, how to find engines, how to schedule."""
+    """The scheduler's configuration file (`sbs-scheduler run --config`, validated as its
+    `ServiceSettings`): where to listen, which deployment's engines to watch, how to schedule."""
     s = dep.spec.scheduler
-    return {
+    cfg = {
         "host": "0.0.0.0",
         "port": s.port,
-        "discovery": {
+        "engines": {
             "kubernetes": {
                 "namespace": dep.namespace,
-                "selector": naming.selector_string(naming.engine_selector(dep.name)),
+                "deployment": dep.name,
+                "default_port": dep.spec.engine.port,
             }
         },
         "scheduler": core_settings(s),
     }
+    try:
+        ServiceSettings.model_validate(cfg)
+    except ValidationError as exc:
+        raise SchedulerSettingsError(f"scheduler config: {validation_message(exc)}") from None
+    return cfg
 
 
 def _meta(dep: api.SBSDeployment, name: str) -> dict[str, Any]:
@@ -70,7 +78,7 @@ def objects(dep: api.SBSDeployment) -> list[dict[str, Any]]:
         "image": s.image,
         "imagePullPolicy": s.image_pull_policy,
         "command": ["sbs-scheduler"],
-        "args": ["--config", f"{CONFIG_DIR}/{CONFIG_KEY}"],
+        "args": ["run", "--config", f"{CONFIG_DIR}/{CONFIG_KEY}"],
         "ports": [{"name": "http", "containerPort": s.port}],
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
         "livenessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 10},

@@ -30,12 +30,24 @@ def make_app(
     app = web.Application(client_max_size=64 * 1024 * 1024)
     driver = Driver(settings, Metrics())
     app[DRIVER] = driver
-    chosen = list(sources) if sources is not None else [eng.StaticSource(settings.engines)]
+    closers = []
+    if sources is not None:
+        chosen = list(sources)
+    else:
+        chosen = [eng.StaticSource(settings.engines)]
+        if settings.engines.kubernetes is not None:
+            from sbs.scheduler.service import k8s_source
+
+            k8s = k8s_source.from_settings(settings.engines.kubernetes)
+            chosen.append(k8s)
+            closers.append(k8s.client.close)
 
     async def lifecycle(_: web.Application) -> AsyncIterator[None]:
         await driver.start(chosen)
         yield
         await driver.close()
+        for close in closers:
+            await close()
 
     app.cleanup_ctx.append(lifecycle)
     for endpoint in protocol.ENDPOINTS:

@@ -101,7 +101,7 @@ def run(**flags: Any) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    if not settings.engines.prefill or not settings.engines.decode:
+    if settings.engines.kubernetes is None and (not settings.engines.prefill or not settings.engines.decode):
         log.warning("no static prefill or decode engines configured: the service stays unready")
     asyncio.run(serve(settings))
 

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
-from sbs.operator.kubeclient import ApiError, KubeClient
+from sbs.operator.kubeclient import ApiError, KubeClient, auto_credentials
 from sbs.scheduler.service.engines import (
     COMPONENT_ENGINE,
     LABEL_COMPONENT,
@@ -26,6 +26,7 @@ from sbs.scheduler.service.engines import (
     EngineRecordError,
     engine_from_pod,
 )
+from sbs.scheduler.service.settings import KubernetesDiscovery
 
 log = logging.getLogger(__name__)
 
@@ -112,3 +113,9 @@ class KubernetesSource:
             except (TimeoutError, ApiError, aiohttp.ClientError, OSError, ValueError) as exc:
                 log.warning("engine discovery (%s/%s): %s; retrying", self.namespace, self.deployment, exc)
                 await asyncio.sleep(self.retry_s)
+
+
+def from_settings(k: KubernetesDiscovery) -> KubernetesSource:
+    """The source a config's `engines.kubernetes` section describes (credentials read now)."""
+    client = KubeClient(auto_credentials(k.kubeconfig), field_manager="sbs-scheduler")
+    return KubernetesSource(client, k.namespace, k.deployment, default_port=k.default_port)

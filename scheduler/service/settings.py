@@ -66,11 +66,24 @@ class InstanceDefaults(_Settings):
     max_running_requests: int = Field(0, ge=0)
 
 
+class KubernetesDiscovery(_Settings):
+    """Engines = the Ready leader pods of one SBSDeployment (what the operator configures)."""
+
+    namespace: str = Field(min_length=1)
+    deployment: str = Field(min_length=1)
+    kubeconfig: str | None = None
+    """None: the pod's ServiceAccount in a cluster, else $KUBECONFIG or ~/.kube/config."""
+    default_port: int = Field(30000, ge=1, le=65535)
+    """Engine HTTP port when a pod declares no `http` container port."""
+
+
 class EnginesSettings(_Settings):
     """Discovery and synchronisation with the engines."""
 
     prefill: tuple[EngineConfig, ...] = ()
     decode: tuple[EngineConfig, ...] = ()
+    kubernetes: KubernetesDiscovery | None = None
+    """Discover engines from Kubernetes (in addition to any static ones)."""
     instance_defaults: InstanceDefaults = InstanceDefaults()
     loads_period_s: float = Field(0.5, gt=0.0)
     """Period of the per-engine `GET /v1/loads` poll (tier 3 of the state sync). SGLang republishes

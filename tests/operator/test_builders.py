@@ -12,6 +12,8 @@ import pytest
 import yaml
 from sbs.operator import api, engine_pods, naming, scheduler_objects
 from sbs.scheduler.core.config import POLICY_NAMES, SchedulerSettings
+from sbs.scheduler.service.engines import engine_from_pod
+from sbs.scheduler.service.settings import ServiceSettings
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = yaml.safe_load((REPO / "manifests" / "samples" / "deepseek-v3-h800.yaml").read_text())
@@ -391,11 +393,17 @@ def test_scheduler_config_map_holds_valid_settings_with_the_chosen_policy(policy
     assert settings.policy.type == policy
     assert settings.sync.transit_s == 0.01 and settings.seed == 7
     assert cfg["port"] == 8000
-    discovery = cfg["discovery"]["kubernetes"]
-    assert discovery["namespace"] == NS
+    service = ServiceSettings.model_validate(cfg)  # the whole file is what `sbs-scheduler run` accepts
+    k8s = service.engines.kubernetes
+    assert k8s is not None and (k8s.namespace, k8s.deployment) == (NS, dep.name)
     leader = pods_of(dep, "prefill")[0]
-    selector = dict(kv.split("=") for kv in discovery["selector"].split(","))
-    assert all(leader["metadata"]["labels"][k] == v for k, v in selector.items())
+    assert (
+        engine_from_pod(
+            {**leader, "status": {"podIP": "10.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]}},
+            deployment=k8s.deployment,
+        )
+        is not None
+    )  # the scheduler recognises the operator's leaders
 
 
 def test_policy_settings_reach_the_config():
