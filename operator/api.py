@@ -211,6 +211,10 @@ class RoleSpec(ApiModel):
     rules: ClassVar[tuple[Rule, ...]] = ROLE_SPEC_RULES
 
     groups: int = Field(default=1, ge=0, le=256, description="Engine groups (replicas) of this role.")
+    groups_owner: Literal["Static", "External"] = Field(
+        default="Static",
+        description="Static: `groups` rules. External: the role's SBSRoleScaler (HPA, KEDA, a policy) rules.",
+    )
     nodes_per_group: int = Field(default=1, ge=1, le=64, description="Nodes (pods) per engine group.")
     gpus_per_node: int = Field(default=8, ge=1, le=16, description="GPUs per node, all used by one pod.")
     parallelism: Parallelism = Field(default_factory=Parallelism)
@@ -448,6 +452,9 @@ class SBSDeploymentStatus(ApiModel):
     scheduler: SchedulerStatus = Field(default_factory=SchedulerStatus)
     group_restarts: list[GroupRestart] = Field(default_factory=list)
     conditions: list[Condition] = Field(default_factory=list)
+
+    def role(self, name: str) -> RoleStatus:
+        return self.prefill if name == "prefill" else self.decode
 
 
 NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"

@@ -25,17 +25,23 @@ def main() -> None:
 )
 @click.option("--check", is_flag=True, help="Fail if the file on disk differs from the generated one.")
 def crds(out_dir: Path, check: bool) -> None:
-    """Generate the CRD from operator/api.py (the pydantic types are the source of truth)."""
-    path = out_dir / crdgen.CRD_FILE
-    text = crdgen.render()
+    """Generate the CRDs from the API types (operator/api.py, operator/scaling_api.py)."""
     if check:
-        if not path.is_file() or path.read_text() != text:
-            click.echo(f"{path} is out of date with operator/api.py: run `sbs-operator crds`", err=True)
+        stale = [
+            name
+            for name, obj in crdgen.all_crds().items()
+            if not (out_dir / name).is_file() or (out_dir / name).read_text() != crdgen.render(obj)
+        ]
+        if stale:
+            names = ", ".join(stale)
+            click.echo(
+                f"{names} in {out_dir} out of date with the API types: run `sbs-operator crds`", err=True
+            )
             sys.exit(1)
-        click.echo(f"{path} is up to date")
+        click.echo(f"{out_dir}: CRDs up to date")
         return
-    crdgen.write(out_dir)
-    click.echo(f"wrote {path}")
+    for path in crdgen.write(out_dir):
+        click.echo(f"wrote {path}")
 
 
 @main.command()

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from sbs.operator import api
+from sbs.operator import scaling_api as sapi
 
 CRD_FILE = f"{api.PLURAL}.{api.GROUP}.yaml"
 
@@ -157,15 +158,26 @@ def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
     return structural(raw_root, defs, models)
 
 
-def crd() -> dict[str, Any]:
-    """The CustomResourceDefinition object."""
-    spec_schema = openapi_schema(api.SBSDeploymentSpec)
-    spec_schema["description"] = "Desired state: the model, both roles' engine groups and the SBS scheduler."
-    status_schema = openapi_schema(api.SBSDeploymentStatus)
+def _crd(
+    *,
+    kind: str,
+    plural: str,
+    singular: str,
+    short: tuple[str, ...],
+    scope: str,
+    description: str,
+    spec: type[BaseModel],
+    status: type[BaseModel],
+    printer_columns: list[dict[str, Any]],
+    subresources: dict[str, Any],
+    root_rules: list[dict[str, str]] | None = None,
+) -> dict[str, Any]:
+    spec_schema = openapi_schema(spec)
+    status_schema = openapi_schema(status)
     status_schema["description"] = "Observed state, written by the operator."
-    root = {
+    root: dict[str, Any] = {
         "type": "object",
-        "description": "A P/D-disaggregated SGLang deployment of a MoE model behind the SBS scheduler.",
+        "description": description,
         "required": ["spec"],
         "properties": {
             "apiVersion": {"type": "string"},
@@ -174,22 +186,23 @@ def crd() -> dict[str, Any]:
             "spec": spec_schema,
             "status": status_schema,
         },
-        "x-kubernetes-validations": [r.schema() for r in api.ROOT_RULES],
     }
+    if root_rules:
+        root["x-kubernetes-validations"] = root_rules
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{api.PLURAL}.{api.GROUP}"},
+        "metadata": {"name": f"{plural}.{api.GROUP}"},
         "spec": {
             "group": api.GROUP,
-            "scope": "Namespaced",
+            "scope": scope,
             "names": {
-                "kind": api.KIND,
-                "listKind": f"{api.KIND}List",
-                "plural": api.PLURAL,
-                "singular": api.SINGULAR,
-                "shortNames": list(api.SHORT_NAMES),
-                "categories": ["all", "sbs"],
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": singular,
+                "shortNames": list(short),
+                "categories": ["sbs"] if scope == "Cluster" else ["all", "sbs"],
             },
             "versions": [
                 {
@@ -197,23 +210,88 @@ def crd() -> dict[str, Any]:
                     "served": True,
                     "storage": True,
                     "schema": {"openAPIV3Schema": root},
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "subresources": subresources,
+                    "additionalPrinterColumns": printer_columns,
                 }
             ],
         },
     }
 
 
+def crd() -> dict[str, Any]:
+    """The SBSDeployment CustomResourceDefinition."""
+    out = _crd(
+        kind=api.KIND, plural=api.PLURAL, singular=api.SINGULAR, short=api.SHORT_NAMES, scope="Namespaced",
+        description="A P/D-disaggregated SGLang deployment of a MoE model behind the SBS scheduler.",
+        spec=api.SBSDeploymentSpec, status=api.SBSDeploymentStatus, printer_columns=PRINTER_COLUMNS,
+        subresources={"status": {}}, root_rules=[r.schema() for r in api.ROOT_RULES],
+    )  # fmt: skip
+    schema = out["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    schema["description"] = "Desired state: the model, both roles' engine groups and the SBS scheduler."
+    return out
+
+
+def scaler_crd() -> dict[str, Any]:
+    """SBSRoleScaler: one per role of each SBSDeployment, with the `/scale` subresource HPA and KEDA use."""
+    return _crd(
+        kind=sapi.SCALER_KIND, plural=sapi.SCALER_PLURAL, singular=sapi.SCALER_SINGULAR,
+        short=sapi.SCALER_SHORT, scope="Namespaced",
+        description="The engine-group count of one role of an SBSDeployment (a /scale target).",
+        spec=sapi.RoleScalerSpec, status=sapi.RoleScalerStatus,
+        printer_columns=[
+            {"name": "Deployment", "type": "string", "jsonPath": ".spec.deployment"},
+            {"name": "Role", "type": "string", "jsonPath": ".spec.role"},
+            {"name": "Desired", "type": "integer", "jsonPath": ".spec.replicas"},
+            {"name": "Ready", "type": "integer", "jsonPath": ".status.ready"},
+            {"name": "Owner", "type": "string", "jsonPath": ".status.owner"},
+        ],
+        subresources={
+            "status": {},
+            "scale": {
+                "specReplicasPath": ".spec.replicas",
+                "statusReplicasPath": ".status.replicas",
+                "labelSelectorPath": ".status.selector",
+            },
+        },
+    )  # fmt: skip
+
+
+def policy_crd() -> dict[str, Any]:
+    """SBSAutoscalingPolicy (cluster-scoped)."""
+    return _crd(
+        kind=sapi.POLICY_KIND, plural=sapi.POLICY_PLURAL, singular=sapi.POLICY_SINGULAR,
+        short=sapi.POLICY_SHORT, scope="Cluster",
+        description="Scales the External-owned roles of the SBSDeployments it selects, within a GPU budget.",
+        spec=sapi.AutoscalingPolicySpec, status=sapi.AutoscalingPolicyStatus,
+        printer_columns=[
+            {"name": "Selected", "type": "integer", "jsonPath": ".status.selected"},
+            {"name": "GPUs", "type": "integer", "jsonPath": ".status.gpusDesired"},
+            {"name": "Budget", "type": "integer", "jsonPath": ".spec.gpuBudget"},
+            {"name": "Last", "type": "string", "jsonPath": ".status.lastDecision.reason"},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        ],
+        subresources={"status": {}},
+    )  # fmt: skip
+
+
+def all_crds() -> dict[str, dict[str, Any]]:
+    """File name → CRD, for everything `sbs-operator crds` writes."""
+    return {f"{c['metadata']['name']}.yaml": c for c in (crd(), scaler_crd(), policy_crd())}
+
+
 HEADER = "# Generated by `sbs-operator crds` from operator/api.py; do not edit by hand.\n"
 
 
-def render() -> str:
-    return HEADER + yaml.safe_dump(crd(), sort_keys=False, width=120)
+def render(obj: dict[str, Any] | None = None) -> str:
+    """One CRD as YAML (the SBSDeployment's by default)."""
+    return HEADER + yaml.safe_dump(obj if obj is not None else crd(), sort_keys=False, width=120)
 
 
-def write(directory: Path) -> Path:
+def write(directory: Path) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / CRD_FILE
-    path.write_text(render())
-    return path
+    paths = []
+    for name, obj in all_crds().items():
+        path = directory / name
+        path.write_text(render(obj))
+        paths.append(path)
+    return paths

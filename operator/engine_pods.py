@@ -34,6 +34,10 @@ def serving_revision(spec: api.SBSDeploymentSpec) -> str:
     )
 
 
+SCALE_FIELDS = {"groups", "groups_owner"}
+"""How many groups a role has does not shape its pods: scaling never replaces groups."""
+
+
 def template_hash(spec: api.SBSDeploymentSpec, role: str, gang: bool, owner_uid: str = "") -> str:
     """Everything that shapes a role's pods: a change replaces that role's groups.
 
@@ -43,7 +47,7 @@ def template_hash(spec: api.SBSDeploymentSpec, role: str, gang: bool, owner_uid:
     return naming.short_hash(
         {
             "revision": serving_revision(spec),
-            "role": spec.role(role).model_dump(mode="json"),
+            "role": spec.role(role).model_dump(mode="json", exclude=SCALE_FIELDS),
             "gang": gang,
             "owner": owner_uid,
         }

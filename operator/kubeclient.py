@@ -35,6 +35,8 @@ RESOURCES: dict[str, tuple[str, str, bool]] = {
     "RoleBinding": ("rbac.authorization.k8s.io/v1", "rolebindings", True),
     "Lease": ("coordination.k8s.io/v1", "leases", True),
     "SBSDeployment": ("sbs.dev/v1alpha1", "sbsdeployments", True),
+    "SBSRoleScaler": ("sbs.dev/v1alpha1", "sbsrolescalers", True),
+    "SBSAutoscalingPolicy": ("sbs.dev/v1alpha1", "sbsautoscalingpolicies", False),
 }
 
 

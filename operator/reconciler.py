@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
-from sbs.operator import api, engine_pods, naming, placement, scheduler_objects
+from sbs.operator import api, engine_pods, naming, placement, scalers, scheduler_objects
 from sbs.operator import plan as plan_mod
+from sbs.operator import scaling_api as sapi
 from sbs.operator import status as status_mod
 from sbs.operator.kubeclient import RESOURCES, ApiError, KubeClient, collection_path, object_path
 
@@ -154,6 +155,10 @@ async def reconcile(
         await _write_status(client, raw, status)
         return Result(sum(client.writes.values()) - writes_before, None, "Failed")
 
+    observed_scalers = await _role_scalers(client, dep)
+    dep = scalers.effective(
+        dep, {r: scalers.desired_groups(dep, r, observed_scalers.get(r)) for r in api.ROLES}
+    )
     spec = dep.spec
     mode = spec.gang_scheduling.mode
     gang = mode == "Enabled" or (mode == "Auto" and gang_available)
@@ -225,6 +230,14 @@ async def reconcile(
         dep, p, scheduler=sched, revision=engine_pods.serving_revision(spec), now=now, problem=problem
     )
     await _write_status(client, raw, status)
+    for role in api.ROLES:
+        want = scalers.scaler_status(dep, role, spec.role(role).groups, status.role(role).ready)
+        current = observed_scalers.get(role) or {}
+        if current and current.get("status") != want:
+            path = object_path(
+                {**current, "apiVersion": api.API_VERSION, "kind": sapi.SCALER_KIND}, sapi.SCALER_PLURAL
+            )
+            await client.patch(path + "/status", {"status": want})
     requeue = p.requeue_after
     if status.phase != "Ready" and requeue is None:
         requeue = 10.0
@@ -281,3 +294,27 @@ async def _placed(
                 pods = [placement.pin(pod, r.topology_key, domain) for pod in pods]
         out.append((action, pods))
     return out
+
+
+async def _role_scalers(client: KubeClient, dep: api.SBSDeployment) -> dict[str, dict[str, Any]]:
+    """Each role's SBSRoleScaler, created when missing and kept equal to the spec for Static roles."""
+    path = collection_path(api.API_VERSION, sapi.SCALER_PLURAL, dep.namespace)
+    items = await client.list(path, label_selector=f"{naming.DEPLOYMENT}={dep.name}")
+    by_role = {
+        i["spec"]["role"]: i
+        for i in items
+        if any(o.get("uid") == dep.uid for o in i["metadata"].get("ownerReferences", []))
+    }
+    for role in api.ROLES:
+        r = dep.spec.role(role)
+        current = by_role.get(role)
+        if current is None:
+            try:
+                by_role[role] = await client.create(path, scalers.scaler(dep, role))
+            except ApiError as exc:
+                if exc.status != 409:
+                    raise
+        elif r.groups_owner == "Static" and current["spec"].get("replicas") != r.groups:
+            obj_path = f"{path}/{current['metadata']['name']}"
+            by_role[role] = await client.patch(obj_path, {"spec": {"replicas": r.groups}})
+    return by_role

@@ -396,8 +396,8 @@ def test_gang_scheduling_creates_a_podgroup_per_group_when_the_crd_exists(
         control_plane.wait(lambda: len(kube.get(path)["items"]) == 3, "3 PodGroups", 30)
         groups = {g["metadata"]["name"]: g for g in kube.get(path)["items"]}
         assert sorted(g["spec"]["minMember"] for g in groups.values()) == [2, 2, 3]
+        control_plane.wait(lambda: len(engine_pods(kube, namespace, "deepseek-v3")) == 7, "7 engine pods", 30)
         pods = engine_pods(kube, namespace, "deepseek-v3")
-        assert len(pods) == 7
         for p in pods:
             assert p["spec"]["schedulerName"] == "scheduler-plugins-scheduler"
             assert p["metadata"]["labels"]["scheduling.x-k8s.io/pod-group"] in groups
