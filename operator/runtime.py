@@ -26,6 +26,8 @@ from typing import Any
 import kopf
 from prometheus_client import Counter, Gauge, Histogram
 from sbs.operator import api, naming, reconciler
+from sbs.operator import scaling_api as sapi
+from sbs.operator.autoscaler import Autoscaler
 from sbs.operator.kubeclient import ApiError, KubeClient, collection_path
 from sbs.operator.leader import LeaseElector
 
@@ -193,6 +195,11 @@ def build_registry(rec: Reconciler, cfg: OperatorConfig) -> kopf.OperatorRegistr
     def on_pod(labels: dict[str, str], namespace: str, **_: Any) -> None:
         rec.enqueue(namespace, labels[naming.DEPLOYMENT])
 
+    @kopf.on.event(api.GROUP, api.VERSION, sapi.SCALER_PLURAL, registry=registry)
+    def on_scaler(spec: dict[str, Any], namespace: str, **_: Any) -> None:
+        if spec.get("deployment"):
+            rec.enqueue(namespace, spec["deployment"])
+
     @kopf.on.event(
         "apps", "v1", "deployments", labels={naming.COMPONENT: naming.SCHEDULER}, registry=registry
     )
@@ -223,6 +230,8 @@ async def run(client: KubeClient, cfg: OperatorConfig, stop: asyncio.Event | Non
     registry = build_registry(rec, cfg)
     stop = stop or asyncio.Event()
     elector_task = asyncio.create_task(elector.run())
+    scaler = Autoscaler(client.fork(), lambda: elector.is_leader)
+    autoscaler_task = asyncio.create_task(scaler.run())
     rec.start()
     try:
         await kopf.operator(
@@ -234,6 +243,9 @@ async def run(client: KubeClient, cfg: OperatorConfig, stop: asyncio.Event | Non
             stop_flag=stop,
         )
     finally:
+        autoscaler_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await autoscaler_task
         elector_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await elector_task

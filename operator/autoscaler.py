@@ -1,0 +1,182 @@
+"""The SBSAutoscalingPolicy controller (IO edge of `autoscale`): runs in the operator, leader only.
+
+Every `syncPeriodSeconds` per policy: list the SBSDeployments its selector matches (any namespace),
+scrape each one's scheduler metrics, decide both roles' group counts in one step, record the
+decision in the policy's status, then write the roles' SBSRoleScalers (only roles owned
+`External`; a `Static` role is reported and left alone). The operator's reconcile turns scaler
+changes into engine groups.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import aiohttp
+from pydantic import ValidationError
+from sbs.operator import api, autoscale, naming, plan, scalers, scheduler_objects
+from sbs.operator import scaling_api as sapi
+from sbs.operator.kubeclient import ApiError, KubeClient, collection_path
+
+log = logging.getLogger("sbs.operator.autoscaler")
+MAX_DECISIONS = 20
+
+
+def selected(policy: sapi.AutoscalingPolicySpec, dep: dict[str, Any]) -> bool:
+    labels = dep["metadata"].get("labels") or {}
+    return all(labels.get(k) == v for k, v in policy.selector.match_labels.items())
+
+
+def metrics_url(dep: api.SBSDeployment, annotation: str) -> str:
+    override = (dep.metadata.get("annotations") or {}).get(annotation)
+    return override or scheduler_objects.endpoint(dep) + "/metrics"
+
+
+def gpus_per_group(dep: api.SBSDeployment) -> dict[str, int]:
+    return {r: dep.spec.role(r).gpus_per_group for r in api.ROLES}
+
+
+class Autoscaler:
+    def __init__(self, client: KubeClient, is_leader: Any, *, tick_s: float = 1.0) -> None:
+        self.client, self.is_leader, self.tick_s = client, is_leader, tick_s
+        self.memory: dict[tuple[str, str, str], autoscale.Memory] = {}
+        self.scrapes: dict[tuple[str, str], autoscale.Scrape] = {}
+        self.next_due: dict[str, float] = {}
+        self.http: aiohttp.ClientSession | None = None
+
+    async def run(self) -> None:
+        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3))
+        try:
+            while True:
+                if self.is_leader():
+                    try:
+                        await self.tick(time.monotonic())
+                    except (ApiError, OSError, aiohttp.ClientError) as exc:
+                        log.warning("autoscaler: %s", exc)
+                await asyncio.sleep(self.tick_s)
+        finally:
+            await self.http.close()
+
+    async def tick(self, mono: float) -> None:
+        path = collection_path(api.API_VERSION, sapi.POLICY_PLURAL, None)
+        for policy in await self.client.list(path):
+            name = policy["metadata"]["name"]
+            if mono < self.next_due.get(name, 0.0):
+                continue
+            try:
+                spec = sapi.AutoscalingPolicySpec.model_validate(policy.get("spec") or {})
+            except ValidationError as exc:
+                log.warning("policy %s is invalid: %s", name, exc.errors()[0])
+                continue
+            self.next_due[name] = mono + spec.behaviour.sync_period_seconds
+            await self.sync(policy, spec)
+
+    async def _scrape(
+        self, dep: api.SBSDeployment, spec: sapi.AutoscalingPolicySpec
+    ) -> autoscale.Scrape | None:
+        assert self.http is not None
+        url = metrics_url(dep, spec.signals.metrics_url_annotation)
+        try:
+            async with self.http.get(url) as resp:
+                if resp.status != 200:
+                    return None
+                text = await resp.text()
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            return None
+        return autoscale.parse_metrics(text, time.monotonic())
+
+    async def sync(self, policy: dict[str, Any], spec: sapi.AutoscalingPolicySpec) -> None:
+        name = policy["metadata"]["name"]
+        now = time.time()  # noqa: TID251 (IO edge: decisions and their records carry wall-clock time)
+        deps = await self.client.list(collection_path(api.API_VERSION, api.PLURAL, None))
+        chosen: list[tuple[api.SBSDeployment, dict[str, dict[str, Any]]]] = []
+        for raw in deps:
+            if not selected(spec, raw) or raw["metadata"].get("deletionTimestamp"):
+                continue
+            try:
+                dep = api.SBSDeployment.model_validate(raw)
+            except ValidationError:
+                continue
+            path = collection_path(api.API_VERSION, sapi.SCALER_PLURAL, dep.namespace)
+            items = await self.client.list(path, label_selector=f"{naming.DEPLOYMENT}={dep.name}")
+            chosen.append((dep, {i["spec"]["role"]: i for i in items}))
+
+        def groups_of(dep: api.SBSDeployment, found: dict[str, dict[str, Any]]) -> dict[str, int]:
+            return {r: scalers.desired_groups(dep, r, found.get(r)) for r in api.ROLES}
+
+        total = sum(autoscale.gpus(groups_of(d, f), gpus_per_group(d)) for d, f in chosen)
+        decisions: list[sapi.Decision] = []
+        for dep, found in chosen:
+            external = [r for r in api.ROLES if dep.spec.role(r).groups_owner == "External" and r in found]
+            if not external:
+                continue
+            scrape = await self._scrape(dep, spec)
+            key = (dep.namespace, dep.name)
+            previous = self.scrapes.get(key)
+            if scrape is None:
+                continue
+            self.scrapes[key] = scrape
+            if previous is None:
+                continue  # a window needs two scrapes
+            obs = autoscale.Observation.between(previous, scrape)
+            groups = groups_of(dep, found)
+            per = gpus_per_group(dep)
+            memory = self.memory.setdefault((name, *key), autoscale.Memory())
+            budget_left = None if spec.gpu_budget is None else spec.gpu_budget - total
+            out = autoscale.decide(
+                groups["prefill"], groups["decode"], obs, spec, memory, now,
+                gpus_per_group=(per["prefill"], per["decode"]), budget_left=budget_left,
+            )  # fmt: skip
+            target = {"prefill": out.prefill, "decode": out.decode}
+            for r in api.ROLES:
+                if r not in external:
+                    target[r] = groups[r]  # a Static role is not ours to change
+            if target == groups:
+                continue
+            total += autoscale.gpus(target, per) - autoscale.gpus(groups, per)
+            decision = sapi.Decision(
+                time=plan.iso(now), namespace=dep.namespace, deployment=dep.name,
+                prefill_from=groups["prefill"], prefill_to=target["prefill"],
+                decode_from=groups["decode"], decode_to=target["decode"], reason=out.reason,
+            )  # fmt: skip
+            decisions.append(decision)
+            await self._record(policy, spec, decisions, len(chosen), total)  # the intent first
+            for r in external:
+                if target[r] != groups[r]:
+                    path = collection_path(api.API_VERSION, sapi.SCALER_PLURAL, dep.namespace)
+                    await self.client.patch(
+                        f"{path}/{found[r]['metadata']['name']}", {"spec": {"replicas": target[r]}}
+                    )
+            log.info("policy %s: %s: %s", name, decision.model_dump_json(), out.reason)
+        await self._record(policy, spec, decisions, len(chosen), total)
+
+    async def _record(
+        self,
+        policy: dict[str, Any],
+        spec: sapi.AutoscalingPolicySpec,
+        new: list[sapi.Decision],
+        selected_count: int,
+        gpus_desired: int,
+    ) -> None:
+        """Write the policy's status when it changed (decisions appended, newest last)."""
+        old = sapi.AutoscalingPolicyStatus.model_validate(policy.get("status") or {})
+        seen = {(d.time, d.namespace, d.deployment) for d in old.decisions}
+        history = old.decisions + [d for d in new if (d.time, d.namespace, d.deployment) not in seen]
+        history = history[-MAX_DECISIONS:]
+        status = sapi.AutoscalingPolicyStatus(
+            observed_generation=int(policy["metadata"].get("generation", 0)),
+            selected=selected_count,
+            gpus_desired=gpus_desired,
+            last_decision=history[-1] if history else None,
+            decisions=history,
+        ).model_dump(by_alias=True, mode="json", exclude_none=True)
+        if (policy.get("status") or {}) != status:
+            path = (
+                collection_path(api.API_VERSION, sapi.POLICY_PLURAL, None) + f"/{policy['metadata']['name']}"
+            )
+            with contextlib.suppress(ApiError):
+                updated = await self.client.patch(path + "/status", {"status": status})
+                policy["status"] = updated.get("status", status)
