@@ -1,0 +1,197 @@
+"""Autoscaling on the real control plane: per-role /scale targets (HPA, kubectl scale), ownership, and
+an SBSAutoscalingPolicy driven by a live scheduler's metrics (burst up, quiet down, budget held)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+import yaml
+from sbs.e2e import agent, cluster, kube
+from sbs.operator import naming, scheduler_objects
+
+from tests.operator.test_full_path_e2e import engine_command
+from tests.operator.test_operator_e2e import DEPS, Operator, kubectl, operator, sample, wait_phase
+
+__all__ = ["operator"]
+
+SCALERS = "/apis/sbs.dev/v1alpha1/namespaces/{ns}/sbsrolescalers"
+POLICIES = "/apis/sbs.dev/v1alpha1/sbsautoscalingpolicies"
+
+
+def small(prefill_owner: str = "Static", decode_owner: str = "Static") -> dict:
+    obj = sample()
+    obj["spec"]["prefill"].update(
+        groups=1, nodesPerGroup=2, chunkedPrefillSize=32768, groupsOwner=prefill_owner
+    )
+    obj["spec"]["decode"].update(groups=1, nodesPerGroup=2, groupsOwner=decode_owner)
+    return obj
+
+
+def role_status(k: kube.Kube, ns: str, role: str) -> dict:
+    return (k.get(DEPS.format(ns=ns) + "/deepseek-v3").get("status") or {}).get(role) or {}
+
+
+def test_role_scale_targets_follow_their_owner_and_hpa_drives_an_external_role(
+    control_plane: cluster.ControlPlane, kube: kube.Kube, namespace: str, operator: Callable[..., Operator]
+) -> None:
+    operator()
+    kube.create(DEPS.format(ns=namespace), small(prefill_owner="External"))
+    wait_phase(control_plane, kube, namespace, "deepseek-v3", "Ready")
+    scalers = SCALERS.format(ns=namespace)
+    pre = kube.get(f"{scalers}/deepseek-v3-prefill")
+    assert pre["spec"] == {"deployment": "deepseek-v3", "role": "prefill", "replicas": 1}
+    assert (
+        pre["status"]["selector"].count("sbs.dev/leader=true") == 1 and pre["status"]["owner"] == "External"
+    )
+    scale = kube.get(f"{scalers}/deepseek-v3-prefill/scale")
+    assert scale["kind"] == "Scale" and scale["spec"]["replicas"] == 1
+
+    # a Static role's scaler is the spec's mirror: `kubectl scale` on it is undone
+    kubectl(control_plane, "scale", "-n", namespace, "sbsrs/deepseek-v3-decode", "--replicas=3")
+    control_plane.wait(
+        lambda: kube.get(f"{scalers}/deepseek-v3-decode")["spec"]["replicas"] == 1,
+        "Static scaler restored",
+        30,
+    )
+    assert role_status(kube, namespace, "decode")["desired"] == 1
+
+    # an HPA targeting the External prefill role's /scale: its minReplicas raises the role to 2 groups
+    hpa = {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "prefill"},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "sbs.dev/v1alpha1", "kind": "SBSRoleScaler",
+                               "name": "deepseek-v3-prefill"},
+            "minReplicas": 2,
+            "maxReplicas": 3,
+            "metrics": [{"type": "Resource", "resource": {
+                "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80},
+            }}],
+        },
+    }  # fmt: skip
+    kube.create(f"/apis/autoscaling/v2/namespaces/{namespace}/horizontalpodautoscalers", hpa)
+    control_plane.wait(
+        lambda: role_status(kube, namespace, "prefill").get("ready") == 2,
+        "HPA scaled prefill to 2 groups",
+        90,
+    )
+    assert kube.get(f"{scalers}/deepseek-v3-prefill")["spec"]["replicas"] == 2
+    dep = wait_phase(control_plane, kube, namespace, "deepseek-v3", "Ready")
+    assert dep["spec"]["prefill"]["groups"] == 1  # GitOps' field untouched: no fight
+    kube.delete(f"/apis/autoscaling/v2/namespaces/{namespace}/horizontalpodautoscalers/prefill")
+    kube.delete(DEPS.format(ns=namespace) + "/deepseek-v3")
+    control_plane.wait(lambda: not kube.get(scalers)["items"], "scalers garbage-collected", 60)
+
+
+async def _burst(url: str, n: int, prompt_tokens: int) -> list[int]:
+    async def one(i: int) -> int:
+        await asyncio.sleep(i * 0.02)
+        body = {"model": "deepseek-v3", "prompt": "y" * (4 * prompt_tokens), "max_tokens": 8, "stream": True}
+        async with aiohttp.ClientSession() as s, s.post(f"{url}/v1/completions", json=body) as r:
+            await r.read()
+            return r.status
+
+    return await asyncio.gather(*(one(i) for i in range(n)))
+
+
+def test_policy_scales_prefill_up_on_a_burst_within_budget_and_down_after_quiet(
+    control_plane: cluster.ControlPlane,
+    kube: kube.Kube,
+    namespace: str,
+    operator: Callable[..., Operator],
+    node_agent: Callable[..., agent.NodeAgent],
+    tmp_path: Path,
+) -> None:
+    operator()
+    node_agent(selector=f"{naming.COMPONENT}={naming.ENGINE}", command=engine_command, port_name="http")
+    port = cluster.free_port()
+    obj = small("External", "External")
+    obj["metadata"]["labels"] = {"sbs.dev/autoscale": namespace}
+    obj["metadata"]["annotations"] = {"sbs.dev/scheduler-metrics-url": f"http://127.0.0.1:{port}/metrics"}
+    kube.create(DEPS.format(ns=namespace), obj)
+    wait_phase(control_plane, kube, namespace, "deepseek-v3", "Ready")
+
+    cm = kube.get(f"/api/v1/namespaces/{namespace}/configmaps/{naming.scheduler_name('deepseek-v3')}")
+    cfg = yaml.safe_load(cm["data"][scheduler_objects.CONFIG_KEY])
+    cfg.update(host="127.0.0.1", port=port)
+    cfg["engines"]["kubernetes"]["kubeconfig"] = str(control_plane.kubeconfig)
+    (tmp_path / "scheduler.yaml").write_text(yaml.safe_dump(cfg))
+    with (tmp_path / "scheduler.log").open("ab") as log:
+        argv = [
+            str(Path(sys.executable).parent / "sbs-scheduler"),
+            "run",
+            "--config",
+            str(tmp_path / "scheduler.yaml"),
+        ]
+        sched = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    policy_name = f"burst-{namespace}"[:63]
+    budget = 48  # 1 prefill + 1 decode group = 32 GPUs; a second prefill group fits, a third does not
+    policy = {
+        "apiVersion": "sbs.dev/v1alpha1",
+        "kind": "SBSAutoscalingPolicy",
+        "metadata": {"name": policy_name},
+        "spec": {
+            "selector": {"matchLabels": {"sbs.dev/autoscale": namespace}},
+            "prefill": {"minGroups": 1, "maxGroups": 4},
+            "decode": {"minGroups": 1, "maxGroups": 2},
+            "gpuBudget": budget,
+            "ratio": {"minPrefillPerDecode": 0.5, "maxPrefillPerDecode": 4},
+            "slo": {"ttftP90Seconds": 0.02},  # wall seconds: the engines run 20× faster than real ones
+            "signals": {"queueWaitP90Seconds": 0.02},
+            "behaviour": {"syncPeriodSeconds": 2, "scaleUpStabilizationSeconds": 0,
+                          "scaleDownStabilizationSeconds": 6, "cooldownSeconds": 6, "maxStepGroups": 2},
+        },
+    }  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        control_plane.wait(lambda: _ready(url), "scheduler ready", 30)
+        kube.create(POLICIES, policy)
+        t0 = time.monotonic()
+        statuses = asyncio.run(_burst(url, 150, 4000))
+        assert set(statuses) == {200}
+        control_plane.wait(
+            lambda: role_status(kube, namespace, "prefill").get("ready") == 2,
+            "burst: prefill up to 2 groups",
+            60,
+        )
+        up_at = time.monotonic() - t0
+        control_plane.wait(
+            lambda: role_status(kube, namespace, "prefill").get("desired") == 1,
+            "quiet: prefill back to 1",
+            60,
+        )
+        down_at = time.monotonic() - t0
+        decisions = kube.get(f"{POLICIES}/{policy_name}")["status"]["decisions"]
+        print(f"\nautoscaling decisions (prefill up after {up_at:.1f} s, down after {down_at:.1f} s):")
+        for d in decisions:
+            print(f"  {d['time']} prefill {d['prefillFrom']}->{d['prefillTo']} "
+                  f"decode {d['decodeFrom']}->{d['decodeTo']}: {d['reason']}")  # fmt: skip
+        ups = [d for d in decisions if d["prefillTo"] > d["prefillFrom"]]
+        downs = [d for d in decisions if d["prefillTo"] < d["prefillFrom"]]
+        assert ups and downs and decisions.index(ups[0]) < decisions.index(downs[-1])
+        assert max(d["prefillTo"] for d in decisions) == 2  # the budget held the burst at 2 prefill groups
+        assert all(d["prefillTo"] * 16 + d["decodeTo"] * 16 <= budget for d in decisions)
+        assert "GPU budget" in ups[0]["reason"]  # the signals asked for more than the budget allows
+    finally:
+        kube.delete(f"{POLICIES}/{policy_name}", missing_ok=True)
+        sched.terminate()
+        sched.wait(10)
+    kube.delete(DEPS.format(ns=namespace) + "/deepseek-v3")
+
+
+def _ready(url: str) -> bool:
+    async def probe() -> bool:
+        try:
+            async with aiohttp.ClientSession() as s, s.get(f"{url}/readyz") as r:
+                return r.status == 200
+        except aiohttp.ClientError:
+            return False
+
+    return asyncio.run(probe())
