@@ -5,6 +5,10 @@
                     [--cluster NAME|FILE] [--policies sbs,round_robin,...]
                     [--duration S] [--json OUT] [--plot OUT.png]
     sbs-sim sweep   --trace FILE --loads 0.3,0.5,0.7,0.9 --slo-ttft-p90 S [...]
+    sbs-sim plan    --trace FILE --slo-ttft-p90 S --slo-tpot-p90 S [--policy sbs] [--cluster NAME|FILE]
+                    [--max-prefill-groups N] [--max-decode-groups N] [--json OUT] [...]
+
+`plan` exits 3 when no counts within the limits meet the SLOs.
 
 Bad input prints one line naming the file, line, field or flag, and exits with status 2.
 """
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +25,7 @@ from typing import Any
 
 import click
 from sbs.scheduler.core import config
+from sbs.sim import plan as planning
 from sbs.sim import report
 from sbs.sim.capacity import nominal_prefill_tok_s
 from sbs.sim.cluster import PRESETS, ClusterConfig, load_cluster
@@ -60,52 +66,66 @@ class Workload:
         return trace
 
 
-def _workload_options(f: Callable) -> Callable:
-    options = [
-        click.option(
-            "--trace", "trace_path", required=True, help="Trace file (Azure CSV or Mooncake JSONL)."
-        ),
-        click.option(
-            "--format",
-            "fmt",
-            type=click.Choice(["azure", "mooncake", "servegen"]),
-            default=None,
-            help="Trace format (default: from the file). servegen: --trace is ServeGen's data folder.",
-        ),
-        click.option(
-            "--arrivals",
-            default="trace",
-            show_default=True,
-            help="Arrival process: trace (its own timestamps), poisson, gamma:CV, or bursty:F (10 s at F× "
-            "the rate every 60 s); synthetic ones keep the trace's mean rate and length distribution.",
-        ),
-        click.option("--seed", type=int, default=0, show_default=True, help="Seed of synthetic workloads."),
-        click.option(
-            "--cluster",
-            default="ds3-h800",
-            show_default=True,
-            help=f"Preset ({', '.join(PRESETS)}) or JSON file.",
-        ),
-        click.option("--policies", default=DEFAULT_POLICIES, show_default=True),
-        click.option(
-            "--duration",
-            type=float,
-            default=None,
-            help="Simulate S seconds of arrivals (after scaling): the trace is cut, or repeated if shorter.",
-        ),
-        click.option(
-            "--slo-ttft", type=float, default=2.0, show_default=True, help="TTFT SLO (s) for goodput."
-        ),
-        click.option(
-            "--slo-tpot", type=float, default=0.1, show_default=True, help="TPOT SLO (s) for goodput."
-        ),
-        click.option("--jobs", type=int, default=2, show_default=True, help="Simulations run in parallel."),
-        click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None),
-        click.option("--plot", "plot_out", type=click.Path(dir_okay=False), default=None),
-    ]
-    for opt in reversed(options):
-        f = opt(f)
-    return f
+_OPTIONS: dict[str, Callable[[Callable], Callable]] = {
+    "trace": click.option(
+        "--trace", "trace_path", required=True, help="Trace file (Azure CSV or Mooncake JSONL)."
+    ),
+    "format": click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(["azure", "mooncake", "servegen"]),
+        default=None,
+        help="Trace format (default: from the file). servegen: --trace is ServeGen's data folder.",
+    ),
+    "arrivals": click.option(
+        "--arrivals",
+        default="trace",
+        show_default=True,
+        help="Arrival process: trace (its own timestamps), poisson, gamma:CV, or bursty:F (10 s at F× "
+        "the rate every 60 s); synthetic ones keep the trace's mean rate and length distribution.",
+    ),
+    "seed": click.option(
+        "--seed", type=int, default=0, show_default=True, help="Seed of synthetic workloads."
+    ),
+    "cluster": click.option(
+        "--cluster",
+        default="ds3-h800",
+        show_default=True,
+        help=f"Preset ({', '.join(PRESETS)}) or JSON file.",
+    ),
+    "policies": click.option("--policies", default=DEFAULT_POLICIES, show_default=True),
+    "duration": click.option(
+        "--duration",
+        type=float,
+        default=None,
+        help="Simulate S seconds of arrivals (after scaling): the trace is cut, or repeated if shorter.",
+    ),
+    "slo-ttft": click.option(
+        "--slo-ttft", type=float, default=2.0, show_default=True, help="TTFT SLO (s) for goodput."
+    ),
+    "slo-tpot": click.option(
+        "--slo-tpot", type=float, default=0.1, show_default=True, help="TPOT SLO (s) for goodput."
+    ),
+    "jobs": click.option(
+        "--jobs", type=int, default=2, show_default=True, help="Simulations run in parallel."
+    ),
+    "json": click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None),
+    "plot": click.option("--plot", "plot_out", type=click.Path(dir_okay=False), default=None),
+}
+
+
+def _options(*names: str) -> Callable[[Callable], Callable]:
+    """Apply the shared options `names` (in that order on --help)."""
+
+    def apply(f: Callable) -> Callable:
+        for name in reversed(names):
+            f = _OPTIONS[name](f)
+        return f
+
+    return apply
+
+
+_workload_options = _options(*_OPTIONS)
 
 
 @click.group()
@@ -192,6 +212,102 @@ def _sweep(opts: dict[str, Any]) -> None:
         "runs": [{"policy": r["policy"], "load": r["load"], **r["summary"]} for r in results],
     }
     _write_outputs(doc, opts, lambda path: report.plot_sweep(results, slo_p90, path))
+
+
+@main.command()
+@_options("trace", "format", "arrivals", "seed", "cluster", "duration")
+@click.option("--rate-scale", type=float, default=None, help="Multiply the trace's arrival rate.")
+@click.option(
+    "--load",
+    type=float,
+    default=None,
+    help="Offered prompt tokens/s as a fraction of the --cluster's nominal prefill capacity (its own "
+    "instance counts).",
+)
+@click.option("--slo-ttft-p90", type=float, required=True, help="TTFT p90 SLO (s).")
+@click.option("--slo-tpot-p90", type=float, required=True, help="TPOT p90 SLO (s).")
+@click.option("--policy", default="sbs", show_default=True, help="Scheduling policy simulated.")
+@click.option(
+    "--max-prefill-groups", type=int, default=16, show_default=True, help="Most prefill groups tried."
+)
+@click.option("--max-decode-groups", type=int, default=8, show_default=True, help="Most decode groups tried.")
+@_options("jobs", "json")
+def plan(**opts: Any) -> None:
+    """Find the fewest prefill and decode groups of the --cluster's shapes meeting both p90 SLOs.
+
+    Exits 0 with a plan, 3 when even the maximum counts miss (the JSON then has "feasible": false).
+    """
+    _guard(lambda: _plan(opts))
+
+
+def _plan(opts: dict[str, Any]) -> None:
+    if opts["rate_scale"] is not None and opts["load"] is not None:
+        raise SimInputError("--rate-scale and --load are exclusive; give one")
+    _check_range("--rate-scale", opts["rate_scale"], 0.0, None)
+    _check_range("--load", opts["load"], 0.0, 5.0)
+    _check_range("--slo-ttft-p90", opts["slo_ttft_p90"], 0.0, None)
+    _check_range("--slo-tpot-p90", opts["slo_tpot_p90"], 0.0, None)
+    for flag in ("max_prefill_groups", "max_decode_groups", "jobs"):
+        if opts[flag] < 1:
+            raise SimInputError(f"--{flag.replace('_', '-')} must be >= 1, got {opts[flag]}")
+    try:
+        policy = config.policy_settings(opts["policy"])
+    except ValueError as exc:
+        raise SimInputError(f"--policy: {exc}") from None
+    wl = _workload(opts)
+    trace = wl.at(load=opts["load"], rate_scale=opts["rate_scale"])
+    slo = planning.Slo(opts["slo_ttft_p90"], opts["slo_tpot_p90"])
+    limits = planning.PlanLimits(
+        max_prefill_groups=opts["max_prefill_groups"], max_decode_groups=opts["max_decode_groups"]
+    )
+    c = wl.cluster
+    click.echo(
+        f"trace {trace.name}: {len(trace)} requests over {trace.duration_s:.1f} s "
+        f"({trace.mean_rate_rps:.2f} req/s, {trace.prompt_tokens_per_s / 1e3:.1f}k prompt tok/s)"
+    )
+    click.echo(
+        f"groups of {c.name}: prefill {c.prefill.nodes_per_instance} nodes DP{c.prefill.dp_size} "
+        f"(chunk {c.prefill.chunk_tokens}/rank), decode {c.decode.nodes_per_instance} nodes "
+        f"DP{c.decode.dp_size}; policy {policy.type}; SLO TTFT p90 <= {slo.ttft_p90_s:g} s, "
+        f"TPOT p90 <= {slo.tpot_p90_s:g} s; trying 1-{limits.max_prefill_groups} prefill, "
+        f"1-{limits.max_decode_groups} decode groups"
+    )
+    t0 = time.monotonic()
+    result = planning.plan_groups(
+        trace, c, slo, policy, limits, jobs=opts["jobs"], on_candidate=_candidate_printer(slo)
+    )
+    elapsed = time.monotonic() - t0
+    doc = result.to_dict()
+    doc["elapsed_s"] = round(elapsed, 1)
+    _write_outputs(doc, {**opts, "plot_out": None}, lambda path: None)
+    tried = f"{len(result.evaluated)} candidates, {elapsed:.0f} s"
+    if not result.feasible:
+        click.echo(f"plan: {result.reason} ({tried})")
+        sys.exit(3)
+    click.echo(f"why: {result.reason}")
+    click.echo(
+        f"plan: {result.prefill_groups} prefill + {result.decode_groups} decode groups of {c.name} "
+        f"({result.gpus} GPUs): TTFT p90 {result.ttft_p90_s:.3f} s, TPOT p90 {result.tpot_p90_s:.4f} s, "
+        f"SLO attainment {result.slo_attainment:.1%} of {len(trace)} requests ({tried})"
+    )
+
+
+def _candidate_printer(slo: planning.Slo) -> Callable[[planning.Candidate], None]:
+    count = [0]
+
+    def show(cand: planning.Candidate) -> None:
+        count[0] += 1
+        mark = {True: "ok", False: "MISS"}
+        dropped = f", {cand.dropped} dropped" if cand.dropped else ""
+        click.echo(
+            f"plan [{count[0]}] {cand.phase} search: {cand.prefill_groups}P + {cand.decode_groups}D "
+            f"({cand.gpus} GPUs): TTFT p90 {cand.ttft_p90_s:.3f} s {mark[cand.meets_ttft]}, "
+            f"TPOT p90 {cand.tpot_p90_s:.4f} s {mark[cand.meets_tpot]}, "
+            f"attainment {cand.slo_attainment:.1%}{dropped} ({cand.sim_cpu_s:.1f} s cpu)",
+            err=True,
+        )
+
+    return show
 
 
 def _workload(opts: dict[str, Any]) -> Workload:
