@@ -38,6 +38,7 @@ from sbs.scheduler.core.types import (
     Reject,
     Request,
     RequestArrived,
+    RequestCancelled,
     RequestFinished,
     Role,
     StepCompleted,
@@ -67,6 +68,7 @@ class SchedulerStats:
     forced_releases: int = 0
     masked_ranks: int = 0
     rejected: int = 0
+    cancelled: int = 0
 
 
 class Scheduler:
@@ -156,6 +158,14 @@ class Scheduler:
                 self._on_loads(event, now)
             case RequestFinished(rid=rid, finished_s=at):
                 self._on_finished(rid, now, at)
+            case RequestCancelled(rid=rid):
+                self.stats.cancelled += 1
+                req = self.buffer.pop(rid, None)
+                if req is None:
+                    self._on_finished(rid, now, None)
+                else:
+                    self._buffer_tokens -= req.prompt_tokens
+                    self._queue = [e for e in self._queue if e[1] != rid]
             case EngineHealth(role=role, instance=i, healthy=ok):
                 if role is Role.PREFILL:
                     self.instances[i].healthy = ok

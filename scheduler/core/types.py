@@ -161,4 +161,12 @@ class EngineHealth:
     healthy: bool
 
 
-Event = RequestArrived | StepCompleted | LoadReported | RequestFinished | EngineHealth
+@dataclass(frozen=True, slots=True)
+class RequestCancelled:
+    """The client gave up (deadline, disconnect): a buffered request leaves the buffer without
+    taking a batch slot; a dispatched one frees its ranks as if finished."""
+
+    rid: int
+
+
+Event = RequestArrived | StepCompleted | LoadReported | RequestFinished | EngineHealth | RequestCancelled

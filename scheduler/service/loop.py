@@ -42,6 +42,7 @@ from sbs.scheduler.core.types import (
     Reject,
     Request,
     RequestArrived,
+    RequestCancelled,
     RequestFinished,
     Role,
     StepCompleted,
@@ -446,6 +447,8 @@ class Driver:
             job.decision.cancel()
         if was is JobState.DISPATCHED and job.generation == job.pool.generation:
             self.feed(job.pool, RequestFinished(job.rid, self.now()))
+        elif was is JobState.BUFFERED and job.generation == job.pool.generation:
+            self.feed(job.pool, RequestCancelled(job.rid))  # leaves the buffer: no batch slot taken
         elapsed = self.now() - job.arrival_s
         if error_reason is None:
             self.metrics.completed.labels(job.endpoint).inc()

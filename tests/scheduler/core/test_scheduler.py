@@ -17,6 +17,7 @@ from sbs.scheduler.core.types import (
     LoadReported,
     RankLoad,
     Reject,
+    RequestCancelled,
     RequestFinished,
     Role,
     StepCompleted,
@@ -113,6 +114,25 @@ def test_buffered_requests_are_released_together_and_water_filled() -> None:
     assert rank_tokens(released, dict.fromkeys(range(8), 250)) == {(0, r): 500 for r in range(RANKS)}
     assert sched.buffer == {}
     assert sched.next_deadline() is None
+
+
+def test_a_cancelled_buffered_request_leaves_without_a_batch_slot() -> None:
+    sched = make_scheduler()
+    busy_both(sched)
+    for rid in range(4):
+        arrive(sched, rid, 0.01 + 0.001 * rid, 250)
+    assert sched.handle(RequestCancelled(1), 0.02) == []
+    released = dispatches(sched.handle(None, sched.next_deadline()))
+    assert sorted(d.rid for d in released) == [0, 2, 3]
+    assert sched.stats.cancelled == 1 and sched.buffer == {}
+
+
+def test_a_cancelled_dispatched_request_frees_its_decode_rank() -> None:
+    sched = make_scheduler()
+    assert dispatches(arrive(sched, 7, 0.0, 500))
+    assert 7 in sched.flights
+    sched.handle(RequestCancelled(7), 0.01)
+    assert 7 not in sched.flights
 
 
 def test_release_never_exceeds_a_rank_chunk() -> None:
