@@ -181,7 +181,7 @@ class Scheduler:
             return None
         hold = batcher.hold_s(self.instances, self.policy.batching)
         deadline = next(iter(self.buffer.values())).arrival_s + hold
-        if not any(st.available for st in self.instances):
+        if not any(st.available for st in self.instances) or not any(self.decode_healthy):
             return deadline + hold  # then reject what is still held, retryable
         idle_from = self._idle_from()
         lead = self.policy.batching.lead_s
@@ -282,6 +282,8 @@ class Scheduler:
         if not self.buffer:
             return out
         batcher.mark_suspects(self.instances, now, self.settings.sync.suspect_overrun)
+        if not any(self.decode_healthy):  # nowhere to decode: hold, then reject retryable
+            return self._reject_stale(now, "no healthy decode instance within the hold time")
         tried: set[int] = set()
         while self.buffer:
             p = self._due_instance(now, tried)
@@ -299,7 +301,7 @@ class Scheduler:
                 break
             live = [i for i, st in enumerate(self.instances) if st.available]
             if not live:
-                out.extend(self._reject_stale(now))
+                out.extend(self._reject_stale(now, "no healthy prefill instance within the hold time"))
                 break
             first = min(live, key=lambda i: (self.instances[i].busy_until_s, i))
             sent = self._release_to(first, now, "max_hold")
@@ -309,9 +311,9 @@ class Scheduler:
             out.extend(sent)
         return out
 
-    def _reject_stale(self, now: float) -> list[Decision]:
-        """No prefill instance is usable: requests held twice the hold get an explicit, retryable
-        error instead of waiting forever (an accepted request completes or is told to retry)."""
+    def _reject_stale(self, now: float, why: str) -> list[Decision]:
+        """No prefill (or no decode) instance is usable: requests held twice the hold get an explicit,
+        retryable error instead of waiting forever (an accepted request completes or is told to retry)."""
         out: list[Decision] = []
         limit = 2.0 * batcher.hold_s(self.instances, self.policy.batching)
         while self.buffer:
@@ -321,7 +323,7 @@ class Scheduler:
             del self.buffer[oldest.rid]
             self._buffer_tokens -= oldest.prompt_tokens
             self.stats.rejected += 1
-            out.append(Reject(oldest.rid, "no healthy prefill instance within the hold time", retryable=True))
+            out.append(Reject(oldest.rid, why, retryable=True))
         if out:
             self._queue = [e for e in self._queue if e[1] in self.buffer]
         return out
@@ -546,7 +548,11 @@ class Scheduler:
 
     # -- immediate dispatch baselines ------------------------------------------------------------
 
-    def _dispatch_now(self, req: Request, now: float) -> Dispatch:
+    def _dispatch_now(self, req: Request, now: float) -> Decision:
+        if not any(self.decode_healthy) or not any(st.available for st in self.instances):
+            self.stats.rejected += 1
+            side = "decode" if not any(self.decode_healthy) else "prefill"
+            return Reject(req.rid, f"no healthy {side} instance", retryable=True)
         kv = self._kv_estimate(req)
         if isinstance(self.policy, config.SglangPolicy):
             p = self._next_instance([st.available for st in self.instances], "_rr_instance")

@@ -135,6 +135,27 @@ def test_a_cancelled_dispatched_request_frees_its_decode_rank() -> None:
     assert 7 not in sched.flights
 
 
+@pytest.mark.parametrize("policy", ["sglang", "least_load"])
+def test_immediate_baselines_reject_retryable_when_no_decode_is_healthy(policy: str) -> None:
+    sched = make_scheduler(policy)
+    sched.handle(EngineHealth(Role.DECODE, 0, False), 0.0)
+    (decision,) = arrive(sched, 1, 0.0, 300)
+    assert isinstance(decision, Reject) and decision.retryable and "decode" in decision.reason
+    sched.handle(EngineHealth(Role.DECODE, 0, True), 0.1)
+    assert dispatches(arrive(sched, 2, 0.1, 300))
+
+
+def test_sbs_holds_then_rejects_retryable_when_no_decode_is_healthy() -> None:
+    sched = make_scheduler()
+    sched.handle(EngineHealth(Role.DECODE, 0, False), 0.0)
+    assert arrive(sched, 1, 0.0, 300) == []  # held, not sent to an unhealthy decode
+    deadline = sched.next_deadline()
+    assert deadline is not None
+    (decision,) = sched.handle(None, deadline)
+    assert isinstance(decision, Reject) and decision.retryable and "decode" in decision.reason
+    assert sched.buffer == {}
+
+
 def test_release_never_exceeds_a_rank_chunk() -> None:
     sched = make_scheduler()
     busy_both(sched)
