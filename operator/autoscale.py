@@ -64,11 +64,16 @@ class Scrape:
     ttft: Histogram
     queue_wait: Histogram
     accepted: float
+    prompt_tokens: Histogram = Histogram(())
+    output_tokens: Histogram = Histogram(())
 
 
 def parse_metrics(text: str, at: float) -> Scrape:
     """The autoscaling signals in a Prometheus text exposition."""
-    hist: dict[str, dict[float, float]] = {"sbs_ttft_seconds": {}, "sbs_queue_wait_seconds": {}}
+    hist: dict[str, dict[float, float]] = {
+        k: {} for k in ("sbs_ttft_seconds", "sbs_queue_wait_seconds", "sbs_request_prompt_tokens",
+                        "sbs_request_output_tokens")
+    }  # fmt: skip
     accepted = 0.0
     for line in text.splitlines():
         if not line or line.startswith("#"):
@@ -86,7 +91,10 @@ def parse_metrics(text: str, at: float) -> Scrape:
     def histogram(key: str) -> Histogram:
         return Histogram(tuple(sorted(hist[key].items())))
 
-    return Scrape(at, histogram("sbs_ttft_seconds"), histogram("sbs_queue_wait_seconds"), accepted)
+    return Scrape(
+        at, histogram("sbs_ttft_seconds"), histogram("sbs_queue_wait_seconds"), accepted,
+        histogram("sbs_request_prompt_tokens"), histogram("sbs_request_output_tokens"),
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -189,14 +197,21 @@ def decide(
     *,
     gpus_per_group: tuple[int, int],
     budget_left: int | None,
+    floor: tuple[int, int] | None = None,
 ) -> Outcome:
-    """The group counts to apply now (equal to the current ones when nothing should change)."""
+    """The group counts to apply now (equal to the current ones when nothing should change).
+
+    `floor`: the predicted (prefill, decode) need; the recommendation never goes below it."""
     b = spec.behaviour
     rec = recommend(prefill, decode, obs, spec)
     memory.recommendations = [
         r for r in memory.recommendations if now - r[0] < b.scale_down_stabilization_seconds
     ]
     memory.recommendations.append((now, rec.prefill, rec.decode))
+    if floor is not None and (floor[0] > rec.prefill or floor[1] > rec.decode):
+        p = min(max(rec.prefill, floor[0]), spec.prefill.max_groups)
+        d = decode_for(p, max(rec.decode, floor[1]), spec)
+        rec = Outcome(p, d, f"predicted need {floor[0]}P+{floor[1]}D; {rec.reason}")
     hold = Outcome(prefill, decode, rec.reason)
     up = rec.prefill > prefill or rec.decode > decode
     if up:

@@ -45,6 +45,9 @@ class Autoscaler:
         self.memory: dict[tuple[str, str, str], autoscale.Memory] = {}
         self.scrapes: dict[tuple[str, str], autoscale.Scrape] = {}
         self.next_due: dict[str, float] = {}
+        self.plan_base: dict[tuple[str, str], autoscale.Scrape] = {}
+        """Per deployment: the scrape the next prediction's window starts at."""
+        self.floors: dict[tuple[str, str], tuple[int, int]] = {}
         self.http: aiohttp.ClientSession | None = None
 
     async def run(self) -> None:
@@ -126,9 +129,12 @@ class Autoscaler:
             per = gpus_per_group(dep)
             memory = self.memory.setdefault((name, *key), autoscale.Memory())
             budget_left = None if spec.gpu_budget is None else spec.gpu_budget - total
+            if spec.predictive.enabled:
+                await self._predict(dep, spec, key, scrape, budget_left, autoscale.gpus(groups, per))
             out = autoscale.decide(
                 groups["prefill"], groups["decode"], obs, spec, memory, now,
                 gpus_per_group=(per["prefill"], per["decode"]), budget_left=budget_left,
+                floor=self.floors.get(key),
             )  # fmt: skip
             target = {"prefill": out.prefill, "decode": out.decode}
             for r in api.ROLES:
@@ -152,6 +158,38 @@ class Autoscaler:
                     )
             log.info("policy %s: %s: %s", name, decision.model_dump_json(), out.reason)
         await self._record(policy, spec, decisions, len(chosen), total)
+
+    async def _predict(
+        self,
+        dep: api.SBSDeployment,
+        spec: sapi.AutoscalingPolicySpec,
+        key: tuple[str, str],
+        scrape: autoscale.Scrape,
+        budget_left: int | None,
+        own_gpus: int,
+    ) -> None:
+        """Re-plan `dep` from the workload observed since the last plan, every `interval_seconds`."""
+        from sbs.operator import predict  # the simulator is loaded only when prediction is used
+
+        base = self.plan_base.setdefault(key, scrape)
+        span = scrape.at - base.at
+        requests = scrape.accepted - base.accepted
+        if span < spec.predictive.interval_seconds or requests < spec.predictive.min_requests:
+            return
+        self.plan_base[key] = scrape
+        max_gpus = None if budget_left is None else budget_left + own_gpus
+        prompts = scrape.prompt_tokens.minus(base.prompt_tokens)
+        outputs = scrape.output_tokens.minus(base.output_tokens)
+        result = await asyncio.to_thread(
+            predict.predict, dep.spec, spec, requests / span, prompts, outputs, max_gpus
+        )
+        if result is not None and result.feasible:
+            self.floors[key] = (int(result.prefill_groups), int(result.decode_groups))
+            log.info(
+                "predicted %s/%s needs %dP+%dD (TTFT p90 %.3f s)", *key, *self.floors[key], result.ttft_p90_s
+            )
+        else:
+            self.floors.pop(key, None)
 
     async def _record(
         self,

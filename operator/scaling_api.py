@@ -117,6 +117,19 @@ class Behaviour(ApiModel):
     )
 
 
+class Predictive(ApiModel):
+    """Size ahead of load: replay the observed workload in the calibrated simulator (`sbs-sim plan`)."""
+
+    enabled: bool = False
+    interval_seconds: int = Field(
+        default=60, ge=5, le=3600, description="How often a deployment is re-planned."
+    )
+    min_requests: int = Field(default=50, ge=1, le=1_000_000, description="Observed requests needed to plan.")
+    horizon_seconds: int = Field(
+        default=60, ge=5, le=3600, description="Simulated seconds of the observed load."
+    )
+
+
 class AutoscalingPolicySpec(ApiModel):
     """Scales the External-owned roles of the selected SBSDeployments within limits, ratio and budget."""
 
@@ -130,6 +143,7 @@ class AutoscalingPolicySpec(ApiModel):
     slo: SloTargets = Field(default_factory=SloTargets)
     signals: Signals = Field(default_factory=Signals)
     behaviour: Behaviour = Field(default_factory=Behaviour)
+    predictive: Predictive = Field(default_factory=Predictive)
 
 
 class Decision(_Status):

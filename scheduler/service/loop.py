@@ -265,6 +265,8 @@ class Driver:
         pool.outstanding += 1
         self._buffered += 1
         self.metrics.accepted.labels(endpoint).inc()
+        self.metrics.prompt_tokens.observe(parsed.prompt_tokens)  # the workload's shape, for sizing
+        self.metrics.output_tokens.observe(parsed.output_tokens)
         self._gauges()
         self.feed(pool, RequestArrived(job.request))
         return job

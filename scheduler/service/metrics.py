@@ -32,6 +32,7 @@ REJECT_REASONS = ("invalid_request", "buffer_full", "too_many_outstanding", "not
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1, 2, 4, 6, 8, 10, 20, 40, 60, 120, 300)
 WAIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +115,18 @@ class Metrics:
             "Arrival to the last byte, by outcome.",
             ["outcome"],
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.prompt_tokens = Histogram(
+            "sbs_request_prompt_tokens",
+            "Prompt tokens of accepted requests (estimated from bytes unless input_ids were sent).",
+            buckets=TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.output_tokens = Histogram(
+            "sbs_request_output_tokens",
+            "Tokens accepted requests may generate (their max_tokens).",
+            buckets=TOKEN_BUCKETS,
             registry=r,
         )
         self.batch_size = Histogram(
