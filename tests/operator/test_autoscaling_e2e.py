@@ -4,21 +4,15 @@ an SBSAutoscalingPolicy driven by a live scheduler's metrics (burst up, quiet do
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
-import yaml
 from sbs.e2e import agent, cluster, kube
-from sbs.operator import naming, scheduler_objects
+from sbs.operator import naming
 
-from tests.operator.test_full_path_e2e import engine_command
-from tests.operator.test_operator_e2e import DEPS, Operator, kubectl, operator, sample, wait_phase
-
-__all__ = ["operator"]
+from tests.operator.live import DEPS, Operator, engine_command, kubectl, sample, start_scheduler, wait_phase
 
 SCALERS = "/apis/sbs.dev/v1alpha1/namespaces/{ns}/sbsrolescalers"
 POLICIES = "/apis/sbs.dev/v1alpha1/sbsautoscalingpolicies"
@@ -118,19 +112,7 @@ def test_policy_scales_prefill_up_on_a_burst_within_budget_and_down_after_quiet(
     kube.create(DEPS.format(ns=namespace), obj)
     wait_phase(control_plane, kube, namespace, "deepseek-v3", "Ready")
 
-    cm = kube.get(f"/api/v1/namespaces/{namespace}/configmaps/{naming.scheduler_name('deepseek-v3')}")
-    cfg = yaml.safe_load(cm["data"][scheduler_objects.CONFIG_KEY])
-    cfg.update(host="127.0.0.1", port=port)
-    cfg["engines"]["kubernetes"]["kubeconfig"] = str(control_plane.kubeconfig)
-    (tmp_path / "scheduler.yaml").write_text(yaml.safe_dump(cfg))
-    with (tmp_path / "scheduler.log").open("ab") as log:
-        argv = [
-            str(Path(sys.executable).parent / "sbs-scheduler"),
-            "run",
-            "--config",
-            str(tmp_path / "scheduler.yaml"),
-        ]
-        sched = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    sched = start_scheduler(control_plane, kube, namespace, "deepseek-v3", port, tmp_path)
     policy_name = f"burst-{namespace}"[:63]
     budget = 48  # 1 prefill + 1 decode group = 32 GPUs; a second prefill group fits, a third does not
     policy = {

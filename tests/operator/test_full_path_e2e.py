@@ -6,43 +6,27 @@ through it, every request completed."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
-import yaml
 from sbs.e2e import agent, cluster, kube
-from sbs.operator import naming, scheduler_objects
+from sbs.operator import naming
 from sbs.sim.loaders import azure
 
-from tests.operator.test_operator_e2e import DEPS, Operator, engine_pods, operator, sample, wait_phase
-
-__all__ = ["operator"]  # the fixture, imported for this module
-
-AZURE = (
-    Path(__file__).resolve().parents[3] / "shared/traces/azure_llm_2023_conv/AzureLLMInferenceTrace_conv.csv"
+from tests.operator.live import (
+    AZURE,
+    DEPS,
+    TIME_FACTOR,
+    Operator,
+    engine_command,
+    engine_pods,
+    sample,
+    send,
+    start_scheduler,
+    wait_phase,
 )
-TIME_FACTOR = 0.05
-SBS_ENGINE = shutil.which("sbs-engine", path=str(Path(sys.executable).parent)) or "sbs-engine"
-
-
-def engine_command(pod: dict) -> list[str]:
-    """The pod's own SGLang command line, served by the emulator at the pod's IP."""
-    c = pod["spec"]["containers"][0]
-    args = [a.replace("$(POD_IP)", pod["status"]["podIP"]) for a in c["args"]]
-    return [SBS_ENGINE, *args, "--time-factor", str(TIME_FACTOR)]
-
-
-async def send(url: str, prompt_tokens: int, output_tokens: int) -> tuple[int, str]:
-    body = {"model": "deepseek-v3", "prompt": "x" * (4 * prompt_tokens), "max_tokens": output_tokens,
-            "stream": True, "ignore_eos": True}  # fmt: skip
-    async with aiohttp.ClientSession() as s, s.post(f"{url}/v1/completions", json=body) as resp:
-        text = await resp.text()
-        return resp.status, text
 
 
 def test_trace_slice_through_operator_deployed_scheduler_and_emulated_engines(
@@ -63,17 +47,8 @@ def test_trace_slice_through_operator_deployed_scheduler_and_emulated_engines(
     assert len(engine_pods(kube, namespace, "deepseek-v3")) == 6
 
     # the scheduler exactly as the operator configured it, run locally against this cluster
-    cm = kube.get(f"/api/v1/namespaces/{namespace}/configmaps/{naming.scheduler_name('deepseek-v3')}")
-    cfg = yaml.safe_load(cm["data"][scheduler_objects.CONFIG_KEY])
     port = cluster.free_port()
-    cfg.update(host="127.0.0.1", port=port)
-    cfg["engines"]["kubernetes"]["kubeconfig"] = str(control_plane.kubeconfig)
-    cfg_path = tmp_path / "scheduler.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg))
-    log = (tmp_path / "scheduler.log").open("ab")
-    argv = [str(Path(sys.executable).parent / "sbs-scheduler"), "run", "--config", str(cfg_path)]
-    sched = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-    log.close()
+    sched = start_scheduler(control_plane, kube, namespace, "deepseek-v3", port, tmp_path)
     url = f"http://127.0.0.1:{port}"
     try:
 

@@ -5,131 +5,26 @@ The operator runs as its own process (`sbs-operator run`), exactly as a user wou
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import copy
-import os
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
-import pytest
-import yaml
 from sbs.e2e import cluster, kube
-from sbs.operator import api, naming, reconciler
-from sbs.operator.kubeclient import KubeClient, load_kubeconfig
+from sbs.operator import naming
 
-REPO = Path(__file__).resolve().parents[2]
-SAMPLE = REPO / "manifests" / "samples" / "deepseek-v3-h800.yaml"
-DEPS = f"/apis/{api.API_VERSION}/namespaces/{{ns}}/{api.PLURAL}"
-
-
-class Operator:
-    def __init__(self, plane: cluster.ControlPlane, namespace: str, log: Path, *extra: str) -> None:
-        self.log_path = log
-        with log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "sbs.operator.cli", "run", "--kubeconfig", str(plane.kubeconfig),
-                 "-n", namespace, "--lease-namespace", namespace, "--resync-seconds", "5", *extra],
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def rss_mib(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-
-
-@pytest.fixture
-def operator(
-    control_plane: cluster.ControlPlane, namespace: str, tmp_path: Path
-) -> Iterator[Callable[..., Operator]]:
-    started: list[Operator] = []
-
-    def start(*extra: str) -> Operator:
-        op = Operator(control_plane, namespace, tmp_path / f"operator-{len(started)}.log", *extra)
-        started.append(op)
-        return op
-
-    yield start
-    for op in started:
-        op.stop()
-
-
-def sample(**overrides: object) -> dict:
-    obj = yaml.safe_load(SAMPLE.read_text())
-    obj["spec"]["updateStrategy"]["drainSeconds"] = 1
-    obj["spec"]["restartPolicy"] = {"backoffSeconds": 0}
-    obj["spec"].update(overrides)
-    return obj
-
-
-def get_dep(k: kube.Kube, ns: str, name: str) -> dict:
-    return k.get(DEPS.format(ns=ns) + f"/{name}")
-
-
-def wait_phase(
-    plane: cluster.ControlPlane, k: kube.Kube, ns: str, name: str, phase: str, timeout_s: float = 60
-) -> dict:
-    def check() -> dict | None:
-        obj = get_dep(k, ns, name)
-        st = obj.get("status") or {}
-        if st.get("phase") == phase and st.get("observedGeneration") == obj["metadata"]["generation"]:
-            return obj
-        return None
-
-    return plane.wait(check, f"{ns}/{name} phase {phase}", timeout_s)
-
-
-def engine_pods(k: kube.Kube, ns: str, name: str) -> list[dict]:
-    sel = naming.selector_string(naming.engine_selector(name))
-    return k.get(f"/api/v1/namespaces/{ns}/pods", labelSelector=sel)["items"]
-
-
-def groups_of(pods: list[dict]) -> dict[str, list[dict]]:
-    out: dict[str, list[dict]] = collections.defaultdict(list)
-    for p in pods:
-        out[p["metadata"]["labels"][naming.GROUP_ID]].append(p)
-    return out
-
-
-def kubectl(plane: cluster.ControlPlane, *args: str) -> str:
-    env = {**os.environ, "KUBECONFIG": str(plane.kubeconfig)}
-    return subprocess.run(
-        [str(plane.bins.path("kubectl")), *args], env=env, check=True, capture_output=True, text=True
-    ).stdout
-
-
-def reconcile_writes(plane: cluster.ControlPlane, ns: str, name: str) -> int:
-    async def once() -> int:
-        async with KubeClient(load_kubeconfig(plane.kubeconfig)) as client:
-            now = time.time()  # noqa: TID251 (the test is the IO edge)
-            result = await reconciler.reconcile(client, ns, name, now, gang_available=False)
-            assert result is not None
-            return result.writes
-
-    return asyncio.run(once())
-
-
-def delete_and_wait_gone(plane: cluster.ControlPlane, k: kube.Kube, ns: str, name: str) -> None:
-    k.delete(DEPS.format(ns=ns) + f"/{name}")
-    plane.wait(lambda: not engine_pods(k, ns, name), f"{ns}/{name} engine pods garbage-collected", 60)
+from tests.operator.live import (
+    DEPS,
+    Operator,
+    delete_and_wait_gone,
+    engine_pods,
+    get_dep,
+    groups_of,
+    kubectl,
+    reconcile_writes,
+    sample,
+    wait_phase,
+)
 
 
 def test_sample_becomes_ready_packed_per_topology_domain_and_idempotent(
