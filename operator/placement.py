@@ -10,6 +10,7 @@ with node affinity. Pure: the cluster's nodes and pods in, a choice out.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 GPU = "nvidia.com/gpu"
@@ -23,10 +24,25 @@ def _qty(text: str | int | None) -> int:
     return int(s[:-1]) // 1000 if s.endswith("m") else int(s)
 
 
-def _node_ok(node: dict[str, Any], selector: dict[str, str]) -> bool:
+def tolerated(taint: dict[str, Any], tolerations: Sequence[dict[str, Any]]) -> bool:
+    """Whether a taint is tolerated, by Kubernetes' matching rules (key, operator, value, effect)."""
+    for t in tolerations:
+        if t.get("effect") and t["effect"] != taint.get("effect"):
+            continue
+        if t.get("operator") == "Exists" and (not t.get("key") or t["key"] == taint.get("key")):
+            return True
+        if t.get("key") == taint.get("key") and t.get("value", "") == taint.get("value", ""):
+            return True
+    return False
+
+
+def _node_ok(node: dict[str, Any], selector: dict[str, str], tolerations: Sequence[dict[str, Any]]) -> bool:
     labels = node["metadata"].get("labels") or {}
     if node.get("spec", {}).get("unschedulable") or any(labels.get(k) != v for k, v in selector.items()):
         return False
+    for taint in node.get("spec", {}).get("taints") or []:
+        if taint.get("effect") in ("NoSchedule", "NoExecute") and not tolerated(taint, tolerations):
+            return False
     conditions = {c["type"]: c["status"] for c in (node.get("status") or {}).get("conditions") or []}
     return conditions.get("Ready", "True") == "True"
 
@@ -40,10 +56,17 @@ def _gpus_requested(pod: dict[str, Any]) -> int:
 
 
 def free_slots(
-    nodes: list[dict[str, Any]], pods: list[dict[str, Any]], *, key: str, selector: dict[str, str], gpus: int
+    nodes: list[dict[str, Any]],
+    pods: list[dict[str, Any]],
+    *,
+    key: str,
+    selector: dict[str, str],
+    gpus: int,
+    tolerations: Sequence[dict[str, Any]] = (),
 ) -> dict[str, int]:
-    """Per domain of label `key`: nodes matching `selector` with `gpus` GPUs free, minus pods pinned
-    to the domain but not yet bound (groups being created)."""
+    """Per domain of label `key`: Ready nodes matching `selector`, with no untolerated NoSchedule or
+    NoExecute taint and `gpus` GPUs free, minus pods pinned to the domain but not yet bound (groups
+    being created)."""
     used: dict[str, int] = defaultdict(int)
     pending: dict[str, int] = defaultdict(int)
     for p in pods:
@@ -60,7 +83,7 @@ def free_slots(
     free: dict[str, int] = defaultdict(int)
     for n in nodes:
         domain = (n["metadata"].get("labels") or {}).get(key)
-        if domain is None or not _node_ok(n, selector):
+        if domain is None or not _node_ok(n, selector, tolerations):
             continue
         alloc = _qty(((n.get("status") or {}).get("allocatable") or {}).get(GPU))
         if alloc - used[n["metadata"]["name"]] >= gpus:

@@ -7,6 +7,8 @@ Per role, group `index` may have instances of several template hashes (old and n
 update). The rules, in order:
 - a failed instance (a pod Failed, restarted, or missing) is deleted whole; it is recreated at
   the current template after an exponential backoff, until the restart budget is spent;
+- a group pinned to a topology domain that cannot take it (nothing bound, unschedulable for
+  `REPLACE_AFTER_S`) is deleted and placed again;
 - indices at or above `groups` are drained, then deleted (scale down);
 - an index with no instance gets one (creation, or recreation after backoff);
 - an index with a ready current instance drains, then deletes, its older ones;
@@ -23,6 +25,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sbs.operator import api, naming
+from sbs.operator.placement import DOMAIN_ANNOTATION as DOMAIN
+
+REPLACE_AFTER_S = 60.0
+"""A group pinned to a domain where it cannot be scheduled is deleted and placed again after this."""
 
 
 def iso(now: float) -> str:
@@ -86,6 +92,27 @@ class Instance:
                 ):
                     return c.get("message") or "Unschedulable"
         return None
+
+    def stranded_since(self) -> float | None:
+        """When this group, pinned to a topology domain and not one pod bound, became unschedulable
+        there (the domain filled up or its nodes went away after placement); None otherwise."""
+        if not self.pods:
+            return None
+        since = []
+        for p in self.pods:
+            if p.get("spec", {}).get("nodeName") or DOMAIN not in (p["metadata"].get("annotations") or {}):
+                return None
+            cond = next(
+                (c for c in (p.get("status") or {}).get("conditions") or [] if c["type"] == "PodScheduled"),
+                None,
+            )
+            if not cond or cond["status"] != "False" or cond.get("reason") != "Unschedulable":
+                return None
+            try:
+                since.append(parse_iso(cond.get("lastTransitionTime", "")))
+            except ValueError:
+                return None
+        return max(since)
 
     @property
     def drain_since(self) -> float | None:
@@ -203,6 +230,14 @@ class _Roller:
         for index, insts in self.instances.items():
             for inst in list(insts):
                 if inst.terminating:
+                    continue
+                stranded = inst.stranded_since()
+                if stranded is not None and self.now - stranded >= REPLACE_AFTER_S:
+                    insts.remove(inst)
+                    deleted.add(index)
+                    self.plan.delete.append(GroupAction(self.role, index, inst.thash, "Replace"))
+                    msg = f"{self.role} group {index}: unschedulable in its topology domain; placing it again"
+                    self.plan.events.append(("Warning", "GroupReplaced", msg))
                     continue
                 why = inst.failure()
                 if why is None:

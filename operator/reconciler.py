@@ -283,11 +283,12 @@ async def _placed(
                 except ApiError as exc:
                     log.warning("placement skipped (cannot list nodes and pods): %s", exc)
                     cluster = ([], [])
-            key = (r.topology_key, naming.short_hash(r.node_selector), r.gpus_per_node)
+            key = (r.topology_key, naming.short_hash([r.node_selector, r.tolerations]), r.gpus_per_node)
             if key not in free:
                 free[key] = placement.free_slots(
-                    *cluster, key=r.topology_key, selector=r.node_selector, gpus=r.gpus_per_node
-                )
+                    *cluster, key=r.topology_key, selector=r.node_selector, gpus=r.gpus_per_node,
+                    tolerations=r.tolerations,
+                )  # fmt: skip
             domain = placement.choose(free[key], r.nodes_per_group)
             if domain is not None:
                 free[key][domain] -= r.nodes_per_group

@@ -88,10 +88,12 @@ def build(
     else:
         prog_reason, prog_msg = "Complete", "all groups run the current revision"
     degraded = degraded_reason(p, problem)
+    progressing = moving and problem is None
     conditions = [
         condition(old, "Ready", ready, ready_reason, ready_msg, now, gen),
-        condition(old, "Progressing", moving and problem is None, prog_reason, prog_msg, now, gen),
+        condition(old, "Progressing", progressing, prog_reason, prog_msg, now, gen),
         condition(old, "Degraded", degraded is not None, *(degraded or ("AsExpected", "")), now, gen),
+        *kstatus(old, progressing, prog_reason, prog_msg, degraded, now, gen),
     ]
     if p.failed or problem:
         phase = "Failed"
@@ -115,14 +117,33 @@ def build(
     )
 
 
+def kstatus(
+    old: list[api.Condition],
+    progressing: bool,
+    reason: str,
+    message: str,
+    degraded: tuple[str, str] | None,
+    now: float,
+    gen: int,
+) -> list[api.Condition]:
+    """Flux's kstatus reads only `Reconciling` and `Stalled` (abnormal-true conditions): mirror
+    Progressing and Degraded there, so Flux tells a rollout or a stuck deployment from a healthy one.
+    A stalled deployment is not also reconciling (kstatus takes the first true one)."""
+    reconciling = progressing and degraded is None
+    return [
+        condition(old, "Stalled", degraded is not None, *(degraded or ("AsExpected", "")), now, gen),
+        condition(old, "Reconciling", reconciling, reason if reconciling else "Complete", message, now, gen),
+    ]
+
+
 def invalid(
     prev: api.SBSDeploymentStatus, problem: str, generation: int, now: float
 ) -> api.SBSDeploymentStatus:
     """Status of a spec the operator cannot act on: counts kept, every condition names the problem."""
     reason = problem.split(":", 1)[0]
     conditions = [
-        condition(prev.conditions, type_, type_ == "Degraded", reason, problem, now, generation)
-        for type_ in ("Ready", "Progressing", "Degraded")
+        condition(prev.conditions, type_, type_ in ("Degraded", "Stalled"), reason, problem, now, generation)
+        for type_ in ("Ready", "Progressing", "Degraded", "Reconciling", "Stalled")
     ]
     return prev.model_copy(
         update={"observed_generation": generation, "phase": "Failed", "conditions": conditions}

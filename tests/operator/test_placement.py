@@ -244,3 +244,30 @@ def test_choose_never_over_commits_a_domain(capacities, groups, data):
         for p in pods:  # kube-scheduler binds some pinned pods between placements: slots must not change
             if "nodeName" not in p["spec"] and data.draw(st.booleans()):
                 bind(p, nodes, busy)
+
+
+def test_nodes_with_untolerated_taints_are_not_free() -> None:
+    def node(name: str, domain: str, taints: list[dict]) -> dict:
+        return {
+            "metadata": {"name": name, "labels": {"block": domain}},
+            "spec": {"taints": taints},
+            "status": {
+                "allocatable": {"nvidia.com/gpu": "8"},
+                "conditions": [{"type": "Ready", "status": "True"}],
+            },
+        }
+
+    unreachable = {"key": "node.kubernetes.io/unreachable", "effect": "NoSchedule"}
+    soft = {"key": "dedicated", "value": "x", "effect": "PreferNoSchedule"}
+    nodes = [node("a", "b0", [unreachable]), node("b", "b0", [soft]), node("c", "b1", [])]
+    assert placement.free_slots(nodes, [], key="block", selector={}, gpus=8) == {"b0": 1, "b1": 1}
+    tolerate = [{"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoSchedule"}]
+    assert placement.free_slots(nodes, [], key="block", selector={}, gpus=8, tolerations=tolerate) == {
+        "b0": 2, "b1": 1,
+    }  # fmt: skip
+    assert placement.tolerated(
+        {"key": "k", "value": "v", "effect": "NoSchedule"}, [{"key": "k", "value": "v"}]
+    )
+    assert not placement.tolerated(
+        {"key": "k", "value": "v", "effect": "NoSchedule"}, [{"key": "k", "value": "w"}]
+    )

@@ -69,6 +69,8 @@ def test_converged_deployment_plans_nothing_and_is_ready() -> None:
         "Ready": "True",
         "Progressing": "False",
         "Degraded": "False",
+        "Reconciling": "False",  # kstatus (Flux) mirrors
+        "Stalled": "False",
     }
     assert st.prefill.summary == "2/2" and st.decode.summary == "1/1"
 
@@ -238,4 +240,27 @@ def test_unschedulable_pods_report_insufficient_gpus() -> None:
     st = status_mod.build(dep, p, scheduler=api.SchedulerStatus(ready=1, desired=1), revision="r", now=NOW)
     degraded = next(c for c in st.conditions if c.type == "Degraded")
     assert (degraded.status, degraded.reason) == ("True", "InsufficientGPUs")
+    stalled = next(c for c in st.conditions if c.type == "Stalled")
+    assert (stalled.status, stalled.reason) == ("True", "InsufficientGPUs")
     assert st.phase == "Degraded" and st.decode.summary == "0/1"
+
+
+def test_a_group_stranded_in_its_domain_is_placed_again() -> None:
+    dep = deployment()
+    pods = [p for p in converged(dep) if p["metadata"]["labels"][naming.ROLE] != "decode"]
+    stranded = group(dep, "decode", 0, ready=False)
+    for pod in stranded:
+        pod["metadata"].setdefault("annotations", {})["sbs.dev/topology-domain"] = "block-2"
+        pod["status"] = {"phase": "Pending", "conditions": [{
+            "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+            "lastTransitionTime": plan_mod.iso(NOW - 30), "message": "3 node(s) had untolerated taint(s)",
+        }]}  # fmt: skip
+    early = plan_mod.plan(dep, pods + stranded, thashes(dep), NOW)
+    assert not early.delete
+    late = plan_mod.plan(dep, pods + stranded, thashes(dep), NOW + 31)
+    assert keys(late.delete) == [("decode", 0)] and late.events[0][1] == "GroupReplaced"
+    assert not late.restarts  # not a failure: no restart budget spent
+    unpinned = copy.deepcopy(stranded)
+    for pod in unpinned:
+        del pod["metadata"]["annotations"]["sbs.dev/topology-domain"]
+    assert not plan_mod.plan(dep, pods + unpinned, thashes(dep), NOW + 31).delete  # nothing better to try

@@ -18,11 +18,11 @@ from tests.packaging import health, live
 EXPECTED = {
     # fixture: (Argo CD health, reason shown in the message, kstatus)
     "created-no-status": ("Progressing", "Waiting for the operator", "Current"),
-    "progressing-create": ("Progressing", "Reconciling", "Current"),
+    "progressing-create": ("Progressing", "Reconciling", "InProgress"),
     "ready": ("Healthy", "AllGroupsReady", "Current"),
-    "progressing-rolling-update": ("Progressing", "RollingUpdate", "Current"),
+    "progressing-rolling-update": ("Progressing", "RollingUpdate", "InProgress"),
     "stale-generation": ("Progressing", "generation 3", "InProgress"),
-    "degraded-insufficient-gpus": ("Degraded", "InsufficientGPUs", "Current"),
+    "degraded-insufficient-gpus": ("Degraded", "InsufficientGPUs", "Failed"),
 }
 
 
@@ -100,11 +100,6 @@ def test_kstatus_result(name: str) -> None:
     assert health.kstatus(fixture(name))[0] == EXPECTED[name][2]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kstatus reads only Reconciling/Stalled (besides observedGeneration); the operator sets "
-    "Ready/Progressing/Degraded, so Flux sees a progressing or degraded SBSDeployment as Current",
-)
 @pytest.mark.parametrize(
     ("name", "want"),
     [("progressing-create", "InProgress"), ("degraded-insufficient-gpus", "Failed")],
