@@ -125,8 +125,10 @@ def test_policy_scales_prefill_up_on_a_burst_within_budget_and_down_after_quiet(
             "decode": {"minGroups": 1, "maxGroups": 2},
             "gpuBudget": budget,
             "ratio": {"minPrefillPerDecode": 0.5, "maxPrefillPerDecode": 4},
-            "slo": {"ttftP90Seconds": 0.02},  # wall seconds: the engines run 20× faster than real ones
-            "signals": {"queueWaitP90Seconds": 0.02},
+            # wall seconds, with engines 20× faster than real ones; so small that any burst asks for
+            # the full step (+2 groups), which the budget must cap at +1
+            "slo": {"ttftP90Seconds": 0.001},
+            "signals": {"queueWaitP90Seconds": 0.001},
             "behaviour": {"syncPeriodSeconds": 2, "scaleUpStabilizationSeconds": 0,
                           "scaleDownStabilizationSeconds": 6, "cooldownSeconds": 6, "maxStepGroups": 2},
         },
