@@ -1,0 +1,431 @@
+"""`sbs-bench`: live benchmarks against emulated SGLang engines.
+
+    sbs-bench h2h        --trace FILE [--format azure|mooncake] [--duration S] [--load X]
+                         [--systems sbs,least_load,sglang-router,smg] [--time-factor F] [--json OUT]
+    sbs-bench overhead   [--requests N] [--concurrency C] [--systems direct,sbs,...] [--json OUT]
+    sbs-bench crosscheck --trace FILE [--duration S] [--load X] [--time-factor F] [--json OUT]
+
+Bad input prints one line naming the option and exits with status 2. docs/bench.md says what each
+system is, what is measured, and how the time factor is converted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from sbs.bench import report, systems
+from sbs.bench.cluster import BenchCluster
+from sbs.bench.procs import BenchError
+
+DEFAULT_SYSTEMS = "sbs,least_load,sglang-router,smg"
+DEFAULT_TIME_FACTOR = 2.0
+"""Half speed: at load 0.85 the default cluster serves ~100 requests and ~21k output tokens per
+engine second, which one Python decode emulator, the client and a Python scheduler cannot all stream
+in real time on 2 cores (at 1.0 the decode emulator fell seconds behind, docs/bench.md); at 2.0
+they keep up (lag_s well under 1 % of the run). Routers' and schedulers' own timers stay wall time."""
+DEFAULT_STREAM_INTERVAL = 8
+
+
+def _cluster_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option(
+            "--prefill",
+            "prefill_shape",
+            default="2x8",
+            show_default=True,
+            help="Prefill instances × DP ranks each.",
+        ),
+        click.option(
+            "--decode", "decode_shape", default="1x16", show_default=True, help="Decode instances × DP ranks."
+        ),
+        click.option(
+            "--chunk-tokens",
+            type=int,
+            default=16384,
+            show_default=True,
+            help="Prefill tokens per rank and step.",
+        ),
+        click.option(
+            "--log-dir",
+            type=click.Path(file_okay=False),
+            default="out/bench-live",
+            show_default=True,
+            help="Logs and configs of every process started.",
+        ),
+    ]
+    for opt in reversed(options):
+        f = opt(f)
+    return f
+
+
+def _trace_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option(
+            "--trace", "trace_path", required=True, help="Trace file (Azure CSV or Mooncake JSONL)."
+        ),
+        click.option(
+            "--format",
+            "fmt",
+            type=click.Choice(["azure", "mooncake"]),
+            default=None,
+            help="Default: from the file.",
+        ),
+        click.option(
+            "--duration",
+            type=float,
+            default=30.0,
+            show_default=True,
+            help="Seconds of arrivals (engine time, after --load): the trace is cut, or repeated if shorter.",
+        ),
+        click.option(
+            "--load",
+            type=float,
+            default=None,
+            help="Offered prompt tokens/s as a fraction of the cluster's nominal prefill capacity "
+            "(default: the trace's own rate).",
+        ),
+        click.option(
+            "--time-factor",
+            type=float,
+            default=DEFAULT_TIME_FACTOR,
+            show_default=True,
+            help="Wall seconds per engine second (engines and arrivals alike).",
+        ),
+        click.option(
+            "--stream-interval",
+            type=int,
+            default=DEFAULT_STREAM_INTERVAL,
+            show_default=True,
+            help="Decode engines stream every N tokens (SGLang --stream-interval; the first token at once).",
+        ),
+        click.option(
+            "--slo-ttft", type=float, default=2.0, show_default=True, help="TTFT SLO (s) for goodput."
+        ),
+        click.option(
+            "--slo-tpot", type=float, default=0.1, show_default=True, help="TPOT SLO (s) for goodput."
+        ),
+        click.option(
+            "--drain-timeout",
+            type=float,
+            default=300.0,
+            show_default=True,
+            help="Wall seconds to wait for open requests after the last send.",
+        ),
+        click.option(
+            "--scheduler-config",
+            type=click.Path(dir_okay=False),
+            default=None,
+            help="YAML/JSON merged into our scheduler's settings (A/B and diagnostic runs; "
+            "default: the service's defaults, time-scaled).",
+        ),
+        click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None),
+    ]
+    for opt in reversed(options):
+        f = opt(f)
+    return f
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Live benchmarks: SBS and SGLang's routers in front of emulated SGLang engines."""
+
+
+@cli.command()
+@_trace_options
+@click.option("--systems", "systems_text", default=DEFAULT_SYSTEMS, show_default=True)
+@click.option(
+    "--overhead",
+    "overhead_json",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="JSON of `sbs-bench overhead`: its overhead_p50_ms/overhead_p99_ms join the matching systems.",
+)
+@_cluster_options
+def h2h(**opts: Any) -> None:
+    """Replay one trace slice through each system and print a side-by-side table."""
+    from sbs.bench import h2h as mod
+
+    specs = systems.parse_systems(opts["systems_text"])
+    run_opts = _run_options(opts)
+    overhead = _read_overhead(opts["overhead_json"])
+    trace, nominal = mod.shape_trace(
+        opts["trace_path"],
+        opts["fmt"],
+        load=opts["load"],
+        duration_s=opts["duration"],
+        cluster=run_opts.cluster,
+    )
+    offered = trace.prompt_tokens_per_s
+    click.echo(
+        f"trace {trace.name}: {len(trace)} requests over {trace.duration_s:.1f} s "
+        f"({trace.mean_rate_rps:.1f} req/s, {offered / 1e3:.1f}k prompt tok/s = {offered / nominal:.2f} "
+        f"of nominal {nominal / 1e3:.0f}k tok/s)"
+    )
+    click.echo(
+        f"cluster: {run_opts.cluster.describe()}; time factor {run_opts.time_factor:g}, "
+        f"stream interval {run_opts.stream_interval}"
+    )
+
+    async def go() -> list[Any]:
+        out = []
+        for spec in specs:
+            try:
+                out.append(await mod.run_system(spec, trace, run_opts))
+            except BenchError as exc:  # one system failing does not lose the others' results
+                click.echo(f"sbs-bench: {spec.name} failed: {exc}", err=True)
+                out.append(mod.failed_run(spec, trace, str(exc)))
+        return out
+
+    runs = asyncio.run(go())
+    summaries = {r.spec.name: r.summary for r in runs}
+    for name, summary in summaries.items():
+        for key in ("overhead_p50_ms", "overhead_p99_ms"):
+            if key in overhead.get(name, {}):
+                summary[key] = overhead[name][key]
+    click.echo(report.table(summaries, units="(engine time: s; tok/s and req/s per engine second)"))
+    doc = {
+        "trace": trace.name,
+        "requests": len(trace),
+        "load_of_nominal": offered / nominal,
+        "nominal_prefill_tok_s": nominal,
+        "cluster": {"describe": run_opts.cluster.describe(), **run_opts.cluster.sim_cluster().model_dump()},
+        "time_factor": run_opts.time_factor,
+        "stream_interval": run_opts.stream_interval,
+        "slo": {"ttft_s": run_opts.slo_ttft_s, "tpot_s": run_opts.slo_tpot_s},
+        "systems": summaries,
+        "best_other": report.best_other(summaries),
+        "runs": {r.spec.name: mod.run_details(r, run_opts.time_factor) for r in runs},
+    }
+    _write_json(doc, opts["json_out"])
+
+
+@cli.command()
+@click.option("--requests", type=int, default=500, show_default=True, help="Sequential requests per system.")
+@click.option(
+    "--concurrency",
+    type=int,
+    default=64,
+    show_default=True,
+    help="Clients of the closed-loop throughput phase.",
+)
+@click.option(
+    "--duration",
+    type=float,
+    default=15.0,
+    show_default=True,
+    help="Seconds of the closed-loop phase per system.",
+)
+@click.option(
+    "--systems", "systems_text", default="direct,sbs,least_load,sglang-router,smg-nodp", show_default=True
+)
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None)
+@_cluster_options
+def overhead(**opts: Any) -> None:
+    """Added latency and sustained requests/s with engines that answer at once (time factor 0)."""
+    from sbs.bench import overhead as mod
+
+    specs = systems.parse_systems(opts["systems_text"], allow_direct=True)
+    if "direct" not in [s.name for s in specs]:
+        specs.insert(0, systems.SystemSpec("direct", "direct", ""))
+    for option in ("requests", "concurrency"):
+        if opts[option] < 1:
+            raise BenchError(f"--{option} must be >= 1, got {opts[option]}")
+    _positive("--duration", opts["duration"])
+    # Engines follow the bootstrap room (SGLang's PD default): unpinned routers then need no room
+    # lookup, which would hit the emulator's room-registry race (docs/bench.md); pinned systems
+    # align the room with the rank. SMG --dp-aware does not, so `smg` errors here; use `smg-nodp`.
+    cluster = dataclasses.replace(_cluster(opts), engine_balance="auto")
+    click.echo(f"cluster: {cluster.describe()}; engines at time factor 0 (instant), balance auto")
+    doc = asyncio.run(
+        mod.run_overhead(
+            specs,
+            cluster=cluster,
+            requests=opts["requests"],
+            concurrency=opts["concurrency"],
+            duration_s=opts["duration"],
+            log_dir=Path(opts["log_dir"]).resolve() / "overhead",
+        )
+    )
+    click.echo(mod.table(doc))
+    _write_json(doc, opts["json_out"])
+
+
+@cli.command()
+@_trace_options
+@click.option(
+    "--policies",
+    default="sbs",
+    show_default=True,
+    help="Our scheduler's policies to cross-check, comma-separated.",
+)
+@_cluster_options
+def crosscheck(**opts: Any) -> None:
+    """TTFT mean of the emulated cluster against the simulator, same policy, trace slice and cluster."""
+    from sbs.bench import crosscheck as mod
+    from sbs.bench import h2h as live
+
+    specs = systems.parse_systems(opts["policies"], option="--policies")
+    if bad := [s.name for s in specs if s.kind != "sbs-scheduler"]:
+        raise BenchError(f"--policies: only our scheduler's policies have a simulated twin, got {bad[0]!r}")
+    run_opts = _run_options(opts)
+    trace, nominal = live.shape_trace(
+        opts["trace_path"],
+        opts["fmt"],
+        load=opts["load"],
+        duration_s=opts["duration"],
+        cluster=run_opts.cluster,
+    )
+    click.echo(
+        f"trace {trace.name}: {len(trace)} requests over {trace.duration_s:.1f} s "
+        f"(= {trace.prompt_tokens_per_s / nominal:.2f} of nominal); cluster {run_opts.cluster.describe()}; "
+        f"time factor {run_opts.time_factor:g}"
+    )
+
+    async def go() -> list[dict[str, Any]]:
+        return [await mod.crosscheck(trace, run_opts, s.policy) for s in specs]
+
+    docs = asyncio.run(go())
+    for d in docs:
+        click.echo(mod.describe(d))
+    _write_json(
+        {
+            "trace": trace.name,
+            "requests": len(trace),
+            "load_of_nominal": trace.prompt_tokens_per_s / nominal,
+            "time_factor": run_opts.time_factor,
+            "checks": docs,
+        },
+        opts["json_out"],
+    )
+
+
+@cli.command()
+@click.argument("json_file", type=click.Path(exists=True, dir_okay=False))
+def table(json_file: str) -> None:
+    """Print the table of a saved `h2h` or `overhead` JSON again."""
+    try:
+        doc = json.loads(Path(json_file).read_text())
+        summaries = doc["systems"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BenchError(f"{json_file}: not a `sbs-bench h2h` or `overhead` JSON ({exc})") from None
+    if "concurrency" in doc:
+        from sbs.bench import overhead as mod
+
+        click.echo(mod.table(doc))
+    else:
+        click.echo(report.table(summaries, units="(engine time: s; tok/s and req/s per engine second)"))
+
+
+def _read_overhead(path: str | None) -> dict[str, dict[str, Any]]:
+    if not path:
+        return {}
+    try:
+        doc = json.loads(Path(path).read_text())
+        return {k: dict(v) for k, v in doc["systems"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise BenchError(f"--overhead {path}: not a `sbs-bench overhead` JSON ({exc})") from None
+
+
+def _shape(text: str, option: str) -> tuple[int, int]:
+    a, sep, b = text.lower().partition("x")
+    try:
+        n, dp = int(a), int(b)
+    except ValueError:
+        n = dp = 0
+    if not sep or n < 1 or dp < 1:
+        raise BenchError(f"{option}: expected INSTANCESxDP with positive integers (e.g. 2x8), got {text!r}")
+    return n, dp
+
+
+def _cluster(opts: dict[str, Any]) -> BenchCluster:
+    p_n, p_dp = _shape(opts["prefill_shape"], "--prefill")
+    d_n, d_dp = _shape(opts["decode_shape"], "--decode")
+    if opts["chunk_tokens"] < 64:
+        raise BenchError(f"--chunk-tokens must be >= 64, got {opts['chunk_tokens']}")
+    return BenchCluster(
+        prefill_instances=p_n,
+        prefill_dp=p_dp,
+        decode_instances=d_n,
+        decode_dp=d_dp,
+        chunk_tokens=opts["chunk_tokens"],
+    )
+
+
+def _run_options(opts: dict[str, Any]) -> Any:
+    from sbs.bench.h2h import RunOptions
+
+    _positive("--duration", opts.get("duration"))
+    if opts.get("load") is not None and not (0 < opts["load"] <= 5):
+        raise BenchError(f"--load must be in (0, 5], got {opts['load']:g}")
+    tf = opts["time_factor"]
+    if not (math.isfinite(tf) and tf > 0):
+        raise BenchError(f"--time-factor must be > 0, got {tf:g}")
+    if opts["stream_interval"] < 1:
+        raise BenchError(f"--stream-interval must be >= 1, got {opts['stream_interval']}")
+    _positive("--slo-ttft", opts["slo_ttft"])
+    _positive("--slo-tpot", opts["slo_tpot"])
+    _positive("--drain-timeout", opts["drain_timeout"])
+    overrides: dict[str, Any] = {}
+    if opts.get("scheduler_config"):
+        from sbs.scheduler.service.settings import SettingsError, read_config_file
+
+        try:
+            overrides = read_config_file(opts["scheduler_config"])
+        except SettingsError as exc:
+            raise BenchError(f"--scheduler-config: {exc}") from None
+    return RunOptions(
+        scheduler_overrides=overrides,
+        cluster=_cluster(opts),
+        time_factor=tf,
+        stream_interval=opts["stream_interval"],
+        slo_ttft_s=opts["slo_ttft"],
+        slo_tpot_s=opts["slo_tpot"],
+        drain_timeout_s=opts["drain_timeout"],
+        log_dir=Path(opts["log_dir"]).resolve(),
+    )
+
+
+def _positive(option: str, value: float | None) -> None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise BenchError(f"{option} must be > 0, got {value:g}")
+
+
+def _write_json(doc: dict[str, Any], path: str | None) -> None:
+    if not path:
+        return
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2, default=_jsonable) + "\n")
+    click.echo(f"wrote {out}")
+
+
+def _jsonable(v: Any) -> Any:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def _die(message: str) -> NoReturn:
+    click.echo(f"sbs-bench: error: {message}", err=True)
+    sys.exit(2)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        rc = cli.main(args=argv, prog_name="sbs-bench", standalone_mode=False)
+    except click.UsageError as exc:
+        _die(exc.format_message().replace("\n", " "))
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except BenchError as exc:
+        _die(str(exc))
+    sys.exit(rc if isinstance(rc, int) else 0)

@@ -1,0 +1,109 @@
+"""Side-by-side tables of live benchmark results, and SBS's ratios to the best other system."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+_COLUMNS = (
+    ("system", "{}", None),
+    ("TTFT mean", "{:.3f}", "ttft_mean_s"),
+    ("p50", "{:.3f}", "ttft_p50_s"),
+    ("p90", "{:.3f}", "ttft_p90_s"),
+    ("p99", "{:.3f}", "ttft_p99_s"),
+    ("TPOT mean", "{:.4f}", "tpot_mean_s"),
+    ("ITL p99", "{:.4f}", "itl_p99_s"),
+    ("tok/s", "{:.0f}", "throughput_tok_s"),
+    ("out tok/s", "{:.0f}", "output_throughput_tok_s"),
+    ("req/s", "{:.2f}", "request_throughput"),
+    ("goodput", "{:.2f}", "goodput_rps"),
+    ("done", "{:.0f}", "completed"),
+    ("errors", "{:.0f}", "errors"),
+)
+
+RATIO_KEYS = (
+    ("TTFT mean", "ttft_mean_s"),
+    ("TTFT p90", "ttft_p90_s"),
+    ("TTFT p99", "ttft_p99_s"),
+    ("TPOT mean", "tpot_mean_s"),
+    ("throughput", "throughput_tok_s"),
+)
+
+
+def _fmt(f: str, v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f.format(v)
+
+
+def _align(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
+
+
+MAX_ERROR_SHARE = 0.01
+"""A system whose errors exceed this share of its requests is not a candidate for "best other"."""
+
+
+def best_other(summaries: Mapping[str, Mapping[str, Any]], *, exclude: str = "sbs") -> str | None:
+    """The system other than `exclude` with the lowest TTFT p90 (ties: lower mean) among those that
+    completed all but at most 1 % of their requests; None when there is none."""
+
+    def ok(s: Mapping[str, Any]) -> bool:
+        total = (s.get("completed") or 0) + (s.get("errors") or 0)
+        return s.get("ttft_p90_s") is not None and (s.get("errors") or 0) <= MAX_ERROR_SHARE * total
+
+    cands = [n for n, s in summaries.items() if n != exclude and ok(s)]
+    if not cands:
+        return None
+    return min(cands, key=lambda n: (summaries[n]["ttft_p90_s"], summaries[n]["ttft_mean_s"]))
+
+
+def ratios(summaries: Mapping[str, Mapping[str, Any]], base: str) -> dict[str, dict[str, float | None]]:
+    """Each system's metric ÷ the base system's (1.0 = equal; TTFT < 1 is better, throughput > 1)."""
+    b = summaries[base]
+    out: dict[str, dict[str, float | None]] = {}
+    for name, s in summaries.items():
+        row: dict[str, float | None] = {}
+        for _, key in RATIO_KEYS:
+            v, w = s.get(key), b.get(key)
+            row[key] = v / w if v is not None and w else None
+        row["errors_minus_base"] = float((s.get("errors") or 0) - (b.get("errors") or 0))
+        out[name] = row
+    return out
+
+
+def table(summaries: Mapping[str, Mapping[str, Any]], *, units: str) -> str:
+    """Metric table, then each system's ratios to the best system other than SBS."""
+    rows = [[h for h, _, _ in _COLUMNS]]
+    for name, s in summaries.items():
+        rows.append([name] + [_fmt(f, s.get(k)) for _, f, k in _COLUMNS[1:]])
+    lines = _align(rows)
+    lines.append(units)
+    base = best_other(summaries)
+    if base is None:
+        return "\n".join(lines)
+    rat = ratios(summaries, base)
+    rrows = [["vs " + base] + [label for label, _ in RATIO_KEYS] + ["errors"]]
+    for name, r in rat.items():
+        rrows.append(
+            [name]
+            + [_fmt("{:.2f}x", r[key]) for _, key in RATIO_KEYS]
+            + [_fmt("{:+.0f}", r["errors_minus_base"])]
+        )
+    lines.append("")
+    lines.append(
+        f"ratios to the best system other than sbs ({base}: lowest TTFT p90 among those with ≤ 1 % errors):"
+    )
+    lines.extend(_align(rrows))
+    if "sbs" in summaries and summaries["sbs"].get("ttft_p90_s") is not None:
+        r = rat["sbs"]["ttft_p90_s"]
+        if r is not None:
+            than = f"{1 - r:.0%} lower" if r <= 1 else f"{r - 1:.0%} higher"
+            lines.append(
+                f"sbs TTFT p90 {than} than {base}'s (target ≥ 30 % lower: {'met' if r <= 0.7 else 'NOT met'})"
+            )
+    return "\n".join(lines)

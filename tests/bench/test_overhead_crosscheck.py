@@ -1,0 +1,54 @@
+"""Tiny overhead and cross-check runs through the CLI (instant or compressed engines, few requests)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sbs.bench import cli
+
+
+def _run(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 0
+
+
+def test_overhead_measures_direct_and_our_scheduler(tmp_path: Path) -> None:
+    out = tmp_path / "overhead.json"
+    _run(
+        [
+            "overhead",
+            *("--requests", "20", "--concurrency", "4", "--duration", "1"),
+            *("--systems", "direct,sbs", "--prefill", "1x2", "--decode", "1x2"),
+            *("--log-dir", str(tmp_path / "logs"), "--json", str(out)),
+        ]
+    )
+    doc = json.loads(out.read_text())
+    assert set(doc["systems"]) == {"direct", "sbs"}
+    for r in doc["systems"].values():
+        assert r["latency_errors"] == 0 and r["throughput_errors"] == 0
+        assert r["latency_p50_ms"] > 0 and r["throughput_rps"] > 0
+    assert doc["systems"]["direct"]["overhead_p50_ms"] == 0
+    assert "overhead_p99_ms" in doc["systems"]["sbs"]
+    assert doc["systems"]["sbs"]["rps_per_cpu_core"] > 0
+
+
+def test_crosscheck_reports_raw_and_corrected_differences(tiny_trace: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cc.json"
+    _run(
+        [
+            "crosscheck",
+            *("--trace", str(tiny_trace), "--duration", "4", "--load", "0.5"),
+            *("--prefill", "1x2", "--decode", "1x2", "--time-factor", "0.05", "--stream-interval", "2"),
+            *("--log-dir", str(tmp_path / "logs"), "--json", str(out)),
+        ]
+    )
+    (check,) = json.loads(out.read_text())["checks"]
+    assert check["policy"] == "sbs"
+    assert check["emulated"]["errors"] == 0
+    t = check["ttft_mean_s"]
+    assert t["emulated_corrected"] == pytest.approx(t["emulated_raw"] + check["emulated_decode_step_mean_s"])
+    assert check["relative_difference"]["raw"] == pytest.approx(t["emulated_raw"] / t["simulated"] - 1)
+    assert check["emulated_decode_step_mean_s"] > 0
