@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
@@ -651,7 +652,8 @@ class Runtime:
             self._snapshot_due = True
 
     def _publish(self, *, gauges: bool = True) -> None:
-        self._snapshot = self._compute_loads()
+        published = time.time()  # noqa: TID251 (IO edge: SGLang stamps each rank's snapshot in wall time)
+        self._snapshot = [{**entry, "timestamp": published} for entry in self._compute_loads()]
         self._snapshot_due = False
         if gauges:
             self.metrics.set_gauges(self._snapshot)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from sbs.sim.emulator import tokens
 
@@ -167,6 +168,8 @@ async def test_v1_loads_sections_rank_filter_and_prometheus_format(start: Start,
     full = await get(http, f"{eng.url}/v1/loads")
     assert full["version"] == "0.5.23" and [e["dp_rank"] for e in full["loads"]] == [0, 1]
     assert {"memory", "disaggregation", "queues", "decode_moments"} <= set(full["loads"][0])
+    stamps = {e["timestamp"] for e in full["loads"]}  # per-rank snapshot time, as SGLang publishes
+    assert len(stamps) == 1 and abs(stamps.pop() - time.time()) < 60  # noqa: TID251
     core = await get(http, f"{eng.url}/v1/loads?include=core&dp_rank=1")
     assert [e["dp_rank"] for e in core["loads"]] == [1] and "memory" not in core["loads"][0]
     async with http.get(f"{eng.url}/v1/loads?include=bogus") as resp:
