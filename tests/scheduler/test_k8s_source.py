@@ -8,7 +8,7 @@ import time
 from sbs.e2e import cluster, kube
 from sbs.operator.kubeclient import KubeClient, load_kubeconfig
 from sbs.scheduler.core.types import Role
-from sbs.scheduler.service.engines import ChangeKind, EngineRecord
+from sbs.scheduler.service.engines import EngineRecord
 from sbs.scheduler.service.k8s_source import KubernetesSource, diff
 
 
@@ -84,4 +84,3 @@ def test_watches_ready_leaders_draining_and_removal(
     assert seen[-1] == ("remove", "p0", True)
     assert time.monotonic() - t0 < 30
     assert not any(key in ("d0-worker", "other") for _, key, _ in seen)
-    assert ChangeKind.REMOVE.value == "remove"
