@@ -375,7 +375,7 @@ def _run_options(opts: dict[str, Any]) -> Any:
     _positive("--drain-timeout", opts["drain_timeout"])
     overrides: dict[str, Any] = {}
     if opts.get("scheduler_config"):
-        from sbs.scheduler.service.settings import SettingsError, read_config_file
+        from sbs.scheduler.service.config_file import SettingsError, read_config_file
 
         try:
             overrides = read_config_file(opts["scheduler_config"])

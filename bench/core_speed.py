@@ -24,18 +24,11 @@ import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from sbs.scheduler.core import config
 from sbs.scheduler.core.capacity import PrefillCapacityModel
+from sbs.scheduler.core.events import LoadReported, RequestArrived
 from sbs.scheduler.core.scheduler import Scheduler
-from sbs.scheduler.core.types import (
-    Dispatch,
-    InstanceSpec,
-    LoadReported,
-    RankLoad,
-    Request,
-    RequestArrived,
-    Role,
-)
+from sbs.scheduler.core.types import Dispatch, InstanceSpec, RankLoad, Request, Role
+from sbs.settings import scheduling
 from sbs.sim.costmodel import CostModel
 
 TRACE = "../shared/traces/azure_llm_2023_conv/AzureLLMInferenceTrace_conv.csv"
@@ -98,7 +91,7 @@ def prepare_sbs(prompts: Sequence[int], outputs: Sequence[int]) -> tuple[Schedul
     """An SBS scheduler with 1,000 buffered requests and every prefill instance busy; the due time."""
     cost = CostModel()
     prefill, decode, capacity = _cluster(cost)
-    settings = config.SchedulerSettings(policy=config.policy_settings("sbs"))
+    settings = scheduling.SchedulerSettings(policy=scheduling.policy_settings("sbs"))
     sched = Scheduler(prefill, decode, settings=settings, capacity=capacity)
     for ev in _decode_snapshots(decode[0].kv_capacity_tokens, 0):
         sched.handle(ev, 0.0)
@@ -128,7 +121,7 @@ def prepare_least_load(prompts: Sequence[int], outputs: Sequence[int]) -> tuple[
     """A least-load scheduler on the same cluster and snapshot, and the 1,000 requests to dispatch."""
     cost = CostModel()
     prefill, decode, capacity = _cluster(cost)
-    settings = config.SchedulerSettings(policy=config.policy_settings("least_load"))
+    settings = scheduling.SchedulerSettings(policy=scheduling.policy_settings("least_load"))
     sched = Scheduler(prefill, decode, settings=settings, capacity=capacity)
     for ev in _decode_snapshots(decode[0].kv_capacity_tokens, 0):
         sched.handle(ev, 0.0)

@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from sbs.bench import h2h, systems
-from sbs.scheduler.core import config
+from sbs.settings import scheduling
 from sbs.sim.simulator import Simulation
 from sbs.sim.trace import Trace
 
@@ -29,7 +29,7 @@ TARGET = 0.15
 def simulate(trace: Trace, opts: h2h.RunOptions, policy: str) -> dict[str, Any]:
     started = time.process_time()
     result = Simulation(
-        trace, opts.cluster.sim_cluster(), config.policy_settings(policy), cost=opts.cluster.cost()
+        trace, opts.cluster.sim_cluster(), scheduling.policy_settings(policy), cost=opts.cluster.cost()
     ).run()
     summary = result.recorder.summary(slo_ttft_s=opts.slo_ttft_s, slo_tpot_s=opts.slo_tpot_s)
     summary["sim_cpu_s"] = time.process_time() - started

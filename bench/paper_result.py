@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sbs.scheduler.core import config
+from sbs.settings import scheduling
 from sbs.sim import report
 from sbs.sim.capacity import nominal_prefill_tok_s
 from sbs.sim.cluster import ClusterConfig, load_cluster
@@ -92,7 +92,7 @@ def main() -> None:
 def run_case(name: str, case: Case, cluster: ClusterConfig, args: argparse.Namespace, out_dir: Path) -> dict:
     base = load_trace(case.path)
     nominal = nominal_prefill_tok_s(cluster, CostModel(), base)
-    pols = {p: config.policy_settings(p) for p in POLICIES}
+    pols = {p: scheduling.policy_settings(p) for p in POLICIES}
     slo = {"slo_ttft_s": case.per_request_slo, "slo_tpot_s": args.slo_tpot}
 
     def at(load: float) -> Trace:

@@ -16,17 +16,15 @@ prefill engine and one ``--decode URL`` per decode engine.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import functools
 import json
 import os
-import shutil
-import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+
+from sbs.e2e import toolcache
 
 SGLANG_ROUTER_VERSION = "0.3.2"
 SMG_VERSION = "1.13.0"
@@ -54,15 +52,12 @@ class RouterEnv:
         return [str(self.python), "-m", "smg", "launch"]
 
     def versions(self) -> dict[str, str]:
-        return json.loads((self.root / "complete").read_text())["versions"]
+        return json.loads((self.root / toolcache.STAMP).read_text())["versions"]
 
 
 def cache_root() -> Path:
     """`$SBS_ROUTERS_CACHE`, else `$XDG_CACHE_HOME/sbs-routers`, else `~/.cache/sbs-routers`."""
-    if env := os.environ.get("SBS_ROUTERS_CACHE"):
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "sbs-routers"
+    return toolcache.cache_root("routers")
 
 
 def env_key() -> str:
@@ -70,40 +65,12 @@ def env_key() -> str:
     return f"sglang-router-{SGLANG_ROUTER_VERSION}_smg-{SMG_VERSION}-py{v.major}.{v.minor}"
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _run(cmd: Sequence[str | Path], what: str, cwd: Path) -> str:
-    try:
-        done = subprocess.run(
-            [str(c) for c in cmd],
-            capture_output=True,
-            text=True,
-            timeout=BUILD_TIMEOUT_S,
-            check=False,
-            cwd=cwd,
-            env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise RouterEnvError(f"{what}: no result after {BUILD_TIMEOUT_S} s") from exc
-    if done.returncode != 0:
-        tail = (done.stdout + done.stderr)[-6000:]
-        raise RouterEnvError(f"{what} failed (exit {done.returncode}):\n{tail}")
-    return done.stdout
+    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    return toolcache.run(cmd, what, timeout_s=BUILD_TIMEOUT_S, error=RouterEnvError, cwd=cwd, env=env)
 
 
-def _build(root: Path) -> None:
-    if root.exists():
-        shutil.rmtree(root)
-    root.mkdir(parents=True)
+def _build(root: Path) -> str:
     print(f"building the router environment in {root} (once; ~70 MB of wheels)", file=sys.stderr)
     # -I and cwd: the repository's operator/ folder must not shadow the standard library's module.
     _run([sys.executable, "-I", "-m", "venv", root / "venv"], "python -m venv", root)
@@ -133,17 +100,13 @@ def _build(root: Path) -> None:
             f"expected sglang-router {SGLANG_ROUTER_VERSION} and smg {SMG_VERSION}, got {out}"
         )
     stamp = {"versions": {"sglang-router": router_v, "smg": smg_v}, "python": sys.version.split()[0]}
-    (root / "complete").write_text(json.dumps(stamp, indent=2) + "\n")
+    return json.dumps(stamp, indent=2) + "\n"
 
 
 @functools.cache
 def ensure_routers() -> RouterEnv:
     """The router environment, built first if it is missing or half-built. Raises RouterEnvError."""
-    root = cache_root() / env_key()
-    if not (root / "complete").exists():
-        with _locked(cache_root() / f"{env_key()}.lock"):
-            if not (root / "complete").exists():
-                _build(root)
+    root = toolcache.stamped_build(cache_root() / env_key(), _build)
     return RouterEnv(root, root / "venv" / "bin" / "python")
 
 

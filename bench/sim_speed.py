@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from sbs.scheduler.core.config import policy_settings
+from sbs.settings.scheduling import policy_settings
 from sbs.sim.capacity import nominal_prefill_tok_s
 from sbs.sim.cluster import PRESETS
 from sbs.sim.costmodel import CostModel

@@ -33,8 +33,8 @@ from sbs.bench import procs, routers
 from sbs.bench.client import generate_body
 from sbs.bench.cluster import BenchCluster
 from sbs.bench.procs import BenchError, ProcGroup
-from sbs.scheduler.core import config
-from sbs.scheduler.service.settings import CapacitySettings, EnginesSettings
+from sbs.settings import scheduling
+from sbs.settings.service import CapacitySettings, EnginesSettings
 
 _SMG_POLICIES = ("random", "round_robin", "cache_aware", "power_of_two", "least_load", "prefix_hash")
 ROUTER_POLICIES = {
@@ -62,12 +62,12 @@ def parse_systems(text: str, *, option: str = "--systems", allow_direct: bool = 
     """`sbs,least_load,sglang-router,smg:power_of_two` → specs; a bad name raises BenchError naming
     the option and listing the valid names."""
     out: list[SystemSpec] = []
-    valid = [*config.POLICY_NAMES, *(f"{r}[:POLICY]" for r in ROUTER_POLICIES)] + (
+    valid = [*scheduling.POLICY_NAMES, *(f"{r}[:POLICY]" for r in ROUTER_POLICIES)] + (
         ["direct"] if allow_direct else []
     )
     for raw in [s.strip() for s in text.split(",") if s.strip()]:
         base, _, policy = raw.partition(":")
-        if base in config.POLICY_NAMES and not policy:
+        if base in scheduling.POLICY_NAMES and not policy:
             out.append(SystemSpec(raw, "sbs-scheduler", base))
         elif base in ROUTER_POLICIES:
             policy = policy or DEFAULT_ROUTER_POLICY[base]
@@ -152,7 +152,7 @@ def _sbs_config(policy: str, time_factor: float) -> dict[str, Any]:
         },
     }
     if policy == "sbs" and tf != 1.0:
-        b = config.BatchingSettings()
+        b = scheduling.BatchingSettings()
         doc["scheduler"] = {
             "policy": {
                 "type": "sbs",

@@ -13,19 +13,17 @@ Pod IPs outside 127.0.0.0/8 are refused: nothing here may serve or dial off loop
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import ipaddress
 import logging
 import os
-import signal
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from sbs.e2e import kube
+from sbs.e2e.procs import stop_group
+from sbs.kube.blocking import Kube, Watch
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +82,7 @@ class NodeAgent:
 
     def __init__(
         self,
-        client: kube.Kube,
+        client: Kube,
         *,
         selector: str,
         command: Command,
@@ -108,7 +106,7 @@ class NodeAgent:
         """Pods the agent refused or failed to start, one line each."""
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._watch: kube.Watch | None = None
+        self._watch: Watch | None = None
         self._thread: threading.Thread | None = None
         self._synced = threading.Event()
 
@@ -251,14 +249,5 @@ class NodeAgent:
         return PodProcess(meta["namespace"], meta["name"], meta["uid"], ip, port, proc, log_path)
 
     def _terminate(self, p: PodProcess) -> None:
-        if p.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.proc.pid, signal.SIGTERM)
-            deadline = time.monotonic() + self.stop_timeout_s
-            while p.proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.02)
-            if p.proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.proc.pid, signal.SIGKILL)
-        p.proc.wait()
+        stop_group(p.proc, self.stop_timeout_s)
         logger.info("node agent: stopped %s/%s (exit %s)", p.namespace, p.name, p.proc.returncode)

@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from sbs.e2e import toolcache
+
 TOOLS_DIR = Path(__file__).resolve().parent / "tools"
 
 KUBERNETES = "k8s.io/kubernetes"
@@ -227,10 +229,7 @@ def kubernetes_ldflags(kubernetes: str) -> list[str]:
 
 def cache_root() -> Path:
     """`$SBS_E2E_CACHE`, else `$XDG_CACHE_HOME/sbs-e2e`, else `~/.cache/sbs-e2e`."""
-    if env := os.environ.get("SBS_E2E_CACHE"):
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "sbs-e2e"
+    return toolcache.cache_root("e2e")
 
 
 def go_env(root: Path | None = None) -> dict[str, str]:

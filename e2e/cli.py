@@ -20,7 +20,9 @@ import threading
 from pathlib import Path
 
 import click
-from sbs.e2e import agent, binaries, cluster, kube, nodes
+from sbs.e2e import agent, binaries, cluster, nodes
+from sbs.e2e.waits import WaitTimeout
+from sbs.kube.blocking import ApiError, Kube
 
 
 class CliError(click.ClickException):
@@ -91,7 +93,7 @@ def up(name: str, node_count: int, crd_paths: tuple[Path, ...]) -> None:
     plane = cluster.ControlPlane(_bins(), settings, name=name, owned=False)
     try:
         plane.start()
-    except (cluster.ControlPlaneError, kube.WaitTimeout, kube.ApiError) as exc:
+    except (cluster.ControlPlaneError, WaitTimeout, ApiError) as exc:
         raise CliError(f"cluster {name!r} did not start: {exc}") from exc
     t = plane.timings
     click.echo(
@@ -116,7 +118,7 @@ def demo_operator(name: str, log_dir: Path) -> None:
         plane = cluster.ControlPlane(_bins(), cluster.ClusterSettings(), name=name, owned=False)
         try:
             plane.start()
-        except (cluster.ControlPlaneError, kube.WaitTimeout, kube.ApiError) as exc:
+        except (cluster.ControlPlaneError, WaitTimeout, ApiError) as exc:
             raise CliError(f"cluster {name!r} did not start: {exc}") from exc
     sys.exit(demo.run_demo(plane, log_dir))
 
@@ -177,7 +179,7 @@ def agent_(
     {namespace} {node} are filled in. Stops them when the pods go away, and on Ctrl-C."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     node_agent = agent.NodeAgent(
-        kube.Kube.from_kubeconfig(kubeconfig_path), selector=selector, command=list(command),
+        Kube.from_kubeconfig(kubeconfig_path), selector=selector, command=list(command),
         log_dir=log_dir, namespace=namespace, port_name=port_name,
     )  # fmt: skip
     done = threading.Event()

@@ -31,7 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from sbs.e2e import binaries, kube, nodes, pki
+from sbs.e2e import binaries, nodes, pki
+from sbs.e2e.waits import WaitTimeout, wait_until
+from sbs.kube.blocking import Kube
 
 # Start order; stop is the reverse.
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
@@ -189,7 +191,7 @@ class ControlPlane:
         self.dir: Path = Path()
         self.ports: dict[str, int] = {}
         self.timings: dict[str, float] = {}
-        self._kube: kube.Kube | None = None
+        self._kube: Kube | None = None
 
     # -- accessors --------------------------------------------------------------------------
 
@@ -206,10 +208,12 @@ class ControlPlane:
         return pki.Pki(self.dir / "pki")
 
     @property
-    def kube(self) -> kube.Kube:
+    def kube(self) -> Kube:
         if self._kube is None:
             p = self.pki
-            self._kube = kube.Kube(self.server, ca_file=p.ca_crt, cert_file=p.admin_crt, key_file=p.admin_key)
+            self._kube = Kube.from_certificates(
+                self.server, ca_file=p.ca_crt, cert_file=p.admin_crt, key_file=p.admin_key
+            )
         return self._kube
 
     def log_path(self, name: str) -> Path:
@@ -322,12 +326,12 @@ class ControlPlane:
                 raise ComponentError(c.name, rc, c.log_path, c.tail())
 
     def wait(self, predicate: Any, what: str, timeout_s: float | None = None) -> Any:
-        """`kube.wait_until` that fails at once, with the log, if a component dies meanwhile."""
+        """`wait_until` that fails at once, with the log, if a component dies meanwhile."""
         timeout = self.settings.wait_timeout_s if timeout_s is None else timeout_s
         try:
-            return kube.wait_until(predicate, timeout, what, check=self.check)
-        except kube.WaitTimeout as exc:
-            raise kube.WaitTimeout(f"{exc}\n{self.logs_report(lines=15)}") from None
+            return wait_until(predicate, timeout, what, check=self.check)
+        except WaitTimeout as exc:
+            raise WaitTimeout(f"{exc}\n{self.logs_report(lines=15)}") from None
 
     def logs_report(self, lines: int = 30) -> str:
         """The last lines of every component's log, for a failure message."""
@@ -491,7 +495,7 @@ def crd_documents(paths: Iterable[Path]) -> list[dict]:
 
 
 def install_crds(
-    client: kube.Kube, crds: Sequence[dict], *, timeout_s: float = 30.0, check: Any = None
+    client: Kube, crds: Sequence[dict], *, timeout_s: float = 30.0, check: Any = None
 ) -> list[str]:
     """Server-side apply each CRD and wait until every one is Established; returns the names."""
     names = [client.apply(CRD_COLLECTION, crd)["metadata"]["name"] for crd in crds]
@@ -501,7 +505,7 @@ def install_crds(
         return any(c["type"] == "Established" and c["status"] == "True" for c in conds)
 
     for name in names:
-        kube.wait_until(lambda n=name: established(n), timeout_s, f"CRD {name} Established", check=check)
+        wait_until(lambda n=name: established(n), timeout_s, f"CRD {name} Established", check=check)
     return names
 
 

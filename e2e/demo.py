@@ -8,7 +8,6 @@ Ready, then prints `kubectl get sbsd`.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,14 +15,16 @@ from pathlib import Path
 
 import click
 import yaml
-from sbs.e2e import cluster, kube
+from sbs.e2e import cluster
+from sbs.e2e.procs import stop_group
+from sbs.kube.blocking import Kube
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "manifests" / "samples" / "deepseek-v3-h800.yaml"
 SBSD = "/apis/sbs.dev/v1alpha1/namespaces/{ns}/sbsdeployments"
 
 
-def follow(client: kube.Kube, ns: str, name: str, timeout_s: float) -> tuple[str, float]:
+def follow(client: Kube, ns: str, name: str, timeout_s: float) -> tuple[str, float]:
     """Print each status change until Ready (or timeout); returns the last phase and the seconds taken."""
     t0 = time.monotonic()
     last = None
@@ -76,5 +77,4 @@ def run_demo(
         click.echo("stop it with `make dev-cluster-down`")
         return 0
     finally:
-        os.killpg(op.pid, signal.SIGTERM)
-        op.wait(15)
+        stop_group(op, 15)

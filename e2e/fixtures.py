@@ -23,7 +23,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sbs.e2e import agent, binaries, cluster, kube
+from sbs.e2e import agent, binaries, cluster
+from sbs.e2e.waits import WaitTimeout
+from sbs.kube.blocking import ApiError, Kube
 
 REPO = Path(__file__).resolve().parent.parent
 CRDS_DIR = REPO / "crds"
@@ -65,7 +67,7 @@ def control_plane(request: pytest.FixtureRequest) -> Iterator[cluster.ControlPla
     plane = cluster.ControlPlane(bins, settings, name="pytest")
     try:
         plane.start()
-    except (cluster.ControlPlaneError, kube.WaitTimeout, kube.ApiError) as exc:
+    except (cluster.ControlPlaneError, WaitTimeout, ApiError) as exc:
         pytest.fail(f"the e2e control plane did not start: {exc}", pytrace=False)
     request.config.stash[_PLANE] = plane
     old = os.environ.get("KUBECONFIG")
@@ -82,7 +84,7 @@ def control_plane(request: pytest.FixtureRequest) -> Iterator[cluster.ControlPla
 
 
 @pytest.fixture(name="kube", scope="session")
-def kube_fixture(control_plane: cluster.ControlPlane) -> kube.Kube:
+def kube_fixture(control_plane: cluster.ControlPlane) -> Kube:
     return control_plane.kube
 
 

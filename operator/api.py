@@ -5,20 +5,16 @@ groups; a group is one multi-node SGLang server (one pod per node, rank 0 the le
 DP-attention and expert parallelism over `nodesPerGroup × gpusPerNode` GPUs. The SBS scheduler
 sits in front of the leaders.
 
-Cross-field rules are declared once (`Rule`): each becomes a CEL rule in the CRD, so the API
-server rejects a bad spec at apply time naming the field, and the same predicate runs in pydantic,
-so the operator and tests agree with the API server.
+Cross-field rules (`crd_model.Rule`) are checked by the API server (CEL) and by pydantic alike.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import Field
+from sbs.operator.crd_model import ApiModel, Rule, StatusModel, rules_config
 
 GROUP = "sbs.dev"
 VERSION = "v1alpha1"
@@ -39,48 +35,6 @@ TransferBackend = Literal["mooncake", "nixl", "mori", "mooncake_tcp", "fake"]
 A2ABackend = Literal["none", "deepep", "mooncake", "nixl", "mori", "flashinfer"]
 DeepEPMode = Literal["auto", "normal", "low_latency"]
 PolicyName = Literal["sbs", "round_robin", "random", "least_load", "power_of_two", "sglang"]
-
-
-@dataclass(frozen=True)
-class Rule:
-    """A cross-field rule: CEL for the API server and the same predicate in Python."""
-
-    cel: str
-    message: str
-    field_path: str
-    check: Callable[[Any], bool]
-
-    def schema(self) -> dict[str, str]:
-        if self.field_path.startswith(".metadata"):  # the API server takes field paths below spec only
-            return {"rule": self.cel, "message": f"{self.field_path.lstrip('.')}: {self.message}"}
-        return {"rule": self.cel, "message": self.message, "fieldPath": self.field_path}
-
-
-def _rules_schema(rules: tuple[Rule, ...]) -> dict[str, Any]:
-    return {"x-kubernetes-validations": [r.schema() for r in rules]}
-
-
-class ApiModel(BaseModel):
-    """camelCase on the wire, snake_case in Python; unknown fields are errors (typos are caught)."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
-    rules: ClassVar[tuple[Rule, ...]] = ()
-
-    @model_validator(mode="after")
-    def _check_rules(self) -> ApiModel:
-        for r in type(self).rules:
-            if not r.check(self):
-                raise ValueError(f"{r.field_path.lstrip('.')}: {r.message}")
-        return self
-
-
-def _model_config(rules: tuple[Rule, ...]) -> ConfigDict:
-    return ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        json_schema_extra=_rules_schema(rules),
-    )
 
 
 class ModelSource(ApiModel):
@@ -120,7 +74,7 @@ ENGINE_SETTINGS_RULES = (
 class EngineSettings(ApiModel):
     """What every engine pod of the deployment shares."""
 
-    model_config = _model_config(ENGINE_SETTINGS_RULES)
+    model_config = rules_config(ENGINE_SETTINGS_RULES)
     rules: ClassVar[tuple[Rule, ...]] = ENGINE_SETTINGS_RULES
 
     image: str = Field(default=SGLANG_IMAGE, min_length=1, max_length=512, description="SGLang image.")
@@ -207,7 +161,7 @@ ROLE_SPEC_RULES = (
 class RoleSpec(ApiModel):
     """One role's engine groups."""
 
-    model_config = _model_config(ROLE_SPEC_RULES)
+    model_config = rules_config(ROLE_SPEC_RULES)
     rules: ClassVar[tuple[Rule, ...]] = ROLE_SPEC_RULES
 
     groups: int = Field(default=1, ge=0, le=256, description="Engine groups (replicas) of this role.")
@@ -301,7 +255,7 @@ UPDATE_STRATEGY_RULES = (
 class UpdateStrategy(ApiModel):
     """How a change to engine pods rolls out: group by group, both roles together."""
 
-    model_config = _model_config(UPDATE_STRATEGY_RULES)
+    model_config = rules_config(UPDATE_STRATEGY_RULES)
     rules: ClassVar[tuple[Rule, ...]] = UPDATE_STRATEGY_RULES
 
     max_unavailable: int = Field(default=0, ge=0, le=256, description="Groups per role that may be down.")
@@ -333,7 +287,7 @@ RESTART_POLICY_RULES = (
 class RestartPolicy(ApiModel):
     """What happens when a pod of a group fails: the whole group is recreated."""
 
-    model_config = _model_config(RESTART_POLICY_RULES)
+    model_config = rules_config(RESTART_POLICY_RULES)
     rules: ClassVar[tuple[Rule, ...]] = RESTART_POLICY_RULES
 
     policy: Literal["RecreateGroup", "None"] = "RecreateGroup"
@@ -381,7 +335,7 @@ SPEC_RULES = (
 class SBSDeploymentSpec(ApiModel):
     """Desired state of an SBSDeployment."""
 
-    model_config = _model_config(SPEC_RULES)
+    model_config = rules_config(SPEC_RULES)
     rules: ClassVar[tuple[Rule, ...]] = SPEC_RULES
 
     model: ModelSource
@@ -402,10 +356,9 @@ ROLES = ("prefill", "decode")
 # ---- status (written by the operator only) -------------------------------------------------------
 
 
-class Condition(ApiModel):
+class Condition(StatusModel):
     """A `metav1.Condition`."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
     type: str
     status: Literal["True", "False", "Unknown"]
     reason: str
@@ -414,8 +367,7 @@ class Condition(ApiModel):
     observed_generation: int = 0
 
 
-class RoleStatus(ApiModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+class RoleStatus(StatusModel):
     desired: int = 0
     ready: int = 0
     updated: int = 0
@@ -423,8 +375,7 @@ class RoleStatus(ApiModel):
     revision: str = ""
 
 
-class GroupRestart(ApiModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+class GroupRestart(StatusModel):
     role: str
     index: int
     count: int = 0
@@ -432,16 +383,14 @@ class GroupRestart(ApiModel):
     failed: bool = False
 
 
-class SchedulerStatus(ApiModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+class SchedulerStatus(StatusModel):
     endpoint: str = ""
     ready: int = 0
     desired: int = 0
     summary: str = "0/0"
 
 
-class SBSDeploymentStatus(ApiModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+class SBSDeploymentStatus(StatusModel):
     observed_generation: int = 0
     phase: Literal["Pending", "Progressing", "Ready", "Degraded", "Failed"] = "Pending"
     revision: str = Field(
@@ -476,10 +425,9 @@ ROOT_RULES = (
 )
 
 
-class SBSDeployment(ApiModel):
+class SBSDeployment(StatusModel):
     """The whole object as the operator reads it."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
     rules: ClassVar[tuple[Rule, ...]] = ROOT_RULES
     api_version: str = API_VERSION
     kind: str = KIND

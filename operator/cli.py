@@ -25,7 +25,7 @@ def main() -> None:
 )
 @click.option("--check", is_flag=True, help="Fail if the file on disk differs from the generated one.")
 def crds(out_dir: Path, check: bool) -> None:
-    """Generate the CRDs from the API types (operator/api.py, operator/scaling_api.py)."""
+    """Generate the CRDs from the API types (operator/api.py, operator/autoscaling/*_api.py)."""
     if check:
         stale = [
             name
@@ -80,38 +80,37 @@ def run(
     """Run the operator against a cluster (kopf underneath), until interrupted."""
     import asyncio
     import logging
-    import os
 
     from prometheus_client import start_http_server
-    from sbs.operator import kubeclient, runtime
+    from sbs.kube import credentials
+    from sbs.kube.client import KubeClient
+    from sbs.operator import handlers
+    from sbs.operator.config import OperatorConfig, namespaces_arg
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
     for noisy in ("kopf.objects", "kopf.activities.probe", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    if kubeconfig:
-        os.environ["KUBECONFIG"] = kubeconfig  # kopf logs in from the same file
-    try:
-        creds = kubeclient.auto_credentials(kubeconfig)
-    except (OSError, KeyError, StopIteration, ValueError) as exc:
-        raise click.ClickException(f"cannot load Kubernetes credentials: {exc}") from None
     if lease_namespace is None:
-        ns_file = kubeclient.SA_DIR / "namespace"
+        ns_file = credentials.SA_DIR / "namespace"
         lease_namespace = ns_file.read_text().strip() if ns_file.is_file() else "default"
-    cfg = runtime.OperatorConfig(
-        namespaces=runtime.namespaces_arg(namespaces), workers=workers, resync_s=resync_seconds,
+    cfg = OperatorConfig(
+        namespaces=namespaces_arg(namespaces), workers=workers, resync_s=resync_seconds,
         lease_namespace=lease_namespace, lease_name=lease_name, liveness=liveness,
     )  # fmt: skip
     if metrics_port:
         start_http_server(metrics_port)
 
     async def main_async() -> None:
-        async with kubeclient.KubeClient(creds) as client:
-            await runtime.run(client, cfg)
+        try:
+            creds = await credentials.load(kubeconfig)
+        except credentials.CredentialsError as exc:
+            raise click.ClickException(f"cannot load Kubernetes credentials: {exc}") from None
+        where = ", ".join(cfg.namespaces) or "all namespaces"
+        click.echo(f"sbs-operator: watching {where} on {creds.server} ({creds.source})", err=True)
+        async with KubeClient(creds) as client:
+            await handlers.run(client, cfg)
 
-    click.echo(
-        f"sbs-operator: watching {', '.join(cfg.namespaces) or 'all namespaces'} on {creds.server}", err=True
-    )
     asyncio.run(main_async())
 
 

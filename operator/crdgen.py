@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from sbs.operator import api
-from sbs.operator import scaling_api as sapi
+from sbs.operator.autoscaling import policy_api, role_scaler_api
 
 CRD_FILE = f"{api.PLURAL}.{api.GROUP}.yaml"
 
@@ -234,10 +234,10 @@ def crd() -> dict[str, Any]:
 def scaler_crd() -> dict[str, Any]:
     """SBSRoleScaler: one per role of each SBSDeployment, with the `/scale` subresource HPA and KEDA use."""
     return _crd(
-        kind=sapi.SCALER_KIND, plural=sapi.SCALER_PLURAL, singular=sapi.SCALER_SINGULAR,
-        short=sapi.SCALER_SHORT, scope="Namespaced",
+        kind=role_scaler_api.KIND, plural=role_scaler_api.PLURAL, singular=role_scaler_api.SINGULAR,
+        short=role_scaler_api.SHORT_NAMES, scope="Namespaced",
         description="The engine-group count of one role of an SBSDeployment (a /scale target).",
-        spec=sapi.RoleScalerSpec, status=sapi.RoleScalerStatus,
+        spec=role_scaler_api.RoleScalerSpec, status=role_scaler_api.RoleScalerStatus,
         printer_columns=[
             {"name": "Deployment", "type": "string", "jsonPath": ".spec.deployment"},
             {"name": "Role", "type": "string", "jsonPath": ".spec.role"},
@@ -259,10 +259,10 @@ def scaler_crd() -> dict[str, Any]:
 def policy_crd() -> dict[str, Any]:
     """SBSAutoscalingPolicy (cluster-scoped)."""
     return _crd(
-        kind=sapi.POLICY_KIND, plural=sapi.POLICY_PLURAL, singular=sapi.POLICY_SINGULAR,
-        short=sapi.POLICY_SHORT, scope="Cluster",
+        kind=policy_api.KIND, plural=policy_api.PLURAL, singular=policy_api.SINGULAR,
+        short=policy_api.SHORT_NAMES, scope="Cluster",
         description="Scales the External-owned roles of the SBSDeployments it selects, within a GPU budget.",
-        spec=sapi.AutoscalingPolicySpec, status=sapi.AutoscalingPolicyStatus,
+        spec=policy_api.AutoscalingPolicySpec, status=policy_api.AutoscalingPolicyStatus,
         printer_columns=[
             {"name": "Selected", "type": "integer", "jsonPath": ".status.selected"},
             {"name": "GPUs", "type": "integer", "jsonPath": ".status.gpusDesired"},

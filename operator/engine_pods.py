@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sbs.operator import api, naming, sglang_args
+from sbs.kube import labels
+from sbs.kube.apply import short_hash
+from sbs.operator import api, child_names, sglang_args
 
 GPU_RESOURCE = "nvidia.com/gpu"
 GANG = {
@@ -29,7 +31,7 @@ GANG = {
 
 def serving_revision(spec: api.SBSDeploymentSpec) -> str:
     """What prefill and decode must share to exchange KV: model and engine settings."""
-    return naming.short_hash(
+    return short_hash(
         {"model": spec.model.model_dump(mode="json"), "engine": spec.engine.model_dump(mode="json")}
     )
 
@@ -44,7 +46,7 @@ def template_hash(spec: api.SBSDeploymentSpec, role: str, gang: bool, owner_uid:
     The owner's UID is part of it, so a deployment deleted and created again under the same name
     never collides with its predecessor's pods while the garbage collector removes them.
     """
-    return naming.short_hash(
+    return short_hash(
         {
             "revision": serving_revision(spec),
             "role": spec.role(role).model_dump(mode="json", exclude=SCALE_FIELDS),
@@ -56,12 +58,12 @@ def template_hash(spec: api.SBSDeploymentSpec, role: str, gang: bool, owner_uid:
 
 def group_labels(dep: api.SBSDeployment, role: str, index: int, thash: str) -> dict[str, str]:
     return {
-        **naming.common_labels(dep.name, naming.ENGINE),
-        naming.ROLE: role,
-        naming.GROUP: str(index),
-        naming.REVISION: serving_revision(dep.spec),
-        naming.TEMPLATE_HASH: thash,
-        naming.GROUP_ID: naming.group_id(dep.name, role, index, thash),
+        **labels.common_labels(dep.name, labels.ENGINE),
+        labels.ROLE: role,
+        labels.GROUP: str(index),
+        labels.REVISION: serving_revision(dep.spec),
+        labels.TEMPLATE_HASH: thash,
+        labels.GROUP_ID: child_names.group_id(dep.name, role, index, thash),
     }
 
 
@@ -71,7 +73,7 @@ def _affinity(r: api.RoleSpec, gid: str) -> dict[str, Any] | None:
         pod_affinity = dict(affinity.get("podAffinity") or {})
         terms = list(pod_affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or [])
         terms.append(
-            {"labelSelector": {"matchLabels": {naming.GROUP_ID: gid}}, "topologyKey": r.topology_key}
+            {"labelSelector": {"matchLabels": {labels.GROUP_ID: gid}}, "topologyKey": r.topology_key}
         )
         pod_affinity["requiredDuringSchedulingIgnoredDuringExecution"] = terms
         affinity["podAffinity"] = pod_affinity
@@ -80,7 +82,7 @@ def _affinity(r: api.RoleSpec, gid: str) -> dict[str, Any] | None:
 
 def _container(dep: api.SBSDeployment, role: str, index: int, thash: str, rank: int) -> dict[str, Any]:
     spec, r, e = dep.spec, dep.spec.role(role), dep.spec.engine
-    leader_host = naming.leader_address(dep, role, index, thash)
+    leader_host = child_names.leader_address(dep, role, index, thash)
     ports = [{"name": "http", "containerPort": e.port}, {"name": "dist", "containerPort": e.dist_init_port}]
     if role == "prefill":
         ports.append({"name": "bootstrap", "containerPort": e.bootstrap_port})
@@ -120,20 +122,20 @@ def group_pods(
 ) -> list[dict[str, Any]]:
     """The pods of one engine group, leader first."""
     r, e = dep.spec.role(role), dep.spec.engine
-    labels = group_labels(dep, role, index, thash)
-    gid = labels[naming.GROUP_ID]
+    group = group_labels(dep, role, index, thash)
+    gid = group[labels.GROUP_ID]
     pods = []
     for rank in range(r.nodes_per_group):
-        pod_labels = {**labels, naming.RANK: str(rank), naming.LEADER: "true" if rank == 0 else "false"}
+        pod_labels = {**group, labels.RANK: str(rank), labels.LEADER: "true" if rank == 0 else "false"}
         annotations: dict[str, str] = {}
         if rank == 0:
-            annotations = {naming.DP_SIZE: str(r.attn_dp_size), naming.ENGINE_PORT: str(e.port)}
+            annotations = {labels.DP_SIZE: str(r.attn_dp_size), labels.ENGINE_PORT: str(e.port)}
             if role == "prefill":
-                annotations[naming.BOOTSTRAP_PORT] = str(e.bootstrap_port)
-                annotations[naming.SGLANG_BOOTSTRAP_PORT] = str(e.bootstrap_port)
+                annotations[labels.BOOTSTRAP_PORT] = str(e.bootstrap_port)
+                annotations[labels.SGLANG_BOOTSTRAP_PORT] = str(e.bootstrap_port)
         pod_spec: dict[str, Any] = {
-            "hostname": naming.hostname(role, index, thash, rank),
-            "subdomain": naming.engine_service(dep.name),
+            "hostname": child_names.hostname(role, index, thash, rank),
+            "subdomain": child_names.engine_service(dep.name),
             "restartPolicy": "Never",
             "terminationGracePeriodSeconds": 30,
             "nodeSelector": dict(r.node_selector),
@@ -156,10 +158,10 @@ def group_pods(
             else:
                 annotations[provider["annotation"]] = gid
         metadata: dict[str, Any] = {
-            "name": naming.pod_name(dep.name, role, index, thash, rank),
+            "name": child_names.pod_name(dep.name, role, index, thash, rank),
             "namespace": dep.namespace,
             "labels": pod_labels,
-            "ownerReferences": [naming.owner_reference(dep)],
+            "ownerReferences": [child_names.owner_reference(dep)],
         }
         if annotations:
             metadata["annotations"] = annotations
@@ -171,15 +173,15 @@ def pod_group(dep: api.SBSDeployment, role: str, index: int, thash: str) -> dict
     """The gang-scheduling PodGroup of one engine group (all nodes or none)."""
     provider = GANG[dep.spec.gang_scheduling.provider]
     r = dep.spec.role(role)
-    labels = group_labels(dep, role, index, thash)
+    group = group_labels(dep, role, index, thash)
     return {
         "apiVersion": provider["apiVersion"],
         "kind": "PodGroup",
         "metadata": {
-            "name": labels[naming.GROUP_ID],
+            "name": group[labels.GROUP_ID],
             "namespace": dep.namespace,
-            "labels": labels,
-            "ownerReferences": [naming.owner_reference(dep)],
+            "labels": group,
+            "ownerReferences": [child_names.owner_reference(dep)],
         },
         "spec": {"minMember": r.nodes_per_group},
     }
@@ -191,15 +193,15 @@ def headless_service(dep: api.SBSDeployment) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {
-            "name": naming.engine_service(dep.name),
+            "name": child_names.engine_service(dep.name),
             "namespace": dep.namespace,
-            "labels": naming.common_labels(dep.name, naming.ENGINE),
-            "ownerReferences": [naming.owner_reference(dep)],
+            "labels": labels.common_labels(dep.name, labels.ENGINE),
+            "ownerReferences": [child_names.owner_reference(dep)],
         },
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
-            "selector": naming.engine_selector(dep.name),
+            "selector": labels.engine_selector(dep.name),
             "ports": [{"name": "http", "port": dep.spec.engine.port, "targetPort": "http"}],
         },
     }

@@ -8,25 +8,15 @@ win. A holder that cannot renew for the lease duration stops acting as leader on
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
-from sbs.operator.kubeclient import ApiError, KubeClient, collection_path
+from sbs.kube import timestamps
+from sbs.kube.client import ApiError, KubeClient, collection_path
 
 log = logging.getLogger("sbs.operator.leader")
-
-
-def _micro(now: float) -> str:
-    return dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _parse(text: str | None) -> float:
-    if not text:
-        return 0.0
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 class LeaseElector:
@@ -59,8 +49,8 @@ class LeaseElector:
         return {
             "holderIdentity": self.identity,
             "leaseDurationSeconds": self.duration_s,
-            "acquireTime": acquired or _micro(now),
-            "renewTime": _micro(now),
+            "acquireTime": acquired or timestamps.rfc3339_micro(now),
+            "renewTime": timestamps.rfc3339_micro(now),
             "leaseTransitions": transitions,
         }
 
@@ -81,7 +71,8 @@ class LeaseElector:
             return True
         spec = lease.get("spec") or {}
         holder = spec.get("holderIdentity")
-        expired = _parse(spec.get("renewTime")) + spec.get("leaseDurationSeconds", self.duration_s) < now
+        renewed = timestamps.parse(spec["renewTime"]) if spec.get("renewTime") else 0.0
+        expired = renewed + spec.get("leaseDurationSeconds", self.duration_s) < now
         if holder != self.identity and holder and not expired:
             return False
         transitions = spec.get("leaseTransitions", 0) + (0 if holder == self.identity else 1)
@@ -117,7 +108,7 @@ class LeaseElector:
             lease = await self.client.get_or_none(self.path)
             if lease and (lease.get("spec") or {}).get("holderIdentity") == self.identity:
                 lease["spec"]["holderIdentity"] = ""
-                lease["spec"]["renewTime"] = _micro(0)
+                lease["spec"]["renewTime"] = timestamps.rfc3339_micro(0)
                 await self.client.request("PUT", self.path, body=lease)
         except (ApiError, OSError) as exc:
             log.warning("lease release: %s", exc)

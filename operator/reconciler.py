@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
-from sbs.operator import api, engine_pods, naming, placement, scalers, scheduler_objects
-from sbs.operator import plan as plan_mod
-from sbs.operator import scaling_api as sapi
+from sbs.kube import labels, timestamps
+from sbs.kube.apply import needs_apply, short_hash, with_spec_hash
+from sbs.kube.client import RESOURCES, ApiError, KubeClient, collection_path, object_path
+from sbs.operator import api, child_names, engine_pods, group_plan, placement, scheduler_objects
 from sbs.operator import status as status_mod
-from sbs.operator.kubeclient import RESOURCES, ApiError, KubeClient, collection_path, object_path
+from sbs.operator.autoscaling import role_scaler_api, role_scalers
 
 log = logging.getLogger("sbs.operator")
 
@@ -48,16 +49,9 @@ def validation_problem(exc: ValidationError) -> str:
     return f"InvalidSpec: {where}: {err['msg']}"
 
 
-def with_spec_hash(obj: dict[str, Any]) -> dict[str, Any]:
-    """`obj` annotated with the hash of its own content (what tells us whether to apply again)."""
-    meta = obj["metadata"]
-    annotations = {**meta.get("annotations", {}), naming.SPEC_HASH: naming.short_hash(obj)}
-    return {**obj, "metadata": {**meta, "annotations": annotations}}
-
-
 async def _list_children(client: KubeClient, dep: api.SBSDeployment, kind: str) -> list[dict[str, Any]]:
     api_version, plural, _ = RESOURCES[kind]
-    selector = f"{naming.DEPLOYMENT}={dep.name}"
+    selector = f"{labels.DEPLOYMENT}={dep.name}"
     items = await client.list(collection_path(api_version, plural, dep.namespace), label_selector=selector)
     owned = [
         i for i in items if any(o.get("uid") == dep.uid for o in i["metadata"].get("ownerReferences", []))
@@ -74,9 +68,7 @@ async def _converge(
     for obj in map(with_spec_hash, desired):
         key = (obj["kind"], obj["metadata"]["name"])
         want.add(key)
-        current = have.get(key)
-        current_hash = ((current or {}).get("metadata", {}).get("annotations") or {}).get(naming.SPEC_HASH)
-        if current_hash != obj["metadata"]["annotations"][naming.SPEC_HASH]:
+        if needs_apply(obj, have.get(key)):
             await client.apply(obj, plural=PODGROUP_PLURAL if obj["kind"] == "PodGroup" else None)
     for key, obj in have.items():
         if key not in want:
@@ -87,7 +79,7 @@ async def _converge(
 async def _event(
     client: KubeClient, dep: api.SBSDeployment, type_: str, reason: str, message: str, now: float
 ) -> None:
-    stamp = plan_mod.iso(now)
+    stamp = timestamps.rfc3339(now)
     event = {
         "apiVersion": "v1",
         "kind": "Event",
@@ -126,11 +118,11 @@ def pod_path(pod: dict[str, Any]) -> str:
     return f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}"
 
 
-def _pods_of(pods: list[dict[str, Any]], action: plan_mod.GroupAction) -> list[dict[str, Any]]:
+def _pods_of(pods: list[dict[str, Any]], action: group_plan.GroupAction) -> list[dict[str, Any]]:
     out = []
     for p in pods:
-        labels = p["metadata"].get("labels") or {}
-        if (labels.get(naming.ROLE), labels.get(naming.GROUP), labels.get(naming.TEMPLATE_HASH)) == (
+        found = p["metadata"].get("labels") or {}
+        if (found.get(labels.ROLE), found.get(labels.GROUP), found.get(labels.TEMPLATE_HASH)) == (
             action.role, str(action.index), action.thash,
         ):  # fmt: skip
             out.append(p)
@@ -156,17 +148,17 @@ async def reconcile(
         return Result(sum(client.writes.values()) - writes_before, None, "Failed")
 
     observed_scalers = await _role_scalers(client, dep)
-    dep = scalers.effective(
-        dep, {r: scalers.desired_groups(dep, r, observed_scalers.get(r)) for r in api.ROLES}
+    dep = role_scalers.effective(
+        dep, {r: role_scalers.desired_groups(dep, r, observed_scalers.get(r)) for r in api.ROLES}
     )
     spec = dep.spec
     mode = spec.gang_scheduling.mode
     gang = mode == "Enabled" or (mode == "Auto" and gang_available)
     thashes = {r: engine_pods.template_hash(spec, r, gang, dep.uid) for r in api.ROLES}
     pods_path = collection_path("v1", "pods", namespace)
-    pods = await client.list(pods_path, label_selector=naming.selector_string(naming.engine_selector(name)))
+    pods = await client.list(pods_path, label_selector=labels.selector_string(labels.engine_selector(name)))
     pods = [p for p in pods if any(o.get("uid") == dep.uid for o in p["metadata"].get("ownerReferences", []))]
-    p = plan_mod.plan(dep, pods, thashes, now)
+    p = group_plan.plan(dep, pods, thashes, now)
 
     problem = None
     try:
@@ -192,8 +184,8 @@ async def reconcile(
 
     for action in p.drain:
         for pod in _pods_of(pods, action):
-            if (pod["metadata"].get("labels") or {}).get(naming.RANK) == "0":
-                annotations = {naming.DRAINING: "true", naming.DRAIN_SINCE: plan_mod.iso(now)}
+            if (pod["metadata"].get("labels") or {}).get(labels.RANK) == "0":
+                annotations = {labels.DRAINING: "true", labels.DRAIN_SINCE: timestamps.rfc3339(now)}
                 await client.patch(pod_path(pod), {"metadata": {"annotations": annotations}})
         what = f"{action.role} group {action.index} ({action.thash[:5]}) draining: {action.reason}"
         await _event(client, dep, "Normal", "GroupDraining", what, now)
@@ -221,7 +213,7 @@ async def reconcile(
         (
             o
             for o in observed
-            if o["kind"] == "Deployment" and o["metadata"]["name"] == naming.scheduler_name(name)
+            if o["kind"] == "Deployment" and o["metadata"]["name"] == child_names.scheduler_name(name)
         ),
         None,
     )
@@ -231,11 +223,12 @@ async def reconcile(
     )
     await _write_status(client, raw, status)
     for role in api.ROLES:
-        want = scalers.scaler_status(dep, role, spec.role(role).groups, status.role(role).ready)
+        want = role_scalers.scaler_status(dep, role, spec.role(role).groups, status.role(role).ready)
         current = observed_scalers.get(role) or {}
         if current and current.get("status") != want:
             path = object_path(
-                {**current, "apiVersion": api.API_VERSION, "kind": sapi.SCALER_KIND}, sapi.SCALER_PLURAL
+                {**current, "apiVersion": api.API_VERSION, "kind": role_scaler_api.KIND},
+                role_scaler_api.PLURAL,
             )
             await client.patch(path + "/status", {"status": want})
     requeue = p.requeue_after
@@ -245,25 +238,25 @@ async def reconcile(
 
 
 async def _converge_podgroups(
-    client: KubeClient, dep: api.SBSDeployment, pods: list[dict[str, Any]], p: plan_mod.Plan
+    client: KubeClient, dep: api.SBSDeployment, pods: list[dict[str, Any]], p: group_plan.Plan
 ) -> None:
     """One PodGroup per existing or planned group instance."""
     keys = {(a.role, a.index, a.thash) for a in p.create}
     for pod in pods:
-        labels = pod["metadata"]["labels"]
-        keys.add((labels[naming.ROLE], int(labels[naming.GROUP]), labels[naming.TEMPLATE_HASH]))
+        found = pod["metadata"]["labels"]
+        keys.add((found[labels.ROLE], int(found[labels.GROUP]), found[labels.TEMPLATE_HASH]))
     deleted = {(a.role, a.index, a.thash) for a in p.delete}
     desired = [engine_pods.pod_group(dep, *k) for k in sorted(keys - deleted)]
     provider = engine_pods.GANG[dep.spec.gang_scheduling.provider]
     path = collection_path(provider["apiVersion"], PODGROUP_PLURAL, dep.namespace)
-    items = await client.list(path, label_selector=f"{naming.DEPLOYMENT}={dep.name}")
+    items = await client.list(path, label_selector=f"{labels.DEPLOYMENT}={dep.name}")
     observed = [{**i, "kind": "PodGroup", "apiVersion": provider["apiVersion"]} for i in items]
     await _converge(client, dep, desired, observed)
 
 
 async def _placed(
-    client: KubeClient, dep: api.SBSDeployment, creates: list[plan_mod.GroupAction], gang: bool
-) -> list[tuple[plan_mod.GroupAction, list[dict[str, Any]]]]:
+    client: KubeClient, dep: api.SBSDeployment, creates: list[group_plan.GroupAction], gang: bool
+) -> list[tuple[group_plan.GroupAction, list[dict[str, Any]]]]:
     """The pods of each group to create, pinned to a topology domain that holds the whole group.
 
     Larger groups are placed first. Without permission to list nodes, or when no domain has room,
@@ -283,7 +276,7 @@ async def _placed(
                 except ApiError as exc:
                     log.warning("placement skipped (cannot list nodes and pods): %s", exc)
                     cluster = ([], [])
-            key = (r.topology_key, naming.short_hash([r.node_selector, r.tolerations]), r.gpus_per_node)
+            key = (r.topology_key, short_hash([r.node_selector, r.tolerations]), r.gpus_per_node)
             if key not in free:
                 free[key] = placement.free_slots(
                     *cluster, key=r.topology_key, selector=r.node_selector, gpus=r.gpus_per_node,
@@ -299,8 +292,8 @@ async def _placed(
 
 async def _role_scalers(client: KubeClient, dep: api.SBSDeployment) -> dict[str, dict[str, Any]]:
     """Each role's SBSRoleScaler, created when missing and kept equal to the spec for Static roles."""
-    path = collection_path(api.API_VERSION, sapi.SCALER_PLURAL, dep.namespace)
-    items = await client.list(path, label_selector=f"{naming.DEPLOYMENT}={dep.name}")
+    path = collection_path(api.API_VERSION, role_scaler_api.PLURAL, dep.namespace)
+    items = await client.list(path, label_selector=f"{labels.DEPLOYMENT}={dep.name}")
     by_role = {
         i["spec"]["role"]: i
         for i in items
@@ -311,7 +304,7 @@ async def _role_scalers(client: KubeClient, dep: api.SBSDeployment) -> dict[str,
         current = by_role.get(role)
         if current is None:
             try:
-                by_role[role] = await client.create(path, scalers.scaler(dep, role))
+                by_role[role] = await client.create(path, role_scalers.scaler(dep, role))
             except ApiError as exc:
                 if exc.status != 409:
                     raise

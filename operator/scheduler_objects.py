@@ -10,9 +10,11 @@ from typing import Any
 
 import yaml
 from pydantic import ValidationError
-from sbs.operator import api, naming
-from sbs.scheduler.core.config import SchedulerSettings
-from sbs.scheduler.service.settings import ServiceSettings, validation_message
+from sbs.kube import labels
+from sbs.kube.apply import short_hash
+from sbs.operator import api, child_names
+from sbs.settings.scheduling import SchedulerSettings
+from sbs.settings.service import ServiceSettings, validation_message
 
 CONFIG_KEY = "scheduler.yaml"
 CONFIG_DIR = "/etc/sbs"
@@ -62,17 +64,17 @@ def _meta(dep: api.SBSDeployment, name: str) -> dict[str, Any]:
     return {
         "name": name,
         "namespace": dep.namespace,
-        "labels": naming.common_labels(dep.name, naming.SCHEDULER),
-        "ownerReferences": [naming.owner_reference(dep)],
+        "labels": labels.common_labels(dep.name, labels.SCHEDULER),
+        "ownerReferences": [child_names.owner_reference(dep)],
     }
 
 
 def objects(dep: api.SBSDeployment) -> list[dict[str, Any]]:
     """ServiceAccount, Role, RoleBinding, ConfigMap, Deployment and Service of the scheduler."""
-    name = naming.scheduler_name(dep.name)
+    name = child_names.scheduler_name(dep.name)
     s = dep.spec.scheduler
     cfg = yaml.safe_dump(config(dep), sort_keys=True)
-    selector = naming.scheduler_selector(dep.name)
+    selector = labels.scheduler_selector(dep.name)
     container = {
         "name": "scheduler",
         "image": s.image,
@@ -99,9 +101,9 @@ def objects(dep: api.SBSDeployment) -> list[dict[str, Any]]:
             "selector": {"matchLabels": selector},
             "template": {
                 "metadata": {
-                    "labels": naming.common_labels(dep.name, naming.SCHEDULER),
+                    "labels": labels.common_labels(dep.name, labels.SCHEDULER),
                     # a config change restarts the scheduler
-                    "annotations": {naming.SPEC_HASH: naming.short_hash(cfg)},
+                    "annotations": {labels.SPEC_HASH: short_hash(cfg)},
                 },
                 "spec": {
                     "serviceAccountName": name,
@@ -143,4 +145,4 @@ def objects(dep: api.SBSDeployment) -> list[dict[str, Any]]:
 
 
 def endpoint(dep: api.SBSDeployment) -> str:
-    return f"http://{naming.scheduler_name(dep.name)}.{dep.namespace}.svc:{dep.spec.scheduler.port}"
+    return f"http://{child_names.scheduler_name(dep.name)}.{dep.namespace}.svc:{dep.spec.scheduler.port}"

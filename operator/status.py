@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sbs.operator import api
-from sbs.operator import plan as plan_mod
+from sbs.kube import timestamps
+from sbs.operator import api, group_plan
 
 GPU_HINTS = ("nvidia.com/gpu",)
 
@@ -25,7 +25,9 @@ def condition(
 ) -> api.Condition:
     value = "True" if status else "False"
     prev = next((c for c in existing if c.type == type_), None)
-    since = prev.last_transition_time if prev is not None and prev.status == value else plan_mod.iso(now)
+    since = (
+        prev.last_transition_time if prev is not None and prev.status == value else timestamps.rfc3339(now)
+    )
     return api.Condition(
         type=type_, status=value, reason=reason, message=message[:1024], last_transition_time=since,
         observed_generation=generation,
@@ -40,7 +42,7 @@ def scheduler_status(
     return api.SchedulerStatus(endpoint=endpoint, ready=ready, desired=desired, summary=f"{ready}/{desired}")
 
 
-def degraded_reason(p: plan_mod.Plan, problem: str | None) -> tuple[str, str] | None:
+def degraded_reason(p: group_plan.Plan, problem: str | None) -> tuple[str, str] | None:
     """(reason, message) of the most serious problem, or None."""
     if problem:
         return problem.split(":", 1)[0], problem
@@ -54,7 +56,7 @@ def degraded_reason(p: plan_mod.Plan, problem: str | None) -> tuple[str, str] | 
 
 def build(
     dep: api.SBSDeployment,
-    p: plan_mod.Plan,
+    p: group_plan.Plan,
     *,
     scheduler: api.SchedulerStatus,
     revision: str,

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-from sbs.scheduler.core import config
+from sbs.settings import scheduling
 from sbs.sim import plan as planning
 from sbs.sim import report
 from sbs.sim.capacity import nominal_prefill_tok_s
@@ -251,7 +251,7 @@ def _plan(opts: dict[str, Any]) -> None:
         if opts[flag] < 1:
             raise SimInputError(f"--{flag.replace('_', '-')} must be >= 1, got {opts[flag]}")
     try:
-        policy = config.policy_settings(opts["policy"])
+        policy = scheduling.policy_settings(opts["policy"])
     except ValueError as exc:
         raise SimInputError(f"--policy: {exc}") from None
     wl = _workload(opts)
@@ -357,11 +357,11 @@ def _arrivals(trace: Trace, spec: str, seed: int) -> Trace:
     raise SimInputError(f"--arrivals {spec}: expected trace, poisson, gamma:CV (CV > 0) or bursty:F (F > 1)")
 
 
-def _policies(names: str) -> list[config.PolicySettings]:
+def _policies(names: str) -> list[scheduling.PolicySettings]:
     out = []
     for name in [n.strip() for n in names.split(",") if n.strip()]:
         try:
-            out.append(config.policy_settings(name))
+            out.append(scheduling.policy_settings(name))
         except ValueError as exc:
             raise SimInputError(f"--policies: {exc}") from None
     if not out:

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from sbs.scheduler.core import config
+from sbs.settings import scheduling
 from sbs.sim import runner
 from sbs.sim.cluster import ClusterConfig
 from sbs.sim.loaders.lengths import LengthTable
@@ -199,7 +199,7 @@ def plan_groups(
     trace: Trace,
     cluster: ClusterConfig,
     slo: Slo,
-    policy: str | config.PolicySettings = "sbs",
+    policy: str | scheduling.PolicySettings = "sbs",
     limits: PlanLimits = PlanLimits(),
     *,
     jobs: int = 1,
@@ -215,7 +215,7 @@ def plan_groups(
         raise ValueError(f"trace {trace.name!r} has no requests to plan for")
     if type(jobs) is not int or jobs < 1:
         raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
-    pol = config.policy_settings(policy) if isinstance(policy, str) else policy
+    pol = scheduling.policy_settings(policy) if isinstance(policy, str) else policy
     with _Evaluator(trace, cluster, slo, pol, jobs, on_candidate) as ev:
         return _search(ev, trace, cluster, slo, pol, limits, jobs)
 
@@ -267,7 +267,7 @@ def _search(
     trace: Trace,
     cluster: ClusterConfig,
     slo: Slo,
-    pol: config.PolicySettings,
+    pol: scheduling.PolicySettings,
     limits: PlanLimits,
     jobs: int,
 ) -> PlanResult:
@@ -414,7 +414,7 @@ class _Evaluator:
         trace: Trace,
         cluster: ClusterConfig,
         slo: Slo,
-        policy: config.PolicySettings,
+        policy: scheduling.PolicySettings,
         jobs: int,
         on_candidate: Callable[[Candidate], None] | None,
     ) -> None:

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sbs.scheduler.core import config
+from sbs.settings import scheduling
 from sbs.sim.cluster import ClusterConfig
 from sbs.sim.simulator import Simulation
 from sbs.sim.trace import Trace
@@ -18,7 +18,7 @@ from sbs.sim.trace import Trace
 class RunSpec:
     trace: Trace
     cluster: ClusterConfig
-    policy: config.PolicySettings
+    policy: scheduling.PolicySettings
     load: float | None = None
 
 

@@ -14,19 +14,11 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sbs.scheduler.core import config
 from sbs.scheduler.core.capacity import PrefillCapacityModel
+from sbs.scheduler.core.events import LoadReported, RequestArrived, RequestFinished, StepCompleted
 from sbs.scheduler.core.scheduler import Scheduler
-from sbs.scheduler.core.types import (
-    Dispatch,
-    LoadReported,
-    Reject,
-    Request,
-    RequestArrived,
-    RequestFinished,
-    Role,
-    StepCompleted,
-)
+from sbs.scheduler.core.types import Dispatch, Reject, Request, Role
+from sbs.settings import scheduling
 from sbs.sim.cluster import ClusterConfig
 from sbs.sim.costmodel import CostModel
 from sbs.sim.engine import DecodeEngine, DecodeJob, PrefillEngine, PrefillJob
@@ -52,7 +44,7 @@ class Simulation:
         self,
         trace: Trace,
         cluster: ClusterConfig,
-        policy: config.PolicySettings,
+        policy: scheduling.PolicySettings,
         *,
         cost: CostModel | None = None,
         progress: Callable[[float], None] | None = None,
@@ -84,11 +76,13 @@ class Simulation:
         self.scheduler = Scheduler(
             self.prefill_specs,
             self.decode_specs,
-            settings=config.SchedulerSettings(policy=policy, seed=cluster.seed),
+            settings=scheduling.SchedulerSettings(policy=policy, seed=cluster.seed),
             capacity=self.capacity,
             block_tokens=trace.block_tokens,
         )
-        balance = policy.engine_balance if isinstance(policy, config.SglangPolicy) else cluster.engine_balance
+        balance = (
+            policy.engine_balance if isinstance(policy, scheduling.SglangPolicy) else cluster.engine_balance
+        )
         self.prefill = [
             PrefillEngine(
                 s,

@@ -15,8 +15,11 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import chain, repeat
 
-from sbs.scheduler.core.types import InstanceSpec, RankLoad
+from sbs.scheduler.core.capacity import PrefillCapacityModel
+from sbs.scheduler.core.events import LoadReported, StepCompleted
+from sbs.scheduler.core.types import InstanceSpec, RankLoad, RankRef, Role
 
 _LOG_LIMIT = 4096
 
@@ -70,6 +73,26 @@ class PrefillInstanceState:
         chunk = self.spec.chunk_tokens
         return {r: (min(c.remaining, chunk), float(c.done), c) for r, c in self.carries.items()}
 
+    def consume_carries(self, committed: dict[int, tuple[int, float, Carry]]) -> None:
+        """Advance the carries by the chunks a step takes from them (`committed_next()`)."""
+        for r, (tok, _, carry) in committed.items():
+            carry.remaining -= tok
+            carry.done += tok
+            if carry.remaining <= 0:
+                del self.carries[r]
+
+    def plan_carry_only(self, capacity: PrefillCapacityModel) -> float:
+        """Predict a step of nothing but the carries' next chunks, and consume them."""
+        committed = self.committed_next()
+        tokens = [0] * self.spec.dp_size
+        pairs = [0.0] * self.spec.dp_size
+        for r, (tok, done, _) in committed.items():
+            tokens[r] = tok
+            pairs[r] = PrefillCapacityModel.pairs(int(done), tok)
+        self.consume_carries(committed)
+        predicted = capacity.step_s(tokens, pairs) * self.error_ewma
+        return predicted if predicted > 0 else self.step_ewma_s
+
 
 class RankCounters:
     """Per-rank (count, tokens) counters of one role, reconciled with engine snapshots."""
@@ -122,3 +145,194 @@ class RankCounters:
         for _, rank, count, tokens in log:
             self.count[base + rank] += count
             self.tokens[base + rank] += tokens
+
+
+@dataclass(slots=True)
+class Flight:
+    """A dispatched request the scheduler still accounts for."""
+
+    prefill_instance: int
+    prefill_rank: int | None
+    prefill_tokens: int
+    decode_instance: int
+    decode_rank: int | None
+    kv_tokens: int
+    prefilled: bool = False
+
+
+@dataclass(slots=True)
+class SchedulerStats:
+    """Counters for metrics (the core never logs; callers export these)."""
+
+    releases: int = 0
+    released_requests: int = 0
+    bypass_releases: int = 0
+    forced_releases: int = 0
+    masked_ranks: int = 0
+    rejected: int = 0
+    cancelled: int = 0
+
+
+def _waiting_tokens(load: RankLoad) -> int:
+    return load.num_waiting_uncached_tokens
+
+
+def _used_tokens(load: RankLoad) -> int:
+    return load.num_used_tokens
+
+
+class ClusterState:
+    """Everything the scheduler believes about its instances, and the synchronisation that keeps it
+    honest: tier-2 step reports (`on_step`), tier-3 snapshots (`on_loads`), finished requests and
+    health. Policies read it and book their dispatches into it."""
+
+    def __init__(
+        self,
+        prefill: Sequence[InstanceSpec],
+        decode: Sequence[InstanceSpec],
+        *,
+        capacity: PrefillCapacityModel,
+        transit_s: float,
+        step_alpha: float,
+    ) -> None:
+        self.capacity = capacity
+        self.transit_s = transit_s
+        self.step_alpha = step_alpha
+        """Weight of the newest step in the step-time and prediction-error averages."""
+        self.prefill_specs = list(prefill)
+        self.decode_specs = list(decode)
+        self.prefill = RankCounters(self.prefill_specs, transit_s)
+        self.decode = RankCounters(self.decode_specs, transit_s)
+        self.instances = [
+            PrefillInstanceState(spec=s, offset=o) for s, o in zip(prefill, self.prefill.offsets, strict=True)
+        ]
+        self.decode_healthy = [True] * len(self.decode_specs)
+        self.decode_refs = [RankRef(i, r) for i, s in enumerate(self.decode_specs) for r in range(s.dp_size)]
+        self.decode_cap = [s.kv_capacity_tokens for s in self.decode_specs for _ in range(s.dp_size)]
+        self.decode_max_running = [
+            s.max_running_requests for s in self.decode_specs for _ in range(s.dp_size)
+        ]
+        self.flights: dict[int, Flight] = {}
+        self.stats = SchedulerStats()
+        self._live_cache: tuple[tuple[bool, ...], list[int]] = ((), [])
+        self._decode_live_cache: tuple[tuple[bool, ...], list[int]] = ((), [])
+
+    # -- views ------------------------------------------------------------------------------------
+
+    def unusable_side(self) -> str | None:
+        """ "decode" or "prefill" when no instance of that role is usable, else None."""
+        if not any(self.decode_healthy):
+            return "decode"
+        if not any(st.available for st in self.instances):
+            return "prefill"
+        return None
+
+    def prefill_live(self) -> list[int]:
+        """Flat indices of the usable prefill ranks (all of them when none is usable)."""
+        key = tuple(st.available for st in self.instances)
+        if self._live_cache[0] != key:
+            live = [st.offset + r for st in self.instances if st.available for r in range(st.spec.dp_size)]
+            self._live_cache = (key, live or list(range(len(self.prefill.count))))
+        return self._live_cache[1]
+
+    def decode_live(self) -> list[int]:
+        """Flat indices of the ranks of healthy decode instances (all of them when none is healthy)."""
+        key = tuple(self.decode_healthy)
+        if self._decode_live_cache[0] != key:
+            live = [i for i, ref in enumerate(self.decode_refs) if self.decode_healthy[ref.instance]]
+            self._decode_live_cache = (key, live or list(range(len(self.decode_refs))))
+        return self._decode_live_cache[1]
+
+    def decode_available(self) -> list[bool]:
+        """Per flat decode rank: its instance is healthy."""
+        healthy = zip(self.decode_healthy, self.decode_specs, strict=True)
+        return list(chain.from_iterable(repeat(ok, spec.dp_size) for ok, spec in healthy))
+
+    def prefill_ref(self, flat: int) -> RankRef:
+        for i, st in enumerate(self.instances):
+            if st.offset <= flat < st.offset + st.spec.dp_size:
+                return RankRef(i, flat - st.offset)
+        raise IndexError(flat)
+
+    # -- reports ------------------------------------------------------------------------------------
+
+    def on_step(self, ev: StepCompleted, now: float) -> None:
+        """Tier 2: a prefill step ended; correct the instance's predicted free time and averages."""
+        st = self.instances[ev.instance]
+        st.last_heard_s = now
+        st.suspect = False
+        alpha = self.step_alpha
+        st.step_ewma_s = (
+            ev.duration_s if st.step_ewma_s == 0.0 else ((1 - alpha) * st.step_ewma_s + alpha * ev.duration_s)
+        )
+        end = ev.started_s + ev.duration_s
+        if st.planned and st.planned[0][0] <= ev.started_s:
+            _, predicted = st.planned.popleft()
+            if predicted > 0:
+                ratio = min(max(ev.duration_s * st.error_ewma / predicted, 0.25), 4.0)
+                st.error_ewma = (1 - alpha) * st.error_ewma + alpha * ratio
+        for rid in ev.finished_rids:
+            flight = self.flights.get(rid)
+            if flight is None or flight.prefilled:
+                continue
+            flight.prefilled = True
+            if flight.prefill_rank is None:
+                st.unpinned_tokens -= flight.prefill_tokens
+            else:
+                self.prefill.add(
+                    flight.prefill_instance, flight.prefill_rank, -1, -flight.prefill_tokens, now, seen_at=end
+                )
+        if not ev.next_step_queued:
+            # The engine went idle. Steps sent after it ended (still in transit) will start on arrival.
+            cutoff = end - self.transit_s
+            while st.planned and st.planned[0][0] <= cutoff:
+                st.planned.popleft()
+            if not st.planned:
+                st.carries.clear()
+            st.busy_until_s = max(end, st.planned[0][0] if st.planned else end) + st.planned_total_s()
+            return
+        if not st.planned:
+            # The engine started a step nobody released (a chunked prompt continuing): predict it.
+            st.planned.append((ev.started_s, st.plan_carry_only(self.capacity)))
+        st.busy_until_s = end + st.planned_total_s()
+
+    def on_loads(self, ev: LoadReported, now: float) -> None:
+        """Tier 3: a per-rank snapshot replaces the counters (plus what it cannot have seen)."""
+        if ev.role is Role.PREFILL:
+            st = self.instances[ev.instance]
+            st.last_heard_s = now
+            self.prefill.reconcile(ev.instance, ev.snapshot_s, ev.loads, _waiting_tokens)
+            if st.suspect:
+                # Alive: re-admit it, and re-base the prediction on what the snapshot shows.
+                st.suspect = False
+                if all(load.num_waiting_reqs == 0 for load in ev.loads):
+                    st.planned.clear()
+                    st.carries.clear()
+                    st.busy_until_s = ev.snapshot_s
+                else:
+                    st.busy_until_s = max(st.busy_until_s, now + st.step_ewma_s)
+        else:
+            self.decode.reconcile(ev.instance, ev.snapshot_s, ev.loads, _used_tokens)
+
+    def on_finished(self, rid: int, now: float, at: float | None) -> None:
+        """A dispatched request ended (done, aborted, cancelled): free what it holds."""
+        flight = self.flights.pop(rid, None)
+        if flight is None:
+            return
+        if not flight.prefilled:  # aborted before its prefill completed
+            if flight.prefill_rank is None:
+                self.instances[flight.prefill_instance].unpinned_tokens -= flight.prefill_tokens
+            else:
+                self.prefill.add(
+                    flight.prefill_instance, flight.prefill_rank, -1, -flight.prefill_tokens, now, seen_at=at
+                )
+        if flight.decode_rank is not None:
+            self.decode.add(
+                flight.decode_instance, flight.decode_rank, -1, -flight.kv_tokens, now, seen_at=at
+            )
+
+    def set_health(self, role: Role, instance: int, healthy: bool) -> None:
+        if role is Role.PREFILL:
+            self.instances[instance].healthy = healthy
+        else:
+            self.decode_healthy[instance] = healthy

@@ -1,4 +1,4 @@
-"""Value types shared by the scheduling core, the simulator and (later) the service.
+"""Value types shared by the scheduling core, the simulator and the service.
 
 Everything here is a frozen dataclass: decisions are pure functions of (state, requests, now), so the
 values that flow in and out must not change under a caller's feet. Times are seconds (float) on the
@@ -8,7 +8,7 @@ caller's clock; the core never reads a clock of its own.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 class Role(enum.StrEnum):
@@ -94,31 +94,6 @@ class Reject:
 Decision = Dispatch | Reject
 
 
-# ---------------------------------------------------------------------------------------------
-# Events into the core. The caller (simulator or service) feeds these with `now`.
-
-
-@dataclass(frozen=True, slots=True)
-class RequestArrived:
-    request: Request
-
-
-@dataclass(frozen=True, slots=True)
-class StepCompleted:
-    """A prefill instance finished a forward step (tier-2 report).
-
-    `started_s`/`duration_s` are the engine's own timing of the step; `finished_rids` the requests
-    whose prefill completed in it. `next_step_queued` tells whether the engine had more work queued
-    when the step ended (it starts the next step at once if so).
-    """
-
-    instance: int
-    started_s: float
-    duration_s: float
-    finished_rids: tuple[int, ...] = ()
-    next_step_queued: bool = False
-
-
 @dataclass(frozen=True, slots=True)
 class RankLoad:
     """Per-DP-rank load snapshot, in the shape of one entry of SGLang's `GET /v1/loads`."""
@@ -129,44 +104,3 @@ class RankLoad:
     num_waiting_uncached_tokens: int
     num_used_tokens: int
     max_total_num_tokens: int
-
-
-@dataclass(frozen=True, slots=True)
-class LoadReported:
-    """Tier-3 snapshot of one instance (all its ranks), taken by the engine at `snapshot_s`."""
-
-    role: Role
-    instance: int
-    snapshot_s: float
-    loads: tuple[RankLoad, ...] = field(default_factory=tuple)
-
-
-@dataclass(frozen=True, slots=True)
-class RequestFinished:
-    """The decode side finished (or aborted) a request: its decode rank is freed.
-
-    `finished_s` is the engine's time of it when known; snapshots taken after it already exclude it.
-    """
-
-    rid: int
-    finished_s: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class EngineHealth:
-    """Health of an instance changed (failed probe, recovered)."""
-
-    role: Role
-    instance: int
-    healthy: bool
-
-
-@dataclass(frozen=True, slots=True)
-class RequestCancelled:
-    """The client gave up (deadline, disconnect): a buffered request leaves the buffer without
-    taking a batch slot; a dispatched one frees its ranks as if finished."""
-
-    rid: int
-
-
-Event = RequestArrived | StepCompleted | LoadReported | RequestFinished | EngineHealth | RequestCancelled

@@ -21,15 +21,16 @@ from typing import Any
 
 import click
 from aiohttp import web
-from sbs.scheduler.core import config
+from sbs.kube.credentials import CredentialsError
 from sbs.scheduler.service.app import make_app
-from sbs.scheduler.service.settings import (
-    ServiceSettings,
+from sbs.scheduler.service.config_file import (
     SettingsError,
     build_settings,
     parse_engine_flag,
     read_config_file,
 )
+from sbs.settings import scheduling
+from sbs.settings.service import ServiceSettings
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--port", type=int, default=None, help="Listen port (default 8000; 0 = any free port)."),
         click.option(
             "--policy",
-            type=click.Choice(config.POLICY_NAMES),
+            type=click.Choice(scheduling.POLICY_NAMES),
             default=None,
             help="Scheduling policy (default sbs).",
         ),
@@ -103,7 +104,11 @@ def run(**flags: Any) -> None:
     )
     if settings.engines.kubernetes is None and (not settings.engines.prefill or not settings.engines.decode):
         log.warning("no static prefill or decode engines configured: the service stays unready")
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except CredentialsError as exc:
+        click.echo(f"sbs-scheduler: engines.kubernetes: cannot load Kubernetes credentials: {exc}", err=True)
+        sys.exit(2)
 
 
 @main.command("config")

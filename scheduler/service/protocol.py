@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from sbs.scheduler.service import settings as service_settings
+from sbs.settings import service as service_settings
 
 GENERATE = "/generate"
 COMPLETIONS = "/v1/completions"

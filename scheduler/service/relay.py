@@ -23,7 +23,8 @@ import aiohttp
 from aiohttp import web
 from sbs.scheduler.core.types import Dispatch, Reject
 from sbs.scheduler.service import protocol, upstream
-from sbs.scheduler.service.loop import Driver, Job, Overloaded
+from sbs.scheduler.service.dispatcher import Dispatcher
+from sbs.scheduler.service.jobs import Job, Overloaded
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,8 @@ class _Redispatch(Exception):
 class Relay:
     """The upstream side of one job; `run()` returns the client's response."""
 
-    def __init__(self, driver: Driver, job: Job, request: web.Request) -> None:
-        self.driver = driver
+    def __init__(self, dispatcher: Dispatcher, job: Job, request: web.Request) -> None:
+        self.dispatcher = dispatcher
         self.job = job
         self.request = request
         self.error_reason: str | None = None
@@ -82,7 +83,7 @@ class Relay:
                 self.close()
                 failed_msg = str(r)
                 log.info("request %s: %s; sending it again", job.request_id, failed_msg)
-                if not self.driver.redispatch(job, r.engine):
+                if not self.dispatcher.redispatch(job, r.engine):
                     return self.error(
                         503,
                         f"engine failure before the prefill completed ({failed_msg}); no engine to retry on",
@@ -93,15 +94,15 @@ class Relay:
                     )
 
     async def _attempt(self, d: Dispatch) -> web.StreamResponse:
-        job, driver = self.job, self.driver
+        job, dispatcher = self.job, self.dispatcher
         pe, de = job.prefill_engine, job.decode_engine
-        assert pe is not None and de is not None and pe.spec is not None and driver.session is not None
+        assert pe is not None and de is not None and pe.spec is not None and dispatcher.session is not None
         if not pe.usable:
             raise _Redispatch(None, None)
         if not de.usable:
             raise _Redispatch(None, None)
         rid = job.request_id if job.attempts == 0 else f"{job.request_id}-{job.attempts}"
-        room = upstream.choose_room(driver.rng, pe.spec.dp_size, d.prefill_rank)
+        room = upstream.choose_room(dispatcher.rng, pe.spec.dp_size, d.prefill_rank)
         pbody, dbody = upstream.pd_bodies(
             job.body,
             rid=rid,
@@ -112,11 +113,11 @@ class Relay:
             decode_rank=d.decode_rank,
         )
         attempt = job.attempts
-        driver.prefill_sent(job, pe)
+        dispatcher.steps.prefill_sent(job, pe)
         prefill = asyncio.ensure_future(
-            upstream.call_prefill(driver.session, pe.record.url + job.endpoint, pbody, pe.key)
+            upstream.call_prefill(dispatcher.session, pe.record.url + job.endpoint, pbody, pe.key)
         )
-        prefill.add_done_callback(lambda t: driver.prefill_answered(job, pe, attempt, _ok(t)))
+        prefill.add_done_callback(lambda t: dispatcher.steps.prefill_answered(job, pe, attempt, _ok(t)))
         decode = asyncio.ensure_future(self._decode_head(de.record.url + job.endpoint, dbody, de.key))
         decode.add_done_callback(_retrieve)
         prefill.add_done_callback(_retrieve)
@@ -138,7 +139,7 @@ class Relay:
                 return self.passthrough(exc)
             if not (job.prefilled or (prefill.done() and _ok(prefill))):
                 raise _Redispatch(exc, de)
-            driver.engine_failed(de)
+            dispatcher.watcher.engine_failed(de)
             return self.error(
                 503,
                 f"decode engine failed after the prefill completed: {exc}",
@@ -164,7 +165,7 @@ class Relay:
 
     async def _decode_head(self, url: str, body: dict[str, Any], engine: str) -> Any:
         """Non-stream: (status, body, content type). Stream: (open response, first bytes)."""
-        session = self.driver.session
+        session = self.dispatcher.session
         assert session is not None
         resp = await upstream.open_decode(session, url, body, engine)
         self._decode_resp = resp
@@ -197,7 +198,7 @@ class Relay:
         return resp, first
 
     async def _relay_stream(self, resp: aiohttp.ClientResponse, first: bytes) -> web.StreamResponse:
-        job, driver = self.job, self.driver
+        job, dispatcher = self.job, self.dispatcher
         out = web.StreamResponse(
             status=200,
             headers=self.headers(**{"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}),
@@ -207,7 +208,7 @@ class Relay:
         except (ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
             raise ClientGone() from exc
         self.stream = out
-        driver.metrics.ttft.observe(driver.now() - job.arrival_s)
+        dispatcher.metrics.ttft.observe(dispatcher.now() - job.arrival_s)
         await self._write(first)
         broke: str | None = None
         relayed: dict[str, Any] | None = None
@@ -228,7 +229,7 @@ class Relay:
             broke = "decode stream ended without [DONE]"
         if broke is not None:
             assert job.decode_engine is not None
-            driver.engine_failed(job.decode_engine)
+            dispatcher.watcher.engine_failed(job.decode_engine)
             await self._stream_error(broke, code="engine_failed", type="service_unavailable", retryable=True)
             self.error_reason = "engine_failed_after_prefill"
         with contextlib.suppress(ConnectionResetError, aiohttp.ClientConnectionResetError):
@@ -258,7 +259,7 @@ class Relay:
         self.error_reason = reason
         headers = self.headers()
         if retryable or status in (429, 503):
-            headers["Retry-After"] = str(self.driver.settings.admission.retry_after_s)
+            headers["Retry-After"] = str(self.dispatcher.settings.admission.retry_after_s)
         body = protocol.error_body(message, type=type, code=code, retryable=retryable)
         return web.json_response(body, status=status, headers=headers)
 
@@ -311,27 +312,30 @@ def _ok(task: asyncio.Task[Any]) -> bool:
     return not task.cancelled() and task.exception() is None
 
 
-async def serve(driver: Driver, request: web.Request, endpoint: str) -> web.StreamResponse:
+async def serve(dispatcher: Dispatcher, request: web.Request, endpoint: str) -> web.StreamResponse:
     """The handler of the three generation endpoints."""
     request_id = request.headers.get("X-Request-Id", "")
     try:
         body = await request.json()
     except ValueError:
-        driver.metrics.rejected.labels("invalid_request").inc()
+        dispatcher.metrics.rejected.labels("invalid_request").inc()
         return _invalid(protocol.InvalidRequest("the request body is not valid JSON"), request_id)
     if not request_id and isinstance(body, dict) and isinstance(body.get("rid"), str):
         request_id = body["rid"]
-    request_id = request_id or driver.new_request_id()
+    request_id = request_id or dispatcher.new_request_id()
     try:
-        parsed = protocol.parse(endpoint, body, driver.settings.estimate)
+        parsed = protocol.parse(endpoint, body, dispatcher.settings.estimate)
         timeout = _timeout_header(request)
     except protocol.InvalidRequest as exc:
-        driver.metrics.rejected.labels("invalid_request").inc()
+        dispatcher.metrics.rejected.labels("invalid_request").inc()
         return _invalid(exc, request_id)
     try:
-        job = driver.accept(endpoint, body, parsed, request_id, timeout)
+        job = dispatcher.accept(endpoint, body, parsed, request_id, timeout)
     except Overloaded as exc:
-        headers = {"X-Request-Id": request_id, "Retry-After": str(driver.settings.admission.retry_after_s)}
+        headers = {
+            "X-Request-Id": request_id,
+            "Retry-After": str(dispatcher.settings.admission.retry_after_s),
+        }
         err = protocol.error_body(
             exc.message,
             type="rate_limit_error" if exc.status == 429 else "service_unavailable",
@@ -339,7 +343,7 @@ async def serve(driver: Driver, request: web.Request, endpoint: str) -> web.Stre
             retryable=True,
         )
         return web.json_response(err, status=exc.status, headers=headers)
-    relay = Relay(driver, job, request)
+    relay = Relay(dispatcher, job, request)
     reason: str | None = "internal_error"
     try:
         try:
@@ -358,7 +362,7 @@ async def serve(driver: Driver, request: web.Request, endpoint: str) -> web.Stre
         raise
     finally:
         relay.close()
-        driver.finish(job, reason)
+        dispatcher.finish(job, reason)
 
 
 def _timeout_header(request: web.Request) -> float | None:

@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 
 import click
 from pydantic import ValidationError
-from sbs.sim.emulator.runtime import EngineConfigError
+from sbs.sim.emulator.engine_runtime import EngineConfigError
 from sbs.sim.emulator.server import start_engine
 from sbs.sim.emulator.settings import EngineSettings, describe_error
 

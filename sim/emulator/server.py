@@ -9,8 +9,8 @@ from types import TracebackType
 
 from aiohttp import web
 from sbs.sim.emulator import bootstrap
-from sbs.sim.emulator.api import Api, worker_app
-from sbs.sim.emulator.runtime import Runtime
+from sbs.sim.emulator.engine_runtime import Runtime
+from sbs.sim.emulator.http_api import Api, worker_app
 from sbs.sim.emulator.settings import EngineSettings
 
 log = logging.getLogger(__name__)

@@ -12,25 +12,23 @@ The client functions run ``sglang_probe.py`` in that environment, one subprocess
     parse_server_args([["--model-path", "m", "--tp-size", "8"], ...]) -> [None | "argparse message", ...]
     validate_requests("chat", [{"messages": [...]}, ...]) -> [None | "why SGLang rejects it", ...]
 
-This module imports only the standard library: the Makefile and tests outside this folder load it
-directly.
+This module imports only the standard library and ``sbs.e2e.toolcache``: the Makefile loads it directly
+with the project's virtual environment (``make sglang-env``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import functools
 import hashlib
 import json
 import os
-import shutil
-import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from sbs.e2e import toolcache
 
 SGLANG_VERSION = "0.5.23"
 
@@ -154,10 +152,7 @@ class Verdict:
 
 def cache_root() -> Path:
     """`$SBS_SGLANG_CACHE`, else `$XDG_CACHE_HOME/sbs-sglang`, else `~/.cache/sbs-sglang`."""
-    if env := os.environ.get("SBS_SGLANG_CACHE"):
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "sbs-sglang"
+    return toolcache.cache_root("sglang")
 
 
 def env_key() -> str:
@@ -171,28 +166,8 @@ def _python(env: Path) -> Path:
     return env / "venv" / "bin" / "python"
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _run(cmd: Sequence[str | Path], what: str, timeout_s: float, **kwargs: Any) -> str:
-    try:
-        done = subprocess.run(
-            [str(c) for c in cmd], capture_output=True, text=True, timeout=timeout_s, check=False, **kwargs
-        )
-    except subprocess.TimeoutExpired as e:
-        raise SGLangEnvError(f"{what}: no result after {timeout_s:.0f}s") from e
-    if done.returncode != 0:
-        tail = (done.stdout + done.stderr)[-4000:]
-        raise SGLangEnvError(f"{what} failed (exit {done.returncode}):\n{tail}")
-    return done.stdout
+    return toolcache.run(cmd, what, timeout_s=timeout_s, error=SGLangEnvError, **kwargs)
 
 
 def _probe_env() -> dict[str, str]:
@@ -218,10 +193,7 @@ def _call_probe(python: Path, request: Mapping[str, Any]) -> dict[str, Any]:
     return reply
 
 
-def _build(env: Path) -> None:
-    if env.exists():
-        shutil.rmtree(env)
-    env.mkdir(parents=True)
+def _build(env: Path) -> str:
     print(f"building the SGLang {SGLANG_VERSION} contract environment in {env}", file=sys.stderr)
     # -I and cwd: the repository's operator/ folder must not shadow the standard library's module.
     _run([sys.executable, "-I", "-m", "venv", env / "venv"], "python -m venv", BUILD_TIMEOUT_S, cwd=env)
@@ -237,7 +209,7 @@ def _build(env: Path) -> None:
     info = Probe(_python(env)).info(selftest=True)
     if info["sglang"] != SGLANG_VERSION:
         raise SGLangEnvError(f"expected sglang {SGLANG_VERSION} in {env}, got {info['sglang']}")
-    (env / "complete").write_text(json.dumps(info, indent=2) + "\n")
+    return json.dumps(info, indent=2) + "\n"
 
 
 @functools.cache
@@ -246,12 +218,7 @@ def ensure_env() -> Path:
 
     Raises SGLangEnvError (with pip's output) when the build fails.
     """
-    env = cache_root() / env_key()
-    if not (env / "complete").exists():
-        with _locked(cache_root() / f"{env_key()}.lock"):
-            if not (env / "complete").exists():
-                _build(env)
-    return _python(env)
+    return _python(toolcache.stamped_build(cache_root() / env_key(), _build))
 
 
 def _verdicts(reply: Mapping[str, Any]) -> list[Verdict]:

@@ -9,7 +9,7 @@ import random
 
 import pytest
 from sbs.scheduler.service import protocol, upstream
-from sbs.scheduler.service.settings import EstimateSettings
+from sbs.settings.service import EstimateSettings
 
 from tests.contract import sglang_env
 

@@ -5,7 +5,8 @@ import subprocess
 import sys
 
 import pytest
-from sbs.e2e import binaries, cluster, kube
+from sbs.e2e import binaries, cluster
+from sbs.kube.blocking import Kube
 
 pytestmark = pytest.mark.e2e
 
@@ -24,7 +25,7 @@ def test_up_prints_a_kubeconfig_that_works_and_down_stops_every_process():
     out = sbs_e2e("up", "--name", name, "--nodes", "2")
     try:
         kubeconfig = out.strip().splitlines()[-1].removeprefix("export KUBECONFIG=")
-        client = kube.Kube.from_kubeconfig(kubeconfig)
+        client = Kube.from_kubeconfig(kubeconfig)
         assert len(client.get("/api/v1/nodes")["items"]) == 2
         assert sbs_e2e("kubeconfig", "--name", name).strip() == kubeconfig
         assert "already running" in sbs_e2e("up", "--name", name)  # idempotent

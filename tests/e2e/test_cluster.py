@@ -5,7 +5,7 @@ import time
 
 import pytest
 from sbs.e2e import cluster, nodes
-from sbs.e2e.kube import ApiError  # (the `kube` fixture shadows the module)
+from sbs.kube.blocking import ApiError
 
 pytestmark = pytest.mark.e2e
 

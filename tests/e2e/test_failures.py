@@ -5,7 +5,8 @@ import signal
 import time
 
 import pytest
-from sbs.e2e import binaries, cluster, kube
+from sbs.e2e import binaries, cluster
+from sbs.e2e.waits import WaitTimeout
 
 pytestmark = pytest.mark.e2e
 
@@ -42,7 +43,7 @@ def test_a_component_that_dies_later_is_reported_by_the_next_wait(bins):
 
 def test_a_wait_that_times_out_says_what_it_waited_for_and_shows_the_logs(bins):
     with cluster.ControlPlane(bins, cluster.ClusterSettings(node_count=1), name="slow") as plane:
-        with pytest.raises(kube.WaitTimeout) as err:
+        with pytest.raises(WaitTimeout) as err:
             plane.wait(lambda: False, "the impossible", timeout_s=0.5)
         assert "timed out after 0.5 s waiting for the impossible" in str(err.value)
         assert "--- kube-apiserver (pid" in str(err.value)

@@ -1,12 +1,16 @@
 """Certificates and kubeconfig for the local control plane."""
 
+import ast
 import ipaddress
-import tempfile
+import os
+import subprocess
+import sys
 
 import yaml
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from sbs.e2e import kube, pki
+from sbs.e2e import pki
+from sbs.kube.blocking import Kube
 
 
 def load(path):
@@ -38,16 +42,34 @@ def test_kubeconfig_round_trips_through_the_client(tmp_path):
     path.write_text(pki.kubeconfig(keys, "https://127.0.0.1:6443", name="t"))
     config = yaml.safe_load(path.read_text())
     assert config["current-context"] == "t"
-    client = kube.Kube.from_kubeconfig(path)
-    assert (client.host, client.port) == ("127.0.0.1", 6443)
+    client = Kube.from_kubeconfig(path)
+    assert client.server == "https://127.0.0.1:6443"
 
 
-def test_kubeconfig_secrets_are_not_left_on_disk(tmp_path, monkeypatch):
-    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
-    (tmp_path / "tmp").mkdir()
+def test_kubeconfig_secrets_stay_private_and_are_not_left_on_disk(tmp_path):
+    """Python's TLS reads client keys from files only: inlined kubeconfig secrets go to one private
+    directory (0700, files 0600) while the process runs, and nothing is left once it exits."""
     keys = pki.make_pki(tmp_path / "pki", service_ip="127.96.0.1")
     path = tmp_path / "kubeconfig"
     path.write_text(pki.kubeconfig(keys, "https://127.0.0.1:6443"))
-    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
-    kube.Kube.from_kubeconfig(path)
-    assert list((tmp_path / "tmp").iterdir()) == []
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    script = (
+        "import os, stat, sys; from pathlib import Path; from sbs.kube.blocking import Kube;"
+        "Kube.from_kubeconfig(sys.argv[1]); tmp = Path(sys.argv[2]);"
+        "modes = [(str(p.relative_to(tmp)), oct(stat.S_IMODE(p.stat().st_mode))) for p in tmp.rglob('*')];"
+        "print(sorted(modes))"
+    )
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(path), str(tmp)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    seen = ast.literal_eval(out)
+    dirs = [mode for name, mode in seen if "/" not in name]
+    files = [mode for name, mode in seen if "/" in name]
+    assert dirs == ["0o700"] and files and set(files) == {"0o600"}, seen
+    assert list(tmp.iterdir()) == []

@@ -7,7 +7,6 @@ import asyncio
 import collections
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -15,9 +14,12 @@ from pathlib import Path
 
 import aiohttp
 import yaml
-from sbs.e2e import cluster, kube
-from sbs.operator import api, naming, reconciler, scheduler_objects
-from sbs.operator.kubeclient import KubeClient, load_kubeconfig
+from sbs.e2e import cluster
+from sbs.e2e.procs import stop_group
+from sbs.kube import credentials, labels
+from sbs.kube.blocking import Kube
+from sbs.kube.client import KubeClient
+from sbs.operator import api, child_names, reconciler, scheduler_objects
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "manifests" / "samples" / "deepseek-v3-h800.yaml"
@@ -44,13 +46,7 @@ class Operator:
         return float("nan")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_group(self.proc, 10)
 
 
 def sample(**overrides: object) -> dict:
@@ -61,12 +57,12 @@ def sample(**overrides: object) -> dict:
     return obj
 
 
-def get_dep(k: kube.Kube, ns: str, name: str) -> dict:
+def get_dep(k: Kube, ns: str, name: str) -> dict:
     return k.get(DEPS.format(ns=ns) + f"/{name}")
 
 
 def wait_phase(
-    plane: cluster.ControlPlane, k: kube.Kube, ns: str, name: str, phase: str, timeout_s: float = 60
+    plane: cluster.ControlPlane, k: Kube, ns: str, name: str, phase: str, timeout_s: float = 60
 ) -> dict:
     def check() -> dict | None:
         obj = get_dep(k, ns, name)
@@ -78,15 +74,15 @@ def wait_phase(
     return plane.wait(check, f"{ns}/{name} phase {phase}", timeout_s)
 
 
-def engine_pods(k: kube.Kube, ns: str, name: str) -> list[dict]:
-    sel = naming.selector_string(naming.engine_selector(name))
+def engine_pods(k: Kube, ns: str, name: str) -> list[dict]:
+    sel = labels.selector_string(labels.engine_selector(name))
     return k.get(f"/api/v1/namespaces/{ns}/pods", labelSelector=sel)["items"]
 
 
 def groups_of(pods: list[dict]) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = collections.defaultdict(list)
     for p in pods:
-        out[p["metadata"]["labels"][naming.GROUP_ID]].append(p)
+        out[p["metadata"]["labels"][labels.GROUP_ID]].append(p)
     return out
 
 
@@ -99,7 +95,7 @@ def kubectl(plane: cluster.ControlPlane, *args: str) -> str:
 
 def reconcile_writes(plane: cluster.ControlPlane, ns: str, name: str) -> int:
     async def once() -> int:
-        async with KubeClient(load_kubeconfig(plane.kubeconfig)) as client:
+        async with KubeClient(await credentials.from_kubeconfig(plane.kubeconfig)) as client:
             now = time.time()  # noqa: TID251 (the test is the IO edge)
             result = await reconciler.reconcile(client, ns, name, now, gang_available=False)
             assert result is not None
@@ -108,7 +104,7 @@ def reconcile_writes(plane: cluster.ControlPlane, ns: str, name: str) -> int:
     return asyncio.run(once())
 
 
-def delete_and_wait_gone(plane: cluster.ControlPlane, k: kube.Kube, ns: str, name: str) -> None:
+def delete_and_wait_gone(plane: cluster.ControlPlane, k: Kube, ns: str, name: str) -> None:
     k.delete(DEPS.format(ns=ns) + f"/{name}")
     plane.wait(lambda: not engine_pods(k, ns, name), f"{ns}/{name} engine pods garbage-collected", 60)
 
@@ -128,11 +124,11 @@ def engine_command(pod: dict) -> list[str]:
 
 
 def start_scheduler(
-    plane: cluster.ControlPlane, k: kube.Kube, namespace: str, name: str, port: int, tmp_path: Path
+    plane: cluster.ControlPlane, k: Kube, namespace: str, name: str, port: int, tmp_path: Path
 ) -> subprocess.Popen:
     """`sbs-scheduler run` with the config the operator put in the deployment's ConfigMap, listening
     on `127.0.0.1:port` and watching the engines through `plane`'s API server."""
-    cm = k.get(f"/api/v1/namespaces/{namespace}/configmaps/{naming.scheduler_name(name)}")
+    cm = k.get(f"/api/v1/namespaces/{namespace}/configmaps/{child_names.scheduler_name(name)}")
     cfg = yaml.safe_load(cm["data"][scheduler_objects.CONFIG_KEY])
     cfg.update(host="127.0.0.1", port=port)
     cfg["engines"]["kubernetes"]["kubeconfig"] = str(plane.kubeconfig)

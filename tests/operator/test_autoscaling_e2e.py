@@ -9,8 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
-from sbs.e2e import agent, cluster, kube
-from sbs.operator import naming
+from sbs.e2e import agent, cluster
+from sbs.kube import labels
+from sbs.kube.blocking import Kube
 
 from tests.operator.live import DEPS, Operator, engine_command, kubectl, sample, start_scheduler, wait_phase
 
@@ -27,12 +28,12 @@ def small(prefill_owner: str = "Static", decode_owner: str = "Static") -> dict:
     return obj
 
 
-def role_status(k: kube.Kube, ns: str, role: str) -> dict:
+def role_status(k: Kube, ns: str, role: str) -> dict:
     return (k.get(DEPS.format(ns=ns) + "/deepseek-v3").get("status") or {}).get(role) or {}
 
 
 def test_role_scale_targets_follow_their_owner_and_hpa_drives_an_external_role(
-    control_plane: cluster.ControlPlane, kube: kube.Kube, namespace: str, operator: Callable[..., Operator]
+    control_plane: cluster.ControlPlane, kube: Kube, namespace: str, operator: Callable[..., Operator]
 ) -> None:
     operator()
     kube.create(DEPS.format(ns=namespace), small(prefill_owner="External"))
@@ -97,14 +98,14 @@ async def _burst(url: str, n: int, prompt_tokens: int) -> list[int]:
 
 def test_policy_scales_prefill_up_on_a_burst_within_budget_and_down_after_quiet(
     control_plane: cluster.ControlPlane,
-    kube: kube.Kube,
+    kube: Kube,
     namespace: str,
     operator: Callable[..., Operator],
     node_agent: Callable[..., agent.NodeAgent],
     tmp_path: Path,
 ) -> None:
     operator()
-    node_agent(selector=f"{naming.COMPONENT}={naming.ENGINE}", command=engine_command, port_name="http")
+    node_agent(selector=f"{labels.COMPONENT}={labels.ENGINE}", command=engine_command, port_name="http")
     port = cluster.free_port()
     obj = small("External", "External")
     obj["metadata"]["labels"] = {"sbs.dev/autoscale": namespace}

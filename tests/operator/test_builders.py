@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 import yaml
-from sbs.operator import api, engine_pods, naming, scheduler_objects
-from sbs.scheduler.core.config import POLICY_NAMES, SchedulerSettings
-from sbs.scheduler.service.engines import engine_from_pod
-from sbs.scheduler.service.settings import ServiceSettings
+from sbs.kube import labels
+from sbs.operator import api, child_names, engine_pods, scheduler_objects
+from sbs.scheduler.service.kube_discovery import engine_from_pod
+from sbs.settings.scheduling import POLICY_NAMES, SchedulerSettings
+from sbs.settings.service import ServiceSettings
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = yaml.safe_load((REPO / "manifests" / "samples" / "deepseek-v3-h800.yaml").read_text())
@@ -79,28 +80,28 @@ def test_a_group_has_one_pod_per_node_leader_first(dep, role):
     for index in range(groups):
         pods = pods_of(dep, role, index)
         assert len(pods) == nodes
-        ranks = [p["metadata"]["labels"][naming.RANK] for p in pods]
+        ranks = [p["metadata"]["labels"][labels.RANK] for p in pods]
         assert ranks == [str(r) for r in range(nodes)]
-        leaders = [p["metadata"]["labels"][naming.LEADER] for p in pods]
+        leaders = [p["metadata"]["labels"][labels.LEADER] for p in pods]
         assert leaders == ["true"] + ["false"] * (nodes - 1)
-        assert {p["metadata"]["labels"][naming.GROUP] for p in pods} == {str(index)}
-        assert {p["metadata"]["labels"][naming.ROLE] for p in pods} == {role}
+        assert {p["metadata"]["labels"][labels.GROUP] for p in pods} == {str(index)}
+        assert {p["metadata"]["labels"][labels.ROLE] for p in pods} == {role}
 
 
 def test_prefill_leader_announces_bootstrap_port_and_dp_size(dep):
     leader, *workers = pods_of(dep, "prefill")
     assert leader["metadata"]["annotations"] == {
-        naming.BOOTSTRAP_PORT: "8998",
-        naming.SGLANG_BOOTSTRAP_PORT: "8998",
-        naming.DP_SIZE: "32",
-        naming.ENGINE_PORT: "30000",
+        labels.BOOTSTRAP_PORT: "8998",
+        labels.SGLANG_BOOTSTRAP_PORT: "8998",
+        labels.DP_SIZE: "32",
+        labels.ENGINE_PORT: "30000",
     }
     assert all("annotations" not in p["metadata"] for p in workers)
 
 
 def test_decode_leader_has_dp_size_but_no_bootstrap_port(dep):
     leader, *workers = pods_of(dep, "decode")
-    assert leader["metadata"]["annotations"] == {naming.DP_SIZE: "72", naming.ENGINE_PORT: "30000"}
+    assert leader["metadata"]["annotations"] == {labels.DP_SIZE: "72", labels.ENGINE_PORT: "30000"}
     assert all("annotations" not in p["metadata"] for p in workers)
 
 
@@ -150,15 +151,15 @@ def test_rdma_count_zero_requests_no_rdma():
 @pytest.mark.parametrize("role", api.ROLES)
 def test_pods_select_h800_nodes_and_pack_a_group_into_one_topology_domain(dep, role):
     pods = pods_of(dep, role, 1)
-    gid = pods[0]["metadata"]["labels"][naming.GROUP_ID]
+    gid = pods[0]["metadata"]["labels"][labels.GROUP_ID]
     assert gid.startswith(f"deepseek-v3-{role}-1-")
     for pod in pods:
         assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H800"}
-        assert pod["metadata"]["labels"][naming.GROUP_ID] == gid
+        assert pod["metadata"]["labels"][labels.GROUP_ID] == gid
         terms = pod["spec"]["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
         assert terms == [
             {
-                "labelSelector": {"matchLabels": {naming.GROUP_ID: gid}},
+                "labelSelector": {"matchLabels": {labels.GROUP_ID: gid}},
                 "topologyKey": "network.topology.kubernetes.io/block",
             }
         ]
@@ -272,7 +273,7 @@ def hashes(dep: api.SBSDeployment) -> dict[str, str]:
 
 
 def test_serving_revision_is_shared_by_both_roles(dep):
-    revisions = {p["metadata"]["labels"][naming.REVISION] for p in all_pods(dep)}
+    revisions = {p["metadata"]["labels"][labels.REVISION] for p in all_pods(dep)}
     assert revisions == {engine_pods.serving_revision(dep.spec)}
 
 
@@ -346,7 +347,7 @@ def test_every_object_is_owned_by_the_deployment_and_in_its_namespace(dep):
                 "blockOwnerDeletion": True,
             }
         ], meta["name"]
-        assert meta["labels"][naming.DEPLOYMENT] == "deepseek-v3"
+        assert meta["labels"][labels.DEPLOYMENT] == "deepseek-v3"
 
 
 def test_builders_are_deterministic(dep):
@@ -420,7 +421,7 @@ def test_a_config_change_restarts_the_scheduler(dep):
     a, b = by_kind(dep)["Deployment"], by_kind(new)["Deployment"]
     for key in template:
         a, b = a[key], b[key]
-    assert a[naming.SPEC_HASH] != b[naming.SPEC_HASH]
+    assert a[labels.SPEC_HASH] != b[labels.SPEC_HASH]
 
 
 @pytest.mark.parametrize(
@@ -451,7 +452,7 @@ def test_pod_group_needs_the_whole_group(dep, role):
     thash = engine_pods.template_hash(dep.spec, role, True)
     pg = engine_pods.pod_group(dep, role, 1, thash)
     pods = engine_pods.group_pods(dep, role, 1, thash, gang=True)
-    gid = pods[0]["metadata"]["labels"][naming.GROUP_ID]
+    gid = pods[0]["metadata"]["labels"][labels.GROUP_ID]
     assert pg["apiVersion"] == "scheduling.x-k8s.io/v1alpha1" and pg["kind"] == "PodGroup"
     assert pg["metadata"]["name"] == gid
     assert pg["spec"] == {"minMember": EXPECTED[role][0]}
@@ -469,7 +470,7 @@ def test_without_gang_pods_use_the_default_scheduler(dep):
 def test_volcano_gang_uses_the_group_name_annotation_and_a_custom_scheduler_name():
     dep = make_deployment(gangScheduling={"provider": "volcano", "schedulerName": "my-volcano"})
     pods = pods_of(dep, "decode", gang=True)
-    gid = pods[0]["metadata"]["labels"][naming.GROUP_ID]
+    gid = pods[0]["metadata"]["labels"][labels.GROUP_ID]
     for pod in pods:
         assert pod["spec"]["schedulerName"] == "my-volcano"
         assert pod["metadata"]["annotations"]["scheduling.k8s.io/group-name"] == gid
@@ -481,4 +482,6 @@ def test_a_recreated_deployment_never_reuses_its_predecessors_pod_names(dep):
     first = engine_pods.template_hash(dep.spec, "prefill", False, "uid-1")
     second = engine_pods.template_hash(dep.spec, "prefill", False, "uid-2")
     assert first != second
-    assert naming.pod_name("d", "prefill", 0, first, 0) != naming.pod_name("d", "prefill", 0, second, 0)
+    assert child_names.pod_name("d", "prefill", 0, first, 0) != child_names.pod_name(
+        "d", "prefill", 0, second, 0
+    )

@@ -11,8 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
-from sbs.e2e import agent, cluster, kube
-from sbs.operator import naming
+from sbs.e2e import agent, cluster
+from sbs.kube import labels
+from sbs.kube.blocking import Kube
 from sbs.sim.loaders import azure
 
 from tests.operator.live import (
@@ -31,14 +32,14 @@ from tests.operator.live import (
 
 def test_trace_slice_through_operator_deployed_scheduler_and_emulated_engines(
     control_plane: cluster.ControlPlane,
-    kube: kube.Kube,
+    kube: Kube,
     namespace: str,
     operator: Callable[..., Operator],
     node_agent: Callable[..., agent.NodeAgent],
     tmp_path: Path,
 ) -> None:
     operator()
-    node_agent(selector=f"{naming.COMPONENT}={naming.ENGINE}", command=engine_command, port_name="http")
+    node_agent(selector=f"{labels.COMPONENT}={labels.ENGINE}", command=engine_command, port_name="http")
     obj = sample()
     obj["spec"]["prefill"].update(groups=2, nodesPerGroup=2, chunkedPrefillSize=32768)
     obj["spec"]["decode"].update(groups=1, nodesPerGroup=2)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 from pydantic import ValidationError
-from sbs.e2e.kube import ApiError
+from sbs.kube.blocking import ApiError
 from sbs.operator import api, engine_pods
 
 REPO = Path(__file__).resolve().parents[2]

@@ -10,8 +10,9 @@ import copy
 import time
 from collections.abc import Callable
 
-from sbs.e2e import cluster, kube
-from sbs.operator import naming
+from sbs.e2e import cluster
+from sbs.kube import labels
+from sbs.kube.blocking import Kube
 
 from tests.operator.live import (
     DEPS,
@@ -28,7 +29,7 @@ from tests.operator.live import (
 
 
 def test_sample_becomes_ready_packed_per_topology_domain_and_idempotent(
-    control_plane: cluster.ControlPlane, kube: kube.Kube, namespace: str, operator: Callable[..., Operator]
+    control_plane: cluster.ControlPlane, kube: Kube, namespace: str, operator: Callable[..., Operator]
 ) -> None:
     op = operator()
     obj = sample()
@@ -57,9 +58,9 @@ def test_sample_becomes_ready_packed_per_topology_domain_and_idempotent(
             for p in members
         }
         assert len(blocks) == 1, f"{gid} spans {blocks}"
-        leader = next(p for p in members if p["metadata"]["labels"][naming.RANK] == "0")
-        assert leader["metadata"]["labels"][naming.LEADER] == "true"
-        assert leader["metadata"]["annotations"][naming.DP_SIZE] in ("32", "72")
+        leader = next(p for p in members if p["metadata"]["labels"][labels.RANK] == "0")
+        assert leader["metadata"]["labels"][labels.LEADER] == "true"
+        assert leader["metadata"]["annotations"][labels.DP_SIZE] in ("32", "72")
     assert len({p["spec"]["nodeName"] for p in pods}) == 34  # one engine pod per node
 
     # converged: a reconcile makes zero writes, and the running operator leaves the object alone
@@ -72,7 +73,7 @@ def test_sample_becomes_ready_packed_per_topology_domain_and_idempotent(
 
     # deletion leaves nothing behind
     delete_and_wait_gone(control_plane, kube, namespace, "deepseek-v3")
-    sel = f"{naming.DEPLOYMENT}=deepseek-v3"
+    sel = f"{labels.DEPLOYMENT}=deepseek-v3"
     for path in ("/api/v1/namespaces/{ns}/services", "/api/v1/namespaces/{ns}/configmaps",
                  "/apis/apps/v1/namespaces/{ns}/deployments", "/api/v1/namespaces/{ns}/serviceaccounts",
                  "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles",
@@ -86,7 +87,7 @@ def test_sample_becomes_ready_packed_per_topology_domain_and_idempotent(
 
 
 def test_pod_loss_recreates_exactly_its_group_and_image_change_rolls_group_by_group(
-    control_plane: cluster.ControlPlane, kube: kube.Kube, namespace: str, operator: Callable[..., Operator]
+    control_plane: cluster.ControlPlane, kube: Kube, namespace: str, operator: Callable[..., Operator]
 ) -> None:
     op = operator()
     kube.create(DEPS.format(ns=namespace), sample())
@@ -101,7 +102,7 @@ def test_pod_loss_recreates_exactly_its_group_and_image_change_rolls_group_by_gr
     pod = next(
         p
         for p in engine_pods(kube, namespace, "deepseek-v3")
-        if p["metadata"]["labels"][naming.GROUP_ID] == victim
+        if p["metadata"]["labels"][labels.GROUP_ID] == victim
     )
     kube.delete(f"/api/v1/namespaces/{namespace}/pods/{pod['metadata']['name']}")
     control_plane.wait(
@@ -124,7 +125,7 @@ def test_pod_loss_recreates_exactly_its_group_and_image_change_rolls_group_by_gr
 
     # image change: groups are replaced one at a time per role (maxSurge 1, maxUnavailable 0)
     old_hashes = {
-        p["metadata"]["labels"][naming.TEMPLATE_HASH] for p in engine_pods(kube, namespace, "deepseek-v3")
+        p["metadata"]["labels"][labels.TEMPLATE_HASH] for p in engine_pods(kube, namespace, "deepseek-v3")
     }
     kube.patch(
         DEPS.format(ns=namespace) + "/deepseek-v3", {"spec": {"engine": {"image": "lmsysorg/sglang:v0.5.24"}}}
@@ -138,7 +139,7 @@ def test_pod_loss_recreates_exactly_its_group_and_image_change_rolls_group_by_gr
         for role, desired in (("prefill", 4), ("decode", 2)):
             mine = [g for g in groups if f"-{role}-" in g]
             new = sum(
-                1 for g in mine if groups[g][0]["metadata"]["labels"][naming.TEMPLATE_HASH] not in old_hashes
+                1 for g in mine if groups[g][0]["metadata"]["labels"][labels.TEMPLATE_HASH] not in old_hashes
             )
             state = (round(time.monotonic() - t0, 1), role, len(mine) - new, new)
             if not sequence or [s[1:] for s in sequence if s[1] == role][-1:] != [state[1:]]:
@@ -150,7 +151,7 @@ def test_pod_loss_recreates_exactly_its_group_and_image_change_rolls_group_by_gr
             st.get("phase") == "Ready"
             and st.get("observedGeneration") == obj["metadata"]["generation"]
             and all(
-                p["metadata"]["labels"][naming.TEMPLATE_HASH] not in old_hashes
+                p["metadata"]["labels"][labels.TEMPLATE_HASH] not in old_hashes
                 for p in engine_pods(kube, namespace, "deepseek-v3")
             )
         ):
@@ -168,7 +169,7 @@ def test_pod_loss_recreates_exactly_its_group_and_image_change_rolls_group_by_gr
 
 
 def test_more_gpus_than_exist_reports_insufficient_gpus(
-    control_plane: cluster.ControlPlane, kube: kube.Kube, namespace: str, operator: Callable[..., Operator]
+    control_plane: cluster.ControlPlane, kube: Kube, namespace: str, operator: Callable[..., Operator]
 ) -> None:
     operator()
     obj = sample()
@@ -183,7 +184,7 @@ def test_more_gpus_than_exist_reports_insufficient_gpus(
 
 
 def test_twenty_deployments_reconcile_concurrently(
-    control_plane: cluster.ControlPlane, kube: kube.Kube, namespace: str, operator: Callable[..., Operator]
+    control_plane: cluster.ControlPlane, kube: Kube, namespace: str, operator: Callable[..., Operator]
 ) -> None:
     op = operator("--workers", "8")
     base = sample()
@@ -209,7 +210,7 @@ def test_twenty_deployments_reconcile_concurrently(
         kube.delete(DEPS.format(ns=namespace) + f"/m{i:02d}")
     control_plane.wait(
         lambda: (
-            not kube.get(f"/api/v1/namespaces/{namespace}/pods", labelSelector=f"{naming.COMPONENT}=engine")[
+            not kube.get(f"/api/v1/namespaces/{namespace}/pods", labelSelector=f"{labels.COMPONENT}=engine")[
                 "items"
             ]
         ),
@@ -219,7 +220,7 @@ def test_twenty_deployments_reconcile_concurrently(
 
 
 def test_only_the_lease_holder_reconciles_and_a_standby_takes_over(
-    control_plane: cluster.ControlPlane, kube: kube.Kube, namespace: str, operator: Callable[..., Operator]
+    control_plane: cluster.ControlPlane, kube: Kube, namespace: str, operator: Callable[..., Operator]
 ) -> None:
     import json
     import socket
@@ -274,7 +275,7 @@ PODGROUP_CRD = {
 
 
 def test_gang_scheduling_creates_a_podgroup_per_group_when_the_crd_exists(
-    control_plane: cluster.ControlPlane, kube: kube.Kube, namespace: str, operator: Callable[..., Operator]
+    control_plane: cluster.ControlPlane, kube: Kube, namespace: str, operator: Callable[..., Operator]
 ) -> None:
     crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
     kube.create(crds, PODGROUP_CRD)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -13,8 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from sbs.e2e import cluster, kube
-from sbs.operator import api, naming
+from sbs.e2e import cluster
+from sbs.e2e.procs import stop_group
+from sbs.e2e.waits import wait_until
+from sbs.kube import labels
+from sbs.kube.blocking import Kube
+from sbs.operator import api
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
@@ -39,7 +42,7 @@ def kubectl(
 
 
 def service_account_kubeconfig(
-    plane: cluster.ControlPlane, k: kube.Kube, path: Path, *, namespace: str, name: str
+    plane: cluster.ControlPlane, k: Kube, path: Path, *, namespace: str, name: str
 ) -> Path:
     """A kubeconfig holding a TokenRequest token of `namespace/name` (1 hour), nothing else."""
     review = k.create(
@@ -81,22 +84,16 @@ class OperatorProcess:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_group(self.proc, 10)
 
 
-def get_dep(k: kube.Kube, ns: str, name: str) -> dict[str, Any]:
+def get_dep(k: Kube, ns: str, name: str) -> dict[str, Any]:
     return k.get(DEPS.format(ns=ns) + f"/{name}")
 
 
 def wait_dep(
     plane: cluster.ControlPlane,
-    k: kube.Kube,
+    k: Kube,
     ns: str,
     name: str,
     predicate: Callable[[dict[str, Any]], bool],
@@ -110,7 +107,7 @@ def wait_dep(
         obj = get_dep(k, ns, name)
         return obj if predicate(obj) else None
 
-    return kube.wait_until(check, timeout_s, f"{ns}/{name}: {what}", check=plane.check, interval_s=interval_s)
+    return wait_until(check, timeout_s, f"{ns}/{name}: {what}", check=plane.check, interval_s=interval_s)
 
 
 def phase_is(phase: str) -> Callable[[dict[str, Any]], bool]:
@@ -121,7 +118,7 @@ def phase_is(phase: str) -> Callable[[dict[str, Any]], bool]:
     return pred
 
 
-def delete_deployment(plane: cluster.ControlPlane, k: kube.Kube, ns: str, name: str) -> None:
+def delete_deployment(plane: cluster.ControlPlane, k: Kube, ns: str, name: str) -> None:
     """Delete an SBSDeployment and its engine pods now (the garbage collector would take up to
     half a minute for the pods), so the next test finds every node free."""
     k.delete(DEPS.format(ns=ns) + f"/{name}", missing_ok=True)
@@ -129,12 +126,12 @@ def delete_deployment(plane: cluster.ControlPlane, k: kube.Kube, ns: str, name: 
     plane.wait(lambda: engine_pods_gone(k, ns, name), f"{ns}/{name}: engine pods gone")
 
 
-def engine_pods_gone(k: kube.Kube, ns: str, name: str) -> bool:
+def engine_pods_gone(k: Kube, ns: str, name: str) -> bool:
     return not k.get(f"/api/v1/namespaces/{ns}/pods", labelSelector=engine_selector(name))["items"]
 
 
 def engine_selector(name: str) -> str:
-    return naming.selector_string(naming.engine_selector(name))
+    return labels.selector_string(labels.engine_selector(name))
 
 
 def as_fixture(obj: dict[str, Any]) -> dict[str, Any]:

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
 ENTRY_POINTS = ("sbs-operator", "sbs-scheduler", "sbs-engine", "sbs-sim")
 """What the image is for (the operator, the scheduler, the engine emulator; the simulator too)."""
-MODULES = ("sbs.operator.runtime", "sbs.scheduler.service.app", "sbs.sim.emulator.server", "sbs.sim.cli")
+MODULES = ("sbs.operator.handlers", "sbs.scheduler.service.app", "sbs.sim.emulator.server", "sbs.sim.cli")
 """Imported in the installed environment: `--help` alone imports little (click commands are lazy)."""
 
 
@@ -76,7 +76,9 @@ def test_two_stages_non_root_runtime_with_oci_labels(parsed: dockerfile.Dockerfi
 def test_dockerignore_sends_only_what_the_wheel_needs() -> None:
     files = dockerfile.context_files(REPO, (REPO / ".dockerignore").read_text())
     tops = {f.split("/")[0] for f in files}
-    assert tops == {"pyproject.toml", "README.md", "scheduler", "sim", "operator", "bench", "e2e"}
+    assert tops == {
+        "pyproject.toml", "README.md", "settings", "kube", "scheduler", "sim", "operator", "bench", "e2e"
+    }  # fmt: skip
     assert not [f for f in files if "__pycache__" in f or f.endswith(".pyc")]
     # every package folder that pyproject maps is in the context
     dirs = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]

@@ -8,7 +8,7 @@ import re
 import prometheus_client
 import pytest
 from prometheus_client.registry import CollectorRegistry
-from sbs.operator import runtime  # registers the operator's metrics in the default registry
+from sbs.operator import work_queue  # registers the operator's metrics in the default registry
 from sbs.scheduler.service import metrics
 
 from tests.packaging import live
@@ -59,7 +59,7 @@ def exported() -> dict[str, set[str]]:
     )
     found = series(m.registry)
     found.update(series(prometheus_client.REGISTRY))
-    assert runtime.DEPLOYMENT_PHASE  # imported for its registration
+    assert work_queue.DEPLOYMENT_PHASE  # imported for its registration
     return found
 
 

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from sbs.e2e import cluster, kube
-from sbs.e2e import kube as kube_mod
+from sbs.e2e import cluster
+from sbs.e2e.waits import WaitTimeout
+from sbs.kube.blocking import Kube
 
 from tests.packaging import health, live
 
@@ -105,7 +106,7 @@ def sa_kubeconfig(
 
 
 def test_apply_k_installs_the_base_and_a_second_apply_changes_nothing(
-    control_plane: cluster.ControlPlane, kube: kube.Kube, installed: str
+    control_plane: cluster.ControlPlane, kube: Kube, installed: str
 ) -> None:
     first = {line.rsplit(" ", 1)[0]: line.rsplit(" ", 1)[1] for line in installed.splitlines()}
     for obj in (
@@ -136,7 +137,7 @@ def test_apply_k_installs_the_base_and_a_second_apply_changes_nothing(
     assert pod["spec"]["containers"][0]["image"] == "ghcr.io/sbs-project/sbs:dev"
 
 
-def _allowed(k: kube.Kube, verb: str, group: str, resource: str, namespace: str) -> bool:
+def _allowed(k: Kube, verb: str, group: str, resource: str, namespace: str) -> bool:
     resource, _, sub = resource.partition("/")
     attrs = {"verb": verb, "group": group, "resource": resource, "subresource": sub}
     if namespace:
@@ -152,7 +153,7 @@ def _allowed(k: kube.Kube, verb: str, group: str, resource: str, namespace: str)
 
 
 def test_service_account_may_do_everything_the_operator_does(
-    kube: kube.Kube, installed: str, namespace: str
+    kube: Kube, installed: str, namespace: str
 ) -> None:
     denied = [need for need in NEEDS if not _allowed(kube, *need[:3], need[3].replace("*ns*", namespace))]
     assert not denied, denied
@@ -191,7 +192,7 @@ def test_service_account_token_is_forbidden_cluster_admin_actions(
 
 
 def test_operator_under_its_service_account_brings_the_sample_to_ready_without_drift(
-    control_plane: cluster.ControlPlane, kube: kube.Kube, sa_kubeconfig: Path, namespace: str, tmp_path: Path
+    control_plane: cluster.ControlPlane, kube: Kube, sa_kubeconfig: Path, namespace: str, tmp_path: Path
 ) -> None:
     op = live.OperatorProcess(sa_kubeconfig, tmp_path / "operator.log", "--lease-namespace", live.OPERATOR_NS)
     samples = str(live.MANIFESTS / "samples")
@@ -200,7 +201,7 @@ def test_operator_under_its_service_account_brings_the_sample_to_ready_without_d
         assert out.strip() == f"sbsdeployment.sbs.dev/{NAME} created"
         try:
             ready = live.wait_dep(control_plane, kube, namespace, NAME, live.phase_is("Ready"), "Ready", 60)
-        except kube_mod.WaitTimeout as exc:
+        except WaitTimeout as exc:
             raise AssertionError(f"{exc}\noperator log:\n{op.log()[-4000:]}") from None
         assert health.argo_health(ready)[0] == "Healthy"
         assert health.kstatus(ready)[0] == "Current"

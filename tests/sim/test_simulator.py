@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 import pytest
-from sbs.scheduler.core import config
-from sbs.scheduler.core.types import RequestArrived
+from sbs.scheduler.core.events import RequestArrived
+from sbs.settings import scheduling
 from sbs.sim.capacity import nominal_prefill_tok_s
 from sbs.sim.cluster import PRESETS
 from sbs.sim.costmodel import CostModel
@@ -19,7 +19,7 @@ CLUSTER = PRESETS["small"]
 COST = CostModel()
 REQUESTS = 300
 SLO = {"slo_ttft_s": 2.0, "slo_tpot_s": 0.1}
-BASELINES = tuple(p for p in config.POLICY_NAMES if p != "sbs")
+BASELINES = tuple(p for p in scheduling.POLICY_NAMES if p != "sbs")
 
 # A mix of short and long prompts (some longer than a rank's 8192-token chunk).
 MIX: Trace = build_trace("mix", [0.0] * 6, [300, 1200, 2500, 4000, 9000, 600], [40, 120, 60, 200, 30, 80])
@@ -33,7 +33,7 @@ def workload(load: float, seed: int = 7) -> Trace:
 
 
 def simulate(trace: Trace, policy: str) -> SimResult:
-    return Simulation(trace, CLUSTER, config.policy_settings(policy), cost=COST).run()
+    return Simulation(trace, CLUSTER, scheduling.policy_settings(policy), cost=COST).run()
 
 
 @pytest.fixture(scope="module")
@@ -43,17 +43,17 @@ def half_load() -> Trace:
 
 @pytest.fixture(scope="module")
 def runs(half_load: Trace) -> dict[str, SimResult]:
-    return {p: simulate(half_load, p) for p in config.POLICY_NAMES}
+    return {p: simulate(half_load, p) for p in scheduling.POLICY_NAMES}
 
 
-@pytest.mark.parametrize("policy", config.POLICY_NAMES)
+@pytest.mark.parametrize("policy", scheduling.POLICY_NAMES)
 def test_every_request_completes(policy: str, runs: dict[str, SimResult], half_load: Trace) -> None:
     summary = runs[policy].recorder.summary(**SLO)
     assert summary["completed"] == len(half_load)
     assert summary["dropped"] == 0
 
 
-@pytest.mark.parametrize("policy", config.POLICY_NAMES)
+@pytest.mark.parametrize("policy", scheduling.POLICY_NAMES)
 def test_request_timeline_is_ordered(policy: str, runs: dict[str, SimResult]) -> None:
     rec = runs[policy].recorder
     assert not np.isnan(rec.finished).any()
@@ -79,7 +79,7 @@ def test_same_inputs_give_the_same_run(policy: str, runs: dict[str, SimResult], 
 
 
 def test_sbs_holds_a_request_only_when_no_instance_is_idle(half_load: Trace) -> None:
-    sim = Simulation(half_load, CLUSTER, config.SbsPolicy(), cost=COST)
+    sim = Simulation(half_load, CLUSTER, scheduling.SbsPolicy(), cost=COST)
     sched = sim.scheduler
     idle_at_arrival: dict[int, bool] = {}
     handle = sched.handle
@@ -107,12 +107,12 @@ def test_sbs_uses_bypass_and_staggered_releases(runs: dict[str, SimResult], half
 def test_sbs_never_needs_the_max_hold_guard_at_half_load(runs: dict[str, SimResult]) -> None:
     rec = runs["sbs"].recorder
     assert runs["sbs"].scheduler_stats["forced_releases"] == 0
-    assert float(np.max(rec.dispatched - rec.arrival)) < config.BatchingSettings().max_hold_s
+    assert float(np.max(rec.dispatched - rec.arrival)) < scheduling.BatchingSettings().max_hold_s
 
 
 def test_sbs_matches_best_baseline_ttft_at_very_low_load() -> None:
     trace = workload(0.05, seed=3)
-    ttft = {p: simulate(trace, p).recorder.summary(**SLO)["ttft_mean_s"] for p in config.POLICY_NAMES}
+    ttft = {p: simulate(trace, p).recorder.summary(**SLO)["ttft_mean_s"] for p in scheduling.POLICY_NAMES}
     best = min(ttft[p] for p in BASELINES)
     assert not math.isnan(ttft["sbs"])
     assert ttft["sbs"] <= 1.10 * best, ttft
@@ -124,7 +124,7 @@ def test_trace_that_overflows_decode_kv_is_refused() -> None:
     cap = COST.kv_capacity_tokens_per_rank(ep_size=CLUSTER.decode.dp_size)
     trace = build_trace("huge", [0.0], [cap], [10])
     with pytest.raises(ClusterConfigError, match=f"holds {cap} KV tokens.*needing {cap + 10}"):
-        Simulation(trace, CLUSTER, config.SbsPolicy(), cost=COST)
+        Simulation(trace, CLUSTER, scheduling.SbsPolicy(), cost=COST)
 
 
 def conversations(turns: int = 4, users: int = 40, gap_s: float = 0.4) -> Trace:

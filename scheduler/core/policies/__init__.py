@@ -1,23 +1,27 @@
-"""Immediate-dispatch rank pickers, one per module behind one protocol, and their factory.
+"""The scheduling policies, one module each, behind the `Policy` protocol (`base`).
 
-Each picker chooses one DP rank (a flat index) among the live ones for a request that is dispatched
-the moment it arrives; `load[i]` is the scheduler's outstanding-token count of rank i (in-flight
-accounting corrected by engine snapshots). SBS itself and SGLang's in-engine balancing are not rank
-pickers: the scheduler implements those.
+- `sbs`: Staggered Batch Scheduling (its timing rules in `sbs_timing`);
+- `immediate`: immediate dispatch over a rank picker per leg, one module per picker:
+  `round_robin`, `random_choice`, `least_load`, `power_of_two`;
+- `sglang`: immediate dispatch to an instance, the engine's own DP balancer picking the rank.
 """
 
 from __future__ import annotations
 
 import random
 
-from sbs.scheduler.core import config
-from sbs.scheduler.core.policies.base import RankPicker
+from sbs.scheduler.core.policies.base import Policy, RankPicker
+from sbs.scheduler.core.policies.immediate import ImmediateDispatch
 from sbs.scheduler.core.policies.least_load import LeastLoad
 from sbs.scheduler.core.policies.power_of_two import PowerOfTwo
 from sbs.scheduler.core.policies.random_choice import RandomChoice
 from sbs.scheduler.core.policies.round_robin import RoundRobin
+from sbs.scheduler.core.policies.sbs import StaggeredBatching
+from sbs.scheduler.core.policies.sglang import EngineBalanced
+from sbs.scheduler.core.state import ClusterState
+from sbs.settings import scheduling
 
-__all__ = ["PICKERS", "RankPicker", "make_picker"]
+__all__ = ["PICKERS", "Policy", "RankPicker", "make_picker", "make_policy", "step_alpha"]
 
 PICKERS: dict[str, type] = {
     "round_robin": RoundRobin,
@@ -27,9 +31,29 @@ PICKERS: dict[str, type] = {
 }
 
 
-def make_picker(policy: config.PolicySettings, rng: random.Random) -> RankPicker:
+def make_picker(policy: scheduling.PolicySettings, rng: random.Random) -> RankPicker:
     """The picker for an immediate policy; other policies are refused with the valid names."""
     cls = PICKERS.get(policy.type)
     if cls is None:
         raise ValueError(f"policy {policy.type!r} has no rank picker; pickers: {', '.join(PICKERS)}")
     return cls(rng)
+
+
+def step_alpha(settings: scheduling.SchedulerSettings) -> float:
+    """Weight of the newest step in the step-time averages (SBS's setting; 0.2 for the baselines)."""
+    p = settings.policy
+    return p.batching.ewma_alpha if isinstance(p, scheduling.SbsPolicy) else 0.2
+
+
+def make_policy(
+    settings: scheduling.SchedulerSettings, state: ClusterState, *, block_tokens: int | None
+) -> Policy:
+    """The policy `settings.policy` names, over `state`."""
+    p = settings.policy
+    if isinstance(p, scheduling.SbsPolicy):
+        overrun = settings.sync.suspect_overrun
+        return StaggeredBatching(state, p, block_tokens=block_tokens, suspect_overrun=overrun)
+    if isinstance(p, scheduling.SglangPolicy):
+        return EngineBalanced(state)
+    rng = random.Random(settings.seed)  # prefill and decode legs are picked independently
+    return ImmediateDispatch(state, make_picker(p, rng), make_picker(p, rng))

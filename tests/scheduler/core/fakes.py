@@ -13,21 +13,11 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from sbs.scheduler.core import config
 from sbs.scheduler.core.capacity import PrefillCapacityModel
+from sbs.scheduler.core.events import Event, RequestArrived, RequestFinished, StepCompleted
 from sbs.scheduler.core.scheduler import Scheduler
-from sbs.scheduler.core.types import (
-    Decision,
-    Dispatch,
-    Event,
-    InstanceSpec,
-    Reject,
-    Request,
-    RequestArrived,
-    RequestFinished,
-    Role,
-    StepCompleted,
-)
+from sbs.scheduler.core.types import Decision, Dispatch, InstanceSpec, Reject, Request, Role
+from sbs.settings import scheduling
 
 CHUNK = 1000
 RANKS = 4
@@ -56,11 +46,13 @@ def make_scheduler(
     **batching: float | bool,
 ) -> Scheduler:
     """A scheduler over `prefill` instances of 4 ranks × 1000 tokens and `decode` instances of 4 ranks."""
-    pol = config.policy_settings(policy)
+    pol = scheduling.policy_settings(policy)
     if batching:
-        assert isinstance(pol, config.SbsPolicy), "batching settings only apply to sbs"
-        pol = config.SbsPolicy(batching=config.BatchingSettings(**batching))
-    settings = config.SchedulerSettings(policy=pol, sync=config.SyncSettings(transit_s=transit_s), seed=seed)
+        assert isinstance(pol, scheduling.SbsPolicy), "batching settings only apply to sbs"
+        pol = scheduling.SbsPolicy(batching=scheduling.BatchingSettings(**batching))
+    settings = scheduling.SchedulerSettings(
+        policy=pol, sync=scheduling.SyncSettings(transit_s=transit_s), seed=seed
+    )
     return Scheduler(
         prefill_specs(prefill), decode_specs(decode, kv=decode_kv), settings=settings, capacity=CAPACITY
     )

@@ -11,17 +11,14 @@ from collections import Counter
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sbs.scheduler.core.types import (
-    Dispatch,
+from sbs.scheduler.core.events import (
     EngineHealth,
     LoadReported,
-    RankLoad,
-    Reject,
     RequestCancelled,
     RequestFinished,
-    Role,
     StepCompleted,
 )
+from sbs.scheduler.core.types import Dispatch, RankLoad, Reject, Role
 
 from tests.scheduler.core.fakes import (
     CAPACITY,

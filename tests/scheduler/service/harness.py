@@ -17,9 +17,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from sbs.scheduler.service import upstream
-from sbs.scheduler.service.app import DRIVER, make_app
-from sbs.scheduler.service.loop import Driver
-from sbs.scheduler.service.settings import build_settings
+from sbs.scheduler.service.app import DISPATCHER, make_app
+from sbs.scheduler.service.config_file import build_settings
+from sbs.scheduler.service.dispatcher import Dispatcher
 from sbs.sim.emulator import EngineSettings, RunningEngine, start_engine
 
 TIME_FACTOR = 0.02
@@ -83,7 +83,7 @@ def engine_entries(cluster: Cluster, revisions: list[str] | None = None) -> dict
 @dataclass
 class Service:
     url: str
-    driver: Driver
+    dispatcher: Dispatcher
     runner: web.AppRunner
     client: aiohttp.ClientSession
 
@@ -104,19 +104,19 @@ class Service:
             return r.status, data, r.headers
 
     def metric(self, name: str, **labels: str) -> float:
-        return self.driver.metrics.registry.get_sample_value(name, labels) or 0.0
+        return self.dispatcher.metrics.registry.get_sample_value(name, labels) or 0.0
 
     def total(self, name: str) -> float:
         """Sum of all samples of `name` over every label set."""
         out = 0.0
-        for family in self.driver.metrics.registry.collect():
+        for family in self.dispatcher.metrics.registry.collect():
             out += sum(s.value for s in family.samples if s.name == name)
         return out
 
     async def settled(self, timeout_s: float = 5.0) -> None:
         """Wait until no request is outstanding."""
         async with asyncio.timeout(timeout_s):
-            while self.driver.jobs:
+            while self.dispatcher.jobs:
                 await asyncio.sleep(0.005)
 
     async def assert_accounted(self) -> None:
@@ -155,10 +155,10 @@ async def start_service(
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = runner.addresses[0][1]
-    svc = Service(f"http://127.0.0.1:{port}", app[DRIVER], runner, aiohttp.ClientSession())
+    svc = Service(f"http://127.0.0.1:{port}", app[DISPATCHER], runner, aiohttp.ClientSession())
     try:
         async with asyncio.timeout(5):
-            while not svc.driver.ready():
+            while not svc.dispatcher.ready():
                 await asyncio.sleep(0.01)
     except BaseException:
         await svc.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sbs.scheduler.service import openapi
 from sbs.scheduler.service.app import make_app
 from sbs.scheduler.service.metrics import Metrics
-from sbs.scheduler.service.settings import ServiceSettings
+from sbs.settings.service import ServiceSettings
 
 
 def test_openapi_describes_exactly_the_routes_served() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from sbs.scheduler.service import protocol
-from sbs.scheduler.service.settings import EstimateSettings
+from sbs.settings.service import EstimateSettings
 
 EST = EstimateSettings()
 

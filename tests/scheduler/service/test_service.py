@@ -13,11 +13,12 @@ from dataclasses import replace
 
 import aiohttp
 import pytest
-from sbs.scheduler.core import config
-from sbs.scheduler.core.types import LoadReported, Role
+from sbs.scheduler.core.events import LoadReported
+from sbs.scheduler.core.types import Role
 from sbs.scheduler.service import cli, openapi, upstream
-from sbs.scheduler.service import engines as eng
-from sbs.scheduler.service.settings import build_settings
+from sbs.scheduler.service.config_file import build_settings
+from sbs.scheduler.service.discovery import ChangeKind, EngineChange
+from sbs.settings import scheduling
 
 from tests.scheduler.service.harness import (
     Cluster,
@@ -76,7 +77,7 @@ async def test_streams_relay_the_decode_side_to_the_end(service: Service) -> Non
     events = sse_events(text)
     assert status == 200 and events[-1] == "[DONE]"
     assert json.loads(events[-2])["meta_info"]["completion_tokens"] == 6  # cumulative, as SGLang streams
-    assert service.driver.metrics.ttft.collect()[0].samples  # observed
+    assert service.dispatcher.metrics.ttft.collect()[0].samples  # observed
     assert service.metric("sbs_ttft_seconds_count") == 2
     await service.assert_accounted()
 
@@ -123,7 +124,7 @@ async def test_the_sglang_baseline_leaves_ranks_to_the_engines(
         await svc.close()
 
 
-@pytest.mark.parametrize("policy", config.POLICY_NAMES)
+@pytest.mark.parametrize("policy", scheduling.POLICY_NAMES)
 async def test_every_policy_serves_a_burst(cluster: Cluster, policy: str) -> None:
     svc = await start_service(cluster, policy=policy)
     try:
@@ -144,14 +145,14 @@ async def test_load_polls_reach_the_core_per_rank(
     service: Service, cluster: Cluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: list[LoadReported] = []
-    feed = service.driver.feed
+    feed = service.dispatcher.feed
 
     def spy(pool, event):
         if isinstance(event, LoadReported):
             seen.append(event)
         return feed(pool, event)
 
-    monkeypatch.setattr(service.driver, "feed", spy)
+    monkeypatch.setattr(service.dispatcher, "feed", spy)
     running = [
         asyncio.ensure_future(service.post("/generate", {**GEN, "sampling_params": {"max_new_tokens": LONG}}))
         for _ in range(3)
@@ -170,7 +171,7 @@ async def test_load_polls_reach_the_core_per_rank(
             (Role.DECODE, 0),
         }
         assert all(len(e.loads) == (8 if e.role is Role.DECODE else 4) for e in seen)
-        pool = service.driver.pools["static"]
+        pool = service.dispatcher.pools.by_revision["static"]
         assert sum(pool.core.decode.count) == 3  # reconciled with the snapshot, not double counted
     finally:
         for t in running:
@@ -210,7 +211,7 @@ async def test_outstanding_limit_answers_429(cluster: Cluster) -> None:
     running = [asyncio.ensure_future(svc.post("/generate", long)) for _ in range(2)]
     try:
         async with asyncio.timeout(2):
-            while len(svc.driver.jobs) < 2:
+            while len(svc.dispatcher.jobs) < 2:
                 await asyncio.sleep(0.005)
         status, body, headers = await svc.post("/generate", GEN)
         assert status == 429 and body["error"]["code"] == "too_many_outstanding" and "Retry-After" in headers
@@ -251,7 +252,7 @@ async def test_client_disconnect_closes_both_upstream_requests(service: Service,
         resp.close()  # the client goes away mid-stream
     decode = cluster.decode[0].runtime
     async with asyncio.timeout(2):
-        while decode.reqs or service.driver.jobs:
+        while decode.reqs or service.dispatcher.jobs:
             await asyncio.sleep(0.01)
     await service.assert_accounted()
     assert service.metric("sbs_requests_errored_total", endpoint="/generate", reason="client_disconnect") == 1
@@ -304,7 +305,7 @@ async def test_decode_killed_after_prefill_is_an_explicit_retryable_error(
     long = {**GEN, "sampling_params": {"max_new_tokens": LONG}}
     pending = asyncio.ensure_future(service.post("/generate", long))
     async with asyncio.timeout(2):
-        while not any(j.prefilled for j in service.driver.jobs.values()):
+        while not any(j.prefilled for j in service.dispatcher.jobs.values()):
             await asyncio.sleep(0.002)
     await cluster.decode[0].close()
     status, body, headers = await pending
@@ -346,7 +347,7 @@ async def test_no_usable_engines_is_503_not_accepted(service: Service, cluster: 
     for e in cluster.prefill:
         await e.close()
     async with asyncio.timeout(3):
-        while service.driver.ready():
+        while service.dispatcher.ready():
             await asyncio.sleep(0.01)
     async with service.client.get(service.url + "/readyz") as r:
         assert r.status == 503
@@ -360,23 +361,23 @@ async def test_draining_engine_gets_no_new_requests_while_its_own_finish(
     service: Service, cluster: Cluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rec = Recorder(monkeypatch)
-    driver = service.driver
+    dispatcher = service.dispatcher
     long = {**GEN, "sampling_params": {"max_new_tokens": 200}}
     first = asyncio.ensure_future(service.post("/generate", long, headers={"X-Request-Id": "before"}))
     async with asyncio.timeout(2):
         while "before" not in rec.prefill_urls:
             await asyncio.sleep(0.002)
     drained = next(
-        e for e in driver.registry.engines.values() if rec.prefill_urls["before"].startswith(e.record.url)
+        e for e in dispatcher.registry.engines.values() if rec.prefill_urls["before"].startswith(e.record.url)
     )
-    driver.apply_change(eng.EngineChange(eng.ChangeKind.UPDATE, replace(drained.record, draining=True)))
+    dispatcher.watcher.apply_change(EngineChange(ChangeKind.UPDATE, replace(drained.record, draining=True)))
     results = await asyncio.gather(
         *(service.post("/generate", GEN, headers={"X-Request-Id": f"after-{i}"}) for i in range(6))
     )
     assert [s for s, _, _ in results] == [200] * 6
     assert not any(rec.prefill_urls[f"after-{i}"].startswith(drained.record.url) for i in range(6))
     assert (await first)[0] == 200  # the in-flight request on the draining engine finished
-    assert {e.engine: e.state for e in driver.snapshot().engines}[drained.key] == "draining"
+    assert {e.engine: e.state for e in dispatcher.snapshot().engines}[drained.key] == "draining"
     await service.assert_accounted()
 
 
@@ -385,7 +386,7 @@ async def test_prefill_and_decode_pair_only_within_a_revision(monkeypatch: pytes
     rec = Recorder(monkeypatch)
     svc = await start_service(cluster, revisions=["a", "b"])
     try:
-        assert sorted(svc.driver.pools) == ["a", "b"]
+        assert sorted(svc.dispatcher.pools.by_revision) == ["a", "b"]
         results = await asyncio.gather(
             *(svc.post("/generate", GEN, headers={"X-Request-Id": f"r{i}"}) for i in range(10))
         )
@@ -496,7 +497,7 @@ async def test_engines_without_v1_loads_are_read_from_metrics(
             while not {"prefill-0", "prefill-1", "decode-0"} <= set(scraped):
                 await asyncio.sleep(0.01)
         assert (await svc.post("/generate", GEN))[0] == 200
-        assert {e.engine: e.state for e in svc.driver.snapshot().engines} == {
+        assert {e.engine: e.state for e in svc.dispatcher.snapshot().engines} == {
             "prefill-0": "usable",
             "prefill-1": "usable",
             "decode-0": "usable",
@@ -512,7 +513,7 @@ async def test_a_non_stream_client_that_gives_up_cancels_upstream(service: Servi
             await client.post(service.url + "/generate", json=body)
     decode = cluster.decode[0].runtime
     async with asyncio.timeout(2):
-        while decode.reqs or service.driver.jobs:
+        while decode.reqs or service.dispatcher.jobs:
             await asyncio.sleep(0.01)
     await service.assert_accounted()
     assert service.metric("sbs_requests_errored_total", endpoint="/generate", reason="client_disconnect") == 1

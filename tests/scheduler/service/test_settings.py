@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from sbs.scheduler.core import config
 from sbs.scheduler.service import cli
-from sbs.scheduler.service.settings import (
-    ServiceSettings,
+from sbs.scheduler.service.config_file import (
     SettingsError,
     build_settings,
     parse_engine_flag,
     read_config_file,
 )
+from sbs.settings import scheduling
+from sbs.settings.service import ServiceSettings
 
 
 def test_defaults_are_valid_and_run_sbs() -> None:
@@ -34,7 +34,7 @@ def test_yaml_file_embeds_the_core_settings(tmp_path: Path) -> None:
     )
     s = build_settings(read_config_file(path))
     assert s.port == 9000
-    assert isinstance(s.scheduler.policy, config.SbsPolicy)
+    assert isinstance(s.scheduler.policy, scheduling.SbsPolicy)
     assert s.scheduler.policy.batching.max_hold_s == 2.5
     assert s.engines.decode[0].url == "http://d0:30000"
 

@@ -1,0 +1,53 @@
+"""Immediate dispatch over rank pickers (the `round_robin`, `random`, `least_load` and
+`power_of_two` baselines, all DP-rank aware like SMG's `--dp-aware`): every request is dispatched the
+moment it arrives, its prefill and its decode leg each to the rank its picker chooses; the engines
+queue what they cannot start."""
+
+from __future__ import annotations
+
+from sbs.scheduler.core.policies.base import RankPicker
+from sbs.scheduler.core.state import ClusterState, Flight
+from sbs.scheduler.core.types import Decision, Dispatch, Reject, Request
+
+
+def refuse_without_engines(state: ClusterState, req: Request) -> Reject | None:
+    """An immediate dispatcher never sends to an unusable engine: with no usable prefill or decode
+    instance the request is rejected at once, retryable."""
+    side = state.unusable_side()
+    if side is None:
+        return None
+    state.stats.rejected += 1
+    return Reject(req.rid, f"no healthy {side} instance", retryable=True)
+
+
+class ImmediateDispatch:
+    """Each leg goes to its picker's rank among the live ones, by outstanding tokens."""
+
+    def __init__(self, state: ClusterState, prefill_picker: RankPicker, decode_picker: RankPicker) -> None:
+        self.state = state
+        self.buffer: dict[int, Request] = {}
+        self._prefill_picker = prefill_picker
+        self._decode_picker = decode_picker
+
+    def arrive(self, req: Request, now: float) -> list[Decision]:
+        st = self.state
+        if (refused := refuse_without_engines(st, req)) is not None:
+            return [refused]
+        kv = req.prompt_tokens + 1
+        pref = st.prefill_ref(self._prefill_picker.pick(st.prefill_live(), st.prefill.tokens))
+        dref = st.decode_refs[self._decode_picker.pick(st.decode_live(), st.decode.tokens)]
+        st.prefill.add(pref.instance, pref.rank, 1, req.prompt_tokens, now)
+        st.decode.add(dref.instance, dref.rank, 1, kv, now)
+        st.flights[req.rid] = Flight(
+            pref.instance, pref.rank, req.prompt_tokens, dref.instance, dref.rank, kv
+        )
+        return [Dispatch(req.rid, pref.instance, pref.rank, dref.instance, dref.rank, "immediate")]
+
+    def cancel(self, rid: int) -> bool:
+        return False
+
+    def tick(self, now: float) -> list[Decision]:
+        return []
+
+    def next_deadline(self) -> float | None:
+        return None

@@ -1,0 +1,395 @@
+"""The dispatcher: accepted requests fed to the sans-IO cores, and the cores' decisions applied.
+
+It feeds each pool's core (`pools`) the events the simulator feeds (`sim/simulator.py`):
+`RequestArrived` when a request is accepted (or sent again after an engine failure),
+`RequestFinished`/`RequestCancelled` when it ends, and `None` (the passage of time) from a single
+timer task sleeping until the earliest `next_deadline()`. Load reports and engine health come from
+`engine_watch`, inferred prefill steps from `step_inference`. Every call happens on the event loop
+with `now` from the loop's monotonic clock, so the core's decisions are applied at once and in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+import uuid
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import aiohttp
+from sbs.scheduler.core.events import Event, RequestArrived, RequestCancelled, RequestFinished
+from sbs.scheduler.core.types import Decision, Dispatch, Request, Role
+from sbs.scheduler.service import metrics as svc_metrics
+from sbs.scheduler.service import protocol
+from sbs.scheduler.service.discovery import EngineSource
+from sbs.scheduler.service.engine_registry import Engine, Registry
+from sbs.scheduler.service.engine_watch import EngineWatcher
+from sbs.scheduler.service.jobs import Job, JobState, Overloaded
+from sbs.scheduler.service.pools import Pool, Pools
+from sbs.scheduler.service.step_inference import StepInference
+from sbs.settings.service import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+_TIMER_FLOOR_S = 0.0005
+_TIMER_BACKOFF_MAX_S = 0.05
+
+
+class Dispatcher:
+    """Admission, the cores' inputs and outputs, and the timer; the request handlers call into it."""
+
+    def __init__(self, settings: ServiceSettings, metrics: svc_metrics.Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.registry = Registry()
+        self.pools = Pools(self)
+        self.watcher = EngineWatcher(self)
+        self.steps = StepInference(self)
+        self.jobs: dict[int, Job] = {}
+        self.rng = random.Random()
+        self.session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._next_rid = 0
+        self._buffered = 0
+        self._inbox: deque[tuple[Pool, Event | None]] = deque()
+        self._feeding = False
+        self._wake = asyncio.Event()
+        self._timer_at = math.inf
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._last_release_s: float | None = None
+        metrics.attach(self.snapshot)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def new_request_id(self) -> str:
+        return uuid.uuid4().hex
+
+    def now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    def call_later(self, delay_s: float, callback: Callable[..., None], *args: Any) -> None:
+        assert self._loop is not None
+        self._loop.call_later(delay_s, callback, *args)
+
+    def wake(self) -> None:
+        """Let the timer look at the cores' deadlines again."""
+        self._wake.set()
+
+    async def start(self, sources: Iterable[EngineSource]) -> None:
+        self._loop = asyncio.get_running_loop()
+        adm = self.settings.admission
+        self.session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(
+                total=None, connect=adm.connect_timeout_s, sock_connect=adm.connect_timeout_s
+            ),
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=60),
+            raise_for_status=False,
+        )
+        self._spawn(self._timer())
+        for source in sources:
+            self._spawn(self.watcher.follow(source))
+
+    async def close(self) -> None:
+        tasks = list(self._tasks) + [e.poller for e in self.registry.engines.values() if e.poller]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.session is not None:
+            await self.session.close()
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._reap)
+        return task
+
+    def _reap(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
+
+    # -- readiness and admission ------------------------------------------------------------------
+
+    def ready(self) -> bool:
+        """At least one prefill and one decode of the same revision are usable."""
+        return self.pools.ready()
+
+    def accept(
+        self,
+        endpoint: str,
+        body: dict[str, Any],
+        parsed: protocol.Parsed,
+        request_id: str,
+        timeout_s: float | None,
+    ) -> Job:
+        """Admit a request (raises `Overloaded`) and hand it to a core."""
+        adm = self.settings.admission
+        if len(self.jobs) >= adm.max_outstanding_requests:
+            self._refuse("too_many_outstanding")
+            raise Overloaded(
+                "too_many_outstanding", 429, f"{len(self.jobs)} requests outstanding; retry later"
+            )
+        if self._buffered >= adm.max_buffered_requests:
+            self._refuse("buffer_full")
+            raise Overloaded(
+                "buffer_full", 429, f"the scheduler's buffer is full ({self._buffered} requests)"
+            )
+        pool = self.pools.choose()
+        if pool is None:
+            self._refuse("not_ready")
+            raise Overloaded("not_ready", 503, "no usable prefill and decode engines of one revision")
+        now = self.now()
+        self._next_rid += 1
+        limit = adm.request_timeout_s if timeout_s is None else min(timeout_s, adm.request_timeout_s)
+        assert self._loop is not None
+        job = Job(
+            rid=self._next_rid,
+            request_id=request_id,
+            endpoint=endpoint,
+            body=body,
+            parsed=parsed,
+            request=Request(self._next_rid, now, parsed.prompt_tokens, parsed.output_tokens, parsed.hash_ids),
+            arrival_s=now,
+            deadline_s=now + limit,
+            pool=pool,
+            generation=pool.generation,
+            decision=self._loop.create_future(),
+        )
+        self.jobs[job.rid] = job
+        pool.outstanding += 1
+        self._buffered += 1
+        self.metrics.accepted.labels(endpoint).inc()
+        self.metrics.prompt_tokens.observe(parsed.prompt_tokens)  # the workload's shape, for sizing
+        self.metrics.output_tokens.observe(parsed.output_tokens)
+        self._gauges()
+        self.feed(pool, RequestArrived(job.request))
+        return job
+
+    def _refuse(self, reason: str) -> None:
+        self.metrics.rejected.labels(reason).inc()
+
+    def _gauges(self) -> None:
+        self.metrics.buffered.set(self._buffered)
+        self.metrics.outstanding.set(len(self.jobs))
+
+    # -- the cores ------------------------------------------------------------------------------
+
+    def feed(self, pool: Pool, event: Event | None) -> None:
+        """Hand one event to a pool's core and apply its decisions (re-entrant calls are queued)."""
+        self._inbox.append((pool, event))
+        if self._feeding:
+            return
+        self._feeding = True
+        try:
+            while self._inbox:
+                p, ev = self._inbox.popleft()
+                if not self.pools.current(p):
+                    continue  # the pool was retired meanwhile
+                now = self.now()
+                decisions = p.core.handle(ev, now)
+                if decisions:
+                    self._apply(p, decisions, now)
+                dl = p.core.next_deadline()
+                if dl is not None and dl < self._timer_at:
+                    self._wake.set()
+        finally:
+            self._feeding = False
+
+    def _apply(self, pool: Pool, decisions: list[Decision], now: float) -> None:
+        batches: Counter[int] = Counter()
+        for d in decisions:
+            job = self.jobs.get(d.rid)
+            current = job is not None and job.state is JobState.BUFFERED and job.pool is pool
+            if isinstance(d, Dispatch):
+                if not current or job is None or job.generation != pool.generation:
+                    # Cancelled while buffered (deadline, disconnect): free what the core just booked.
+                    self._inbox.append((pool, RequestFinished(d.rid, now)))
+                    continue
+                batches[d.prefill_instance] += 1
+                self._set_state(job, JobState.DISPATCHED)
+                job.dispatch = d
+                job.prefill_engine = pool.prefill[d.prefill_instance]
+                job.decode_engine = pool.decode[d.decode_instance]
+                job.prefilled = False
+                job.dispatched_s = now
+                if job.attempts == 0:
+                    self.metrics.queue_wait.observe(now - job.arrival_s)
+                self.metrics.dispatched.labels(d.reason or "unknown").inc()
+                if not job.decision.done():
+                    job.decision.set_result(d)
+            elif current and job is not None and not job.decision.done():
+                job.decision.set_result(d)
+        for n in batches.values():
+            self.metrics.batch_size.observe(n)
+        if batches:
+            if self._last_release_s is not None:
+                self.metrics.dispatch_interval.observe(now - self._last_release_s)
+            self._last_release_s = now
+            pool.last_release_s = now
+
+    def _set_state(self, job: Job, state: JobState) -> None:
+        if job.state is JobState.BUFFERED:
+            self._buffered -= 1
+        if state is JobState.BUFFERED:
+            self._buffered += 1
+        job.state = state
+        self._gauges()
+
+    async def _timer(self) -> None:
+        """Sleep until the earliest core deadline (or a wake-up), then let the due cores act."""
+        backoff = _TIMER_FLOOR_S
+        while True:
+            now = self.now()
+            progressed = False
+            pools = self.pools.by_revision
+            for pool in list(pools.values()):
+                dl = pool.core.next_deadline()
+                if dl is not None and dl <= now:
+                    before = pool.last_release_s
+                    self.feed(pool, None)
+                    progressed |= pool.last_release_s != before or pool.core.next_deadline() != dl
+            deadlines = [dl for p in pools.values() if (dl := p.core.next_deadline()) is not None]
+            nxt = min(deadlines, default=math.inf)
+            # A deadline that stays in the past without progress backs off instead of spinning.
+            backoff = _TIMER_FLOOR_S if progressed or nxt > now else min(backoff * 2, _TIMER_BACKOFF_MAX_S)
+            self._timer_at = nxt
+            self._wake.clear()
+            if nxt == math.inf:
+                await self._wake.wait()
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(nxt - self.now(), backoff)):
+                    await self._wake.wait()
+
+    # -- request lifecycle (called by the relay) -----------------------------------------------
+
+    def redispatch(self, job: Job, failed: Engine | None) -> bool:
+        """Send `job` again after its engines failed before its prefill completed; False when it
+        may not (attempts used up, or no usable pool)."""
+        if failed is not None:
+            self.watcher.engine_failed(failed)
+        if job.generation == job.pool.generation:
+            self.feed(job.pool, RequestFinished(job.rid, self.now()))
+        if job.attempts >= self.settings.admission.max_redispatches:
+            return False
+        pool = job.pool if job.pool.usable() and self.pools.current(job.pool) else self.pools.choose()
+        if pool is None:
+            return False
+        job.attempts += 1
+        if failed is not None:
+            self.metrics.redispatched.labels(failed.role.value).inc()
+        else:
+            self.metrics.redispatched.labels("none").inc()
+        self.move(job, pool)
+        assert self._loop is not None
+        job.decision = self._loop.create_future()
+        self._set_state(job, JobState.BUFFERED)
+        self.feed(pool, RequestArrived(job.request))
+        return True
+
+    def move(self, job: Job, pool: Pool) -> None:
+        """Account `job` to `pool` (its current generation)."""
+        if job.pool is not pool:
+            job.pool.outstanding -= 1
+            pool.outstanding += 1
+            job.pool = pool
+        job.generation = pool.generation
+
+    def finish(self, job: Job, error_reason: str | None) -> None:
+        """`job` ended: completed (`error_reason` None) or errored. Exactly once per accepted job."""
+        if job.state is JobState.DONE:
+            return
+        was = job.state
+        self._set_state(job, JobState.DONE)
+        self.jobs.pop(job.rid, None)
+        job.pool.outstanding -= 1
+        if not job.decision.done():
+            job.decision.cancel()
+        if was is JobState.DISPATCHED and job.generation == job.pool.generation:
+            self.feed(job.pool, RequestFinished(job.rid, self.now()))
+        elif was is JobState.BUFFERED and job.generation == job.pool.generation:
+            self.feed(job.pool, RequestCancelled(job.rid))  # leaves the buffer: no batch slot taken
+        elapsed = self.now() - job.arrival_s
+        if error_reason is None:
+            self.metrics.completed.labels(job.endpoint).inc()
+            self.metrics.e2e.labels("completed").observe(elapsed)
+        else:
+            self.metrics.errored.labels(job.endpoint, error_reason).inc()
+            self.metrics.e2e.labels("errored").observe(elapsed)
+        self._gauges()
+
+    # -- state for metrics and /engines ---------------------------------------------------------------
+
+    def snapshot(self) -> svc_metrics.StateSnapshot:
+        ranks: list[svc_metrics.RankRow] = []
+        imbalance: dict[tuple[str, str], float] = {}
+        for pool in self.pools.by_revision.values():
+            for role, members, counters in (
+                (Role.PREFILL, pool.prefill, pool.core.prefill),
+                (Role.DECODE, pool.decode, pool.core.decode),
+            ):
+                live: list[int] = []
+                for i, e in enumerate(members):
+                    assert e.spec is not None
+                    base = counters.offsets[i]
+                    for r in range(e.spec.dp_size):
+                        n, t = counters.count[base + r], counters.tokens[base + r]
+                        ranks.append(svc_metrics.RankRow(role.value, e.key, r, n, t))
+                        if e.usable:
+                            live.append(t)
+                mean = sum(live) / len(live) if live else 0.0
+                imbalance[(role.value, pool.revision)] = max(live) / mean if mean > 0 else 1.0
+        engines = []
+        for e in self.registry.engines.values():
+            if e.spec is None:
+                state = "resolving"
+            elif e.record.draining:
+                state = "draining"
+            elif not e.healthy or self._core_suspect(e):
+                state = "suspect"
+            else:
+                state = "usable"
+            engines.append(svc_metrics.EngineRow(e.role.value, e.key, e.record.revision, state))
+        return svc_metrics.StateSnapshot(ranks, imbalance, engines, dict(self.pools.core_stats()))
+
+    def _core_suspect(self, engine: Engine) -> bool:
+        found = self.pools.of(engine)
+        return engine.role is Role.PREFILL and found is not None and found[0].core.instances[found[1]].suspect
+
+    def describe(self) -> dict[str, Any]:
+        """The engines and pools, for `GET /engines`."""
+        snap = {(r.role, r.engine): r.state for r in self.snapshot().engines}
+        return {
+            "policy": self.settings.scheduler.policy.type,
+            "ready": self.ready(),
+            "buffered": self._buffered,
+            "outstanding": len(self.jobs),
+            "engines": [
+                {
+                    "key": e.key,
+                    "role": e.role.value,
+                    "url": e.record.url,
+                    "revision": e.record.revision,
+                    "group": e.record.group,
+                    "dp_size": e.spec.dp_size if e.spec else e.record.dp_size,
+                    "bootstrap_port": e.bootstrap_port,
+                    "state": snap.get((e.role.value, e.key), "resolving"),
+                }
+                for e in sorted(self.registry.engines.values(), key=lambda e: e.key)
+            ],
+            "pools": [
+                {
+                    "revision": p.revision,
+                    "prefill": [e.key for e in p.prefill],
+                    "decode": [e.key for e in p.decode],
+                    "usable": p.usable(),
+                    "outstanding": p.outstanding,
+                }
+                for p in self.pools.by_revision.values()
+            ],
+        }

@@ -1,0 +1,167 @@
+"""Watching engines: discovery changes, each engine's shape, its `/v1/loads` polls and its health.
+
+Each known engine gets one watcher task: it resolves the engine's shape (`/server_info` where the
+record does not say), then polls its per-rank loads every `loads_period_s` and feeds them to its
+pool's core as `LoadReported`, timed by the engine's own snapshot clock. Failed polls, a refused
+request or a stale engine make it suspect (`EngineHealth`); a successful poll makes it usable again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from sbs.scheduler.core.events import EngineHealth, LoadReported
+from sbs.scheduler.core.types import Role
+from sbs.scheduler.service import upstream
+from sbs.scheduler.service.discovery import ChangeKind, EngineChange, EngineRecordError, EngineSource
+from sbs.scheduler.service.engine_registry import Engine, resolve_spec
+
+if TYPE_CHECKING:
+    from sbs.scheduler.service.dispatcher import Dispatcher
+
+log = logging.getLogger(__name__)
+
+
+def wall_clock() -> float:
+    """Wall-clock seconds, only to place engine snapshot timestamps on the monotonic clock."""
+    return time.time()  # noqa: TID251 (the service is an IO edge)
+
+
+class EngineWatcher:
+    """Follows discovery sources and runs one watcher task per engine."""
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self._d = dispatcher
+
+    async def follow(self, source: EngineSource) -> None:
+        async for change in source.changes():
+            self.apply_change(change)
+
+    def apply_change(self, change: EngineChange) -> None:
+        """Apply one discovery change: start or stop the engine's watcher, rebuild what it touches."""
+        d = self._d
+        old = d.registry.engines.get(change.engine.key)
+        old_revision = old.record.revision if old is not None else None
+        old_spec = old.spec if old is not None else None
+        engine = d.registry.apply(change)
+        if engine is None:
+            return
+        if change.kind is ChangeKind.REMOVE:
+            if engine.poller is not None:
+                engine.poller.cancel()
+            d.pools.rebuild(engine.record.revision)
+            return
+        if engine.poller is None or (engine.spec is None and old_spec is not None):
+            if engine.poller is not None:
+                engine.poller.cancel()
+            engine.poller = asyncio.ensure_future(self._watch(engine))
+            for rev in {old_revision, engine.record.revision} - {None}:
+                assert rev is not None
+                d.pools.rebuild(rev)
+        else:
+            self.tell_health(engine)  # e.g. the draining flag changed
+
+    def engine_failed(self, engine: Engine) -> None:
+        """A request to `engine` failed at the connection or with a 5xx: skip it until a poll succeeds."""
+        engine.failures = max(engine.failures, self._d.settings.engines.fail_threshold)
+        self._set_health(engine, False)
+
+    def tell_health(self, engine: Engine) -> None:
+        """Tell the engine's pool whether it is usable."""
+        found = self._d.pools.of(engine)
+        if found is not None:
+            pool, i = found
+            self._d.feed(pool, EngineHealth(engine.role, i, engine.usable))
+
+    def _set_health(self, engine: Engine, healthy: bool) -> None:
+        was = engine.usable
+        engine.healthy = healthy
+        if engine.usable != was:
+            log.warning(
+                "engine %s (%s) is now %s",
+                engine.key,
+                engine.record.url,
+                "usable" if engine.usable else "suspect",
+            )
+            self.tell_health(engine)
+
+    async def _watch(self, engine: Engine) -> None:
+        """Resolve the engine's shape, then poll its loads until it is removed."""
+        d = self._d
+        assert d.session is not None
+        es = d.settings.engines
+        rec = engine.record
+        while engine.spec is None:
+            info = None
+            needs_info = rec.dp_size is None or (rec.role is Role.PREFILL and rec.bootstrap_port is None)
+            try:
+                if needs_info or rec.chunk_tokens is None or rec.kv_capacity_tokens is None:
+                    async with asyncio.timeout(es.poll_timeout_s):
+                        info = await upstream.fetch_server_info(d.session, rec.url, rec.key)
+            except (upstream.UpstreamError, TimeoutError) as exc:
+                if needs_info:
+                    log.info("engine %s: waiting for /server_info: %s", rec.key, exc)
+                    await asyncio.sleep(es.resolve_retry_s)
+                    continue
+            try:
+                engine.spec, engine.bootstrap_port = resolve_spec(rec, info, es.instance_defaults)
+            except EngineRecordError as exc:
+                log.warning("%s", exc)
+                await asyncio.sleep(es.resolve_retry_s)
+                continue
+            engine.last_ok_s = d.now()
+            log.info(
+                "engine %s (%s %s, DP%d) resolved", rec.key, rec.role.value, rec.url, engine.spec.dp_size
+            )
+            d.pools.rebuild(rec.revision)
+        use_metrics = False
+        while True:
+            sent, wall = d.now(), wall_clock()
+            try:
+                async with asyncio.timeout(es.poll_timeout_s):
+                    if use_metrics:
+                        reply = await upstream.fetch_metrics_loads(d.session, rec.url, rec.key)
+                    else:
+                        reply = await upstream.fetch_loads(d.session, rec.url, rec.key)
+            except upstream.LoadsUnavailable:
+                use_metrics = es.metrics_fallback
+                reply = None
+                if not use_metrics:
+                    self._poll_ok(engine)
+            except (upstream.UpstreamError, TimeoutError) as exc:
+                reply = None
+                engine.failures += 1
+                d.metrics.poll_failures.labels(rec.key).inc()
+                if engine.failures >= es.fail_threshold:
+                    if engine.healthy:
+                        log.warning("engine %s: load poll failed %d times: %s", rec.key, engine.failures, exc)
+                    self._set_health(engine, False)
+            if reply is not None:
+                self._poll_ok(engine)
+                self._report_loads(engine, reply, sent, wall)
+            if engine.healthy and d.now() - engine.last_ok_s > es.stale_after_s:
+                self._set_health(engine, False)
+            await asyncio.sleep(es.loads_period_s)
+
+    def _poll_ok(self, engine: Engine) -> None:
+        engine.failures = 0
+        engine.last_ok_s = self._d.now()
+        self._set_health(engine, True)
+
+    def _report_loads(self, engine: Engine, reply: upstream.LoadsReply, sent: float, wall: float) -> None:
+        found = self._d.pools.of(engine)
+        if found is None or engine.spec is None:
+            return
+        pool, i = found
+        now = self._d.now()
+        snapshot = sent
+        if reply.engine_ts is not None:
+            # The engine's wall-clock snapshot time on our monotonic clock (clocks assumed in sync,
+            # bounded by when we asked and when it answered; a wild clock falls back to the ask time).
+            at = sent + (reply.engine_ts - wall)
+            snapshot = min(at, now) if at > sent - 60.0 else sent
+        loads = tuple(load for load in reply.loads if 0 <= load.dp_rank < engine.spec.dp_size)
+        self._d.feed(pool, LoadReported(engine.role, i, snapshot, loads))

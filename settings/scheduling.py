@@ -1,0 +1,163 @@
+"""Scheduler settings: one pydantic model per concern, frozen, unknown keys refused.
+
+The live service reads the same models from its config file, the simulator from its CLI flags, and
+the operator writes them into the scheduler's ConfigMap, so the schema is defined here once.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SettingsModel(BaseModel):
+    """Frozen, unknown keys refused: the base of every settings model."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class BatchingSettings(SettingsModel):
+    """Staggered batcher: when buffered requests are released to a prefill instance."""
+
+    lead_s: float = Field(0.002, ge=0.0)
+    """Release a batch this long before the instance's predicted free time, so the batch is in the
+    engine when its current step ends (covers scheduler → engine transit; 2 ms on a LAN)."""
+
+    bypass: bool = True
+    """Low-load bypass: an idle instance gets buffered work at once. Buffering must never add latency
+    when there is no queue."""
+
+    max_hold_s: float = Field(10.0, gt=0.0)
+    """A request is never held longer than this: if no instance was predicted free in time (stale
+    state, stuck engine) it is sent to the instance predicted to free first and waits there."""
+
+    min_interval_s: float = Field(0.005, gt=0.0)
+    """Lower clamp of the adaptive release interval (T̂ / instances)."""
+
+    max_interval_s: float = Field(2.0, gt=0.0)
+    """Upper clamp of the adaptive release interval."""
+
+    ewma_alpha: float = Field(0.2, gt=0.0, le=1.0)
+    """Weight of the newest measurement in the step-time and prediction-error averages."""
+
+    fill_target: float = Field(1.0, gt=0.0, le=1.0)
+    """Fraction of each rank's chunk budget a release fills at most (1.0 = full chunks)."""
+
+    size_priority: float = Field(5.0, ge=0.0)
+    """Buffered requests are released in order of arrival + this × their predicted prefill time
+    (0 = strict arrival order): in a burst short prompts do not wait behind long ones. Only a
+    buffering scheduler can do this; immediate dispatch leaves the order to each engine's queue."""
+
+    size_priority_max_s: float = Field(2.0, ge=0.0)
+    """The most a request is put back by `size_priority`, so long prompts never starve (it is a
+    bounded unfairness: a long prompt's TTFT grows by at most this under a sustained burst)."""
+
+    level_fill: bool = True
+    """Straggler-aware release: a step's level is set by its oldest request (or by the buffered work
+    spread over the ranks); every rank is filled up to that level and longer requests wait for a step
+    whose level they set, so short prompts do not wait behind a long one in the same lockstep step."""
+
+
+class DecodeSettings(SettingsModel):
+    """IQR-masked lexicographic decode placement (the paper's Algorithm 3)."""
+
+    iqr_k: float = Field(1.5, ge=0.0)
+    """Tukey fence: ranks with KV load above Q3 + k·IQR are masked for the round."""
+
+    min_candidates: int = Field(4, ge=1)
+    """Below this many candidate ranks the IQR mask is skipped (quartiles of few points are noise)."""
+
+    output_kv_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    """Share of the expected output length counted into a request's KV estimate at placement."""
+
+
+class SyncSettings(SettingsModel):
+    """Multi-tier state synchronisation with the engines."""
+
+    transit_s: float = Field(0.005, ge=0.0)
+    """Dispatches younger than a snapshot minus this are assumed unseen by it and re-applied on top."""
+
+    suspect_overrun: float = Field(3.0, gt=1.0)
+    """An instance whose step overruns its prediction by this factor (and 1 s) is marked suspect and
+    skipped until it reports again."""
+
+
+class SbsPolicy(SettingsModel):
+    """Staggered Batch Scheduling: buffer, release just in time, water-fill prefill ranks, IQR decode."""
+
+    type: Literal["sbs"] = "sbs"
+    batching: BatchingSettings = BatchingSettings()
+    decode: DecodeSettings = DecodeSettings()
+    prefix_credit: bool = True
+    """Credit prefix-cache hits (from the requests' `hash_ids`) in the prefill capacity model."""
+
+
+class RoundRobinPolicy(SettingsModel):
+    """Immediate dispatch, cycling over all (instance, DP rank) pairs (router `--dp-aware`)."""
+
+    type: Literal["round_robin"] = "round_robin"
+
+
+class RandomPolicy(SettingsModel):
+    """Immediate dispatch to a uniformly random (instance, DP rank)."""
+
+    type: Literal["random"] = "random"
+
+
+class LeastLoadPolicy(SettingsModel):
+    """Immediate dispatch to the rank with the fewest outstanding tokens (in-flight accounting +
+    engine snapshots, as SMG's `least_load` and Dynamo's KV router do)."""
+
+    type: Literal["least_load"] = "least_load"
+
+
+class PowerOfTwoPolicy(SettingsModel):
+    """Immediate dispatch: sample two ranks, take the less loaded (outstanding tokens)."""
+
+    type: Literal["power_of_two"] = "power_of_two"
+
+
+class SglangPolicy(SettingsModel):
+    """SGLang's own in-engine DP balancing: the router picks the instance (round robin, as
+    sglang-router's PD mode without `--dp-aware`), the engine's DP controller picks the rank."""
+
+    type: Literal["sglang"] = "sglang"
+    engine_balance: Literal["round_robin", "follow_bootstrap_room", "total_requests", "total_tokens"] = (
+        "total_tokens"
+    )
+    """SGLang `--load-balance-method` on the engines (`total_tokens` is the strongest)."""
+
+
+PolicySettings = Annotated[
+    SbsPolicy | RoundRobinPolicy | RandomPolicy | LeastLoadPolicy | PowerOfTwoPolicy | SglangPolicy,
+    Field(discriminator="type"),
+]
+
+POLICY_NAMES: tuple[str, ...] = ("sbs", "round_robin", "random", "least_load", "power_of_two", "sglang")
+
+
+class SchedulerSettings(SettingsModel):
+    """Everything the core scheduler needs besides the cluster shape and the cost estimate."""
+
+    policy: PolicySettings = SbsPolicy()
+    sync: SyncSettings = SyncSettings()
+    seed: int = 0
+    """Seed of the scheduler's own RNG (random and power-of-two baselines)."""
+
+
+def policy_settings(
+    name: str,
+) -> SbsPolicy | RoundRobinPolicy | RandomPolicy | LeastLoadPolicy | PowerOfTwoPolicy | SglangPolicy:
+    """Default settings of a policy by name; unknown names list the valid ones."""
+    classes = {
+        "sbs": SbsPolicy,
+        "round_robin": RoundRobinPolicy,
+        "random": RandomPolicy,
+        "least_load": LeastLoadPolicy,
+        "power_of_two": PowerOfTwoPolicy,
+        "sglang": SglangPolicy,
+    }
+    if name not in classes:
+        raise ValueError(f"unknown policy {name!r}; valid: {', '.join(POLICY_NAMES)}")
+    return classes[name]()

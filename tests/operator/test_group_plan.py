@@ -1,0 +1,267 @@
+"""The pure reconcile plan: creation, failures and restarts, rolling updates, drains, scale-down, status."""
+
+from __future__ import annotations
+
+import copy
+
+from sbs.kube import labels, timestamps
+from sbs.operator import api, child_names, engine_pods, group_plan
+from sbs.operator import status as status_mod
+
+NOW = 1_800_000_000.0
+
+
+def deployment(**spec: object) -> api.SBSDeployment:
+    body = {
+        "model": {"path": "/m"},
+        "prefill": {"groups": 2, "nodesPerGroup": 2, "chunkedPrefillSize": 16384},
+        "decode": {"groups": 1, "nodesPerGroup": 3},
+        "updateStrategy": {"drainSeconds": 30},
+        "restartPolicy": {"backoffSeconds": 10, "maxBackoffSeconds": 40, "maxRestarts": 2},
+        **spec,
+    }
+    return api.SBSDeployment.model_validate(
+        {"metadata": {"name": "d", "namespace": "ns", "uid": "u1", "generation": 1}, "spec": body}
+    )
+
+
+def thashes(dep: api.SBSDeployment) -> dict[str, str]:
+    return {r: engine_pods.template_hash(dep.spec, r, False) for r in api.ROLES}
+
+
+def running(pods: list[dict]) -> list[dict]:
+    out = copy.deepcopy(pods)
+    for p in out:
+        p["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+    return out
+
+
+def group(
+    dep: api.SBSDeployment, role: str, index: int, thash: str | None = None, ready: bool = True
+) -> list[dict]:
+    pods = engine_pods.group_pods(dep, role, index, thash or thashes(dep)[role], gang=False)
+    return running(pods) if ready else pods
+
+
+def converged(dep: api.SBSDeployment) -> list[dict]:
+    return [p for role in api.ROLES for i in range(dep.spec.role(role).groups) for p in group(dep, role, i)]
+
+
+def keys(actions: list[group_plan.GroupAction]) -> list[tuple[str, int]]:
+    return sorted((a.role, a.index) for a in actions)
+
+
+def test_empty_cluster_creates_every_group() -> None:
+    dep = deployment()
+    p = group_plan.plan(dep, [], thashes(dep), NOW)
+    assert keys(p.create) == [("decode", 0), ("prefill", 0), ("prefill", 1)]
+    assert not p.delete and not p.drain
+
+
+def test_converged_deployment_plans_nothing_and_is_ready() -> None:
+    dep = deployment()
+    p = group_plan.plan(dep, converged(dep), thashes(dep), NOW)
+    assert p.writes == 0 and not p.events and p.requeue_after is None
+    sched = api.SchedulerStatus(ready=1, desired=1, summary="1/1")
+    st = status_mod.build(dep, p, scheduler=sched, revision="r", now=NOW)
+    assert st.phase == "Ready"
+    assert {c.type: c.status for c in st.conditions} == {
+        "Ready": "True",
+        "Progressing": "False",
+        "Degraded": "False",
+        "Reconciling": "False",  # kstatus (Flux) mirrors
+        "Stalled": "False",
+    }
+    assert st.prefill.summary == "2/2" and st.decode.summary == "1/1"
+
+
+def test_status_is_stable_when_nothing_changes() -> None:
+    dep = deployment()
+    p = group_plan.plan(dep, converged(dep), thashes(dep), NOW)
+    sched = api.SchedulerStatus(ready=1, desired=1, summary="1/1")
+    first = status_mod.build(dep, p, scheduler=sched, revision="r", now=NOW)
+    dep.status = first
+    again = status_mod.build(dep, p, scheduler=sched, revision="r", now=NOW + 100)
+    assert again == first  # lastTransitionTime kept: no write
+
+
+def test_a_missing_pod_recreates_exactly_that_group_after_backoff() -> None:
+    dep = deployment()
+    pods = [
+        p
+        for p in converged(dep)
+        if p["metadata"]["name"] != child_names.pod_name("d", "prefill", 1, thashes(dep)["prefill"], 1)
+    ]
+    p = group_plan.plan(dep, pods, thashes(dep), NOW)
+    assert keys(p.delete) == [("prefill", 1)] and not p.create
+    assert p.events[0][1] == "GroupRecreated"
+    assert [(r.role, r.index, r.count) for r in p.restarts] == [("prefill", 1, 1)]
+    dep.status.group_restarts = p.restarts
+    rest = [
+        x
+        for x in pods
+        if x["metadata"]["labels"][labels.GROUP_ID]
+        != child_names.group_id("d", "prefill", 1, thashes(dep)["prefill"])
+    ]
+    early = group_plan.plan(dep, rest, thashes(dep), NOW + 5)
+    assert not early.create and early.requeue_after == 5.0  # backoff 10 s
+    due = group_plan.plan(dep, rest, thashes(dep), NOW + 10)
+    assert keys(due.create) == [("prefill", 1)]
+
+
+def test_failed_or_restarted_pods_fail_the_group() -> None:
+    dep = deployment()
+    pods = converged(dep)
+    pods[0]["status"]["phase"] = "Failed"
+    assert keys(group_plan.plan(dep, pods, thashes(dep), NOW).delete) == [("prefill", 0)]
+    pods = converged(dep)
+    pods[-1]["status"]["containerStatuses"] = [{"name": "sglang", "restartCount": 1}]
+    assert keys(group_plan.plan(dep, pods, thashes(dep), NOW).delete) == [("decode", 0)]
+
+
+def test_terminating_pods_are_waited_for() -> None:
+    dep = deployment()
+    pods = converged(dep)
+    for p in pods:
+        if p["metadata"]["labels"][labels.ROLE] == "decode":
+            p["metadata"]["deletionTimestamp"] = "2027-01-01T00:00:00Z"
+    p = group_plan.plan(dep, pods, thashes(dep), NOW)
+    assert not p.create and not p.delete and p.requeue_after is not None
+
+
+def test_restart_budget_marks_the_group_failed() -> None:
+    dep = deployment()
+    dep.status.group_restarts = [
+        api.GroupRestart(role="decode", index=0, count=2, last_restart_time=timestamps.rfc3339(NOW - 1000))
+    ]
+    pods = [
+        p
+        for p in converged(dep)
+        if p["metadata"]["labels"][labels.ROLE] != "decode" or p["metadata"]["labels"][labels.RANK] != "2"
+    ]
+    p = group_plan.plan(dep, pods, thashes(dep), NOW)
+    assert p.restarts[0].failed and p.events[0][1] == "GroupFailed"
+    dep.status.group_restarts = p.restarts
+    rest = [x for x in pods if x["metadata"]["labels"][labels.ROLE] != "decode"]
+    later = group_plan.plan(dep, rest, thashes(dep), NOW + 10_000)
+    assert not later.create and later.failed
+    st = status_mod.build(
+        dep, later, scheduler=api.SchedulerStatus(ready=1, desired=1), revision="r", now=NOW
+    )
+    assert st.phase == "Failed"
+    assert next(c for c in st.conditions if c.type == "Degraded").reason == "GroupFailed"
+
+
+def test_backoff_doubles_and_is_capped() -> None:
+    policy = api.RestartPolicy(backoff_seconds=10, max_backoff_seconds=40)
+    assert [group_plan._backoff(policy, n) for n in (1, 2, 3, 4, 5)] == [10, 20, 40, 40, 40]
+
+
+def test_rolling_update_surges_one_group_per_role_and_drains_old_ones() -> None:
+    old = deployment()
+    pods = converged(old)
+    new = deployment(engine={"image": "sglang:next"})
+    h = thashes(new)
+    p = group_plan.plan(new, pods, h, NOW)
+    # one surge group per role, none deleted while the new ones are not ready
+    assert keys(p.create) == [("decode", 0), ("prefill", 0)]
+    assert not p.delete and not p.drain
+    # new prefill 0 ready: old prefill 0 drains; the next prefill group waits for the surge slot
+    pods2 = pods + group(new, "prefill", 0) + group(new, "decode", 0, ready=False)
+    p2 = group_plan.plan(new, pods2, h, NOW)
+    assert keys(p2.drain) == [("prefill", 0)] and not p2.create and not p2.delete
+    # after drainSeconds the old group is deleted
+    for pod in pods2:
+        found = pod["metadata"]["labels"]
+        if (
+            found[labels.TEMPLATE_HASH] != h["prefill"]
+            and found[labels.ROLE] == "prefill"
+            and found[labels.GROUP] == "0"
+            and found[labels.RANK] == "0"
+        ):
+            pod["metadata"].setdefault("annotations", {}).update(
+                {labels.DRAINING: "true", labels.DRAIN_SINCE: timestamps.rfc3339(NOW)}
+            )
+    p3 = group_plan.plan(new, pods2, h, NOW + 31)
+    assert keys(p3.delete) == [("prefill", 0)]
+    assert group_plan.plan(new, pods2, h, NOW + 5).requeue_after == 25.0
+
+
+def test_max_unavailable_replaces_in_place_without_surge() -> None:
+    old = deployment()
+    new = deployment(
+        engine={"image": "sglang:next"},
+        updateStrategy={"maxSurge": 0, "maxUnavailable": 1, "drainSeconds": 0},
+    )
+    p = group_plan.plan(new, converged(old), thashes(new), NOW)
+    assert not p.create and keys(p.delete) == [("decode", 0), ("prefill", 0)]
+
+
+def test_skew_holds_back_the_role_that_leads() -> None:
+    old = deployment(
+        prefill={"groups": 4, "nodesPerGroup": 1, "chunkedPrefillSize": 8},
+        decode={"groups": 2, "nodesPerGroup": 1},
+    )
+    new = deployment(
+        engine={"image": "x:2"},
+        prefill={"groups": 4, "nodesPerGroup": 1, "chunkedPrefillSize": 8},
+        decode={"groups": 2, "nodesPerGroup": 1},
+        updateStrategy={"maxSurge": 4, "maxSkewPercent": 0},
+    )
+    p = group_plan.plan(new, converged(old), thashes(new), NOW)
+    created = keys(p.create)
+    # with zero skew allowed, each role may start only what keeps it level with the other's progress
+    assert ("prefill", 0) in created and ("decode", 0) in created
+    assert (
+        sum(1 for r, _ in created if r == "prefill") == 1 and sum(1 for r, _ in created if r == "decode") == 1
+    )
+
+
+def test_scale_down_drains_then_deletes_extra_groups() -> None:
+    dep = deployment()
+    pods = converged(dep)
+    smaller = deployment(prefill={"groups": 1, "nodesPerGroup": 2, "chunkedPrefillSize": 16384})
+    p = group_plan.plan(smaller, pods, thashes(smaller), NOW)
+    assert keys(p.drain) == [("prefill", 1)] and not p.delete
+
+
+def test_unschedulable_pods_report_insufficient_gpus() -> None:
+    dep = deployment()
+    pods = converged(dep)
+    pending = group(dep, "decode", 0, ready=False)
+    for pod in pending:
+        pod["status"] = {"phase": "Pending", "conditions": [{
+            "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+            "message": "0/64 nodes are available: 64 Insufficient nvidia.com/gpu.",
+        }]}  # fmt: skip
+    pods = [x for x in pods if x["metadata"]["labels"][labels.ROLE] != "decode"] + pending
+    p = group_plan.plan(dep, pods, thashes(dep), NOW)
+    assert not p.delete and not p.create
+    st = status_mod.build(dep, p, scheduler=api.SchedulerStatus(ready=1, desired=1), revision="r", now=NOW)
+    degraded = next(c for c in st.conditions if c.type == "Degraded")
+    assert (degraded.status, degraded.reason) == ("True", "InsufficientGPUs")
+    stalled = next(c for c in st.conditions if c.type == "Stalled")
+    assert (stalled.status, stalled.reason) == ("True", "InsufficientGPUs")
+    assert st.phase == "Degraded" and st.decode.summary == "0/1"
+
+
+def test_a_group_stranded_in_its_domain_is_placed_again() -> None:
+    dep = deployment()
+    pods = [p for p in converged(dep) if p["metadata"]["labels"][labels.ROLE] != "decode"]
+    stranded = group(dep, "decode", 0, ready=False)
+    for pod in stranded:
+        pod["metadata"].setdefault("annotations", {})["sbs.dev/topology-domain"] = "block-2"
+        pod["status"] = {"phase": "Pending", "conditions": [{
+            "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+            "lastTransitionTime": timestamps.rfc3339(NOW - 30),
+            "message": "3 node(s) had untolerated taint(s)",
+        }]}  # fmt: skip
+    early = group_plan.plan(dep, pods + stranded, thashes(dep), NOW)
+    assert not early.delete
+    late = group_plan.plan(dep, pods + stranded, thashes(dep), NOW + 31)
+    assert keys(late.delete) == [("decode", 0)] and late.events[0][1] == "GroupReplaced"
+    assert not late.restarts  # not a failure: no restart budget spent
+    unpinned = copy.deepcopy(stranded)
+    for pod in unpinned:
+        del pod["metadata"]["annotations"]["sbs.dev/topology-domain"]
+    assert not group_plan.plan(dep, pods + unpinned, thashes(dep), NOW + 31).delete  # nothing better to try

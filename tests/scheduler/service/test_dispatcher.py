@@ -1,0 +1,189 @@
+"""The dispatcher without engines: admission, the core's decisions, orphans, rebuilds, step inference.
+
+Engines are static records with their whole shape given (no `/server_info`) at a closed port; the
+poll period is long, so they stay usable for the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from sbs.scheduler.core.events import StepCompleted
+from sbs.scheduler.core.types import Dispatch, Role
+from sbs.scheduler.service import protocol
+from sbs.scheduler.service.config_file import build_settings
+from sbs.scheduler.service.discovery import ChangeKind, EngineChange, EngineRecord, StaticSource
+from sbs.scheduler.service.dispatcher import Dispatcher
+from sbs.scheduler.service.jobs import Job, JobState, Overloaded
+from sbs.scheduler.service.metrics import Metrics
+from sbs.settings.service import EstimateSettings
+
+DEAD = "http://127.0.0.1:9"
+SHAPE = {"dp_size": 2, "chunk_tokens": 1000, "kv_capacity_tokens": 100_000, "bootstrap_port": 1}
+
+
+def record(key: str, role: Role, revision: str = "static") -> EngineRecord:
+    return EngineRecord(
+        key,
+        role,
+        DEAD,
+        revision=revision,
+        dp_size=2,
+        chunk_tokens=1000,
+        kv_capacity_tokens=100_000,
+        bootstrap_port=1,
+    )
+
+
+async def make_dispatcher(policy: str = "sbs", *, prefill: int = 1, **settings: Any) -> Dispatcher:
+    data: dict[str, Any] = {
+        "scheduler": {"policy": {"type": policy}},
+        "engines": {
+            "prefill": [{"url": DEAD, **SHAPE} for _ in range(prefill)],
+            "decode": [{"url": DEAD, **SHAPE}],
+            "loads_period_s": 60,
+        },
+        # A 1000-token step is predicted to take 10 s: whatever is not bypassed stays buffered.
+        "capacity": {"fixed_s": 0.1, "per_token_s": 0.01, "per_pair_s": 0},
+        **settings,
+    }
+    dispatcher = Dispatcher(build_settings(data), Metrics())
+    await dispatcher.start([StaticSource(dispatcher.settings.engines)])
+    async with asyncio.timeout(2):
+        while not dispatcher.ready():
+            await asyncio.sleep(0.001)
+    return dispatcher
+
+
+@pytest.fixture
+async def dispatcher() -> AsyncIterator[Dispatcher]:
+    d = await make_dispatcher()
+    yield d
+    await d.close()
+
+
+def accept(dispatcher: Dispatcher, tokens: int = 500, **kw: Any) -> Job:
+    body = {"input_ids": [1] * tokens}
+    parsed = protocol.parse(protocol.GENERATE, body, EstimateSettings())
+    return dispatcher.accept(protocol.GENERATE, body, parsed, f"r{len(dispatcher.jobs)}", kw.get("timeout"))
+
+
+def counted(dispatcher: Dispatcher, name: str) -> float:
+    return sum(s.value for f in dispatcher.metrics.registry.collect() for s in f.samples if s.name == name)
+
+
+async def test_an_idle_instance_gets_work_at_once_and_the_next_request_waits_in_the_buffer(
+    dispatcher: Dispatcher,
+) -> None:
+    first, second = accept(dispatcher), accept(dispatcher)
+    assert first.state is JobState.DISPATCHED and isinstance(first.decision.result(), Dispatch)
+    assert first.decision.result().reason == "bypass"
+    assert second.state is JobState.BUFFERED and not second.decision.done()
+    assert dispatcher.metrics.buffered._value.get() == 1
+
+
+async def test_admission_limits() -> None:
+    d = await make_dispatcher(admission={"max_buffered_requests": 1, "max_outstanding_requests": 3})
+    try:
+        accept(d), accept(d)
+        with pytest.raises(Overloaded) as err:
+            accept(d)
+        assert (err.value.status, err.value.reason) == (429, "buffer_full")
+    finally:
+        await d.close()
+
+
+async def test_a_request_cancelled_while_buffered_is_freed_when_released(dispatcher: Dispatcher) -> None:
+    first, second = accept(dispatcher), accept(dispatcher)
+    dispatcher.finish(second, "deadline")
+    dispatcher.finish(first, None)  # the instance is free: the core releases `second`, which is gone
+    core = dispatcher.pools.by_revision["static"].core
+    started = first.dispatched_s
+    dispatcher.feed(
+        dispatcher.pools.by_revision["static"],
+        StepCompleted(0, started, dispatcher.now() - started, (first.rid,), False),
+    )
+    assert second.rid not in core.buffer and second.rid not in core.flights
+    assert sum(core.decode.count) == 0 and sum(core.prefill.count) == 0
+    assert counted(dispatcher, "sbs_requests_accepted_total") == 2
+    assert (
+        counted(dispatcher, "sbs_requests_completed_total")
+        + counted(dispatcher, "sbs_requests_errored_total")
+        == 2
+    )
+
+
+async def test_a_new_engine_rebuilds_the_core_and_buffered_requests_move_with_it(
+    dispatcher: Dispatcher,
+) -> None:
+    first, second = accept(dispatcher), accept(dispatcher)
+    old = dispatcher.pools.by_revision["static"]
+    dispatcher.watcher.apply_change(EngineChange(ChangeKind.ADD, record("prefill-9", Role.PREFILL)))
+    async with asyncio.timeout(2):
+        while dispatcher.pools.by_revision["static"] is old:
+            await asyncio.sleep(0.001)
+    new = dispatcher.pools.by_revision["static"]
+    assert [e.key for e in new.prefill] == ["prefill-0", "prefill-9"]
+    # The buffered request was fed to the new core, which dispatched it (the in-flight accounting of
+    # the old core is not carried over: the next polls restore it).
+    assert second.decision.done() and isinstance(second.decision.result(), Dispatch)
+    assert first.generation == old.generation and second.generation == new.generation
+    dispatcher.finish(first, None)  # its flight belonged to the old core: nothing to free in the new one
+    assert new.outstanding == 1
+
+
+async def test_removing_the_last_prefill_of_a_revision_fails_its_buffered_requests_retryably(
+    dispatcher: Dispatcher,
+) -> None:
+    accept(dispatcher)
+    second = accept(dispatcher)
+    rec = dispatcher.registry.engines["prefill-0"].record
+    dispatcher.watcher.apply_change(EngineChange(ChangeKind.REMOVE, rec))
+    assert not dispatcher.ready() and "static" not in dispatcher.pools.by_revision
+    reject = second.decision.result()
+    assert reject.retryable and "no usable engines" in reject.reason
+    with pytest.raises(Overloaded) as err:
+        accept(dispatcher)
+    assert err.value.status == 503
+
+
+async def test_prefill_answers_close_together_are_one_inferred_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    d = await make_dispatcher("round_robin")
+    try:
+        seen: list[StepCompleted] = []
+        feed = d.feed
+
+        def spy(pool: Any, event: Any) -> None:
+            if isinstance(event, StepCompleted):
+                seen.append(event)
+            feed(pool, event)
+
+        monkeypatch.setattr(d, "feed", spy)
+        jobs = [accept(d) for _ in range(3)]
+        pe = d.registry.engines["prefill-0"]
+        for j in jobs:
+            j.prefill_engine = pe
+            d.steps.prefill_sent(j, pe)
+        d.steps.prefill_answered(jobs[0], pe, 0, True)
+        d.steps.prefill_answered(jobs[1], pe, 0, True)
+        d.steps.prefill_answered(jobs[2], pe, 0, False)  # failed or cancelled: not a completion
+        await asyncio.sleep(0.02)
+        assert len(seen) == 1
+        step = seen[0]
+        assert step.finished_rids == (jobs[0].rid, jobs[1].rid) and not step.next_step_queued
+        assert jobs[0].prefilled and not jobs[2].prefilled
+    finally:
+        await d.close()
+
+
+async def test_engine_failure_makes_it_unusable_to_the_core() -> None:
+    d = await make_dispatcher("least_load", prefill=2)
+    try:
+        d.watcher.engine_failed(d.registry.engines["prefill-0"])
+        assert {e.engine: e.state for e in d.snapshot().engines}["prefill-0"] == "suspect"
+        assert all(accept(d).decision.result().prefill_instance == 1 for _ in range(5))
+    finally:
+        await d.close()
