@@ -22,8 +22,9 @@ from typing import Any, NoReturn
 
 import click
 from sbs.bench import report, systems
-from sbs.bench.cluster import BenchCluster
+from sbs.bench.emulated_cluster import BenchCluster
 from sbs.bench.procs import BenchError
+from sbs.settings.engine_shape import DEFAULT_CHUNK_PER_RANK
 
 DEFAULT_SYSTEMS = "sbs,least_load,sglang-router,smg"
 DEFAULT_TIME_FACTOR = 2.0
@@ -49,7 +50,7 @@ def _cluster_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--chunk-tokens",
             type=int,
-            default=16384,
+            default=DEFAULT_CHUNK_PER_RANK,
             show_default=True,
             help="Prefill tokens per rank and step.",
         ),

@@ -29,7 +29,7 @@ from typing import Any
 
 import aiohttp
 import numpy as np
-from sbs.sim.metrics import SUMMARY_KEYS, Recorder
+from sbs.sim.recorder import SUMMARY_KEYS, Recorder, weighted_percentile
 from sbs.sim.trace import Trace
 
 CHARS_PER_TOKEN = 4
@@ -117,7 +117,7 @@ class Measurements:
         rec.prompt = np.array([r.prompt_tokens for r in trace.requests], dtype=float)
         rec.output = np.array([r.output_tokens for r in trace.requests], dtype=float)
         out: dict[str, Any] = dict(rec.summary(slo_ttft_s=slo_ttft_s, slo_tpot_s=slo_tpot_s))
-        out["itl_p99_s"] = _weighted_percentile(self.itl_gaps, self.itl_weights, 99) * scale
+        out["itl_p99_s"] = weighted_percentile(self.itl_gaps, self.itl_weights, 99) * scale
         for key in UNMEASURED_KEYS:
             out[key] = None
         out["errors"] = self.error_count
@@ -136,10 +136,6 @@ class Measurements:
             "send_lateness_max_ms": float(late.max()),
         }
 
-    def ttft_engine_s(self, time_factor: float) -> np.ndarray:
-        scale = 1.0 / time_factor if time_factor > 0 else 1.0
-        return ((self.first - self.sent) * scale)[self.ok]
-
 
 def error_kind(message: str) -> str:
     """An error message with its request ids, rooms and ranks blanked, so equal failures count
@@ -148,17 +144,6 @@ def error_kind(message: str) -> str:
     text = _BIG_NUMBER.sub("<n>", text)
     text = _RANK.sub(r"\1<n>", text)
     return text[:300]
-
-
-def _weighted_percentile(values: list[float], weights: list[int], q: float) -> float:
-    if not values:
-        return math.nan
-    v = np.asarray(values)
-    w = np.asarray(weights, dtype=float)
-    order = np.argsort(v)
-    cum = np.cumsum(w[order])
-    idx = int(np.searchsorted(cum, q / 100.0 * cum[-1]))
-    return float(v[order][min(idx, len(v) - 1)])
 
 
 async def _one(

@@ -18,11 +18,11 @@ from typing import Any
 import aiohttp
 from sbs.bench import procs, systems
 from sbs.bench.client import Measurements, replay
-from sbs.bench.cluster import BenchCluster
+from sbs.bench.emulated_cluster import BenchCluster
 from sbs.bench.procs import BenchError
 from sbs.sim.errors import SimInputError
 from sbs.sim.loaders import load_trace
-from sbs.sim.metrics import SUMMARY_KEYS
+from sbs.sim.recorder import SUMMARY_KEYS
 from sbs.sim.trace import Trace
 from sbs.sim.workload import load_scaled, tiled, truncated
 

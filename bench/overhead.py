@@ -32,8 +32,9 @@ import aiohttp
 import numpy as np
 from sbs.bench import procs, systems
 from sbs.bench.client import generate_body
-from sbs.bench.cluster import BenchCluster
+from sbs.bench.emulated_cluster import BenchCluster
 from sbs.bench.procs import BenchError
+from sbs.sim.summary_table import align, cell
 
 PROMPT_TOKENS = 64
 OUTPUT_TOKENS = 4
@@ -278,12 +279,9 @@ def table(doc: dict[str, Any]) -> str:
             if key is None:
                 row.append(str(r["latency_errors"] + r["throughput_errors"]))
                 continue
-            v = r.get(key)
-            row.append("-" if v is None or v != v else fmt.format(v))
+            row.append(cell(fmt, r.get(key)))
         rows.append(row)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = align(rows)
     s = doc["systems"]
     if "sbs" in s and "overhead_p50_ms" in s["sbs"] and "overhead_p50_ms" in s.get("sglang-router", {}):
         ours, theirs = s["sbs"], s["sglang-router"]

@@ -2,7 +2,7 @@
 
 For each trace (DeepSeek-V3 on the default H800 cluster `ds3-h800`; the trace scaled to a load and
 repeated to a fixed span of arrivals):
-1. sweep every policy over loads (fractions of the nominal prefill capacity, sbs.sim.capacity);
+1. sweep every policy over loads (fractions of the nominal prefill capacity, sbs.sim.nominal_capacity);
 2. the *baseline's capacity* is the highest load at which the best immediate-dispatch baseline keeps
    its TTFT p90 within KNEE × its own p90 at the lowest load of the grid (the knee of its latency-load
    curve: queueing has not yet multiplied its latency), refined by bisection;
@@ -24,10 +24,10 @@ from typing import Any
 
 from sbs.settings import scheduling
 from sbs.sim import report
-from sbs.sim.capacity import nominal_prefill_tok_s
 from sbs.sim.cluster import ClusterConfig, load_cluster
 from sbs.sim.costmodel import CostModel
 from sbs.sim.loaders import load_trace
+from sbs.sim.nominal_capacity import nominal_prefill_tok_s
 from sbs.sim.runner import RunSpec, run_many
 from sbs.sim.trace import Trace
 from sbs.sim.workload import load_scaled, tiled

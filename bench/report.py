@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
-_COLUMNS = (
-    ("system", "{}", None),
-    ("TTFT mean", "{:.3f}", "ttft_mean_s"),
-    ("p50", "{:.3f}", "ttft_p50_s"),
-    ("p90", "{:.3f}", "ttft_p90_s"),
-    ("p99", "{:.3f}", "ttft_p99_s"),
-    ("TPOT mean", "{:.4f}", "tpot_mean_s"),
-    ("ITL p99", "{:.4f}", "itl_p99_s"),
-    ("tok/s", "{:.0f}", "throughput_tok_s"),
-    ("out tok/s", "{:.0f}", "output_throughput_tok_s"),
-    ("req/s", "{:.2f}", "request_throughput"),
-    ("goodput", "{:.2f}", "goodput_rps"),
-    ("done", "{:.0f}", "completed"),
-    ("errors", "{:.0f}", "errors"),
+from sbs.sim.summary_table import LATENCY_KEYS, align, cell, pick, summary_lines
+
+_COLUMNS = pick(
+    *LATENCY_KEYS,
+    "throughput_tok_s",
+    "output_throughput_tok_s",
+    "request_throughput",
+    "goodput_rps",
+    "completed",
+    "errors",
 )
 
 RATIO_KEYS = (
@@ -29,19 +24,6 @@ RATIO_KEYS = (
     ("TPOT mean", "tpot_mean_s"),
     ("throughput", "throughput_tok_s"),
 )
-
-
-def _fmt(f: str, v: Any) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    return f.format(v)
-
-
-def _align(rows: list[list[str]]) -> list[str]:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return lines
 
 
 MAX_ERROR_SHARE = 0.01
@@ -78,10 +60,7 @@ def ratios(summaries: Mapping[str, Mapping[str, Any]], base: str) -> dict[str, d
 
 def table(summaries: Mapping[str, Mapping[str, Any]], *, units: str) -> str:
     """Metric table, then each system's ratios to the best system other than SBS."""
-    rows = [[h for h, _, _ in _COLUMNS]]
-    for name, s in summaries.items():
-        rows.append([name] + [_fmt(f, s.get(k)) for _, f, k in _COLUMNS[1:]])
-    lines = _align(rows)
+    lines = summary_lines("system", summaries.items(), _COLUMNS)
     lines.append(units)
     base = best_other(summaries)
     if base is None:
@@ -91,14 +70,14 @@ def table(summaries: Mapping[str, Mapping[str, Any]], *, units: str) -> str:
     for name, r in rat.items():
         rrows.append(
             [name]
-            + [_fmt("{:.2f}x", r[key]) for _, key in RATIO_KEYS]
-            + [_fmt("{:+.0f}", r["errors_minus_base"])]
+            + [cell("{:.2f}x", r[key]) for _, key in RATIO_KEYS]
+            + [cell("{:+.0f}", r["errors_minus_base"])]
         )
     lines.append("")
     lines.append(
         f"ratios to the best system other than sbs ({base}: lowest TTFT p90 among those with ≤ 1 % errors):"
     )
-    lines.extend(_align(rrows))
+    lines.extend(align(rrows))
     if "sbs" in summaries and summaries["sbs"].get("ttft_p90_s") is not None:
         r = rat["sbs"]["ttft_p90_s"]
         if r is not None:

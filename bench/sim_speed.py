@@ -18,10 +18,10 @@ import time
 from collections.abc import Sequence
 
 from sbs.settings.scheduling import policy_settings
-from sbs.sim.capacity import nominal_prefill_tok_s
 from sbs.sim.cluster import PRESETS
 from sbs.sim.costmodel import CostModel
 from sbs.sim.loaders import load_trace
+from sbs.sim.nominal_capacity import nominal_prefill_tok_s
 from sbs.sim.simulator import Simulation
 from sbs.sim.trace import Trace
 from sbs.sim.workload import load_scaled, truncated

@@ -31,7 +31,7 @@ from typing import Any
 import aiohttp
 from sbs.bench import procs, routers
 from sbs.bench.client import generate_body
-from sbs.bench.cluster import BenchCluster
+from sbs.bench.emulated_cluster import BenchCluster
 from sbs.bench.procs import BenchError, ProcGroup
 from sbs.settings import scheduling
 from sbs.settings.service import CapacitySettings, EnginesSettings

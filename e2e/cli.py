@@ -20,7 +20,14 @@ import threading
 from pathlib import Path
 
 import click
-from sbs.e2e import agent, binaries, cluster, nodes
+from sbs.e2e import agent, binaries, nodes
+from sbs.e2e.control_plane import (
+    ClusterSettings,
+    ControlPlane,
+    ControlPlaneError,
+    find_clusters,
+    remove_stale,
+)
 from sbs.e2e.waits import WaitTimeout
 from sbs.kube.blocking import ApiError, Kube
 
@@ -83,17 +90,17 @@ def gomod(kubernetes: str | None, etcd: str | None, kwok: str | None) -> None:
 )  # fmt: skip
 def up(name: str, node_count: int, crd_paths: tuple[Path, ...]) -> None:
     """Start a cluster whose processes outlive this command; print its KUBECONFIG."""
-    if running := cluster.find_clusters(name):
+    if running := find_clusters(name):
         click.echo(f"cluster {name!r} is already running ({running[0].server})")
         click.echo(f"export KUBECONFIG={running[0].kubeconfig}")
         return
     from sbs.e2e.fixtures import project_crd_paths
 
-    settings = cluster.ClusterSettings(node_count=node_count, crd_paths=crd_paths or project_crd_paths())
-    plane = cluster.ControlPlane(_bins(), settings, name=name, owned=False)
+    settings = ClusterSettings(node_count=node_count, crd_paths=crd_paths or project_crd_paths())
+    plane = ControlPlane(_bins(), settings, name=name, owned=False)
     try:
         plane.start()
-    except (cluster.ControlPlaneError, WaitTimeout, ApiError) as exc:
+    except (ControlPlaneError, WaitTimeout, ApiError) as exc:
         raise CliError(f"cluster {name!r} did not start: {exc}") from exc
     t = plane.timings
     click.echo(
@@ -111,14 +118,14 @@ def demo_operator(name: str, log_dir: Path) -> None:
     """Run the operator on the dev cluster (started if needed), apply the sample, follow it to Ready."""
     from sbs.e2e import demo
 
-    running = cluster.find_clusters(name)
+    running = find_clusters(name)
     if running:
         plane = running[0]
     else:
-        plane = cluster.ControlPlane(_bins(), cluster.ClusterSettings(), name=name, owned=False)
+        plane = ControlPlane(_bins(), ClusterSettings(), name=name, owned=False)
         try:
             plane.start()
-        except (cluster.ControlPlaneError, WaitTimeout, ApiError) as exc:
+        except (ControlPlaneError, WaitTimeout, ApiError) as exc:
             raise CliError(f"cluster {name!r} did not start: {exc}") from exc
     sys.exit(demo.run_demo(plane, log_dir))
 
@@ -128,8 +135,8 @@ def demo_operator(name: str, log_dir: Path) -> None:
 @click.option("--all", "all_", is_flag=True, help="Stop every local cluster of this user.")
 def down(name: str, all_: bool) -> None:
     """Stop a cluster started by `up` (by its recorded PIDs) and delete its state."""
-    planes = cluster.find_clusters(None if all_ else name)
-    for path in cluster.remove_stale():
+    planes = find_clusters(None if all_ else name)
+    for path in remove_stale():
         click.echo(f"removed the state of a dead cluster: {path}")
     if not planes:
         click.echo(f"no running cluster {'at all' if all_ else repr(name)}")
@@ -143,7 +150,7 @@ def down(name: str, all_: bool) -> None:
 @name_option
 def kubeconfig(name: str) -> None:
     """Print the kubeconfig path of a running cluster."""
-    planes = cluster.find_clusters(name)
+    planes = find_clusters(name)
     if not planes:
         raise CliError(f"no running cluster {name!r}: start one with `make dev-cluster`")
     click.echo(planes[0].kubeconfig)
@@ -152,7 +159,7 @@ def kubeconfig(name: str) -> None:
 @main.command()
 def status() -> None:
     """List the local clusters and whether each component runs."""
-    planes = cluster.find_clusters()
+    planes = find_clusters()
     if not planes:
         click.echo("no local clusters")
     for plane in planes:

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import click
 import yaml
-from sbs.e2e import cluster
+from sbs.e2e import crds
+from sbs.e2e.control_plane import ControlPlane
 from sbs.e2e.procs import stop_group
 from sbs.kube.blocking import Kube
 
@@ -45,12 +46,10 @@ def follow(client: Kube, ns: str, name: str, timeout_s: float) -> tuple[str, flo
     return phase, time.monotonic() - t0
 
 
-def run_demo(
-    plane: cluster.ControlPlane, log_dir: Path, namespace: str = "default", timeout_s: float = 120
-) -> int:
+def run_demo(plane: ControlPlane, log_dir: Path, namespace: str = "default", timeout_s: float = 120) -> int:
     client = plane.kube
-    crds = cluster.crd_documents([REPO / "crds"])
-    cluster.install_crds(client, crds, check=plane.check)
+    documents = crds.crd_documents([REPO / "crds"])
+    crds.install_crds(client, documents, check=plane.check)
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / "operator.log"
     with log_path.open("ab") as log:

@@ -23,14 +23,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sbs.e2e import agent, binaries, cluster
+from sbs.e2e import agent, binaries
+from sbs.e2e.control_plane import ClusterSettings, ControlPlane, ControlPlaneError
 from sbs.e2e.waits import WaitTimeout
 from sbs.kube.blocking import ApiError, Kube
 
 REPO = Path(__file__).resolve().parent.parent
 CRDS_DIR = REPO / "crds"
 E2E_FIXTURES = {"control_plane", "kube", "namespace", "node_agent"}
-_PLANE = pytest.StashKey[cluster.ControlPlane]()
+_PLANE = pytest.StashKey[ControlPlane]()
 
 
 def project_crd_paths() -> tuple[Path, ...]:
@@ -56,18 +57,18 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
 
 
 @pytest.fixture(scope="session")
-def control_plane(request: pytest.FixtureRequest) -> Iterator[cluster.ControlPlane]:
+def control_plane(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
     try:
         bins = binaries.find_binaries()
     except (binaries.BinariesMissing, binaries.BuildError) as exc:
         pytest.fail(str(exc), pytrace=False)
-    settings = cluster.ClusterSettings(
+    settings = ClusterSettings(
         node_count=int(os.environ.get("SBS_E2E_NODES", "64")), crd_paths=project_crd_paths()
     )
-    plane = cluster.ControlPlane(bins, settings, name="pytest")
+    plane = ControlPlane(bins, settings, name="pytest")
     try:
         plane.start()
-    except (cluster.ControlPlaneError, WaitTimeout, ApiError) as exc:
+    except (ControlPlaneError, WaitTimeout, ApiError) as exc:
         pytest.fail(f"the e2e control plane did not start: {exc}", pytrace=False)
     request.config.stash[_PLANE] = plane
     old = os.environ.get("KUBECONFIG")
@@ -84,12 +85,12 @@ def control_plane(request: pytest.FixtureRequest) -> Iterator[cluster.ControlPla
 
 
 @pytest.fixture(name="kube", scope="session")
-def kube_fixture(control_plane: cluster.ControlPlane) -> Kube:
+def kube_fixture(control_plane: ControlPlane) -> Kube:
     return control_plane.kube
 
 
 @pytest.fixture
-def namespace(control_plane: cluster.ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
+def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
     control_plane.check()  # a component that died during an earlier test fails this one, with its log
     base = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
     name = f"{base or 'test'}-{secrets.token_hex(3)}"
@@ -105,9 +106,7 @@ def namespace(control_plane: cluster.ControlPlane, request: pytest.FixtureReques
 
 
 @pytest.fixture
-def node_agent(
-    control_plane: cluster.ControlPlane, tmp_path: Path
-) -> Iterator[Callable[..., agent.NodeAgent]]:
+def node_agent(control_plane: ControlPlane, tmp_path: Path) -> Iterator[Callable[..., agent.NodeAgent]]:
     started: list[agent.NodeAgent] = []
 
     def make(*, selector: str, command: agent.Command, **kwargs: object) -> agent.NodeAgent:

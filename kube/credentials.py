@@ -57,6 +57,10 @@ class _FileToken:
         self._value = ""
 
     async def token(self, force: bool) -> str:
+        return self.read(force)
+
+    def read(self, force: bool = False) -> str:
+        """`Bearer <token>`: the file read again when it changed on disk, or when `force`d."""
         st = self.path.stat()
         stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
         if force or stamp != self._stamp:
@@ -71,10 +75,13 @@ class _FileToken:
 
 
 class _ExecToken:
-    """A kubeconfig user's `exec` plugin, run by `kubernetes_asyncio`'s loader when due."""
+    """A kubeconfig user's `exec` plugin, run by `kubernetes_asyncio`'s loader when due.
 
-    def __init__(self, loader: Any) -> None:
-        self.loader = loader
+    When the plugin fails, `CredentialsError` names the kubeconfig; a token that has not expired yet
+    is kept meanwhile, and the next request runs the plugin again."""
+
+    def __init__(self, loader: Any, source: str) -> None:
+        self.loader, self.source = loader, source
         self._value: str = loader.token
 
     async def token(self, force: bool) -> str:
@@ -82,9 +89,16 @@ class _ExecToken:
         due = expiry is not None and expiry.timestamp() - EXEC_REFRESH_MARGIN_S <= _now()
         if force or due:
             # The loader caches the credential until the expiry it saw; drop that to run it again.
-            if hasattr(self.loader, "exec_plugin_expiry"):
+            if expiry is not None:
                 del self.loader.exec_plugin_expiry
-            await self.loader.load_from_exec_plugin()
+            try:
+                await self.loader.load_from_exec_plugin()
+            except (ConfigException, OSError, KeyError, TypeError, ValueError) as exc:
+                if expiry is not None:
+                    self.loader.exec_plugin_expiry = expiry  # due again: the next request retries
+                if force or expiry is None or expiry.timestamp() <= _now():
+                    raise CredentialsError(f"{self.source}: the exec plugin failed: {exc}") from None
+                return self._value  # not expired yet: still usable
             self._value = self.loader.token
         return self._value
 
@@ -190,8 +204,10 @@ async def from_kubeconfig(
         what = f"context {context!r}" if context else "the current context"
         raise CredentialsError(f"{where}: cannot use {what}: {exc or type(exc).__name__}") from None
     user = getattr(loader, "_user", None)
-    tokens = _ExecToken(loader) if user is not None and "exec" in user else None
-    return Credentials(cfg, where, tokens)
+    # A plugin may answer with a client certificate instead of a token: that one is not renewed
+    # (the TLS context of a client holds it for the client's life).
+    exec_token = user is not None and "exec" in user and hasattr(loader, "token")
+    return Credentials(cfg, where, _ExecToken(loader, where) if exec_token else None)
 
 
 def in_cluster(service_account_dir: Path = SA_DIR, environ: Mapping[str, str] = os.environ) -> Credentials:
@@ -207,7 +223,9 @@ def in_cluster(service_account_dir: Path = SA_DIR, environ: Mapping[str, str] = 
         ).load_and_set(cfg)
     except ConfigException as exc:
         raise CredentialsError(f"in-cluster config ({service_account_dir}): {exc}") from None
-    return Credentials(cfg, "in-cluster", _FileToken(token_file))
+    tokens = _FileToken(token_file)
+    cfg.api_key["BearerToken"] = tokens.read()  # the loader's copy keeps a trailing newline
+    return Credentials(cfg, "in-cluster", tokens)
 
 
 def from_certificates(server: str, *, ca_file: Path, cert_file: Path, key_file: Path) -> Credentials:

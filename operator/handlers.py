@@ -18,7 +18,7 @@ from typing import Any
 import kopf
 from sbs.kube import labels as sbs_labels
 from sbs.kube.client import ApiError, KubeClient, collection_path
-from sbs.kube.credentials import Credentials
+from sbs.kube.credentials import Credentials, CredentialsError
 from sbs.operator import api, child_names
 from sbs.operator.autoscaling import role_scaler_api
 from sbs.operator.autoscaling.controller import Autoscaler
@@ -130,6 +130,6 @@ async def run(client: KubeClient, cfg: OperatorConfig, stop: asyncio.Event | Non
 
 async def _enqueue_all(work: WorkQueue) -> None:
     for ns in work.cfg.namespaces or (None,):
-        with contextlib.suppress(ApiError, OSError):
+        with contextlib.suppress(ApiError, CredentialsError, OSError):
             for item in await work.client.list(collection_path(api.API_VERSION, api.PLURAL, ns)):
                 work.enqueue(item["metadata"]["namespace"], item["metadata"]["name"])

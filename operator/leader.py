@@ -15,6 +15,7 @@ from typing import Any
 
 from sbs.kube import timestamps
 from sbs.kube.client import ApiError, KubeClient, collection_path
+from sbs.kube.credentials import CredentialsError
 
 log = logging.getLogger("sbs.operator.leader")
 
@@ -87,7 +88,7 @@ class LeaseElector:
             try:
                 if await self.try_acquire():
                     self._renewed_at = time.monotonic()
-            except (TimeoutError, ApiError, OSError) as exc:
+            except (TimeoutError, ApiError, CredentialsError, OSError) as exc:
                 log.warning("lease %s/%s: %s", self.namespace, self.name, exc)
             now_leader = self.is_leader
             if now_leader != was:
@@ -110,6 +111,6 @@ class LeaseElector:
                 lease["spec"]["holderIdentity"] = ""
                 lease["spec"]["renewTime"] = timestamps.rfc3339_micro(0)
                 await self.client.request("PUT", self.path, body=lease)
-        except (ApiError, OSError) as exc:
+        except (ApiError, CredentialsError, OSError) as exc:
             log.warning("lease release: %s", exc)
         self._renewed_at = -1e9

@@ -16,6 +16,7 @@ import time
 
 from prometheus_client import Counter, Gauge, Histogram
 from sbs.kube.client import ApiError, KubeClient, collection_path
+from sbs.kube.credentials import CredentialsError
 from sbs.operator import api, reconciler
 from sbs.operator.config import OperatorConfig
 from sbs.operator.leader import LeaseElector
@@ -122,7 +123,7 @@ class WorkQueue:
                     for item in items:
                         self.enqueue(item["metadata"]["namespace"], item["metadata"]["name"])
                 self.last_resync = time.monotonic()
-            except (ApiError, OSError) as exc:
+            except (ApiError, CredentialsError, OSError) as exc:
                 log.warning("resync failed: %s", exc)
             await asyncio.sleep(self.cfg.resync_s)
 

@@ -25,13 +25,12 @@ from typing import Any
 
 import click
 from sbs.settings import scheduling
-from sbs.sim import plan as planning
-from sbs.sim import report
-from sbs.sim.capacity import nominal_prefill_tok_s
+from sbs.sim import report, sizing
 from sbs.sim.cluster import PRESETS, ClusterConfig, load_cluster
 from sbs.sim.costmodel import CostModel
 from sbs.sim.errors import SimInputError
 from sbs.sim.loaders import load_trace, servegen
+from sbs.sim.nominal_capacity import nominal_prefill_tok_s
 from sbs.sim.runner import RunSpec, run_many
 from sbs.sim.trace import Trace
 from sbs.sim.workload import bursty, load_scaled, rate_scaled, synthetic, tiled, truncated
@@ -256,8 +255,8 @@ def _plan(opts: dict[str, Any]) -> None:
         raise SimInputError(f"--policy: {exc}") from None
     wl = _workload(opts)
     trace = wl.at(load=opts["load"], rate_scale=opts["rate_scale"])
-    slo = planning.Slo(opts["slo_ttft_p90"], opts["slo_tpot_p90"])
-    limits = planning.PlanLimits(
+    slo = sizing.Slo(opts["slo_ttft_p90"], opts["slo_tpot_p90"])
+    limits = sizing.PlanLimits(
         max_prefill_groups=opts["max_prefill_groups"], max_decode_groups=opts["max_decode_groups"]
     )
     c = wl.cluster
@@ -273,7 +272,7 @@ def _plan(opts: dict[str, Any]) -> None:
         f"1-{limits.max_decode_groups} decode groups"
     )
     t0 = time.monotonic()
-    result = planning.plan_groups(
+    result = sizing.plan_groups(
         trace, c, slo, policy, limits, jobs=opts["jobs"], on_candidate=_candidate_printer(slo)
     )
     elapsed = time.monotonic() - t0
@@ -292,10 +291,10 @@ def _plan(opts: dict[str, Any]) -> None:
     )
 
 
-def _candidate_printer(slo: planning.Slo) -> Callable[[planning.Candidate], None]:
+def _candidate_printer(slo: sizing.Slo) -> Callable[[sizing.Candidate], None]:
     count = [0]
 
-    def show(cand: planning.Candidate) -> None:
+    def show(cand: sizing.Candidate) -> None:
         count[0] += 1
         mark = {True: "ok", False: "MISS"}
         dropped = f", {cand.dropped} dropped" if cand.dropped else ""

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sbs.scheduler.core.types import InstanceSpec, Role
+from sbs.settings.engine_shape import DEFAULT_CHUNK_PER_RANK
 from sbs.sim.errors import ClusterConfigError
 
 
@@ -26,7 +27,7 @@ class RoleConfig(_Model):
     instances: int = Field(ge=1)
     nodes_per_instance: int = Field(ge=1)
     gpus_per_node: int = Field(8, ge=1)
-    chunk_tokens: int = Field(16384, ge=64)
+    chunk_tokens: int = Field(DEFAULT_CHUNK_PER_RANK, ge=64)
     """Per-DP-rank token budget of one forward step (SGLang `--chunked-prefill-size` / DP size)."""
     max_running_requests: int = Field(0, ge=0)
     """Per-rank cap on running requests (decode; 0 = bounded by KV only)."""
@@ -70,12 +71,12 @@ class ClusterConfig(_Model):
 PRESETS: dict[str, ClusterConfig] = {
     "ds3-h800": ClusterConfig(
         name="ds3-h800",
-        prefill=RoleConfig(instances=4, nodes_per_instance=4, chunk_tokens=16384),
+        prefill=RoleConfig(instances=4, nodes_per_instance=4, chunk_tokens=DEFAULT_CHUNK_PER_RANK),
         decode=RoleConfig(instances=1, nodes_per_instance=18, max_running_requests=256),
     ),
     "ds3-h800-dp72": ClusterConfig(
         name="ds3-h800-dp72",
-        prefill=RoleConfig(instances=3, nodes_per_instance=4, chunk_tokens=16384),
+        prefill=RoleConfig(instances=3, nodes_per_instance=4, chunk_tokens=DEFAULT_CHUNK_PER_RANK),
         decode=RoleConfig(instances=2, nodes_per_instance=9, max_running_requests=256),
     ),
     "small": ClusterConfig(

@@ -7,22 +7,19 @@ from pathlib import Path
 from typing import Any
 
 from sbs.sim.cluster import ClusterConfig
+from sbs.sim.summary_table import LATENCY_KEYS, align, cell, pick, summary_lines
 
-_COLUMNS = (
-    ("policy", "{}", None),
-    ("TTFT mean", "{:.3f}", "ttft_mean_s"),
-    ("p50", "{:.3f}", "ttft_p50_s"),
-    ("p90", "{:.3f}", "ttft_p90_s"),
-    ("p99", "{:.3f}", "ttft_p99_s"),
-    ("TPOT mean", "{:.4f}", "tpot_mean_s"),
-    ("ITL p99", "{:.4f}", "itl_p99_s"),
-    ("tok/s", "{:.0f}", "throughput_tok_s"),
-    ("req/s", "{:.1f}", "request_throughput"),
-    ("goodput", "{:.1f}", "goodput_rps"),
-    ("chunk util", "{:.2f}", "prefill_chunk_utilization"),
-    ("DP imbal", "{:.2f}", "dp_imbalance"),
-    ("done", "{:.0f}", "completed"),
-    ("dropped", "{:.0f}", "dropped"),
+_COMPARE_COLUMNS = pick(
+    *LATENCY_KEYS,
+    "throughput_tok_s",
+    "request_throughput",
+    "goodput_rps",
+    "prefill_chunk_utilization",
+    "dp_imbalance",
+    "completed",
+    "dropped",
+    request_throughput="{:.1f}",
+    goodput_rps="{:.1f}",
 )
 
 
@@ -36,13 +33,7 @@ def describe_cluster(c: ClusterConfig) -> str:
 
 def table(results: list[dict[str, Any]], *, slo_ttft_s: float, slo_tpot_s: float) -> str:
     """Aligned table, one row per policy, times in seconds, then SBS's ratios to the best baseline."""
-    rows = [[h for h, _, _ in _COLUMNS]]
-    for r in results:
-        s = r["summary"]
-        rows.append([r["policy"]] + [_fmt(f, s.get(k)) for _, f, k in _COLUMNS[1:]])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = summary_lines("policy", ((r["policy"], r["summary"]) for r in results), _COMPARE_COLUMNS)
     lines.append(f"(times in s; goodput = req/s meeting TTFT ≤ {slo_ttft_s:g} s and TPOT ≤ {slo_tpot_s:g} s)")
     ratio = ratios_vs_best_baseline(results)
     if ratio:
@@ -98,15 +89,12 @@ def sweep_table(
     results: list[dict[str, Any]], grid: list[float], slo_p90_s: float, best: dict[str, float]
 ) -> str:
     policies = list(dict.fromkeys(r["policy"] for r in results))
-    cell = {(r["policy"], r["load"]): r["summary"]["ttft_p90_s"] for r in results}
-    head = ["load", *policies]
-    rows = [head]
+    p90 = {(r["policy"], r["load"]): r["summary"]["ttft_p90_s"] for r in results}
+    rows = [["load", *policies]]
     for lv in grid:
-        rows.append([f"{lv:g}"] + [_fmt("{:.3f}", cell.get((p, lv))) for p in policies])
+        rows.append([f"{lv:g}"] + [cell("{:.3f}", p90.get((p, lv))) for p in policies])
     rows.append([f"max@{slo_p90_s:g}s"] + [f"{best[p]:.3f}" for p in policies])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = align(rows)
     lines.insert(0, f"TTFT p90 (s) by load (fraction of nominal prefill capacity); SLO {slo_p90_s:g} s")
     return "\n".join(lines)
 
@@ -162,9 +150,3 @@ def plot_sweep(results: list[dict[str, Any]], slo_p90_s: float, path: Path) -> N
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def _fmt(f: str, v: float | None) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    return f.format(v)

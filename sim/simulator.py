@@ -1,15 +1,14 @@
 """Discrete-event simulation of a P/D-disaggregated DP+EP cluster driving the real scheduling core.
 
-The loop pops (time, seq) from a heap; the loop owns the sequence counter, so ties break in the order
-events were created and a run is reproducible. The scheduler under test is the same `Scheduler` the
-live service runs, fed the same events (`RequestArrived`, `StepCompleted`, `LoadReported`,
-`RequestFinished`) with report delays, and woken at its own `next_deadline()`.
+The loop pops (time, seq) from the heap of a `CoreLoop`, which owns the sequence counter, so ties break
+in the order events were created and a run is reproducible. The scheduler under test is the same
+`Scheduler` the live service runs, fed the same events (`RequestArrived`, `StepCompleted`,
+`LoadReported`, `RequestFinished`) with report delays, and woken at its own `next_deadline()`.
 """
 
 from __future__ import annotations
 
 import heapq
-import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,16 +16,17 @@ from dataclasses import dataclass
 from sbs.scheduler.core.capacity import PrefillCapacityModel
 from sbs.scheduler.core.events import LoadReported, RequestArrived, RequestFinished, StepCompleted
 from sbs.scheduler.core.scheduler import Scheduler
-from sbs.scheduler.core.types import Dispatch, Reject, Request, Role
+from sbs.scheduler.core.types import Decision, Dispatch, Reject, Request, Role
 from sbs.settings import scheduling
 from sbs.sim.cluster import ClusterConfig
+from sbs.sim.core_loop import DISPATCH, FIRST_FREE_KIND, TIMER, CoreLoop
 from sbs.sim.costmodel import CostModel
 from sbs.sim.engine import DecodeEngine, DecodeJob, PrefillEngine, PrefillJob
 from sbs.sim.errors import ClusterConfigError
-from sbs.sim.metrics import Recorder
+from sbs.sim.recorder import Recorder
 from sbs.sim.trace import Trace
 
-_ARRIVAL, _DISPATCH, _P_END, _KV, _D_END, _TIMER, _REPORT, _POLL = range(8)
+_ARRIVAL, _P_END, _KV, _D_END, _REPORT, _POLL = range(FIRST_FREE_KIND, FIRST_FREE_KIND + 6)
 
 
 @dataclass(frozen=True)
@@ -102,26 +102,20 @@ class Simulation:
             for i, s in enumerate(self.decode_specs)
         ]
         self.rec = Recorder(len(trace.requests))
-        self._heap: list[tuple[float, int, int, object]] = []
-        self._seq = 0
-        self._timer_at = math.inf
+        self.loop = CoreLoop(self.scheduler, cluster.network_s)
         self._decode_of: dict[int, tuple[int, int]] = {}
         self._requests = trace.requests
         self._open = 0
         self._arrived = 0
 
-    def _push(self, t: float, kind: int, payload: object = None) -> None:
-        self._seq += 1
-        heapq.heappush(self._heap, (t, self._seq, kind, payload))
-
     def run(self) -> SimResult:
         for req in self._requests:
-            self._push(req.arrival_s, _ARRIVAL, req)
-        self._push(0.0, _POLL)
+            self.loop.push(req.arrival_s, _ARRIVAL, req)
+        self.loop.push(0.0, _POLL)
         n = len(self._requests)
         events = 0
         report_every = max(1, n // 100)
-        heap = self._heap
+        heap = self.loop.heap
         while heap:
             t, _, kind, payload = heapq.heappop(heap)
             events += 1
@@ -134,8 +128,8 @@ class Simulation:
                 self._arrived += 1
                 if self.progress and self._arrived % report_every == 0:
                     self.progress(self._arrived / n)
-                self._apply(self.scheduler.handle(RequestArrived(req), t), t)
-            elif kind == _DISPATCH:
+                self._record(self.loop.handle(RequestArrived(req), t), t)
+            elif kind == DISPATCH:
                 self._on_dispatch(payload, t)  # type: ignore[arg-type]
             elif kind == _P_END:
                 self._on_prefill_end(payload, t)  # type: ignore[arg-type]
@@ -143,12 +137,11 @@ class Simulation:
                 self._on_kv(payload, t)  # type: ignore[arg-type]
             elif kind == _D_END:
                 self._on_decode_end(payload, t)  # type: ignore[arg-type]
-            elif kind == _TIMER:
-                self._timer_at = math.inf
-                self._apply(self.scheduler.handle(None, t), t)
+            elif kind == TIMER:
+                self._record(self.loop.on_timer(t), t)
             elif kind == _REPORT:
                 for ev in payload:  # type: ignore[attr-defined]
-                    self._apply(self.scheduler.handle(ev, t), t)
+                    self._record(self.loop.handle(ev, t), t)
             elif kind == _POLL:
                 self._on_poll(t)
         if self.progress:
@@ -157,23 +150,12 @@ class Simulation:
         stats = {k: getattr(st, k) for k in st.__slots__}  # type: ignore[attr-defined]
         return SimResult(self.policy.type, self.rec, events, stats)
 
-    def _apply(self, decisions: list, t: float) -> None:
-        net = self.cluster.network_s
-        batches: dict[int, list[Dispatch]] = {}
+    def _record(self, decisions: list[Decision], t: float) -> None:
         for d in decisions:
             if isinstance(d, Dispatch):
                 self.rec.dispatched[d.rid] = t
-                batches.setdefault(d.prefill_instance, []).append(d)
             elif isinstance(d, Reject):
                 self._open -= 1
-        for batch in batches.values():  # a released batch reaches its engine as one message
-            self._push(t + net, _DISPATCH, batch)
-        dl = self.scheduler.next_deadline()
-        if dl is not None:
-            dl = max(dl, t + 1e-6)
-            if dl < self._timer_at:
-                self._timer_at = dl
-                self._push(dl, _TIMER)
 
     def _on_dispatch(self, batch: list[Dispatch], t: float) -> None:
         for d in batch:
@@ -192,7 +174,7 @@ class Simulation:
     def _start_prefill(self, i: int, t: float) -> None:
         dur = self.prefill[i].start_step(t)
         if dur > 0:
-            self._push(t + dur, _P_END, i)
+            self.loop.push(t + dur, _P_END, i)
 
     def _on_prefill_end(self, i: int, t: float) -> None:
         eng = self.prefill[i]
@@ -200,10 +182,10 @@ class Simulation:
         self.rec.on_prefill_step(rec.rank_tokens, eng.spec.chunk_tokens, rec.duration_s)
         for job in rec.finished:
             self.rec.cached[job.rid] = job.cached
-            self._push(t + self.cost.kv_transfer_s(job.prompt_tokens), _KV, job.rid)
+            self.loop.push(t + self.cost.kv_transfer_s(job.prompt_tokens), _KV, job.rid)
         queued = eng.has_work()
         report = StepCompleted(i, rec.started_s, rec.duration_s, tuple(j.rid for j in rec.finished), queued)
-        self._push(t + self.cluster.report_delay_s, _REPORT, (report,))
+        self.loop.push(t + self.cluster.report_delay_s, _REPORT, (report,))
         if queued:
             self._start_prefill(i, t)
 
@@ -218,7 +200,7 @@ class Simulation:
     def _start_decode(self, i: int, t: float) -> None:
         dur = self.decode[i].start_step(t)
         if dur > 0:
-            self._push(t + dur, _D_END, i)
+            self.loop.push(t + dur, _D_END, i)
 
     def _on_decode_end(self, i: int, t: float) -> None:
         dec = self.decode[i]
@@ -231,7 +213,7 @@ class Simulation:
                 self.rec.finished[rid] = t
             self._open -= len(rec.finished)
             reports = tuple(RequestFinished(rid, t) for rid in rec.finished)
-            self._push(t + self.cluster.report_delay_s, _REPORT, reports)
+            self.loop.push(t + self.cluster.report_delay_s, _REPORT, reports)
         if dec.has_work():
             self._start_decode(i, t)
 
@@ -239,6 +221,6 @@ class Simulation:
         delay = self.cluster.report_delay_s
         reports = [LoadReported(Role.PREFILL, i, t, e.loads()) for i, e in enumerate(self.prefill)]
         reports += [LoadReported(Role.DECODE, i, t, e.loads()) for i, e in enumerate(self.decode)]
-        self._push(t + delay, _REPORT, tuple(reports))
+        self.loop.push(t + delay, _REPORT, tuple(reports))
         if self._open > 0 or self._arrived < len(self._requests):
-            self._push(t + self.cluster.loads_period_s, _POLL)
+            self.loop.push(t + self.cluster.loads_period_s, _POLL)

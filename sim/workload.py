@@ -1,4 +1,4 @@
-"""Workload shaping: pure functions from traces (or length tables) to new traces.
+"""Workload shaping: pure functions from traces, length tables or observed samples to new traces.
 
 Every function returns a new `Trace` (sorted, first arrival at 0.0 s, rids renumbered) and never
 changes its input. Random ones take a `seed` and are deterministic for it. Arguments are checked and
@@ -8,6 +8,7 @@ a bad one raises `ValueError` naming the parameter.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -16,6 +17,7 @@ from sbs.sim.loaders.lengths import LengthTable
 from sbs.sim.trace import Trace, build_trace
 
 Lengths = LengthTable | Trace | tuple[int, int]
+LengthSamples = Sequence[int] | npt.NDArray[np.integer]
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
@@ -144,6 +146,45 @@ def bursty(
     return build_trace(name, times, prompts, outputs)
 
 
+def synthetic_from_observed(
+    rate_per_s: float,
+    prompt_lengths: LengthSamples,
+    output_lengths: LengthSamples,
+    duration_s: float,
+    seed: int,
+    *,
+    cv: float = 1.0,
+) -> Trace:
+    """A trace of `duration_s` seconds at `rate_per_s` with lengths drawn from observed samples.
+
+    Arrivals are a renewal process (`cv` = gap coefficient of variation: 1 Poisson, > 1 burstier) as
+    in `synthetic`. When both samples have the same size they are taken as pairs (request i had
+    prompt i and output i) and drawn together, keeping their correlation; otherwise prompt and output
+    lengths are drawn independently from their own samples. A 0-token output counts as 1, as the
+    trace loaders do.
+    """
+    prompts = _length_samples("prompt_lengths", prompt_lengths, minimum=1)
+    outputs = np.maximum(_length_samples("output_lengths", output_lengths, minimum=0), 1)
+    _check_seed(seed)
+    if len(prompts) == len(outputs):
+        table = LengthTable(
+            f"observed n={len(prompts)} mean {prompts.mean():.0f}/{outputs.mean():.0f}",
+            tuple(prompts.tolist()),
+            tuple(outputs.tolist()),
+        )
+        return synthetic(rate_rps=rate_per_s, duration_s=duration_s, seed=seed, cv=cv, lengths=table)
+    arrivals = synthetic(rate_rps=rate_per_s, duration_s=duration_s, seed=seed, cv=cv, lengths=(1, 1))
+    rng = np.random.default_rng([seed, 1])
+    n = len(arrivals)
+    return build_trace(
+        f"synthetic rate={rate_per_s:g}rps cv={cv:g} independent lengths (observed n={len(prompts)}/"
+        f"{len(outputs)} mean {prompts.mean():.0f}/{outputs.mean():.0f}) seed={seed}",
+        [r.arrival_s for r in arrivals.requests],
+        prompts[rng.integers(0, len(prompts), size=n)],
+        outputs[rng.integers(0, len(outputs), size=n)],
+    )
+
+
 def _piecewise_renewal(
     rng: np.random.Generator, starts: FloatArray, rates: FloatArray, end_s: float, cv: float
 ) -> FloatArray:
@@ -208,9 +249,27 @@ def _lengths_name(lengths: Lengths) -> str:
     return f"lengths={lengths[0]}/{lengths[1]}"
 
 
-def _rng(seed: int) -> np.random.Generator:
+def _length_samples(name: str, values: LengthSamples, *, minimum: int) -> IntArray:
+    arr = np.asarray(values)
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"{name} must be a non-empty sequence of token counts, got {values!r:.80}")
+    whole = np.issubdtype(arr.dtype, np.integer) or (
+        np.issubdtype(arr.dtype, np.floating) and bool(np.all(np.isfinite(arr))) and not np.any(arr % 1)
+    )
+    if not whole:
+        raise ValueError(f"{name} must hold whole token counts, got {values!r:.80}")
+    if arr.min() < minimum:
+        raise ValueError(f"{name} must be >= {minimum} tokens each, got {int(arr.min())}")
+    return arr.astype(np.int64)
+
+
+def _check_seed(seed: int) -> None:
     if type(seed) is not int or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+
+
+def _rng(seed: int) -> np.random.Generator:
+    _check_seed(seed)
     return np.random.default_rng(seed)
 
 

@@ -19,6 +19,7 @@ import aiohttp
 from pydantic import ValidationError
 from sbs.kube import labels, timestamps
 from sbs.kube.client import ApiError, KubeClient, collection_path
+from sbs.kube.credentials import CredentialsError
 from sbs.operator import api, scheduler_objects
 from sbs.operator.autoscaling import decision, policy_api, role_scaler_api, role_scalers
 
@@ -58,7 +59,7 @@ class Autoscaler:
                 if self.is_leader():
                     try:
                         await self.tick(time.monotonic())
-                    except (ApiError, OSError, aiohttp.ClientError) as exc:
+                    except (ApiError, CredentialsError, OSError, aiohttp.ClientError) as exc:
                         log.warning("autoscaler: %s", exc)
                 await asyncio.sleep(self.tick_s)
         finally:

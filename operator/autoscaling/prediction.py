@@ -1,5 +1,5 @@
 """Predictive sizing for the autoscaler: the workload a scheduler observed, replayed in the calibrated
-simulator (`sbs.sim.plan`) on the deployment's own group shapes, gives the group counts that meet
+simulator (`sbs.sim.sizing`) on the deployment's own group shapes, gives the group counts that meet
 the SLOs before the queues say so. Pure apart from the CPU it burns (run it in a thread)."""
 
 from __future__ import annotations
@@ -7,23 +7,25 @@ from __future__ import annotations
 from sbs.operator import api
 from sbs.operator.autoscaling import policy_api
 from sbs.operator.autoscaling.decision import Histogram
+from sbs.settings.engine_shape import DEFAULT_CHUNK_PER_RANK, per_rank
 from sbs.sim.cluster import ClusterConfig, RoleConfig
-from sbs.sim.plan import PlanLimits, PlanResult, Slo, plan_groups, synthetic_from_observed
+from sbs.sim.sizing import PlanLimits, PlanResult, Slo, plan_groups
+from sbs.sim.workload import synthetic_from_observed
 
 
 def sim_cluster(dep: api.SBSDeploymentSpec) -> ClusterConfig:
     """The simulator's cluster with the deployment's group shapes (counts are the plan's to choose)."""
 
-    def role(r: api.RoleSpec, chunk_default: int) -> RoleConfig:
-        chunk = r.chunked_prefill_size // r.attn_dp_size if r.chunked_prefill_size else chunk_default
+    def role(r: api.RoleSpec) -> RoleConfig:
+        dp = r.attn_dp_size
+        chunk = per_rank(r.chunked_prefill_size, dp) if r.chunked_prefill_size else DEFAULT_CHUNK_PER_RANK
+        running = per_rank(r.max_running_requests, dp) if r.max_running_requests else 0
         return RoleConfig(
             instances=max(r.groups, 1), nodes_per_instance=r.nodes_per_group, gpus_per_node=r.gpus_per_node,
-            chunk_tokens=max(chunk, 64), max_running_requests=(r.max_running_requests or 0) // r.attn_dp_size,
+            chunk_tokens=max(chunk, 64), max_running_requests=running,
         )  # fmt: skip
 
-    return ClusterConfig(
-        name="sbsdeployment", prefill=role(dep.prefill, 16384), decode=role(dep.decode, 16384)
-    )
+    return ClusterConfig(name="sbsdeployment", prefill=role(dep.prefill), decode=role(dep.decode))
 
 
 def samples(hist: Histogram, max_samples: int = 2000) -> list[int]:

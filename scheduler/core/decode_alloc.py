@@ -1,6 +1,6 @@
 """IQR-informed lexicographic decode placement (the paper's Algorithm 3) for one admission round.
 
-`assign_decode` places the round's requests largest KV first (ties: lower rid). For each request the
+`assign_decode_lists` places the round's requests largest KV first (ties: lower rid). For each request the
 candidates are the available ranks with KV room for it (`K_i + kv <= capacity`) and a free running slot
 (`max_running == 0 or B_i < max_running`). With at least `min_candidates` candidates, ranks whose KV
 load is a Tukey outlier, `K_i > Q3 + iqr_k * (Q3 - Q1)` over the candidates' K, are masked (unless that
@@ -11,8 +11,8 @@ rank is updated virtually (`B += 1`, `K += kv`) so later requests of the round s
 Quartiles use numpy's default 'linear' method (Hyndman-Fan type 7): for n sorted values x and
 probability p, h = (n - 1) p and Q = x[floor h] + (h - floor h) (x[floor h + 1] - x[floor h]).
 
-`assign_decode_lists` is the same rule over plain per-rank lists (no per-rank or per-request objects),
-for callers that keep their counters in lists; `assign_decode` is a thin wrapper around it.
+It takes plain per-rank and per-request lists (no objects), the shape the scheduler keeps its
+counters in.
 
 Complexity: the candidates' K are kept in a sorted list per distinct capacity, so with one capacity
 (the usual case) the candidates are a prefix of it, found by bisection, and both quartiles are O(1)
@@ -33,40 +33,12 @@ from operator import add, mul
 
 from sbs.scheduler.core.types import RankRef
 
-__all__ = ["DecodeItem", "DecodePlan", "DecodeRankLoad", "assign_decode", "assign_decode_lists"]
-
-
-@dataclass(frozen=True, slots=True)
-class DecodeItem:
-    """One request to place on a decode rank."""
-
-    rid: int
-    kv_tokens: int
-    """KV the request will hold on its decode rank (prompt + expected share of output)."""
-
-    def __post_init__(self) -> None:
-        if self.kv_tokens < 0:
-            raise ValueError(f"decode item {self.rid}: kv_tokens must be >= 0, got {self.kv_tokens}")
-
-
-@dataclass(frozen=True, slots=True)
-class DecodeRankLoad:
-    """The scheduler's view of one decode DP rank at the start of the round."""
-
-    ref: RankRef
-    batch: int
-    """B_i: requests running + waiting/in transfer on the rank."""
-    kv_tokens: int
-    """K_i: KV tokens allocated on the rank."""
-    kv_capacity_tokens: int
-    max_running: int = 0
-    """Cap on B_i; 0 = unlimited."""
-    available: bool = True
+__all__ = ["DecodePlan", "assign_decode_lists"]
 
 
 @dataclass(frozen=True, slots=True)
 class DecodePlan:
-    """The result of `assign_decode`."""
+    """The result of `assign_decode_lists`."""
 
     assignments: tuple[tuple[int, RankRef], ...]
     """(rid, rank) in placement order."""
@@ -74,28 +46,6 @@ class DecodePlan:
     """Rids for which no rank had room (KV capacity / max_running), in placement order."""
     masked_ranks: int
     """Candidate ranks excluded by the IQR fence, summed over the round's requests (for metrics)."""
-
-
-def assign_decode(
-    items: Sequence[DecodeItem],
-    ranks: Sequence[DecodeRankLoad],
-    *,
-    iqr_k: float = 1.5,
-    min_candidates: int = 4,
-) -> DecodePlan:
-    """Place one admission round of decode requests (see module docstring)."""
-    return assign_decode_lists(
-        [it.rid for it in items],
-        [it.kv_tokens for it in items],
-        [r.batch for r in ranks],
-        [r.kv_tokens for r in ranks],
-        [r.kv_capacity_tokens for r in ranks],
-        [r.max_running for r in ranks],
-        [r.available for r in ranks],
-        [r.ref for r in ranks],
-        iqr_k=iqr_k,
-        min_candidates=min_candidates,
-    )
 
 
 def assign_decode_lists(
@@ -112,7 +62,7 @@ def assign_decode_lists(
     min_candidates: int = 4,
     refs_sorted: bool = False,
 ) -> DecodePlan:
-    """`assign_decode` over plain lists: request i is (`rids[i]`, `kv_tokens[i]`), rank j is
+    """Place one admission round (see module docstring): request i is (`rids[i]`, `kv_tokens[i]`), rank j is
     (`batch[j]`, `kv[j]`, `capacity[j]`, `max_running[j]`, `available[j]`, `refs[j]`).
 
     The inputs are not modified. `refs_sorted=True` promises that `refs` is in ascending order (as a

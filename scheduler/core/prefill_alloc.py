@@ -1,6 +1,6 @@
 """Prioritized batch allocation (PBAA): one prefill step of one instance, water-filled across its DP ranks.
 
-`water_fill` is pure and deterministic. It runs in two phases:
+`water_fill_lists` is pure and deterministic. It runs in two phases:
 
 1. **Selection.** Items are admitted in the caller's priority order (carried-over first, then oldest)
    while the instance still has token room: the sum over available ranks of
@@ -42,119 +42,7 @@ from itertools import accumulate, compress
 
 from sbs.scheduler.core.capacity import PrefillCapacityModel
 
-__all__ = [
-    "Placement",
-    "PrefillColumns",
-    "PrefillItem",
-    "PrefillPlan",
-    "RankSlot",
-    "water_fill",
-    "water_fill_lists",
-]
-
-
-@dataclass(frozen=True, slots=True)
-class PrefillItem:
-    """One request waiting for prefill.
-
-    `tokens` are the prompt tokens still to prefill (before any cache credit);
-    `cached_tokens_by_rank` optionally maps a rank index (into `ranks`) to the prompt tokens already
-    cached there.
-    """
-
-    rid: int
-    tokens: int
-    cached_tokens_by_rank: Mapping[int, int] | None = None
-
-    def __post_init__(self) -> None:
-        if self.tokens < 1:
-            raise ValueError(f"prefill item {self.rid}: tokens must be >= 1, got {self.tokens}")
-
-
-@dataclass(frozen=True, slots=True)
-class RankSlot:
-    """One DP rank of the chosen prefill instance, at the start of the step being planned."""
-
-    committed_tokens: int = 0
-    """Tokens already committed to this step (continuation of a chunked prompt)."""
-    committed_pairs: float = 0.0
-    """Attention pairs of the committed tokens."""
-    available: bool = True
-    """False: suspect or unhealthy rank; it gets nothing."""
-
-
-@dataclass(frozen=True, slots=True)
-class Placement:
-    """Where one request runs in this step."""
-
-    rid: int
-    rank: int
-    """Index into `ranks`."""
-    step_tokens: int
-    """Tokens processed in this step."""
-    remaining_tokens: int
-    """Carried over to following steps on the same rank (chunked prefill); 0 if whole."""
-    cached_tokens: int
-    """Prefix-cache credit applied (prefix already on this rank)."""
-
-
-@dataclass(frozen=True, slots=True)
-class PrefillPlan:
-    """The result of `water_fill`: placements in priority order, per-rank totals including committed work."""
-
-    placements: tuple[Placement, ...]
-    unplaced: tuple[int, ...]
-    """Rids not placed, in their original priority order."""
-    rank_tokens: tuple[int, ...]
-    rank_cost_s: tuple[float, ...]
-    rank_available: tuple[bool, ...] = ()
-    """Which ranks could take work; empty means all."""
-
-    @property
-    def step_s(self) -> float:
-        """Predicted lockstep duration: the slowest rank's cost."""
-        return max(self.rank_cost_s, default=0.0)
-
-    def _available_tokens(self) -> list[int]:
-        if not self.rank_available:
-            return list(self.rank_tokens)
-        return [t for t, ok in zip(self.rank_tokens, self.rank_available, strict=True) if ok]
-
-    def utilization(self, chunk_tokens: int) -> float:
-        """Chunk utilisation: tokens on available ranks / (available ranks * chunk_tokens); 0.0 if none."""
-        tokens = self._available_tokens()
-        if not tokens or chunk_tokens <= 0:
-            return 0.0
-        return sum(tokens) / (len(tokens) * chunk_tokens)
-
-    def imbalance(self) -> float:
-        """max/mean of tokens over available ranks; 1.0 when there is no work (or no available rank)."""
-        tokens = self._available_tokens()
-        total = sum(tokens)
-        if total <= 0:
-            return 1.0
-        return max(tokens) * len(tokens) / total
-
-
-# A frozen dataclass's generated __init__ goes through object.__setattr__ per field (~0.6 us per
-# Placement, the largest single cost of a round); setting the slots directly is ~2x faster.
-_new = object.__new__
-_set_rid = Placement.rid.__set__  # type: ignore[attr-defined]
-_set_rank = Placement.rank.__set__  # type: ignore[attr-defined]
-_set_step = Placement.step_tokens.__set__  # type: ignore[attr-defined]
-_set_remaining = Placement.remaining_tokens.__set__  # type: ignore[attr-defined]
-_set_cached = Placement.cached_tokens.__set__  # type: ignore[attr-defined]
-
-
-def _placement(rid: int, rank: int, step_tokens: int, remaining_tokens: int, cached_tokens: int) -> Placement:
-    """`Placement(...)`, built without the frozen-dataclass __init__ overhead."""
-    p = _new(Placement)
-    _set_rid(p, rid)
-    _set_rank(p, rank)
-    _set_step(p, step_tokens)
-    _set_remaining(p, remaining_tokens)
-    _set_cached(p, cached_tokens)
-    return p
+__all__ = ["PrefillColumns", "water_fill_lists"]
 
 
 def _credit(cache: Mapping[int, int], rank: int, tokens: int) -> int:
@@ -164,7 +52,9 @@ def _credit(cache: Mapping[int, int], rank: int, tokens: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class PrefillColumns:
-    """`water_fill_lists`' result: `PrefillPlan` as parallel lists (placements in priority order)."""
+    """`water_fill_lists`' result, as parallel lists: the placed items in priority order (rid, rank, tokens
+    this step, tokens carried to later steps on the same rank, cache credit applied), the rids not
+    placed, and per rank the step's tokens and predicted cost (committed work included)."""
 
     rids: list[int]
     ranks: list[int]
@@ -181,44 +71,6 @@ class PrefillColumns:
         """Predicted lockstep duration: the slowest rank's cost."""
         return max(self.rank_cost_s, default=0.0)
 
-    def to_plan(self) -> PrefillPlan:
-        """The same result as a `PrefillPlan`."""
-        placements = tuple(
-            map(
-                _placement, self.rids, self.ranks, self.step_tokens, self.remaining_tokens, self.cached_tokens
-            )
-        )
-        return PrefillPlan(
-            placements,
-            tuple(self.unplaced),
-            tuple(self.rank_tokens),
-            tuple(self.rank_cost_s),
-            tuple(self.rank_available),
-        )
-
-
-def water_fill(
-    items: Sequence[PrefillItem],
-    ranks: Sequence[RankSlot],
-    *,
-    chunk_tokens: int,
-    model: PrefillCapacityModel,
-    allow_chunking: bool = True,
-) -> PrefillPlan:
-    """Select items in priority order for one step and pack them onto DP ranks (see module docstring)."""
-    credits = [it.cached_tokens_by_rank for it in items]
-    return water_fill_lists(
-        [it.rid for it in items],
-        [it.tokens for it in items],
-        [r.committed_tokens for r in ranks],
-        [r.committed_pairs for r in ranks],
-        [r.available for r in ranks],
-        credits=credits if any(credits) else None,
-        chunk_tokens=chunk_tokens,
-        model=model,
-        allow_chunking=allow_chunking,
-    ).to_plan()
-
 
 def water_fill_lists(
     rids: Sequence[int],
@@ -232,7 +84,8 @@ def water_fill_lists(
     model: PrefillCapacityModel,
     allow_chunking: bool = True,
 ) -> PrefillColumns:
-    """`water_fill` over plain lists: item i is (`rids[i]`, `tokens[i]`, `credits[i]`), rank j is
+    """Select items in priority order for one step and pack them onto DP ranks (see module docstring):
+    item i is (`rids[i]`, `tokens[i]`, `credits[i]`), rank j is
     (`committed_tokens[j]`, `committed_pairs[j]`, `available[j]`); None means no credit / all available.
 
     The inputs are not modified.

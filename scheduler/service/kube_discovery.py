@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 from sbs.kube import credentials, labels
 from sbs.kube.client import ApiError, KubeClient
+from sbs.kube.credentials import CredentialsError
 from sbs.scheduler.core.types import Role
 from sbs.scheduler.service.discovery import ChangeKind, EngineChange, EngineRecord, EngineRecordError
 from sbs.settings.service import KubernetesDiscovery
@@ -166,7 +167,14 @@ class KubernetesSource:
                         current[rec.key] = rec
                     for change in self._apply(current):
                         yield change
-            except (TimeoutError, ApiError, aiohttp.ClientError, OSError, ValueError) as exc:
+            except (
+                TimeoutError,
+                ApiError,
+                CredentialsError,
+                aiohttp.ClientError,
+                OSError,
+                ValueError,
+            ) as exc:
                 log.warning("engine discovery (%s/%s): %s; retrying", self.namespace, self.deployment, exc)
                 await asyncio.sleep(self.retry_s)
 

@@ -3,7 +3,7 @@
 Request accounting obeys one invariant: every accepted request ends exactly once, completed or
 errored (by reason), so `sbs_requests_accepted_total == sbs_requests_completed_total +
 sbs_requests_errored_total` once nothing is outstanding. Per-rank state (assigned load, imbalance,
-suspect engines, core counters) is read from the driver when scraped, not pushed on every event.
+suspect engines, core counters) is read from the dispatcher when scraped, not pushed on every event.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class EngineRow:
 
 @dataclass(frozen=True, slots=True)
 class StateSnapshot:
-    """What the driver reports at scrape time."""
+    """What the dispatcher reports at scrape time."""
 
     ranks: list[RankRow]
     imbalance: dict[tuple[str, str], float]
@@ -161,7 +161,7 @@ class Metrics:
         self.e2e.labels("errored")
 
     def attach(self, snapshot: Callable[[], StateSnapshot]) -> None:
-        """Export the driver's state at scrape time."""
+        """Export the dispatcher's state at scrape time."""
         self.registry.register(_StateCollector(snapshot))
 
     def render(self) -> bytes:

@@ -10,14 +10,13 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from sbs.settings.engine_shape import DEFAULT_CHUNK_PER_RANK, per_rank
 
 Mode = Literal["null", "prefill", "decode"]
 BalanceMethod = Literal["auto", "round_robin", "follow_bootstrap_room", "total_requests", "total_tokens"]
 
 MIN_DEFAULT_EP = 32
 """Smallest EP size assumed when `ep_size` is unset (see `EngineSettings.ep_size`)."""
-DEFAULT_CHUNK_PER_RANK = 16_384
-"""Per-rank prefill budget when `chunked_prefill_size` is unset: the LMSYS DeepSeek recipe's 524,288 / 32."""
 
 
 class EngineSettings(BaseModel):
@@ -122,14 +121,14 @@ class EngineSettings(BaseModel):
     def chunk_tokens_per_rank(self) -> int:
         if self.chunked_prefill_size is None:
             return DEFAULT_CHUNK_PER_RANK
-        return self.chunked_prefill_size // self.dp_size
+        return per_rank(self.chunked_prefill_size, self.dp_size)
 
     @property
     def max_running_per_rank(self) -> int:
         """0 = no cap beyond KV capacity."""
         if self.max_running_requests is None:
             return 0
-        return max(1, self.max_running_requests // self.dp_size)
+        return per_rank(self.max_running_requests, self.dp_size)
 
     @property
     def resolved_balance(self) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from sbs.bench import cli
-from sbs.sim.metrics import SUMMARY_KEYS
+from sbs.sim.recorder import SUMMARY_KEYS
 
 
 def test_tiny_h2h_completes_every_request_with_the_sim_keys(tiny_trace: Path, tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from sbs.bench import procs, routers, systems
 from sbs.bench.client import generate_body
-from sbs.bench.cluster import BenchCluster
+from sbs.bench.emulated_cluster import BenchCluster
 
 CLUSTER = BenchCluster(prefill_instances=2, prefill_dp=2, decode_instances=1, decode_dp=2)
 

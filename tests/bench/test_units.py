@@ -1,16 +1,19 @@
-"""Pure pieces of the live benchmarks: trace slicing, prompts, system names, ratios, the cluster."""
+"""Pure pieces of the live benchmarks: trace slicing, prompts, system names, ratios, tables, the cluster."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from sbs.bench import client, report, systems
-from sbs.bench.cluster import BenchCluster, PinnedEpCost
+from sbs.bench import client, overhead, report, systems
+from sbs.bench.emulated_cluster import BenchCluster, PinnedEpCost
 from sbs.bench.h2h import shape_trace
 from sbs.bench.procs import BenchError
 from sbs.sim.costmodel import CostModel
 from sbs.sim.emulator import tokens
+from sbs.sim.trace import build_trace
+
+from tests.sim.test_report import summary
 
 
 @pytest.mark.parametrize("load", [0.3, 0.85, 1.2])
@@ -83,3 +86,63 @@ def test_sim_cluster_has_the_emulated_shape() -> None:
     argv = c.engine_argv("decode", 0, port=1, bootstrap_port=None, time_factor=1.0, stream_interval=8)
     assert argv[argv.index("--max-running-requests") + 1] == str(256 * 16)
     assert argv[argv.index("--chunked-prefill-size") + 1] == str(16384 * 16)
+
+
+def test_client_summary_in_engine_time_with_itl_only_when_measured() -> None:
+    trace = build_trace("t", [0.0, 1.0], [100, 200], [3, 1])
+    m = client.Measurements(2)
+    m.sent[:] = [0.0, 2.0]
+    m.first[:] = [1.0, 3.0]
+    m.end[:] = [2.0, 3.0]
+    m.ok[:] = True
+    no_gaps = m.summary(trace, 2.0, slo_ttft_s=1.0, slo_tpot_s=1.0)
+    assert no_gaps["itl_p99_s"] is None and no_gaps["errors"] == 0
+    assert no_gaps["ttft_mean_s"] == 0.5 and no_gaps["completed"] == 2
+    m.itl_gaps += [0.4, 0.6]
+    m.itl_weights += [1, 1]
+    assert m.summary(trace, 2.0, slo_ttft_s=1.0, slo_tpot_s=1.0)["itl_p99_s"] == 0.3
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_h2h_table_is_unchanged() -> None:
+    summaries = {
+        "sbs": {**summary(1.0), "errors": 0},
+        "sglang-router": {**summary(2.0), "errors": 3, "itl_p99_s": None},
+        "smg": {**summary(1.5), "errors": 50, "ttft_p90_s": 0.2},
+    }
+    got = report.table(summaries, units="(engine time: s)")
+    assert got + "\n" == (FIXTURES / "h2h_table.txt").read_text()
+
+
+def test_overhead_table_is_unchanged() -> None:
+    def system(*figures: float | None, errors: tuple[int, int] = (0, 0)) -> dict[str, float | None]:
+        keys = (
+            "latency_p50_ms",
+            "latency_p99_ms",
+            "overhead_p50_ms",
+            "overhead_p99_ms",
+            "nonstream_latency_p50_ms",
+            "overhead_nonstream_p50_ms",
+            "nonstream_latency_p99_ms",
+            "overhead_nonstream_p99_ms",
+            "throughput_rps",
+            "process_cpu_s",
+            "rps_per_cpu_core",
+        )
+        r = {k: v for k, v in zip(keys, figures, strict=True) if v is not None or k == "process_cpu_s"}
+        r["latency_errors"], r["throughput_errors"] = errors
+        return r
+
+    nan = float("nan")
+    doc = {
+        "systems": {
+            "direct": system(1.234, 5.6, None, None, 1.0, None, 4.0, None, 1234.5, None, nan),
+            "sbs": system(1.9, 7.0, 0.666, 1.4, 1.5, 0.5, 5.0, 1.0, 900.0, 12.34, 300.0, errors=(1, 2)),
+            "sglang-router": system(2.5, 9.0, 1.266, 3.4, 2.0, 1.0, 6.0, 2.0, 800.0, 10.0, 250.0),
+            "smg": {"failed": "boom"},
+        }
+    }
+    got = overhead.table(doc)
+    assert got + "\n" == (FIXTURES / "overhead_table.txt").read_text()

@@ -5,7 +5,8 @@ import subprocess
 import sys
 
 import pytest
-from sbs.e2e import binaries, cluster
+from sbs.e2e import binaries, slots
+from sbs.e2e.control_plane import find_clusters
 from sbs.kube.blocking import Kube
 
 pytestmark = pytest.mark.e2e
@@ -29,12 +30,12 @@ def test_up_prints_a_kubeconfig_that_works_and_down_stops_every_process():
         assert len(client.get("/api/v1/nodes")["items"]) == 2
         assert sbs_e2e("kubeconfig", "--name", name).strip() == kubeconfig
         assert "already running" in sbs_e2e("up", "--name", name)  # idempotent
-        (plane,) = cluster.find_clusters(name)
+        (plane,) = find_clusters(name)
         pids = dict(json.loads((plane.dir / "state.json").read_text())["pids"])
         assert all(c.alive() for c in plane.components.values())
     finally:
         out = sbs_e2e("down", "--name", name)
     assert f"stopped cluster {name!r}" in out
-    assert not any(cluster._pid_runs(pid, str(plane.bins.path(n))) for n, pid in pids.items())
+    assert not any(slots.pid_runs(pid, str(plane.bins.path(n))) for n, pid in pids.items())
     assert not plane.dir.exists()
-    assert cluster.find_clusters(name) == []
+    assert find_clusters(name) == []

@@ -4,7 +4,7 @@ import ipaddress
 import time
 
 import pytest
-from sbs.e2e import cluster, nodes
+from sbs.e2e import crds, nodes
 from sbs.kube.blocking import ApiError
 
 pytestmark = pytest.mark.e2e
@@ -82,7 +82,7 @@ def test_rbac_is_enforced_for_users_without_roles(kube, namespace):
 
 
 def test_crd_install_and_custom_resource_status_patch(control_plane, kube, namespace):
-    names = cluster.install_crds(kube, [make_crd()], timeout_s=30, check=control_plane.check)
+    names = crds.install_crds(kube, [make_crd()], timeout_s=30, check=control_plane.check)
     assert names == [f"widgets.{CRD_GROUP}"]
     collection = f"/apis/{CRD_GROUP}/v1/namespaces/{namespace}/widgets"
     control_plane.wait(lambda: kube.get(collection) is not None, "the widgets API to be served")

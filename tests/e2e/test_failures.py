@@ -5,7 +5,8 @@ import signal
 import time
 
 import pytest
-from sbs.e2e import binaries, cluster
+from sbs.e2e import binaries
+from sbs.e2e.control_plane import ClusterSettings, ComponentError, ControlPlane
 from sbs.e2e.waits import WaitTimeout
 
 pytestmark = pytest.mark.e2e
@@ -20,10 +21,10 @@ def bins() -> binaries.Binaries:
 
 
 def test_a_component_that_cannot_start_fails_the_start_with_its_log(bins):
-    settings = cluster.ClusterSettings(node_count=0, extra_args={"kube-apiserver": ("--no-such-flag=1",)})
-    plane = cluster.ControlPlane(bins, settings, name="broken")
+    settings = ClusterSettings(node_count=0, extra_args={"kube-apiserver": ("--no-such-flag=1",)})
+    plane = ControlPlane(bins, settings, name="broken")
     started = time.monotonic()
-    with pytest.raises(cluster.ComponentError) as err:
+    with pytest.raises(ComponentError) as err:
         plane.start()
     assert time.monotonic() - started < 20  # reported at once, not after the 60 s wait timeout
     assert err.value.name == "kube-apiserver"
@@ -33,16 +34,16 @@ def test_a_component_that_cannot_start_fails_the_start_with_its_log(bins):
 
 
 def test_a_component_that_dies_later_is_reported_by_the_next_wait(bins):
-    with cluster.ControlPlane(bins, cluster.ClusterSettings(node_count=1), name="dying") as plane:
+    with ControlPlane(bins, ClusterSettings(node_count=1), name="dying") as plane:
         os.kill(plane.components["kwok"].pid, signal.SIGKILL)
         started = time.monotonic()
-        with pytest.raises(cluster.ComponentError, match="kwok exited with code -9"):
+        with pytest.raises(ComponentError, match="kwok exited with code -9"):
             plane.wait(lambda: False, "something that never happens")
         assert time.monotonic() - started < 5
 
 
 def test_a_wait_that_times_out_says_what_it_waited_for_and_shows_the_logs(bins):
-    with cluster.ControlPlane(bins, cluster.ClusterSettings(node_count=1), name="slow") as plane:
+    with ControlPlane(bins, ClusterSettings(node_count=1), name="slow") as plane:
         with pytest.raises(WaitTimeout) as err:
             plane.wait(lambda: False, "the impossible", timeout_s=0.5)
         assert "timed out after 0.5 s waiting for the impossible" in str(err.value)

@@ -6,14 +6,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sbs.e2e import cluster
+from sbs.e2e.control_plane import ControlPlane
 
 from tests.operator.live import Operator
 
 
 @pytest.fixture
 def operator(
-    control_plane: cluster.ControlPlane, namespace: str, tmp_path: Path
+    control_plane: ControlPlane, namespace: str, tmp_path: Path
 ) -> Iterator[Callable[..., Operator]]:
     started: list[Operator] = []
 

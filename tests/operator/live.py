@@ -14,7 +14,7 @@ from pathlib import Path
 
 import aiohttp
 import yaml
-from sbs.e2e import cluster
+from sbs.e2e.control_plane import ControlPlane
 from sbs.e2e.procs import stop_group
 from sbs.kube import credentials, labels
 from sbs.kube.blocking import Kube
@@ -27,7 +27,7 @@ DEPS = f"/apis/{api.API_VERSION}/namespaces/{{ns}}/{api.PLURAL}"
 
 
 class Operator:
-    def __init__(self, plane: cluster.ControlPlane, namespace: str, log: Path, *extra: str) -> None:
+    def __init__(self, plane: ControlPlane, namespace: str, log: Path, *extra: str) -> None:
         self.log_path = log
         with log.open("ab") as out:
             self.proc = subprocess.Popen(
@@ -61,9 +61,7 @@ def get_dep(k: Kube, ns: str, name: str) -> dict:
     return k.get(DEPS.format(ns=ns) + f"/{name}")
 
 
-def wait_phase(
-    plane: cluster.ControlPlane, k: Kube, ns: str, name: str, phase: str, timeout_s: float = 60
-) -> dict:
+def wait_phase(plane: ControlPlane, k: Kube, ns: str, name: str, phase: str, timeout_s: float = 60) -> dict:
     def check() -> dict | None:
         obj = get_dep(k, ns, name)
         st = obj.get("status") or {}
@@ -86,14 +84,14 @@ def groups_of(pods: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
-def kubectl(plane: cluster.ControlPlane, *args: str) -> str:
+def kubectl(plane: ControlPlane, *args: str) -> str:
     env = {**os.environ, "KUBECONFIG": str(plane.kubeconfig)}
     return subprocess.run(
         [str(plane.bins.path("kubectl")), *args], env=env, check=True, capture_output=True, text=True
     ).stdout
 
 
-def reconcile_writes(plane: cluster.ControlPlane, ns: str, name: str) -> int:
+def reconcile_writes(plane: ControlPlane, ns: str, name: str) -> int:
     async def once() -> int:
         async with KubeClient(await credentials.from_kubeconfig(plane.kubeconfig)) as client:
             now = time.time()  # noqa: TID251 (the test is the IO edge)
@@ -104,7 +102,7 @@ def reconcile_writes(plane: cluster.ControlPlane, ns: str, name: str) -> int:
     return asyncio.run(once())
 
 
-def delete_and_wait_gone(plane: cluster.ControlPlane, k: Kube, ns: str, name: str) -> None:
+def delete_and_wait_gone(plane: ControlPlane, k: Kube, ns: str, name: str) -> None:
     k.delete(DEPS.format(ns=ns) + f"/{name}")
     plane.wait(lambda: not engine_pods(k, ns, name), f"{ns}/{name} engine pods garbage-collected", 60)
 
@@ -124,7 +122,7 @@ def engine_command(pod: dict) -> list[str]:
 
 
 def start_scheduler(
-    plane: cluster.ControlPlane, k: Kube, namespace: str, name: str, port: int, tmp_path: Path
+    plane: ControlPlane, k: Kube, namespace: str, name: str, port: int, tmp_path: Path
 ) -> subprocess.Popen:
     """`sbs-scheduler run` with the config the operator put in the deployment's ConfigMap, listening
     on `127.0.0.1:port` and watching the engines through `plane`'s API server."""

@@ -9,7 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
-from sbs.e2e import agent, cluster
+from sbs.e2e import agent
+from sbs.e2e.control_plane import ControlPlane, free_port
 from sbs.kube import labels
 from sbs.kube.blocking import Kube
 
@@ -33,7 +34,7 @@ def role_status(k: Kube, ns: str, role: str) -> dict:
 
 
 def test_role_scale_targets_follow_their_owner_and_hpa_drives_an_external_role(
-    control_plane: cluster.ControlPlane, kube: Kube, namespace: str, operator: Callable[..., Operator]
+    control_plane: ControlPlane, kube: Kube, namespace: str, operator: Callable[..., Operator]
 ) -> None:
     operator()
     kube.create(DEPS.format(ns=namespace), small(prefill_owner="External"))
@@ -97,7 +98,7 @@ async def _burst(url: str, n: int, prompt_tokens: int) -> list[int]:
 
 
 def test_policy_scales_prefill_up_on_a_burst_within_budget_and_down_after_quiet(
-    control_plane: cluster.ControlPlane,
+    control_plane: ControlPlane,
     kube: Kube,
     namespace: str,
     operator: Callable[..., Operator],
@@ -106,7 +107,7 @@ def test_policy_scales_prefill_up_on_a_burst_within_budget_and_down_after_quiet(
 ) -> None:
     operator()
     node_agent(selector=f"{labels.COMPONENT}={labels.ENGINE}", command=engine_command, port_name="http")
-    port = cluster.free_port()
+    port = free_port()
     obj = small("External", "External")
     obj["metadata"]["labels"] = {"sbs.dev/autoscale": namespace}
     obj["metadata"]["annotations"] = {"sbs.dev/scheduler-metrics-url": f"http://127.0.0.1:{port}/metrics"}

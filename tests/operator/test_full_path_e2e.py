@@ -11,7 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
-from sbs.e2e import agent, cluster
+from sbs.e2e import agent
+from sbs.e2e.control_plane import ControlPlane, free_port
 from sbs.kube import labels
 from sbs.kube.blocking import Kube
 from sbs.sim.loaders import azure
@@ -31,7 +32,7 @@ from tests.operator.live import (
 
 
 def test_trace_slice_through_operator_deployed_scheduler_and_emulated_engines(
-    control_plane: cluster.ControlPlane,
+    control_plane: ControlPlane,
     kube: Kube,
     namespace: str,
     operator: Callable[..., Operator],
@@ -48,7 +49,7 @@ def test_trace_slice_through_operator_deployed_scheduler_and_emulated_engines(
     assert len(engine_pods(kube, namespace, "deepseek-v3")) == 6
 
     # the scheduler exactly as the operator configured it, run locally against this cluster
-    port = cluster.free_port()
+    port = free_port()
     sched = start_scheduler(control_plane, kube, namespace, "deepseek-v3", port, tmp_path)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -10,7 +10,7 @@ import copy
 import time
 from collections.abc import Callable
 
-from sbs.e2e import cluster
+from sbs.e2e.control_plane import ControlPlane, free_port
 from sbs.kube import labels
 from sbs.kube.blocking import Kube
 
@@ -29,7 +29,7 @@ from tests.operator.live import (
 
 
 def test_sample_becomes_ready_packed_per_topology_domain_and_idempotent(
-    control_plane: cluster.ControlPlane, kube: Kube, namespace: str, operator: Callable[..., Operator]
+    control_plane: ControlPlane, kube: Kube, namespace: str, operator: Callable[..., Operator]
 ) -> None:
     op = operator()
     obj = sample()
@@ -87,7 +87,7 @@ def test_sample_becomes_ready_packed_per_topology_domain_and_idempotent(
 
 
 def test_pod_loss_recreates_exactly_its_group_and_image_change_rolls_group_by_group(
-    control_plane: cluster.ControlPlane, kube: Kube, namespace: str, operator: Callable[..., Operator]
+    control_plane: ControlPlane, kube: Kube, namespace: str, operator: Callable[..., Operator]
 ) -> None:
     op = operator()
     kube.create(DEPS.format(ns=namespace), sample())
@@ -169,7 +169,7 @@ def test_pod_loss_recreates_exactly_its_group_and_image_change_rolls_group_by_gr
 
 
 def test_more_gpus_than_exist_reports_insufficient_gpus(
-    control_plane: cluster.ControlPlane, kube: Kube, namespace: str, operator: Callable[..., Operator]
+    control_plane: ControlPlane, kube: Kube, namespace: str, operator: Callable[..., Operator]
 ) -> None:
     operator()
     obj = sample()
@@ -184,7 +184,7 @@ def test_more_gpus_than_exist_reports_insufficient_gpus(
 
 
 def test_twenty_deployments_reconcile_concurrently(
-    control_plane: cluster.ControlPlane, kube: Kube, namespace: str, operator: Callable[..., Operator]
+    control_plane: ControlPlane, kube: Kube, namespace: str, operator: Callable[..., Operator]
 ) -> None:
     op = operator("--workers", "8")
     base = sample()
@@ -220,13 +220,13 @@ def test_twenty_deployments_reconcile_concurrently(
 
 
 def test_only_the_lease_holder_reconciles_and_a_standby_takes_over(
-    control_plane: cluster.ControlPlane, kube: Kube, namespace: str, operator: Callable[..., Operator]
+    control_plane: ControlPlane, kube: Kube, namespace: str, operator: Callable[..., Operator]
 ) -> None:
     import json
     import socket
     import urllib.request
 
-    port = cluster.free_port()
+    port = free_port()
     first = operator("--liveness", f"http://127.0.0.1:{port}/healthz")
     lease_path = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/sbs-operator"
     identity = f"{socket.gethostname()}-{first.proc.pid}"
@@ -275,7 +275,7 @@ PODGROUP_CRD = {
 
 
 def test_gang_scheduling_creates_a_podgroup_per_group_when_the_crd_exists(
-    control_plane: cluster.ControlPlane, kube: Kube, namespace: str, operator: Callable[..., Operator]
+    control_plane: ControlPlane, kube: Kube, namespace: str, operator: Callable[..., Operator]
 ) -> None:
     crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
     kube.create(crds, PODGROUP_CRD)

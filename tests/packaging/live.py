@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from sbs.e2e import cluster
+from sbs.e2e.control_plane import ControlPlane
 from sbs.e2e.procs import stop_group
 from sbs.e2e.waits import wait_until
 from sbs.kube import labels
@@ -30,7 +30,7 @@ OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NS}:{OPERATOR_SA}"
 
 
 def kubectl(
-    plane: cluster.ControlPlane, *args: str, kubeconfig: Path | None = None, check: bool = True
+    plane: ControlPlane, *args: str, kubeconfig: Path | None = None, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "KUBECONFIG": str(kubeconfig or plane.kubeconfig)}
     result = subprocess.run(
@@ -42,7 +42,7 @@ def kubectl(
 
 
 def service_account_kubeconfig(
-    plane: cluster.ControlPlane, k: Kube, path: Path, *, namespace: str, name: str
+    plane: ControlPlane, k: Kube, path: Path, *, namespace: str, name: str
 ) -> Path:
     """A kubeconfig holding a TokenRequest token of `namespace/name` (1 hour), nothing else."""
     review = k.create(
@@ -92,7 +92,7 @@ def get_dep(k: Kube, ns: str, name: str) -> dict[str, Any]:
 
 
 def wait_dep(
-    plane: cluster.ControlPlane,
+    plane: ControlPlane,
     k: Kube,
     ns: str,
     name: str,
@@ -118,7 +118,7 @@ def phase_is(phase: str) -> Callable[[dict[str, Any]], bool]:
     return pred
 
 
-def delete_deployment(plane: cluster.ControlPlane, k: Kube, ns: str, name: str) -> None:
+def delete_deployment(plane: ControlPlane, k: Kube, ns: str, name: str) -> None:
     """Delete an SBSDeployment and its engine pods now (the garbage collector would take up to
     half a minute for the pods), so the next test finds every node free."""
     k.delete(DEPS.format(ns=ns) + f"/{name}", missing_ok=True)

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import live  # this folder is sys.path[0]
 import yaml
-from sbs.e2e import binaries, cluster
+from sbs.e2e import binaries
+from sbs.e2e.control_plane import ClusterSettings, ControlPlane
 
 
 def sample(name: str = "deepseek-v3") -> dict:
@@ -30,8 +31,8 @@ def sample(name: str = "deepseek-v3") -> dict:
 
 def main() -> int:
     out: dict[str, dict] = {}
-    settings = cluster.ClusterSettings(crd_paths=(live.REPO / "crds",))
-    with cluster.ControlPlane(binaries.find_binaries(), settings, name="fixtures") as plane, \
+    settings = ClusterSettings(crd_paths=(live.REPO / "crds",))
+    with ControlPlane(binaries.find_binaries(), settings, name="fixtures") as plane, \
             tempfile.TemporaryDirectory() as tmp:  # fmt: skip
         k = plane.kube
         ns = "fixtures"

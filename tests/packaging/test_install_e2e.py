@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from sbs.e2e import cluster
+from sbs.e2e.control_plane import ControlPlane
 from sbs.e2e.waits import WaitTimeout
 from sbs.kube.blocking import Kube
 
@@ -77,7 +77,7 @@ FORBIDDEN: list[tuple[str, ...]] = [
 
 
 @pytest.fixture(scope="module")
-def installed(control_plane: cluster.ControlPlane) -> Iterator[str]:
+def installed(control_plane: ControlPlane) -> Iterator[str]:
     """The dev overlay applied; yields kubectl's output."""
     control_plane.check()
     out = live.kubectl(control_plane, "apply", "-k", str(live.MANIFESTS / "overlays" / "dev")).stdout
@@ -97,7 +97,7 @@ def installed(control_plane: cluster.ControlPlane) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def sa_kubeconfig(
-    control_plane: cluster.ControlPlane, installed: str, tmp_path_factory: pytest.TempPathFactory
+    control_plane: ControlPlane, installed: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
     path = tmp_path_factory.mktemp("sa") / "kubeconfig"
     return live.service_account_kubeconfig(
@@ -106,7 +106,7 @@ def sa_kubeconfig(
 
 
 def test_apply_k_installs_the_base_and_a_second_apply_changes_nothing(
-    control_plane: cluster.ControlPlane, kube: Kube, installed: str
+    control_plane: ControlPlane, kube: Kube, installed: str
 ) -> None:
     first = {line.rsplit(" ", 1)[0]: line.rsplit(" ", 1)[1] for line in installed.splitlines()}
     for obj in (
@@ -175,7 +175,7 @@ def test_cluster_role_grants_nothing_beyond_what_the_operator_does() -> None:
 
 
 def test_service_account_token_is_forbidden_cluster_admin_actions(
-    control_plane: cluster.ControlPlane, sa_kubeconfig: Path
+    control_plane: ControlPlane, sa_kubeconfig: Path
 ) -> None:
     whoami = live.kubectl(control_plane, "auth", "whoami", "-o", "jsonpath={.status.userInfo.username}",
                           kubeconfig=sa_kubeconfig).stdout  # fmt: skip
@@ -192,7 +192,7 @@ def test_service_account_token_is_forbidden_cluster_admin_actions(
 
 
 def test_operator_under_its_service_account_brings_the_sample_to_ready_without_drift(
-    control_plane: cluster.ControlPlane, kube: Kube, sa_kubeconfig: Path, namespace: str, tmp_path: Path
+    control_plane: ControlPlane, kube: Kube, sa_kubeconfig: Path, namespace: str, tmp_path: Path
 ) -> None:
     op = live.OperatorProcess(sa_kubeconfig, tmp_path / "operator.log", "--lease-namespace", live.OPERATOR_NS)
     samples = str(live.MANIFESTS / "samples")

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from sbs.scheduler.core.events import RequestArrived
 from sbs.settings import scheduling
-from sbs.sim.capacity import nominal_prefill_tok_s
 from sbs.sim.cluster import PRESETS
 from sbs.sim.costmodel import CostModel
+from sbs.sim.nominal_capacity import nominal_prefill_tok_s
 from sbs.sim.simulator import SimResult, Simulation
 from sbs.sim.trace import Trace, build_trace
 from sbs.sim.workload import synthetic

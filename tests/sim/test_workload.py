@@ -1,4 +1,4 @@
-"""Workload shaping: rate/load scaling, truncation and synthetic arrival processes."""
+"""Workload shaping: rate/load scaling, truncation, synthetic arrival processes, observed samples."""
 
 from __future__ import annotations
 
@@ -219,3 +219,49 @@ def test_bursty_arguments_are_validated(kwargs, match):
     } | kwargs
     with pytest.raises(ValueError, match=match):
         workload.bursty(**args)
+
+
+# -- synthetic_from_observed -----------------------------------------------------------------------
+
+
+def test_synthetic_from_observed_keeps_rate_and_pairs() -> None:
+    prompts, outputs = [100, 2000, 3000], [10, 200, 0]
+    t = workload.synthetic_from_observed(20.0, prompts, outputs, duration_s=60.0, seed=3)
+    assert 18.0 <= t.mean_rate_rps <= 22.0
+    pairs = {(r.prompt_tokens, r.output_tokens) for r in t.requests}
+    assert pairs <= {(100, 10), (2000, 200), (3000, 1)}  # paired, 0 output → 1
+    assert t == workload.synthetic_from_observed(20.0, prompts, outputs, duration_s=60.0, seed=3)
+    assert t != workload.synthetic_from_observed(20.0, prompts, outputs, duration_s=60.0, seed=4)
+
+
+def test_synthetic_from_observed_draws_unpaired_samples_independently() -> None:
+    t = workload.synthetic_from_observed(
+        50.0, np.array([100, 200]), np.array([5, 6, 7]), duration_s=60.0, seed=0, cv=2.0
+    )
+    assert {r.prompt_tokens for r in t.requests} == {100, 200}
+    assert {r.output_tokens for r in t.requests} == {5, 6, 7}
+    assert "independent" in t.name
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"rate_per_s": 0.0}, "rate_rps"),
+        ({"prompt_lengths": []}, "prompt_lengths"),
+        ({"prompt_lengths": [100, 0]}, "prompt_lengths must be >= 1"),
+        ({"output_lengths": [1.5]}, "output_lengths must hold whole"),
+        ({"seed": -1}, "seed"),
+        ({"duration_s": float("nan")}, "duration_s"),
+    ],
+    ids=["rate", "empty", "zero_prompt", "fractional", "seed", "duration"],
+)
+def test_synthetic_from_observed_rejects_bad_arguments(kwargs: dict, fragment: str) -> None:
+    args = {
+        "rate_per_s": 1.0,
+        "prompt_lengths": [100],
+        "output_lengths": [10],
+        "duration_s": 10.0,
+        "seed": 0,
+    } | kwargs
+    with pytest.raises(ValueError, match=fragment):
+        workload.synthetic_from_observed(**args)

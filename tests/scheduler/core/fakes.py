@@ -2,8 +2,10 @@
 
 `FakeCluster` is to `Scheduler` what h11's `ConnectionPair` is to a connection: it joins the core to
 fake prefill engines over a fake link, so whole conversations (arrivals, releases, step reports,
-deadlines) run without a simulator. The engines step exactly as long as the scheduler's own capacity
-model predicts, so any surprise comes from the scheduler's bookkeeping, not from noise.
+deadlines) run without the simulator's engine models. The link is the simulator's own `CoreLoop`
+(event order, one message per released batch, the wake-up timer). The engines step exactly as long
+as the scheduler's own capacity model predicts, so any surprise comes from the scheduler's
+bookkeeping, not from noise.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from sbs.scheduler.core.events import Event, RequestArrived, RequestFinished, St
 from sbs.scheduler.core.scheduler import Scheduler
 from sbs.scheduler.core.types import Decision, Dispatch, InstanceSpec, Reject, Request, Role
 from sbs.settings import scheduling
+from sbs.sim.core_loop import DISPATCH, FIRST_FREE_KIND, TIMER, CoreLoop
 
 CHUNK = 1000
 RANKS = 4
@@ -139,7 +142,7 @@ class _FakePrefill:
         return any(self.queues)
 
 
-_ARRIVE, _SCRIPTED, _DELIVER, _STEP_END, _REPORT, _TIMER = range(6)
+_ARRIVE, _SCRIPTED, _STEP_END, _REPORT = range(FIRST_FREE_KIND, FIRST_FREE_KIND + 4)
 
 
 class FakeCluster:
@@ -163,69 +166,49 @@ class FakeCluster:
     ) -> None:
         self.sched = sched
         self.engines = [_FakePrefill(s) for s in sched.prefill_specs]
-        self.transit_s = transit_s
         self.report_s = report_s
         self.decode_s = decode_s
         self.silent = set(silent)
         self.max_events = max_events
         self.log: list[tuple[float, Decision]] = []
         self.checks: list = []
-        self._heap: list[tuple[float, int, int, object]] = []
-        self._seq = 0
-        self._timer_at = float("inf")
+        self.loop = CoreLoop(sched, transit_s)
         self._requests: dict[int, Request] = {}
-
-    def _push(self, t: float, kind: int, payload: object = None) -> None:
-        self._seq += 1
-        heapq.heappush(self._heap, (t, self._seq, kind, payload))
 
     def arrive(self, *requests: Request) -> FakeCluster:
         for r in requests:
             self._requests[r.rid] = r
-            self._push(r.arrival_s, _ARRIVE, r)
+            self.loop.push(r.arrival_s, _ARRIVE, r)
         return self
 
     def at(self, t: float, event: Event) -> FakeCluster:
         """Script an event into the scheduler at `t`."""
-        self._push(t, _SCRIPTED, event)
+        self.loop.push(t, _SCRIPTED, event)
         return self
 
     def run(self, until: float = float("inf")) -> list[tuple[float, Decision]]:
         events = 0
-        while self._heap and self._heap[0][0] <= until:
-            t, _, kind, payload = heapq.heappop(self._heap)
+        heap = self.loop.heap
+        while heap and heap[0][0] <= until:
+            t, _, kind, payload = heapq.heappop(heap)
             events += 1
             assert events <= self.max_events, f"FakeCluster: more than {self.max_events} events by t={t}"
             if kind == _ARRIVE:
-                self._handle(RequestArrived(payload), t)  # type: ignore[arg-type]
+                self._log(self.loop.handle(RequestArrived(payload), t), t)  # type: ignore[arg-type]
             elif kind in (_SCRIPTED, _REPORT):
-                self._handle(payload, t)  # type: ignore[arg-type]
-            elif kind == _TIMER:
-                self._timer_at = float("inf")
-                self._handle(None, t)
-            elif kind == _DELIVER:
+                self._log(self.loop.handle(payload, t), t)  # type: ignore[arg-type]
+            elif kind == TIMER:
+                self._log(self.loop.on_timer(t), t)
+            elif kind == DISPATCH:
                 self._deliver(payload, t)  # type: ignore[arg-type]
             elif kind == _STEP_END:
                 self._step_end(payload, t)  # type: ignore[arg-type]
         return self.log
 
-    def _handle(self, event: Event | None, t: float) -> None:
-        decisions = self.sched.handle(event, t)
+    def _log(self, decisions: list[Decision], t: float) -> None:
         for check in self.checks:
             check(t, decisions)
-        by_instance: dict[int, list[Dispatch]] = {}
-        for d in decisions:
-            self.log.append((t, d))
-            if isinstance(d, Dispatch):
-                by_instance.setdefault(d.prefill_instance, []).append(d)
-        for batch in by_instance.values():
-            self._push(t + self.transit_s, _DELIVER, batch)
-        dl = self.sched.next_deadline()
-        if dl is not None:
-            dl = max(dl, t + 1e-6)
-            if dl < self._timer_at:
-                self._timer_at = dl
-                self._push(dl, _TIMER)
+        self.log.extend((t, d) for d in decisions)
 
     def _deliver(self, batch: list[Dispatch], t: float) -> None:
         eng = self.engines[batch[0].prefill_instance]
@@ -237,7 +220,7 @@ class FakeCluster:
     def _start(self, i: int, t: float) -> None:
         dur = self.engines[i].start(t)
         if dur > 0:
-            self._push(t + dur, _STEP_END, i)
+            self.loop.push(t + dur, _STEP_END, i)
 
     def _step_end(self, i: int, t: float) -> None:
         eng = self.engines[i]
@@ -245,9 +228,9 @@ class FakeCluster:
         queued = eng.has_work()
         if i not in self.silent:
             report = StepCompleted(i, started, duration, tuple(finished), queued)
-            self._push(t + self.report_s, _REPORT, report)
+            self.loop.push(t + self.report_s, _REPORT, report)
             for rid in finished:
-                self._push(t + self.decode_s, _REPORT, RequestFinished(rid))
+                self.loop.push(t + self.decode_s, _REPORT, RequestFinished(rid))
         if queued:
             self._start(i, t)
 

@@ -9,14 +9,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sbs.scheduler.core.decode_alloc import (
-    DecodeItem,
-    DecodePlan,
-    DecodeRankLoad,
-    assign_decode,
-    assign_decode_lists,
-)
+from sbs.scheduler.core.decode_alloc import DecodePlan, assign_decode_lists
 from sbs.scheduler.core.types import RankRef
+
+from tests.scheduler.core.alloc_objects import DecodeItem, DecodeRankLoad, assign_decode
 
 
 def quantile(values: Sequence[int], p: float) -> float:

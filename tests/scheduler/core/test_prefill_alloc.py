@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 import random
@@ -12,14 +11,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sbs.scheduler.core.capacity import PrefillCapacityModel
-from sbs.scheduler.core.prefill_alloc import (
+from sbs.scheduler.core.prefill_alloc import water_fill_lists
+
+from tests.scheduler.core.alloc_objects import (
     Placement,
     PrefillItem,
     PrefillPlan,
     RankSlot,
-    _placement,
+    as_plan,
     water_fill,
-    water_fill_lists,
 )
 
 LINEAR = PrefillCapacityModel(fixed_s=0.0, per_token_s=1.0, per_pair_s=0.0)
@@ -282,13 +282,6 @@ def test_bad_inputs_are_rejected() -> None:
         water_fill([], [RankSlot()], chunk_tokens=0, model=LINEAR)
 
 
-def test_fast_placement_constructor_builds_the_same_frozen_value() -> None:
-    p = _placement(1, 2, 3, 4, 5)
-    assert p == Placement(1, 2, 3, 4, 5) and hash(p) == hash(Placement(1, 2, 3, 4, 5))
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        p.rank = 0  # type: ignore[misc]
-
-
 # ---------------------------------------------------------------------------------------------
 # Makespan: brute force on small uncapped instances, and a comparison with round robin.
 
@@ -391,12 +384,12 @@ def test_lists_entry_matches_water_fill(case: dict) -> None:
         **case,
     )
     plan = water_fill(items, ranks, **case)
-    assert cols.to_plan() == plan
+    assert as_plan(cols) == plan
     assert cols.step_s == plan.step_s
     if all(r.available for r in ranks) and not any(credits):
         args = ([it.rid for it in items], [it.tokens for it in items])
         ranks_cols = ([r.committed_tokens for r in ranks], [r.committed_pairs for r in ranks])
-        assert water_fill_lists(*args, *ranks_cols, **case).to_plan() == plan
+        assert as_plan(water_fill_lists(*args, *ranks_cols, **case)) == plan
 
 
 def test_lists_entry_rejects_bad_tokens() -> None:

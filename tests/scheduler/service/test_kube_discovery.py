@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 import pytest
-from sbs.e2e import cluster
+from sbs.e2e.control_plane import ControlPlane
 from sbs.kube import credentials
 from sbs.kube.blocking import Kube
 from sbs.kube.client import KubeClient
@@ -164,7 +164,7 @@ def leader_pod(name: str, role: str, *, leader: bool = True, dep: str = "ds") ->
 
 
 def test_watches_ready_leaders_draining_and_removal(
-    control_plane: cluster.ControlPlane, kube: Kube, namespace: str
+    control_plane: ControlPlane, kube: Kube, namespace: str
 ) -> None:
     pods = f"/api/v1/namespaces/{namespace}/pods"
     kube.create(pods, leader_pod("p0", "prefill"))

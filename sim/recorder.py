@@ -2,13 +2,15 @@
 
 Conventions follow SGLang's `bench_serving` (see docs/): TTFT = arrival → first token at the client;
 TPOT per request = (E2E − TTFT)/(output − 1), request-weighted; ITL = every inter-token gap, pooled
-(token-weighted); percentiles with numpy's linear interpolation; duration = first arrival → last
-completion. Goodput counts requests meeting both the TTFT and the TPOT SLO (vLLM `--goodput`).
+(token-weighted, `weighted_percentile`); other percentiles with numpy's linear interpolation;
+duration = first arrival → last completion. Goodput counts requests meeting both the TTFT and the
+TPOT SLO (vLLM `--goodput`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -104,7 +106,7 @@ class Recorder:
             ttft_p99_s=float(np.percentile(ttft, 99)),
             tpot_mean_s=float(tpot[multi].mean()) if multi.any() else 0.0,
             tpot_p90_s=float(np.percentile(tpot[multi], 90)) if multi.any() else 0.0,
-            itl_p99_s=_weighted_percentile(self.decode_durations, self.decode_tokens, 99),
+            itl_p99_s=weighted_percentile(self.decode_durations, self.decode_tokens, 99),
             throughput_tok_s=float((self.prompt[done].sum() + outputs.sum()) / duration),
             output_throughput_tok_s=float(outputs.sum() / duration),
             request_throughput=completed / duration,
@@ -126,10 +128,17 @@ class Recorder:
         return self.first_token[done] - self.arrival[done]
 
 
-def _weighted_percentile(values: list[float], weights: list[int], q: float) -> float:
-    if not values:
-        return 0.0
-    v = np.asarray(values)
+def weighted_percentile(values: Sequence[float], weights: Sequence[float], q: float) -> float:
+    """The `q`-th percentile of `values`, each counted `weights` times: the smallest value whose
+    cumulative weight reaches q % of the total (no interpolation). Pooled inter-token gaps use it, a
+    decode step's duration weighted by the tokens it produced.
+
+    NaN when `values` is empty (nothing was measured: a summary shows it as missing, not as 0 s);
+    the plain unweighted percentile when every weight is 0.
+    """
+    if not len(values):
+        return math.nan
+    v = np.asarray(values, dtype=float)
     w = np.asarray(weights, dtype=float)
     order = np.argsort(v)
     v, w = v[order], w[order]

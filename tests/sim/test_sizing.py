@@ -1,4 +1,4 @@
-"""`sbs.sim.plan` and `sbs-sim plan`: the fewest groups per role meeting p90 SLOs, on the `small` preset.
+"""`sbs.sim.sizing` and `sbs-sim plan`: the fewest groups per role meeting p90 SLOs, on the `small` preset.
 
 Workloads are 20 s synthetic traces of 2,000-token prompts at 100 req/s: one `small` prefill group
 (DP16, nominal ≈ 144k tok/s) takes 200k tok/s only with a growing queue, so prefill needs three
@@ -11,21 +11,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 from click.testing import CliRunner, Result
 from hypothesis import given
 from hypothesis import strategies as st
-from sbs.sim import plan
+from sbs.sim import sizing
 from sbs.sim.cli import main
 from sbs.sim.cluster import PRESETS
 from sbs.sim.trace import Trace
-from sbs.sim.workload import synthetic
+from sbs.sim.workload import synthetic, synthetic_from_observed
 
 from tests.sim.test_cli import assert_one_line_error, azure_csv
 
 SMALL = PRESETS["small"]
-LIMITS = plan.PlanLimits(max_prefill_groups=8, max_decode_groups=4)
+LIMITS = sizing.PlanLimits(max_prefill_groups=8, max_decode_groups=4)
 JSON_KEYS = {
     "prefill_groups",
     "decode_groups",
@@ -47,16 +46,16 @@ def workload(output_tokens: int) -> Trace:
 
 
 @pytest.fixture(scope="module")
-def prefill_bound() -> plan.PlanResult:
-    return plan.plan_groups(workload(50), SMALL, plan.Slo(1.0, 0.1), limits=LIMITS)
+def prefill_bound() -> sizing.PlanResult:
+    return sizing.plan_groups(workload(50), SMALL, sizing.Slo(1.0, 0.1), limits=LIMITS)
 
 
 @pytest.fixture(scope="module")
-def decode_bound() -> plan.PlanResult:
-    return plan.plan_groups(workload(400), SMALL, plan.Slo(1.0, 0.05), limits=LIMITS)
+def decode_bound() -> sizing.PlanResult:
+    return sizing.plan_groups(workload(400), SMALL, sizing.Slo(1.0, 0.05), limits=LIMITS)
 
 
-def tried(result: plan.PlanResult) -> dict[tuple[int, int], plan.Candidate]:
+def tried(result: sizing.PlanResult) -> dict[tuple[int, int], sizing.Candidate]:
     return {(c.prefill_groups, c.decode_groups): c for c in result.evaluated}
 
 
@@ -64,7 +63,7 @@ def tried(result: plan.PlanResult) -> dict[tuple[int, int], plan.Candidate]:
 
 
 def test_prefill_count_is_the_fewest_meeting_ttft_with_decode_generous(
-    prefill_bound: plan.PlanResult,
+    prefill_bound: sizing.PlanResult,
 ) -> None:
     r = prefill_bound
     assert (r.feasible, r.prefill_groups, r.decode_groups) == (True, 3, 1)
@@ -78,7 +77,7 @@ def test_prefill_count_is_the_fewest_meeting_ttft_with_decode_generous(
     assert "2P + 4D misses TTFT" in r.reason
 
 
-def test_search_tests_exponential_steps_then_bisects(prefill_bound: plan.PlanResult) -> None:
+def test_search_tests_exponential_steps_then_bisects(prefill_bound: sizing.PlanResult) -> None:
     order = [(c.phase, c.prefill_groups, c.decode_groups) for c in prefill_bound.evaluated]
     assert order == [
         ("prefill", 1, 4),
@@ -89,7 +88,9 @@ def test_search_tests_exponential_steps_then_bisects(prefill_bound: plan.PlanRes
     ]
 
 
-def test_decode_shortage_shows_in_ttft_and_the_pair_is_checked_on_both(decode_bound: plan.PlanResult) -> None:
+def test_decode_shortage_shows_in_ttft_and_the_pair_is_checked_on_both(
+    decode_bound: sizing.PlanResult,
+) -> None:
     r = decode_bound
     assert (r.feasible, r.prefill_groups, r.decode_groups) == (True, 3, 4)
     seen = tried(r)
@@ -101,7 +102,7 @@ def test_decode_shortage_shows_in_ttft_and_the_pair_is_checked_on_both(decode_bo
 
 
 def test_slo_attainment_is_the_fraction_of_all_requests_meeting_both_bounds(
-    prefill_bound: plan.PlanResult,
+    prefill_bound: sizing.PlanResult,
 ) -> None:
     best = tried(prefill_bound)[(3, 1)]
     assert prefill_bound.slo_attainment == best.slo_attainment
@@ -110,16 +111,16 @@ def test_slo_attainment_is_the_fraction_of_all_requests_meeting_both_bounds(
     assert worst.slo_attainment < 0.5 and worst.completed == prefill_bound.requests
 
 
-def test_same_answer_with_parallel_prefetch(prefill_bound: plan.PlanResult) -> None:
-    par = plan.plan_groups(workload(50), SMALL, plan.Slo(1.0, 0.1), limits=LIMITS, jobs=2)
+def test_same_answer_with_parallel_prefetch(prefill_bound: sizing.PlanResult) -> None:
+    par = sizing.plan_groups(workload(50), SMALL, sizing.Slo(1.0, 0.1), limits=LIMITS, jobs=2)
     assert (par.prefill_groups, par.decode_groups, par.reason) == (3, 1, prefill_bound.reason)
     par_seen = tried(par)
     for key, cand in tried(prefill_bound).items():
         assert par_seen[key] == cand  # same figures, deterministic runs (cpu time aside)
 
 
-def test_runs_are_deterministic(prefill_bound: plan.PlanResult) -> None:
-    again = plan.plan_groups(workload(50), SMALL, plan.Slo(1.0, 0.1), limits=LIMITS)
+def test_runs_are_deterministic(prefill_bound: sizing.PlanResult) -> None:
+    again = sizing.plan_groups(workload(50), SMALL, sizing.Slo(1.0, 0.1), limits=LIMITS)
     assert again == prefill_bound
     strip = [{k: v for k, v in c.items() if k != "sim_cpu_s"} for c in again.to_dict()["evaluated"]]
     assert strip == [
@@ -130,19 +131,19 @@ def test_runs_are_deterministic(prefill_bound: plan.PlanResult) -> None:
 @pytest.mark.parametrize(
     ("slo", "limits", "fragment"),
     [
-        (plan.Slo(1.0, 0.1), plan.PlanLimits(max_prefill_groups=2, max_decode_groups=2), "TTFT p90"),
-        (plan.Slo(1.0, 0.045), LIMITS, "TPOT p90"),
+        (sizing.Slo(1.0, 0.1), sizing.PlanLimits(max_prefill_groups=2, max_decode_groups=2), "TTFT p90"),
+        (sizing.Slo(1.0, 0.045), LIMITS, "TPOT p90"),
         (
-            plan.Slo(1.0, 0.1),
-            plan.PlanLimits(max_prefill_groups=8, max_decode_groups=4, max_gpus=40),
+            sizing.Slo(1.0, 0.1),
+            sizing.PlanLimits(max_prefill_groups=8, max_decode_groups=4, max_gpus=40),
             "budget",
         ),
     ],
     ids=["ttft_at_max_prefill", "tpot_at_max_decode", "gpu_budget"],
 )
-def test_infeasible_within_limits(slo: plan.Slo, limits: plan.PlanLimits, fragment: str) -> None:
+def test_infeasible_within_limits(slo: sizing.Slo, limits: sizing.PlanLimits, fragment: str) -> None:
     trace = workload(400 if slo.tpot_p90_s < 0.05 else 50)
-    r = plan.plan_groups(trace, SMALL, slo, limits=limits)
+    r = sizing.plan_groups(trace, SMALL, slo, limits=limits)
     assert not r.feasible
     assert r.prefill_groups is r.decode_groups is r.gpus is r.slo_attainment is None
     assert r.reason.startswith("infeasible within the limits") and fragment in r.reason
@@ -175,75 +176,29 @@ def test_smallest_finds_the_threshold_testing_the_same_points_for_any_jobs(
         assert all(lo <= n <= hi for n in ns) and len(ns) <= jobs
         fetched.update(ns)
 
-    got = plan._smallest(lo, hi, ok, prefetch, jobs)
+    got = sizing._smallest(lo, hi, ok, prefetch, jobs)
     expect = max(lo, threshold) if threshold <= hi else None
     assert got == expect
     assert set(tested) <= fetched
     sequential: list[int] = []
-    plan._smallest(lo, hi, lambda n: sequential.append(n) or n >= threshold, lambda ns: None, 1)
+    sizing._smallest(lo, hi, lambda n: sequential.append(n) or n >= threshold, lambda ns: None, 1)
     assert tested == sequential
     assert len(set(tested)) == len(tested)
 
 
-# -- synthetic_from_observed -----------------------------------------------------------------------
-
-
-def test_synthetic_from_observed_keeps_rate_and_pairs() -> None:
-    prompts, outputs = [100, 2000, 3000], [10, 200, 0]
-    t = plan.synthetic_from_observed(20.0, prompts, outputs, duration_s=60.0, seed=3)
-    assert 18.0 <= t.mean_rate_rps <= 22.0
-    pairs = {(r.prompt_tokens, r.output_tokens) for r in t.requests}
-    assert pairs <= {(100, 10), (2000, 200), (3000, 1)}  # paired, 0 output → 1
-    assert t == plan.synthetic_from_observed(20.0, prompts, outputs, duration_s=60.0, seed=3)
-    assert t != plan.synthetic_from_observed(20.0, prompts, outputs, duration_s=60.0, seed=4)
-
-
-def test_synthetic_from_observed_draws_unpaired_samples_independently() -> None:
-    t = plan.synthetic_from_observed(
-        50.0, np.array([100, 200]), np.array([5, 6, 7]), duration_s=60.0, seed=0, cv=2.0
-    )
-    assert {r.prompt_tokens for r in t.requests} == {100, 200}
-    assert {r.output_tokens for r in t.requests} == {5, 6, 7}
-    assert "independent" in t.name
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "fragment"),
-    [
-        ({"rate_per_s": 0.0}, "rate_rps"),
-        ({"prompt_lengths": []}, "prompt_lengths"),
-        ({"prompt_lengths": [100, 0]}, "prompt_lengths must be >= 1"),
-        ({"output_lengths": [1.5]}, "output_lengths must hold whole"),
-        ({"seed": -1}, "seed"),
-        ({"duration_s": float("nan")}, "duration_s"),
-    ],
-    ids=["rate", "empty", "zero_prompt", "fractional", "seed", "duration"],
-)
-def test_synthetic_from_observed_rejects_bad_arguments(kwargs: dict, fragment: str) -> None:
-    args = {
-        "rate_per_s": 1.0,
-        "prompt_lengths": [100],
-        "output_lengths": [10],
-        "duration_s": 10.0,
-        "seed": 0,
-    } | kwargs
-    with pytest.raises(ValueError, match=fragment):
-        plan.synthetic_from_observed(**args)
-
-
 def test_plan_on_observed_statistics() -> None:
-    trace = plan.synthetic_from_observed(100.0, [2000] * 4, [50] * 4, duration_s=20.0, seed=1)
-    r = plan.plan_groups(trace, SMALL, plan.Slo(1.0, 0.1), limits=LIMITS)
+    trace = synthetic_from_observed(100.0, [2000] * 4, [50] * 4, duration_s=20.0, seed=1)
+    r = sizing.plan_groups(trace, SMALL, sizing.Slo(1.0, 0.1), limits=LIMITS)
     assert r.feasible and r.prefill_groups == 3
 
 
 def test_bad_arguments_name_the_parameter() -> None:
     with pytest.raises(ValueError, match="ttft_p90_s"):
-        plan.Slo(0.0, 0.1)
+        sizing.Slo(0.0, 0.1)
     with pytest.raises(ValueError, match="max_decode_groups"):
-        plan.PlanLimits(min_decode_groups=3, max_decode_groups=2)
+        sizing.PlanLimits(min_decode_groups=3, max_decode_groups=2)
     with pytest.raises(ValueError, match="valid: sbs"):
-        plan.plan_groups(workload(50), SMALL, plan.Slo(1.0, 0.1), policy="fastest")
+        sizing.plan_groups(workload(50), SMALL, sizing.Slo(1.0, 0.1), policy="fastest")
 
 
 # -- the CLI ---------------------------------------------------------------------------------------

@@ -13,9 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sbs.bench import procs
-from sbs.sim.capacity import nominal_prefill_tok_s
+from sbs.settings.engine_shape import DEFAULT_CHUNK_PER_RANK
 from sbs.sim.cluster import ClusterConfig, RoleConfig
 from sbs.sim.costmodel import CostModel
+from sbs.sim.nominal_capacity import nominal_prefill_tok_s
 from sbs.sim.trace import Trace
 
 ENGINE_BALANCE = "total_tokens"
@@ -61,7 +62,7 @@ class BenchCluster:
     prefill_dp: int = 8
     decode_instances: int = 1
     decode_dp: int = 16
-    chunk_tokens: int = 16384
+    chunk_tokens: int = DEFAULT_CHUNK_PER_RANK
     """Per-rank prefill budget of one step (SGLang `--chunked-prefill-size` = this × DP)."""
     decode_max_running: int = 256
     """Per-rank running cap of the decode (SGLang `--max-running-requests` = this × DP), as the
@@ -110,7 +111,7 @@ class BenchCluster:
         )
 
     def nominal_prefill_tok_s(self, trace: Trace) -> float:
-        """`sbs.sim.capacity.nominal_prefill_tok_s` of this cluster: the yardstick of `--load`."""
+        """`sbs.sim.nominal_capacity.nominal_prefill_tok_s` of this cluster: the yardstick of `--load`."""
         return nominal_prefill_tok_s(self.sim_cluster(), self.cost(), trace)
 
     def engine_argv(

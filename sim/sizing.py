@@ -16,7 +16,7 @@ worse. The search:
 A candidate meets an SLO when its p90 over completed requests is within it and no request was
 dropped. `slo_attainment` is the fraction of *all* the trace's requests that completed with
 TTFT ≤ the TTFT SLO and TPOT ≤ the TPOT SLO (the p90 targets used as per-request bounds; TPOT as in
-`sbs.sim.metrics`, 0 for single-token outputs; a dropped request misses). Every candidate is
+`sbs.sim.recorder`, 0 for single-token outputs; a dropped request misses). Every candidate is
 simulated at most once; the answer is the fewest-groups pair whose predecessor in the search missed.
 
 Sans-IO and deterministic: no files, no clock in the result, no printing; runs are seeded by the
@@ -24,28 +24,22 @@ cluster's `seed`. With `jobs > 1` the points the sequential search may need next
 exponential steps, the next bisection midpoints) are simulated in parallel worker processes; the
 answer is the same as with `jobs=1`, only extra candidates may appear in `evaluated`.
 
-`synthetic_from_observed` turns observed statistics (request rate, prompt and output length samples)
-into a trace, so a controller can size ahead of load with the same model.
+`sbs.sim.workload.synthetic_from_observed` turns observed statistics (request rate, prompt and output
+length samples) into a trace to plan for, so a controller can size ahead of load with the same model.
 """
 
 from __future__ import annotations
 
 import math
 import multiprocessing
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
 from sbs.settings import scheduling
 from sbs.sim import runner
 from sbs.sim.cluster import ClusterConfig
-from sbs.sim.loaders.lengths import LengthTable
-from sbs.sim.trace import Trace, build_trace
-from sbs.sim.workload import synthetic
-
-Lengths = Sequence[int] | npt.NDArray[np.integer]
+from sbs.sim.trace import Trace
 
 
 @dataclass(frozen=True)
@@ -218,45 +212,6 @@ def plan_groups(
     pol = scheduling.policy_settings(policy) if isinstance(policy, str) else policy
     with _Evaluator(trace, cluster, slo, pol, jobs, on_candidate) as ev:
         return _search(ev, trace, cluster, slo, pol, limits, jobs)
-
-
-def synthetic_from_observed(
-    rate_per_s: float,
-    prompt_lengths: Lengths,
-    output_lengths: Lengths,
-    duration_s: float,
-    seed: int,
-    *,
-    cv: float = 1.0,
-) -> Trace:
-    """A trace of `duration_s` seconds at `rate_per_s` with lengths drawn from observed samples.
-
-    Arrivals are a renewal process (`cv` = gap coefficient of variation: 1 Poisson, > 1 burstier) as
-    in `sbs.sim.workload.synthetic`. When both samples have the same size they are taken as pairs
-    (request i had prompt i and output i) and drawn together, keeping their correlation; otherwise
-    prompt and output lengths are drawn independently from their own samples. A 0-token output counts
-    as 1, as the trace loaders do.
-    """
-    prompts = _lengths("prompt_lengths", prompt_lengths, minimum=1)
-    outputs = np.maximum(_lengths("output_lengths", output_lengths, minimum=0), 1)
-    seed = _seed(seed)
-    if len(prompts) == len(outputs):
-        table = LengthTable(
-            f"observed n={len(prompts)} mean {prompts.mean():.0f}/{outputs.mean():.0f}",
-            tuple(prompts.tolist()),
-            tuple(outputs.tolist()),
-        )
-        return synthetic(rate_rps=rate_per_s, duration_s=duration_s, seed=seed, cv=cv, lengths=table)
-    arrivals = synthetic(rate_rps=rate_per_s, duration_s=duration_s, seed=seed, cv=cv, lengths=(1, 1))
-    rng = np.random.default_rng([seed, 1])
-    n = len(arrivals)
-    return build_trace(
-        f"synthetic rate={rate_per_s:g}rps cv={cv:g} independent lengths (observed n={len(prompts)}/"
-        f"{len(outputs)} mean {prompts.mean():.0f}/{outputs.mean():.0f}) seed={seed}",
-        [r.arrival_s for r in arrivals.requests],
-        prompts[rng.integers(0, len(prompts), size=n)],
-        outputs[rng.integers(0, len(outputs), size=n)],
-    )
 
 
 # -- search ----------------------------------------------------------------------------------------
@@ -487,26 +442,6 @@ def _run(args: tuple[runner.RunSpec, float, float]) -> dict[str, Any]:
 
 
 # -- argument checks -------------------------------------------------------------------------------
-
-
-def _lengths(name: str, values: Lengths, *, minimum: int) -> npt.NDArray[np.int64]:
-    arr = np.asarray(values)
-    if arr.ndim != 1 or arr.size == 0:
-        raise ValueError(f"{name} must be a non-empty sequence of token counts, got {values!r:.80}")
-    whole = np.issubdtype(arr.dtype, np.integer) or (
-        np.issubdtype(arr.dtype, np.floating) and bool(np.all(np.isfinite(arr))) and not np.any(arr % 1)
-    )
-    if not whole:
-        raise ValueError(f"{name} must hold whole token counts, got {values!r:.80}")
-    if arr.min() < minimum:
-        raise ValueError(f"{name} must be >= {minimum} tokens each, got {int(arr.min())}")
-    return arr.astype(np.int64)
-
-
-def _seed(seed: int) -> int:
-    if type(seed) is not int or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    return seed
 
 
 def _positive(name: str, value: float) -> None:

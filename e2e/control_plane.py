@@ -23,21 +23,17 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 import urllib.request
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-from sbs.e2e import binaries, nodes, pki
+from sbs.e2e import binaries, nodes, pki, slots
+from sbs.e2e.crds import crd_documents, install_crds
 from sbs.e2e.waits import WaitTimeout, wait_until
 from sbs.kube.blocking import Kube
 
-# Start order; stop is the reverse.
-COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
-CRD_COLLECTION = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 _PR_SET_PDEATHSIG = 1
 
 
@@ -85,7 +81,7 @@ class Component:
         """None while the process runs, else its exit code (-1 when not our child)."""
         if self.proc is not None:
             return self.proc.poll()
-        return None if _pid_runs(self.pid, self.argv[0]) else -1
+        return None if slots.pid_runs(self.pid, self.argv[0]) else -1
 
     def alive(self) -> bool:
         return self.returncode() is None
@@ -106,16 +102,6 @@ def tail(path: Path, lines: int = 30) -> str:
     return "\n".join(kept) or "(empty log)"
 
 
-def _pid_runs(pid: int, exe: str) -> bool:
-    """Whether `pid` is alive and still runs `exe` (a recycled PID does not count)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    return cmdline == exe and state != "Z"
-
-
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -124,50 +110,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def runtime_root() -> Path:
-    """Where clusters keep their state: tmpfs when possible, one tree per user."""
-    base = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
-    return Path(os.environ.get("SBS_E2E_RUNTIME", base / f"sbs-e2e-{os.getuid()}"))
-
-
-def _claim_slot(root: Path) -> tuple[int, Path]:
-    """Create `<root>/<slot>` for the lowest free slot, reclaiming dead clusters' slots."""
-    root.mkdir(parents=True, exist_ok=True)
-    for slot in range(nodes.MAX_SLOTS):
-        path = root / str(slot)
-        try:
-            path.mkdir()
-        except FileExistsError:
-            if not _slot_is_stale(path):
-                continue
-            grave = root / f".stale-{slot}-{os.getpid()}"
-            try:
-                path.rename(grave)
-            except OSError:
-                continue  # someone else is reclaiming it
-            shutil.rmtree(grave, ignore_errors=True)
-            try:
-                path.mkdir()
-            except FileExistsError:
-                continue
-        return slot, path
-    raise ControlPlaneError(f"all {nodes.MAX_SLOTS} cluster slots under {root} are in use")
-
-
-def _slot_is_stale(path: Path) -> bool:
-    state = path / "state.json"
-    if not state.exists():
-        # Being set up right now, or a start that died before writing state: give it a minute.
-        with contextlib.suppress(FileNotFoundError):
-            return time.time() - path.stat().st_mtime > 60  # noqa: TID251 - file ages are wall-clock
-        return False
-    try:
-        info = json.loads(state.read_text())
-    except (OSError, ValueError):
-        return True
-    return not any(_pid_runs(pid, info["argv"][name][0]) for name, pid in info["pids"].items())
 
 
 class ControlPlane:
@@ -229,7 +171,10 @@ class ControlPlane:
 
     def start(self) -> ControlPlane:
         t0 = time.monotonic()
-        self.slot, self.dir = _claim_slot(runtime_root())
+        try:
+            self.slot, self.dir = slots.claim_slot(slots.runtime_root())
+        except slots.SlotsExhausted as exc:
+            raise ControlPlaneError(str(exc)) from None
         try:
             self._start(t0)
         except BaseException:
@@ -478,45 +423,13 @@ class ControlPlane:
 
 
 # ---------------------------------------------------------------------------------------------
-# CRDs
-
-
-def crd_documents(paths: Iterable[Path]) -> list[dict]:
-    """The CustomResourceDefinitions in these YAML files (directories: their *.yaml, sorted)."""
-    files: list[Path] = []
-    for path in paths:
-        files += sorted([*path.glob("*.yaml"), *path.glob("*.yml")]) if path.is_dir() else [path]
-    docs = []
-    for f in files:
-        for doc in yaml.safe_load_all(f.read_text()):
-            if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition":
-                docs.append(doc)
-    return docs
-
-
-def install_crds(
-    client: Kube, crds: Sequence[dict], *, timeout_s: float = 30.0, check: Any = None
-) -> list[str]:
-    """Server-side apply each CRD and wait until every one is Established; returns the names."""
-    names = [client.apply(CRD_COLLECTION, crd)["metadata"]["name"] for crd in crds]
-
-    def established(name: str) -> bool:
-        conds = client.get(f"{CRD_COLLECTION}/{name}").get("status", {}).get("conditions") or []
-        return any(c["type"] == "Established" and c["status"] == "True" for c in conds)
-
-    for name in names:
-        wait_until(lambda n=name: established(n), timeout_s, f"CRD {name} Established", check=check)
-    return names
-
-
-# ---------------------------------------------------------------------------------------------
 # Finding clusters started by other processes.
 
 
 def remove_stale() -> list[Path]:
     """Delete the slot directories of clusters whose processes are all gone."""
-    root = runtime_root()
-    stale = [p for p in root.glob("[0-9]*") if (p / "state.json").exists() and _slot_is_stale(p)]
+    root = slots.runtime_root()
+    stale = [p for p in root.glob("[0-9]*") if (p / "state.json").exists() and slots.slot_is_stale(p)]
     for path in stale:
         shutil.rmtree(path, ignore_errors=True)
     return stale
@@ -524,10 +437,10 @@ def remove_stale() -> list[Path]:
 
 def find_clusters(name: str | None = None) -> list[ControlPlane]:
     """Running (or partly running) clusters under the runtime root, optionally by name."""
-    root = runtime_root()
+    root = slots.runtime_root()
     found = []
     for path in sorted(root.glob("[0-9]*"), key=lambda p: int(p.name)) if root.is_dir() else []:
-        if not (path / "state.json").exists() or _slot_is_stale(path):
+        if not (path / "state.json").exists() or slots.slot_is_stale(path):
             continue
         try:
             cp = ControlPlane.attach(path)
