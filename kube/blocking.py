@@ -63,16 +63,16 @@ async def _close(clients: list[KubeClient]) -> None:
         await c.close()
 
 
-def _root(key: tuple[str, ...], load: Coroutine[Any, Any, creds.Credentials] | None) -> KubeClient:
+def _root(key: tuple[str, ...], load: Coroutine[Any, Any, creds.Credentials]) -> KubeClient:
+    """The shared client for `key`, created from `load`'s credentials on first use."""
     with _lock:
         root = _roots.get(key)
     if root is None:
-        assert load is not None
         root = KubeClient(_run(load), field_manager=FIELD_MANAGER)
         with _lock:
             root = _roots.setdefault(key, root)
-    elif load is not None:
-        load.close()
+    else:
+        load.close()  # never awaited: closed, so it warns nobody
     return root
 
 
@@ -109,11 +109,6 @@ class Kube:
 
         key = ("certificates", server, *_file_key(ca_file, cert_file, key_file))
         return cls(_root(key, load()).fork())
-
-    @classmethod
-    def from_credentials(cls, credentials: creds.Credentials) -> Kube:
-        """A client with credentials of its own (its own connections, closed at exit)."""
-        return cls(_root(("credentials", str(id(credentials))), _ready(credentials)).fork())
 
     @property
     def server(self) -> str:
@@ -174,10 +169,6 @@ class Kube:
     def watch(self, path: str, *, timeout_s: float = 60.0, **params: Any) -> Watch:
         """A watch on a collection; iterate it for events, `close()` it from any thread."""
         return Watch(self._client, path, timeout_s=timeout_s, params=params)
-
-
-async def _ready(credentials: creds.Credentials) -> creds.Credentials:
-    return credentials
 
 
 class Watch:

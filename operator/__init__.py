@@ -1,1 +1,2 @@
-"""SBSDeployment operator (kopf). Not yet implemented: see the operator issue."""
+"""The SBSDeployment operator (kopf): reconciles each SBSDeployment into engine groups and its
+scheduler, keeps status, recovers, rolls updates and scales (`autoscaling`)."""

@@ -213,6 +213,9 @@ class _Roller:
         elif self.now - since >= wait:
             self.plan.delete.append(GroupAction(self.role, inst.index, inst.thash, reason))
         else:
+            # Still draining: the rollout (or scale-down) is not done, so the deployment is not Ready
+            # yet; it would otherwise flip Ready -> Progressing -> Ready when the group is deleted.
+            self.plan.progressing.append(f"{self.role} group {inst.index} ({inst.thash[:5]}) draining")
             self.plan.wake_in(wait - (self.now - since))
 
     def failures(self) -> set[int]:

@@ -1,1 +1,1 @@
-"""SBS scheduler: the sans-IO scheduling core (`core`) and, later, the aiohttp service."""
+"""SBS scheduler: the sans-IO scheduling core (`core`) and the aiohttp service around it (`service`)."""

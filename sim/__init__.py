@@ -1,1 +1,1 @@
-"""Cost model, discrete-event simulator and workload loaders."""
+"""Cost model, engine models, discrete-event simulator, workload loaders and the engine emulator."""

@@ -187,6 +187,33 @@ def test_rolling_update_surges_one_group_per_role_and_drains_old_ones() -> None:
     assert group_plan.plan(new, pods2, h, NOW + 5).requeue_after == 25.0
 
 
+def test_a_deployment_draining_an_old_group_is_progressing_not_ready() -> None:
+    """Every group of the new template is ready, one old group still drains: the rollout is not done,
+    so the phase stays Progressing until the old group is gone (no Ready -> Progressing -> Ready)."""
+    old = deployment(prefill={"groups": 1, "nodesPerGroup": 2, "chunkedPrefillSize": 16384})
+    new = deployment(
+        prefill={"groups": 1, "nodesPerGroup": 2, "chunkedPrefillSize": 16384},
+        engine={"image": "sglang:next"},
+    )
+    h = thashes(new)
+    draining = group(old, "prefill", 0)
+    leader = next(p for p in draining if p["metadata"]["labels"][labels.RANK] == "0")
+    leader["metadata"]["annotations"] = {labels.DRAINING: "true", labels.DRAIN_SINCE: timestamps.rfc3339(NOW)}
+    pods = draining + group(new, "prefill", 0) + group(new, "decode", 0)
+    sched = api.SchedulerStatus(ready=1, desired=1)
+
+    def phase(at: float) -> tuple[str, group_plan.Plan]:
+        p = group_plan.plan(new, pods, h, at)
+        return status_mod.build(new, p, scheduler=sched, revision="r", now=at).phase, p
+
+    during, p = phase(NOW + 5)
+    assert during == "Progressing" and not p.delete and "prefill group 0" in "; ".join(p.progressing)
+    after, p = phase(NOW + 31)
+    assert keys(p.delete) == [("prefill", 0)] and after == "Progressing"
+    pods[:] = group(new, "prefill", 0) + group(new, "decode", 0)
+    assert phase(NOW + 32)[0] == "Ready"
+
+
 def test_max_unavailable_replaces_in_place_without_surge() -> None:
     old = deployment()
     new = deployment(

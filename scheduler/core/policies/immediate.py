@@ -20,12 +20,28 @@ def refuse_without_engines(state: ClusterState, req: Request) -> Reject | None:
     return Reject(req.rid, f"no healthy {side} instance", retryable=True)
 
 
-class ImmediateDispatch:
+class DispatchAtOnce:
+    """What every immediate policy shares: it holds nothing, so it has nothing to release later."""
+
+    def __init__(self, state: ClusterState) -> None:
+        self.state = state
+        self.buffer: dict[int, Request] = {}
+
+    def cancel(self, rid: int) -> bool:
+        return False
+
+    def tick(self, now: float) -> list[Decision]:
+        return []
+
+    def next_deadline(self) -> float | None:
+        return None
+
+
+class ImmediateDispatch(DispatchAtOnce):
     """Each leg goes to its picker's rank among the live ones, by outstanding tokens."""
 
     def __init__(self, state: ClusterState, prefill_picker: RankPicker, decode_picker: RankPicker) -> None:
-        self.state = state
-        self.buffer: dict[int, Request] = {}
+        super().__init__(state)
         self._prefill_picker = prefill_picker
         self._decode_picker = decode_picker
 
@@ -42,12 +58,3 @@ class ImmediateDispatch:
             pref.instance, pref.rank, req.prompt_tokens, dref.instance, dref.rank, kv
         )
         return [Dispatch(req.rid, pref.instance, pref.rank, dref.instance, dref.rank, "immediate")]
-
-    def cancel(self, rid: int) -> bool:
-        return False
-
-    def tick(self, now: float) -> list[Decision]:
-        return []
-
-    def next_deadline(self) -> float | None:
-        return None

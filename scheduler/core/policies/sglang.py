@@ -4,17 +4,16 @@ sglang-router's PD mode without `--dp-aware` does, and the engine's DP controlle
 
 from __future__ import annotations
 
-from sbs.scheduler.core.policies.immediate import refuse_without_engines
+from sbs.scheduler.core.policies.immediate import DispatchAtOnce, refuse_without_engines
 from sbs.scheduler.core.state import ClusterState, Flight
 from sbs.scheduler.core.types import Decision, Dispatch, Request
 
 
-class EngineBalanced:
+class EngineBalanced(DispatchAtOnce):
     """Instances in turn, skipping unusable ones; ranks left to the engine."""
 
     def __init__(self, state: ClusterState) -> None:
-        self.state = state
-        self.buffer: dict[int, Request] = {}
+        super().__init__(state)
         self._next_prefill = 0
         self._next_decode = 0
 
@@ -28,15 +27,6 @@ class EngineBalanced:
         st.instances[p].unpinned_tokens += req.prompt_tokens
         st.flights[req.rid] = Flight(p, None, req.prompt_tokens, d, None, kv)
         return [Dispatch(req.rid, p, None, d, None, "immediate")]
-
-    def cancel(self, rid: int) -> bool:
-        return False
-
-    def tick(self, now: float) -> list[Decision]:
-        return []
-
-    def next_deadline(self) -> float | None:
-        return None
 
 
 def _round_robin(available: list[bool], start: int) -> tuple[int, int]:
