@@ -92,6 +92,19 @@ class EnginesSettings(SettingsModel):
     """How often an engine whose shape is not yet known (`/server_info` failing) is asked again."""
     step_merge_s: float = Field(0.002, ge=0.0)
     """Prefill completions of one instance within this window are inferred to be one forward step."""
+    hung_after_s: float = Field(10.0, gt=0.0)
+    """An engine with no successful poll for this long is hung: the requests in flight on it end (sent
+    again elsewhere before their prefill completed, a retryable error after). Longer than
+    `stale_after_s`, so a merely slow HTTP front is avoided for new requests before its running ones
+    are given up."""
+    stream_idle_timeout_s: float = Field(60.0, gt=0.0)
+    """Once a decode stream has sent output, the longest silence tolerated before it is ended with a
+    retryable error. SGLang streams every `--stream-interval` tokens (a decode step, well under a
+    second) unless it retracts the request under KV pressure; the wait for the first output
+    (queueing, a long prefill) is bounded by the engine's health and the request's deadline instead."""
+    api_key_file: str | None = None
+    """A file holding the engines' API key (SGLang `--api-key`); when set, every engine call sends
+    `Authorization: Bearer <key>`. Re-read when it changes."""
 
 
 class AdmissionSettings(SettingsModel):
@@ -121,6 +134,9 @@ class EstimateSettings(SettingsModel):
     `/v1/completions` to OpenAI's 16)."""
     prefix_block_tokens: int = Field(0, ge=0)
     """Block size of the prompt-prefix hashes the SBS policy credits cache hits with; 0 = off."""
+    max_bytes_per_token: float = Field(8.0, gt=0.0)
+    """An upper bound of the tokenizer's bytes per token over a long text: a text prompt is refused as
+    too long only when even this many bytes per token exceed the limit (the engine judges closer ones)."""
 
 
 class CapacitySettings(SettingsModel):
@@ -134,6 +150,43 @@ class CapacitySettings(SettingsModel):
     per_pair_s: float = Field(4.57e-9, ge=0.0)
 
 
+class LimitsSettings(SettingsModel):
+    """What one client connection or request may cost the service (docs/service.md, "Limits")."""
+
+    max_body_bytes: int = Field(8 * 2**20, ge=1024)
+    """Largest request body; beyond it, 413."""
+    header_timeout_s: float = Field(10.0, gt=0.0)
+    """A request's head (request line and headers) must arrive within this time of its first byte (a
+    new connection: of connecting); else the connection is closed (408 when part of a head came)."""
+    body_timeout_s: float = Field(30.0, gt=0.0)
+    """A request's body must arrive within this time of its head; else 408 and the connection closes."""
+    keepalive_timeout_s: float = Field(75.0, gt=0.0)
+    """An idle keep-alive connection is closed after this long (above common load balancers' 60 s)."""
+    max_connections: int = Field(8192, ge=1)
+    """Open client connections. At the cap a new connection closes the longest-idle one; when none is
+    idle it is answered 503. Capped further by the process's open-file limit (3 per busy connection)."""
+    max_json_depth: int = Field(64, ge=2)
+    """Deepest nesting of arrays and objects in a JSON body; deeper is a 400."""
+    inline_parse_bytes: int = Field(16 * 1024, ge=0)
+    """Bodies up to this size are parsed on the event loop (at most ~5 ms, measured on hostile shapes);
+    larger ones in `parse_workers` processes (~1 ms more), so a large body never stalls the others."""
+    parse_workers: int = Field(2, ge=1)
+    """Processes parsing large bodies (started on the first one)."""
+    max_prompt_tokens: int | None = Field(None, ge=1)
+    """Longest prompt accepted; None = the engines' own limit from `/server_info` (`max_req_input_len`,
+    else `context_length`), unchecked when neither is known or the engines truncate."""
+    max_request_id_length: int = Field(128, ge=1)
+    """Longest client request id (`X-Request-Id` or `rid`): visible ASCII only, else 400."""
+
+
+class AuthSettings(SettingsModel):
+    """Bearer-token authentication of the service's API (`/health`, `/readyz`, `/metrics` and
+    `/openapi.json` stay open)."""
+
+    tokens_file: str = Field(min_length=1)
+    """A file with one accepted token per line (blank lines ignored); re-read when it changes."""
+
+
 class ServiceSettings(SettingsModel):
     """Everything `sbs-scheduler` needs."""
 
@@ -145,6 +198,9 @@ class ServiceSettings(SettingsModel):
     admission: AdmissionSettings = AdmissionSettings()
     estimate: EstimateSettings = EstimateSettings()
     capacity: CapacitySettings = CapacitySettings()
+    limits: LimitsSettings = LimitsSettings()
+    auth: AuthSettings | None = None
+    """None: the API is open (behind a NetworkPolicy, say); set: a token is required."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 

@@ -1,33 +1,61 @@
-"""The aiohttp application: routes, and the dispatcher's start and stop.
+"""The aiohttp application: routes, middlewares, and the dispatcher's start and stop.
 
 Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `POST|PUT /generate` (scheduled and
 relayed), `GET /v1/models` (from a usable decode engine), `GET /health` (liveness), `GET /readyz`
 (a prefill and a decode of one revision are usable), `GET /metrics`, `GET /openapi.json`,
 `GET /engines` (what discovery and the health checks know).
+
+Middlewares, outermost first: connection tracking (`connections.track`), the token check when
+`auth` is set (`auth.TokenAuth`), and a last resort that turns an unexpected exception into a JSON
+500 (logged, never echoing it).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 from sbs.scheduler.core.types import Role
-from sbs.scheduler.service import openapi, protocol, relay
+from sbs.scheduler.service import generation, openapi, protocol
+from sbs.scheduler.service.auth import TokenAuth
+from sbs.scheduler.service.bodies import BodyParser
+from sbs.scheduler.service.connections import GUARD, ConnectionGuard, track
 from sbs.scheduler.service.discovery import EngineSource, StaticSource
 from sbs.scheduler.service.dispatcher import Dispatcher
 from sbs.scheduler.service.metrics import Metrics
 from sbs.settings.service import ServiceSettings
 
+log = logging.getLogger(__name__)
+
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+PARSER = web.AppKey("parser", BodyParser)
 
 
 def make_app(settings: ServiceSettings, *, sources: Iterable[EngineSource] | None = None) -> web.Application:
     """The service for `settings`; engines come from `sources` (default: the static list)."""
-    app = web.Application(client_max_size=64 * 1024 * 1024)
-    dispatcher = Dispatcher(settings, Metrics())
+    metrics = Metrics()
+    dispatcher = Dispatcher(settings, metrics)
+
+    def connections_changed(open_now: int, refused: bool) -> None:
+        metrics.connections.set(open_now)
+        if refused:
+            metrics.rejected.labels("too_many_connections").inc()
+
+    guard = ConnectionGuard(settings.limits, on_change=connections_changed)
+    middlewares = [track(guard)]
+    if settings.auth is not None:
+        middlewares.append(
+            TokenAuth(settings.auth.tokens_file).middleware(metrics.rejected.labels("unauthorized").inc)
+        )
+    middlewares.append(_last_resort)
+    app = web.Application(client_max_size=settings.limits.max_body_bytes, middlewares=middlewares)
     app[DISPATCHER] = dispatcher
+    app[PARSER] = parser = BodyParser(settings.estimate, settings.limits)
+    app[GUARD] = guard
 
     async def lifecycle(_: web.Application) -> AsyncIterator[None]:
         chosen = list(sources) if sources is not None else [StaticSource(settings.engines)]
@@ -40,6 +68,7 @@ def make_app(settings: ServiceSettings, *, sources: Iterable[EngineSource] | Non
         await dispatcher.start(chosen)
         yield
         await dispatcher.close()
+        await parser.close()
         if k8s is not None:
             await k8s.client.close()
 
@@ -50,15 +79,29 @@ def make_app(settings: ServiceSettings, *, sources: Iterable[EngineSource] | Non
     app.router.add_get("/v1/models", models)
     app.router.add_get("/health", health)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/openapi.json", openapi_json)
     app.router.add_get("/engines", engines)
     return app
 
 
-def _generation_handler(endpoint: str):
+@web.middleware
+async def _last_resort(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        body = protocol.error_body("internal error", type="internal_error", code="internal_error")
+        return web.json_response(body, status=500)
+
+
+def _generation_handler(endpoint: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handler(request: web.Request) -> web.StreamResponse:
-        return await relay.serve(request.app[DISPATCHER], request, endpoint)
+        return await generation.serve(request.app[DISPATCHER], request.app[PARSER], request, endpoint)
 
     handler.__name__ = f"generation_{endpoint.strip('/').replace('/', '_')}"
     return handler
@@ -80,13 +123,13 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"ready": ready, "pools": pools}, status=200 if ready else 503)
 
 
-async def metrics(request: web.Request) -> web.Response:
+async def metrics_handler(request: web.Request) -> web.Response:
     body = request.app[DISPATCHER].metrics.render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-async def openapi_json(_: web.Request) -> web.Response:
-    return web.json_response(openapi.document())
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.json_response(openapi.document(auth=request.app[DISPATCHER].settings.auth is not None))
 
 
 async def engines(request: web.Request) -> web.Response:
@@ -99,10 +142,11 @@ async def models(request: web.Request) -> web.Response:
     assert dispatcher.session is not None
     for engine in dispatcher.registry.usable(Role.DECODE):
         try:
-            async with dispatcher.session.get(f"{engine.record.url}/v1/models") as resp:
-                if resp.status == 200:
-                    return web.Response(body=await resp.read(), content_type="application/json")
-        except (aiohttp.ClientError, OSError):
+            async with asyncio.timeout(dispatcher.settings.engines.poll_timeout_s):
+                async with dispatcher.session.get(f"{engine.record.url}/v1/models") as resp:
+                    if resp.status == 200:
+                        return web.Response(body=await resp.read(), content_type="application/json")
+        except (TimeoutError, aiohttp.ClientError, OSError):
             continue
     body = protocol.error_body(
         "no usable decode engine", type="service_unavailable", code="not_ready", retryable=True

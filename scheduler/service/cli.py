@@ -20,7 +20,6 @@ from collections.abc import Callable
 from typing import Any
 
 import click
-from aiohttp import web
 from sbs.kube.credentials import CredentialsError
 from sbs.scheduler.service.app import make_app
 from sbs.scheduler.service.config_file import (
@@ -29,6 +28,7 @@ from sbs.scheduler.service.config_file import (
     parse_engine_flag,
     read_config_file,
 )
+from sbs.scheduler.service.connections import GuardedSite, make_runner, raise_fd_limit
 from sbs.settings import scheduling
 from sbs.settings.service import ServiceSettings
 
@@ -139,10 +139,11 @@ async def serve(settings: ServiceSettings, *, stop: asyncio.Event | None = None)
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
             signals.append(sig)
-    runner = web.AppRunner(make_app(settings), handler_cancellation=True, access_log=None)
+    raise_fd_limit()  # before the app sizes its connection cap by it
+    runner = make_runner(make_app(settings))
     try:
         await runner.setup()
-        site = web.TCPSite(runner, settings.host, settings.port)
+        site = GuardedSite(runner, settings.host, settings.port)
         await site.start()
         where = ", ".join(f"{a[0]}:{a[1]}" for a in runner.addresses if isinstance(a, tuple))
         log.info("sbs-scheduler listening on %s, policy %s", where, settings.scheduler.policy.type)

@@ -25,6 +25,7 @@ from sbs.scheduler.core.events import Event, RequestArrived, RequestCancelled, R
 from sbs.scheduler.core.types import Decision, Dispatch, Request, Role
 from sbs.scheduler.service import metrics as svc_metrics
 from sbs.scheduler.service import protocol
+from sbs.scheduler.service.auth import SecretFile
 from sbs.scheduler.service.discovery import EngineSource
 from sbs.scheduler.service.engine_registry import Engine, Registry
 from sbs.scheduler.service.engine_watch import EngineWatcher
@@ -91,8 +92,24 @@ class Dispatcher:
             raise_for_status=False,
         )
         self._spawn(self._timer())
+        if self.settings.engines.api_key_file is not None:
+            key_file = SecretFile(self.settings.engines.api_key_file)
+            self._use_engine_key(key_file)
+            self._spawn(self._follow_engine_key(key_file))
         for source in sources:
             self._spawn(self.watcher.follow(source))
+
+    def _use_engine_key(self, key_file: SecretFile) -> None:
+        """Send the engines' API key (its file's first line) with every engine call."""
+        assert self.session is not None
+        lines = key_file.lines()
+        if lines:
+            self.session.headers["Authorization"] = f"Bearer {lines[0]}"
+
+    async def _follow_engine_key(self, key_file: SecretFile) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self._use_engine_key(key_file)
 
     async def close(self) -> None:
         tasks = list(self._tasks) + [e.poller for e in self.registry.engines.values() if e.poller]
@@ -122,12 +139,14 @@ class Dispatcher:
     def accept(
         self,
         endpoint: str,
-        body: dict[str, Any],
+        payload: bytes,
         parsed: protocol.Parsed,
         request_id: str,
         timeout_s: float | None,
     ) -> Job:
-        """Admit a request (raises `Overloaded`) and hand it to a core."""
+        """Admit a request (raises `Overloaded`) and hand it to a core. Nothing after it is registered
+        may lose it: should handing it over fail, it is finished (`internal_error`) and the error
+        re-raised."""
         adm = self.settings.admission
         if len(self.jobs) >= adm.max_outstanding_requests:
             self._refuse("too_many_outstanding")
@@ -150,8 +169,9 @@ class Dispatcher:
         job = Job(
             rid=self._next_rid,
             request_id=request_id,
+            engine_rid=uuid.uuid4().hex,
             endpoint=endpoint,
-            body=body,
+            payload=payload,
             parsed=parsed,
             request=Request(self._next_rid, now, parsed.prompt_tokens, parsed.output_tokens, parsed.hash_ids),
             arrival_s=now,
@@ -164,11 +184,35 @@ class Dispatcher:
         pool.outstanding += 1
         self._buffered += 1
         self.metrics.accepted.labels(endpoint).inc()
-        self.metrics.prompt_tokens.observe(parsed.prompt_tokens)  # the workload's shape, for sizing
-        self.metrics.output_tokens.observe(parsed.output_tokens)
-        self._gauges()
-        self.feed(pool, RequestArrived(job.request))
+        try:
+            self.metrics.prompt_tokens.observe(parsed.prompt_tokens)  # the workload's shape, for sizing
+            self.metrics.output_tokens.observe(parsed.output_tokens)
+            self._gauges()
+            self.feed(pool, RequestArrived(job.request))
+        except BaseException:
+            self.finish(job, "internal_error")
+            raise
         return job
+
+    def length_limits(self) -> tuple[int | None, int | None]:
+        """(longest prompt, context length) the engines accept: `limits.max_prompt_tokens`, else the
+        smallest the resolved engines publish; None when unknown, or when an engine truncates."""
+        engines = [e for e in self.registry.engines.values() if e.spec is not None]
+        if any(e.truncates for e in engines):
+            return self.settings.limits.max_prompt_tokens, None
+
+        def smallest(values: list[int | None]) -> int | None:
+            return None if not values or None in values else min(v for v in values if v is not None)
+
+        prompt = self.settings.limits.max_prompt_tokens or smallest([e.max_input_tokens for e in engines])
+        return prompt, smallest([e.context_length for e in engines])
+
+    def engine_hung(self, engine: Engine) -> None:
+        """`engine` stopped answering: the requests in flight on it end (`Relay.engine_lost`)."""
+        for job in list(self.jobs.values()):
+            on_it = job.state is JobState.DISPATCHED and engine in (job.prefill_engine, job.decode_engine)
+            if on_it and job.on_engine_lost is not None:
+                job.on_engine_lost(engine)
 
     def _refuse(self, reason: str) -> None:
         self.metrics.rejected.labels(reason).inc()
@@ -308,12 +352,9 @@ class Dispatcher:
         self._set_state(job, JobState.DONE)
         self.jobs.pop(job.rid, None)
         job.pool.outstanding -= 1
+        job.on_engine_lost = None
         if not job.decision.done():
             job.decision.cancel()
-        if was is JobState.DISPATCHED and job.generation == job.pool.generation:
-            self.feed(job.pool, RequestFinished(job.rid, self.now()))
-        elif was is JobState.BUFFERED and job.generation == job.pool.generation:
-            self.feed(job.pool, RequestCancelled(job.rid))  # leaves the buffer: no batch slot taken
         elapsed = self.now() - job.arrival_s
         if error_reason is None:
             self.metrics.completed.labels(job.endpoint).inc()
@@ -322,6 +363,15 @@ class Dispatcher:
             self.metrics.errored.labels(job.endpoint, error_reason).inc()
             self.metrics.e2e.labels("errored").observe(elapsed)
         self._gauges()
+        if job.generation != job.pool.generation:
+            return
+        try:
+            if was is JobState.DISPATCHED:
+                self.feed(job.pool, RequestFinished(job.rid, self.now()))
+            elif was is JobState.BUFFERED:
+                self.feed(job.pool, RequestCancelled(job.rid))  # leaves the buffer: no batch slot taken
+        except Exception:  # the request is accounted for; a core that fails here is logged, not fatal
+            log.exception("request %s: the scheduling core failed on its end", job.request_id)
 
     # -- state for metrics and /engines ---------------------------------------------------------------
 

@@ -28,6 +28,14 @@ class Engine:
     healthy: bool = True
     failures: int = 0
     last_ok_s: float = 0.0
+    hung: bool = False
+    """No successful poll for `engines.hung_after_s`: the requests in flight on it were ended."""
+    max_input_tokens: int | None = None
+    """The longest prompt it accepts (from `/server_info`), None when unknown."""
+    context_length: int | None = None
+    """Its model's context (prompt + output; `/server_info`), None when unknown."""
+    truncates: bool = False
+    """It truncates long prompts instead of refusing them (`--allow-auto-truncate`)."""
     poller: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
@@ -88,6 +96,21 @@ def resolve_spec(
     return spec, port
 
 
+def context_length(info: Mapping[str, Any]) -> int | None:
+    v = info.get("context_length")
+    return v if isinstance(v, int) and not isinstance(v, bool) and v > 1 else None
+
+
+def input_limit(info: Mapping[str, Any]) -> int | None:
+    """The longest prompt an SGLang engine accepts: its scheduler refuses `len >= max_req_input_len`
+    (min(context, KV) - 6, published by 0.5.23), its tokenizer `len >= context_length`."""
+    for key in ("max_req_input_len", "context_length"):
+        v = info.get(key)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 1:
+            return v - 1
+    return None
+
+
 def dp_size_of(info: Mapping[str, Any]) -> int | None:
     """DP ranks from `/server_info`: `internal_states` has one entry per rank; 0.5.23 rewrites the old
     `--dp-size N --enable-dp-attention` to `attn_dp_size=N, dp_size=1`, so that is read next."""
@@ -102,7 +125,9 @@ def dp_size_of(info: Mapping[str, Any]) -> int | None:
 
 
 def _kv_of(info: Mapping[str, Any]) -> int | None:
-    for source in (info.get("scheduler_info"), *(info.get("internal_states") or ())[:1], info):
+    states = info.get("internal_states")
+    first = states[:1] if isinstance(states, list) else []
+    for source in (info.get("scheduler_info"), *first, info):
         if isinstance(source, Mapping):
             v = source.get("max_total_num_tokens")
             if isinstance(v, int) and v > 1:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sbs.scheduler.core.types import Decision, Dispatch, Request
 from sbs.scheduler.service import protocol
@@ -37,8 +38,12 @@ class Job:
 
     rid: int
     request_id: str
+    """The client's id (or one made up): logged and echoed, never sent to the engines."""
+    engine_rid: str
+    """The engines' `rid` (unique; `-<n>` is appended on the n-th re-dispatch)."""
     endpoint: str
-    body: dict[str, Any]
+    payload: bytes
+    """The client's body for the engines (`upstream.engine_prefix`)."""
     parsed: protocol.Parsed
     request: Request
     arrival_s: float
@@ -54,3 +59,5 @@ class Job:
     prefilled: bool = False
     """The current attempt's prefill completed (prefill answered or the decode produced output)."""
     dispatched_s: float = 0.0
+    on_engine_lost: Callable[[Engine], None] | None = None
+    """Called when an engine of the current attempt is found hung (the relay ends what waits on it)."""

@@ -26,7 +26,15 @@ ERROR_REASONS = (
     "internal_error",
 )
 """Why an accepted request ended in an error (docs/service.md, "Fault semantics")."""
-REJECT_REASONS = ("invalid_request", "buffer_full", "too_many_outstanding", "not_ready")
+REJECT_REASONS = (
+    "invalid_request",
+    "buffer_full",
+    "too_many_outstanding",
+    "not_ready",
+    "unauthorized",
+    "parse_unavailable",
+    "too_many_connections",
+)
 """Why a request was refused before it was accepted."""
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1, 2, 4, 6, 8, 10, 20, 40, 60, 120, 300)
@@ -98,6 +106,12 @@ class Metrics:
             "sbs_dispatches", "PD dispatches sent, by the core's release reason.", ["reason"], registry=r
         )
         self.poll_failures = Counter("sbs_engine_poll_failures", "Failed load polls.", ["engine"], registry=r)
+        self.watcher_restarts = Counter(
+            "sbs_engine_watcher_restarts",
+            "Engine watcher tasks that died and were started again.",
+            registry=r,
+        )
+        self.connections = Gauge("sbs_client_connections", "Open client connections.", registry=r)
         self.ttft = Histogram(
             "sbs_ttft_seconds",
             "Arrival to the first streamed byte (streaming requests).",

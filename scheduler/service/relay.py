@@ -7,7 +7,9 @@ Fault semantics (docs/service.md):
   again (at most `max_redispatches` times);
 - a failure **after** it is an explicit, retryable error: 503 with `Retry-After`, or an SSE error
   event when the stream has started;
-- an engine's 4xx is the request's fault and is passed through;
+- an engine's 4xx is the request's fault and is passed through (401/403 excepted: our API key);
+- a hung engine (no good poll for `engines.hung_after_s`) counts as failed for the requests in flight
+  on it, as does a stream silent for `engines.stream_idle_timeout_s` after its first output;
 - the deadline gives 504 (or an SSE error event); a client disconnect closes both upstream requests.
 """
 
@@ -24,7 +26,8 @@ from aiohttp import web
 from sbs.scheduler.core.types import Dispatch, Reject
 from sbs.scheduler.service import protocol, upstream
 from sbs.scheduler.service.dispatcher import Dispatcher
-from sbs.scheduler.service.jobs import Job, Overloaded
+from sbs.scheduler.service.engine_registry import Engine
+from sbs.scheduler.service.jobs import Job
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,18 @@ class Relay:
         self._tasks: list[asyncio.Task[Any]] = []
         self._decode_resp: aiohttp.ClientResponse | None = None
         self._tail = b""
+        self._lost: asyncio.Future[Engine] | None = None
+        """Resolved with an engine of the current attempt found hung (`engine_lost`)."""
+        self._hung: Engine | None = None
+        job.on_engine_lost = self.engine_lost
+
+    def engine_lost(self, engine: Engine) -> None:
+        """`engine` is hung: end what this request waits for from it."""
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(engine)
+        if self.stream is not None and engine is self.job.decode_engine and self._decode_resp is not None:
+            self._hung = engine
+            self._decode_resp.close()  # the relay loop sees the stream break
 
     def headers(self, **extra: str) -> dict[str, str]:
         return {"X-Request-Id": self.job.request_id, **extra}
@@ -101,10 +116,10 @@ class Relay:
             raise _Redispatch(None, None)
         if not de.usable:
             raise _Redispatch(None, None)
-        rid = job.request_id if job.attempts == 0 else f"{job.request_id}-{job.attempts}"
+        rid = job.engine_rid if job.attempts == 0 else f"{job.engine_rid}-{job.attempts}"
         room = upstream.choose_room(dispatcher.rng, pe.spec.dp_size, d.prefill_rank)
-        pbody, dbody = upstream.pd_bodies(
-            job.body,
+        pbody, dbody = upstream.pd_payloads(
+            job.payload,
             rid=rid,
             bootstrap_host=pe.record.host,
             bootstrap_port=pe.bootstrap_port,
@@ -122,9 +137,21 @@ class Relay:
         decode.add_done_callback(_retrieve)
         prefill.add_done_callback(_retrieve)
         self._tasks = [prefill, decode]
-        pending: set[asyncio.Task[Any]] = {prefill, decode}
+        lost = self._lost = asyncio.get_running_loop().create_future()
+        pending: set[asyncio.Future[Any]] = {prefill, decode, lost}
         while decode in pending:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if lost in done:
+                hung = lost.result()
+                if hung is pe and (job.prefilled or prefill.done()):
+                    prefill.cancel()  # its prefill is over: only the step timing is lost
+                    lost = self._lost = asyncio.get_running_loop().create_future()  # the decode may hang yet
+                    pending.add(lost)
+                    continue
+                exc = upstream.UpstreamError(hung.key, self._hung_message())
+                if not job.prefilled:
+                    raise _Redispatch(exc, hung)
+                return self._failed_after_prefill(exc)
             if prefill in done and not prefill.cancelled() and not job.prefilled:
                 exc = prefill.exception()
                 if isinstance(exc, upstream.UpstreamError):
@@ -140,14 +167,7 @@ class Relay:
             if not (job.prefilled or (prefill.done() and _ok(prefill))):
                 raise _Redispatch(exc, de)
             dispatcher.watcher.engine_failed(de)
-            return self.error(
-                503,
-                f"decode engine failed after the prefill completed: {exc}",
-                reason="engine_failed_after_prefill",
-                type="service_unavailable",
-                code="engine_failed",
-                retryable=True,
-            )
+            return self._failed_after_prefill(exc)
         if exc is not None:
             raise exc
         job.prefilled = True
@@ -163,7 +183,20 @@ class Relay:
         status, body, content_type = result
         return web.Response(status=status, body=body, content_type=content_type, headers=self.headers())
 
-    async def _decode_head(self, url: str, body: dict[str, Any], engine: str) -> Any:
+    def _hung_message(self) -> str:
+        return f"no answer to the health polls for {self.dispatcher.settings.engines.hung_after_s:g} s (hung)"
+
+    def _failed_after_prefill(self, exc: upstream.UpstreamError) -> web.Response:
+        return self.error(
+            503,
+            f"decode engine failed after the prefill completed: {exc}",
+            reason="engine_failed_after_prefill",
+            type="service_unavailable",
+            code="engine_failed",
+            retryable=True,
+        )
+
+    async def _decode_head(self, url: str, body: bytes, engine: str) -> Any:
         """Non-stream: (status, body, content type). Stream: (open response, first bytes)."""
         session = self.dispatcher.session
         assert session is not None
@@ -212,15 +245,26 @@ class Relay:
         await self._write(first)
         broke: str | None = None
         relayed: dict[str, Any] | None = None
+        idle = dispatcher.settings.engines.stream_idle_timeout_s
         try:
-            async for chunk in resp.content.iter_any():
+            while True:
+                try:
+                    async with asyncio.timeout(idle):
+                        chunk = await resp.content.readany()
+                except TimeoutError:
+                    broke = f"decode stream sent nothing for {idle:g} s"
+                    break
+                if not chunk:
+                    break
                 if relayed is None and b'"error"' in chunk:
                     relayed = upstream.stream_error(self._tail + chunk)
                 await self._write(chunk)
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        except (aiohttp.ClientError, OSError) as exc:
             broke = f"decode stream broke: {exc!r}"
         finally:
             resp.close()
+        if self._hung is not None:
+            broke = f"decode engine {self._hung.key}: {self._hung_message()}"
         if relayed is not None:
             # The engine ended the stream with its own error event (relayed as is).
             status = upstream.error_status(relayed)
@@ -310,80 +354,3 @@ def _retrieve(task: asyncio.Task[Any]) -> None:
 
 def _ok(task: asyncio.Task[Any]) -> bool:
     return not task.cancelled() and task.exception() is None
-
-
-async def serve(dispatcher: Dispatcher, request: web.Request, endpoint: str) -> web.StreamResponse:
-    """The handler of the three generation endpoints."""
-    request_id = request.headers.get("X-Request-Id", "")
-    try:
-        body = await request.json()
-    except ValueError:
-        dispatcher.metrics.rejected.labels("invalid_request").inc()
-        return _invalid(protocol.InvalidRequest("the request body is not valid JSON"), request_id)
-    if not request_id and isinstance(body, dict) and isinstance(body.get("rid"), str):
-        request_id = body["rid"]
-    request_id = request_id or dispatcher.new_request_id()
-    try:
-        parsed = protocol.parse(endpoint, body, dispatcher.settings.estimate)
-        timeout = _timeout_header(request)
-    except protocol.InvalidRequest as exc:
-        dispatcher.metrics.rejected.labels("invalid_request").inc()
-        return _invalid(exc, request_id)
-    try:
-        job = dispatcher.accept(endpoint, body, parsed, request_id, timeout)
-    except Overloaded as exc:
-        headers = {
-            "X-Request-Id": request_id,
-            "Retry-After": str(dispatcher.settings.admission.retry_after_s),
-        }
-        err = protocol.error_body(
-            exc.message,
-            type="rate_limit_error" if exc.status == 429 else "service_unavailable",
-            code=exc.reason,
-            retryable=True,
-        )
-        return web.json_response(err, status=exc.status, headers=headers)
-    relay = Relay(dispatcher, job, request)
-    reason: str | None = "internal_error"
-    try:
-        try:
-            async with asyncio.timeout_at(job.deadline_s):
-                response = await relay.run()
-        except TimeoutError:
-            reason = "deadline"
-            return await relay.deadline()
-        reason = relay.error_reason
-        return response
-    except ClientGone:
-        reason = "client_disconnect"
-        return relay.stream or web.Response(status=499)
-    except asyncio.CancelledError:
-        reason = "client_disconnect"
-        raise
-    finally:
-        relay.close()
-        dispatcher.finish(job, reason)
-
-
-def _timeout_header(request: web.Request) -> float | None:
-    raw = request.headers.get("X-Request-Timeout")
-    if raw is None:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise protocol.InvalidRequest(
-            f"header 'X-Request-Timeout' must be a positive number of seconds, got {raw!r}",
-            "X-Request-Timeout",
-        )
-    return value
-
-
-def _invalid(exc: protocol.InvalidRequest, request_id: str) -> web.Response:
-    body = protocol.error_body(
-        exc.message, param=exc.param, code="invalid_field" if exc.param else "invalid_body"
-    )
-    headers = {"X-Request-Id": request_id} if request_id else {}
-    return web.json_response(body, status=400, headers=headers)

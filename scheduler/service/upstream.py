@@ -14,6 +14,7 @@ An unpinned side (the `sglang` baseline) gets none of the rank fields and a rand
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import random
@@ -52,8 +53,7 @@ def choose_room(rng: random.Random, dp_size: int, rank: int | None) -> int:
     return room - dp_size if room > MAX_ROOM else room
 
 
-def pd_bodies(
-    body: Mapping[str, Any],
+def _pd_fields(
     *,
     rid: str,
     bootstrap_host: str,
@@ -62,10 +62,8 @@ def pd_bodies(
     prefill_rank: int | None,
     decode_rank: int | None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The (prefill, decode) bodies of one PD dispatch: the client's body plus the PD fields."""
-    base = {k: v for k, v in body.items() if k not in PD_FIELDS}
-    base["rid"] = rid
-    base["bootstrap_host"] = bootstrap_host
+    """The PD fields of the (prefill, decode) bodies of one dispatch."""
+    base: dict[str, Any] = {"rid": rid, "bootstrap_host": bootstrap_host}
     if bootstrap_port is not None:
         base["bootstrap_port"] = bootstrap_port
     base["bootstrap_room"] = room
@@ -77,6 +75,27 @@ def pd_bodies(
     if decode_rank is not None:
         decode["routed_dp_rank"] = decode_rank
     return prefill, decode
+
+
+def pd_bodies(body: Mapping[str, Any], **pd: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The (prefill, decode) bodies of one PD dispatch: the client's body plus the PD fields (the
+    keyword arguments of `_pd_fields`)."""
+    base = {k: v for k, v in body.items() if k not in PD_FIELDS}
+    prefill, decode = _pd_fields(**pd)
+    return base | prefill, base | decode
+
+
+def engine_prefix(body: Mapping[str, Any]) -> bytes:
+    """The client's body as JSON without the PD fields and without its closing brace: serialised once
+    (it may be large) and completed per side by `pd_payloads`."""
+    return json.dumps({k: v for k, v in body.items() if k not in PD_FIELDS}).encode()[:-1]
+
+
+def pd_payloads(prefix: bytes, **pd: Any) -> tuple[bytes, bytes]:
+    """`pd_bodies` as JSON bytes, from an `engine_prefix`."""
+    sep = b"," if prefix != b"{" else b""
+    prefill, decode = _pd_fields(**pd)
+    return prefix + sep + json.dumps(prefill).encode()[1:], prefix + sep + json.dumps(decode).encode()[1:]
 
 
 class UpstreamError(Exception):
@@ -100,17 +119,26 @@ class UpstreamError(Exception):
 
     @property
     def engine_failed(self) -> bool:
-        return self.status is None or self.status >= 500
+        """The engine is to blame: no answer, a 5xx, or a 401/403 (our API key, not the client's)."""
+        return self.status is None or self.status >= 500 or self.status in (401, 403)
 
 
 def _connection_error(engine: str, exc: BaseException) -> UpstreamError:
     return UpstreamError(engine, f"{type(exc).__name__}: {exc}".rstrip(": "))
 
 
-async def call_prefill(session: aiohttp.ClientSession, url: str, body: dict[str, Any], engine: str) -> None:
+_JSON = {"Content-Type": "application/json"}
+
+
+def _payload(body: bytes) -> io.BytesIO:
+    """A body aiohttp writes in chunks (raw bytes over 1 MiB would be written in one go)."""
+    return io.BytesIO(body)
+
+
+async def call_prefill(session: aiohttp.ClientSession, url: str, body: bytes, engine: str) -> None:
     """POST the prefill side and read its whole answer (it ends when the prefill is done)."""
     try:
-        async with session.post(url, json=body) as resp:
+        async with session.post(url, data=_payload(body), headers=_JSON) as resp:
             data = await resp.read()
             if resp.status != 200:
                 raise UpstreamError(
@@ -156,11 +184,11 @@ def error_status(err: dict[str, Any]) -> int:
 
 
 async def open_decode(
-    session: aiohttp.ClientSession, url: str, body: dict[str, Any], engine: str
+    session: aiohttp.ClientSession, url: str, body: bytes, engine: str
 ) -> aiohttp.ClientResponse:
     """POST the decode side and return the open response (status 200); the caller closes it."""
     try:
-        resp = await session.post(url, json=body)
+        resp = await session.post(url, data=_payload(body), headers=_JSON)
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         raise _connection_error(engine, exc) from None
     if resp.status != 200:
@@ -195,23 +223,28 @@ class LoadsReply:
     """The engine's wall-clock time of the oldest rank snapshot, when it says."""
 
 
+_MAX_COUNTER = 2**53
+"""Largest per-rank counter believed (anything above is a broken reply, not a load)."""
+
+
 def parse_loads(doc: Any) -> LoadsReply:
-    """`GET /v1/loads` JSON → per-rank loads (missing counters read as 0)."""
+    """`GET /v1/loads` JSON → per-rank loads (missing counters read as 0). Raises ValueError for
+    anything else, naming what is wrong."""
     if not isinstance(doc, dict) or not isinstance(doc.get("loads"), list):
         raise ValueError("expected an object with a 'loads' list")
     out = []
     stamps = []
     for entry in doc["loads"]:
-        if not isinstance(entry, dict) or not isinstance(entry.get("dp_rank"), int):
-            raise ValueError(f"expected per-rank entries with an integer 'dp_rank', got {entry!r}")
+        if not isinstance(entry, dict) or type(entry.get("dp_rank")) is not int:
+            raise ValueError(f"expected per-rank entries with an integer 'dp_rank', got {entry!r:.200}")
         out.append(
             RankLoad(
                 dp_rank=entry["dp_rank"],
-                num_running_reqs=int(entry.get("num_running_reqs") or 0),
-                num_waiting_reqs=int(entry.get("num_waiting_reqs") or 0),
-                num_waiting_uncached_tokens=int(entry.get("num_waiting_uncached_tokens") or 0),
-                num_used_tokens=int(entry.get("num_used_tokens") or 0),
-                max_total_num_tokens=int(entry.get("max_total_num_tokens") or 0),
+                num_running_reqs=_counter(entry, "num_running_reqs"),
+                num_waiting_reqs=_counter(entry, "num_waiting_reqs"),
+                num_waiting_uncached_tokens=_counter(entry, "num_waiting_uncached_tokens"),
+                num_used_tokens=_counter(entry, "num_used_tokens"),
+                max_total_num_tokens=_counter(entry, "max_total_num_tokens"),
             )
         )
         ts = _timestamp(entry.get("timestamp"))
@@ -222,16 +255,25 @@ def parse_loads(doc: Any) -> LoadsReply:
     return LoadsReply(tuple(out), min(stamps) if stamps else None)
 
 
+def _counter(entry: dict[str, Any], key: str) -> int:
+    value = entry.get(key)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= _MAX_COUNTER:
+        raise ValueError(f"rank {entry['dp_rank']}: '{key}' must be a non-negative number, got {value!r:.80}")
+    return int(value)
+
+
 def _timestamp(value: Any) -> float | None:
     """Unix seconds from a number or an ISO 8601 string (SGLang has used both); None otherwise."""
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
+        return float(value) if abs(value) < 1e12 else None
     if isinstance(value, str):
         try:
             when = datetime.fromisoformat(value)
-        except ValueError:
+            return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+        except (ValueError, OverflowError):
             return None
-        return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
     return None
 
 
@@ -254,6 +296,8 @@ def parse_metrics_loads(text: str) -> tuple[RankLoad, ...]:
             if field is None:
                 continue
             rank = int(sample.labels.get("dp_rank", "0"))
+            if not 0 <= sample.value <= _MAX_COUNTER:  # also NaN
+                raise ValueError(f"{sample.name} must be a non-negative number, got {sample.value}")
             ranks.setdefault(rank, {})[field] = int(sample.value)
     return tuple(
         RankLoad(
@@ -276,13 +320,13 @@ async def fetch_loads(session: aiohttp.ClientSession, url: str, engine: str) -> 
                 raise LoadsUnavailable(engine)
             if resp.status != 200:
                 raise UpstreamError(engine, f"/v1/loads answered {resp.status}", status=resp.status)
-            doc = await resp.json(content_type=None)
+            data = await resp.read()
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         raise _connection_error(engine, exc) from None
     try:
-        return parse_loads(doc)
-    except ValueError as exc:
-        raise UpstreamError(engine, f"/v1/loads: {exc}", status=502) from None
+        return parse_loads(json.loads(data))
+    except (ValueError, RecursionError) as exc:  # RecursionError: a reply nested absurdly deep
+        raise UpstreamError(engine, f"/v1/loads: malformed reply: {exc}", status=502) from None
 
 
 async def fetch_metrics_loads(session: aiohttp.ClientSession, url: str, engine: str) -> LoadsReply:
@@ -291,13 +335,13 @@ async def fetch_metrics_loads(session: aiohttp.ClientSession, url: str, engine: 
         async with session.get(f"{url}/metrics") as resp:
             if resp.status != 200:
                 raise UpstreamError(engine, f"/metrics answered {resp.status}", status=resp.status)
-            text = await resp.text()
+            data = await resp.read()
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         raise _connection_error(engine, exc) from None
     try:
-        return LoadsReply(parse_metrics_loads(text), None)
-    except ValueError as exc:
-        raise UpstreamError(engine, f"/metrics: {exc}", status=502) from None
+        return LoadsReply(parse_metrics_loads(data.decode()), None)
+    except ValueError as exc:  # UnicodeDecodeError included
+        raise UpstreamError(engine, f"/metrics: malformed reply: {exc}", status=502) from None
 
 
 async def fetch_server_info(session: aiohttp.ClientSession, url: str, engine: str) -> dict[str, Any]:
@@ -306,14 +350,18 @@ async def fetch_server_info(session: aiohttp.ClientSession, url: str, engine: st
     for path in ("/server_info", "/get_server_info"):
         try:
             async with session.get(f"{url}{path}") as resp:
-                if resp.status == 200:
-                    doc = await resp.json(content_type=None)
-                    if isinstance(doc, dict):
-                        return doc
-                    last = UpstreamError(engine, f"{path}: expected a JSON object", status=502)
-                else:
-                    last = UpstreamError(engine, f"{path} answered {resp.status}", status=resp.status)
-        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+                status, data = resp.status, await resp.read()
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise _connection_error(engine, exc) from None
+        if status != 200:
+            last = UpstreamError(engine, f"{path} answered {status}", status=status)
+            continue
+        try:
+            doc = json.loads(data)
+        except (ValueError, RecursionError):
+            doc = None
+        if isinstance(doc, dict):
+            return doc
+        last = UpstreamError(engine, f"{path}: expected a JSON object", status=502)
     assert last is not None
     raise last

@@ -42,7 +42,7 @@ _IGNORED = """
     --attention-backend --tokenizer-path --tokenizer-mode --skip-tokenizer-init --log-level-http
     --enable-prefill-delayer --prefill-delayer-max-delay-passes --prefill-delayer-queue-min-ratio
     --prefill-delayer-max-delay-ms --schedule-policy --schedule-conservativeness
-    --api-key --enable-cache-report --disable-overlap-schedule --chat-template --reasoning-parser
+    --enable-cache-report --disable-overlap-schedule --chat-template --reasoning-parser
     --tool-call-parser --speculative-algorithm --speculative-num-steps --speculative-eagle-topk
     --speculative-num-draft-tokens --dtype --random-seed --pp-size --enable-mixed-chunk
     --disable-shared-experts-fusion --enable-torch-compile --torch-compile-max-bs
@@ -109,6 +109,20 @@ async def _serve(settings: EngineSettings, command: str) -> None:
         await engine.close()
 
 
+def redacted_command(argv: list[str]) -> str:
+    """The command line for `/server_info`'s `launch_command`, the API key's value hidden."""
+    out, hide = [], False
+    for word in argv:
+        if hide:
+            out.append("<redacted>")
+        elif word.startswith("--api-key="):
+            out.append("--api-key=<redacted>")
+        else:
+            out.append(word)
+        hide = word == "--api-key"
+    return shlex.join(out)
+
+
 _CTX = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": ["-h", "--help"]}
 
 
@@ -171,6 +185,11 @@ _CTX = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_n
     "--load-snapshot-publish-interval", type=int, help="Decode steps between /v1/loads refreshes [15]."
 )
 @click.option("--decode-log-interval", type=int, help="Decode steps between gauge refreshes [40].")
+@click.option(
+    "--api-key",
+    default=None,
+    help="Require 'Authorization: Bearer <key>' as SGLang does (not /health, /metrics).",
+)
 @click.option("--nnodes", type=int, help="Nodes of the engine group [1].")
 @click.option("--node-rank", type=int, help="This node's rank; > 0 serves only /health [0].")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
@@ -190,7 +209,7 @@ def cli(ctx: click.Context, log_level: str, **opts: Any) -> None:
     for flag in unknown:
         log.warning("sbs-engine: unknown flag %s ignored", flag)
     try:
-        asyncio.run(_serve(settings, shlex.join(sys.argv)))
+        asyncio.run(_serve(settings, redacted_command(sys.argv)))
     except EngineConfigError as exc:
         _die(str(exc))
     except OSError as exc:

@@ -6,6 +6,8 @@ The generation routes are `GenerationRoutes` (generation_routes.py), their bodie
 
 from __future__ import annotations
 
+import hmac
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -219,7 +221,8 @@ class Api:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 2**20)
+        middlewares = [api_key_check(self.s.api_key)] if self.s.api_key else []
+        app = web.Application(client_max_size=64 * 2**20, middlewares=middlewares)
         r = app.router
         g = self.generation
         r.add_route("POST", "/generate", g.generate)
@@ -241,6 +244,31 @@ class Api:
         r.add_route("POST", "/flush_cache", self.flush_cache)
         r.add_post("/abort_request", self.abort_request)
         return app
+
+
+_OPEN_PREFIXES = ("/health", "/ready", "/metrics")
+"""Always reachable, key or not: SGLang matches them by prefix (`decide_request_auth`)."""
+
+
+def api_key_check(api_key: str) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """SGLang 0.5.23's `--api-key` middleware (`api_key` only, no `--admin-api-key`): OPTIONS and the
+    open prefixes pass; anything else needs `Authorization: Bearer <key>` (scheme in any case,
+    constant-time comparison), else 401 `{"error": "Unauthorized"}`."""
+    expected = api_key.encode()
+
+    @web.middleware
+    async def check(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if request.method == "OPTIONS" or request.path.startswith(_OPEN_PREFIXES):
+            return await handler(request)
+        scheme, sep, token = request.headers.get("Authorization", "").partition(" ")
+        given = token.encode("utf-8", "surrogateescape")
+        if sep and scheme.lower() == "bearer" and hmac.compare_digest(given, expected):
+            return await handler(request)
+        return web.json_response({"error": "Unauthorized"}, status=401)
+
+    return check
 
 
 def _loads_prometheus(entries: list[dict[str, Any]]) -> str:

@@ -92,6 +92,10 @@ class EngineSettings(BaseModel):
     """SGLang `--decode-log-interval`: the `/metrics` scheduler gauges of a busy decode are refreshed
     every this many decode steps (on prefill steps and idle passes at once)."""
 
+    api_key: str | None = Field(None, repr=False)
+    """SGLang `--api-key`: every route but `/health*`, `/ready*` and `/metrics*` (and OPTIONS) wants
+    `Authorization: Bearer <key>`, else 401 `{"error": "Unauthorized"}` (`sglang.srt.utils.auth`)."""
+
     nnodes: int = Field(1, ge=1)
     """`--nnodes` of the engine group (reported only)."""
     node_rank: int = Field(0, ge=0)

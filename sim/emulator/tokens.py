@@ -39,7 +39,10 @@ def chat_prompt(messages: Sequence[object]) -> str:
             raise ValueError(f"each message must be an object, got {type(m).__name__}")
         content = m.get("content")
         if isinstance(content, list):  # content parts: keep the text ones
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+            texts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+            if not all(isinstance(t, str) for t in texts):
+                raise ValueError("a 'text' content part needs a string 'text'")  # SGLang's 400 too
+            content = "".join(texts)
         parts.append(f"<|{m.get('role', 'user')}|>{content or ''}")
     parts.append("<|assistant|>")
     return "".join(parts)

@@ -10,6 +10,7 @@ the service's capacity model gets the same scale, so SBS predicts what the engin
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,7 @@ from aiohttp import web
 from sbs.scheduler.service import upstream
 from sbs.scheduler.service.app import DISPATCHER, make_app
 from sbs.scheduler.service.config_file import build_settings
+from sbs.scheduler.service.connections import GuardedSite, make_runner
 from sbs.scheduler.service.dispatcher import Dispatcher
 from sbs.sim.emulator import EngineSettings, RunningEngine, start_engine
 
@@ -46,17 +48,32 @@ async def start_cluster(
     decode_dp: int = 8,
     time_factor: float = TIME_FACTOR,
     prefill_time_factors: list[float] | None = None,
+    **engine_settings: Any,
 ) -> Cluster:
+    """Emulated engines; `engine_settings` are further `EngineSettings` fields for all of them."""
     engines: list[RunningEngine] = []
     try:
         for i in range(prefill):
             tf = prefill_time_factors[i] if prefill_time_factors else time_factor
             s = EngineSettings(
-                mode="prefill", dp_size=prefill_dp, ep_size=EP, port=0, bootstrap_port=0, time_factor=tf
+                mode="prefill",
+                dp_size=prefill_dp,
+                ep_size=EP,
+                port=0,
+                bootstrap_port=0,
+                time_factor=tf,
+                **engine_settings,
             )
             engines.append(await start_engine(s))
         for _ in range(decode):
-            s = EngineSettings(mode="decode", dp_size=decode_dp, ep_size=EP, port=0, time_factor=time_factor)
+            s = EngineSettings(
+                mode="decode",
+                dp_size=decode_dp,
+                ep_size=EP,
+                port=0,
+                time_factor=time_factor,
+                **engine_settings,
+            )
             engines.append(await start_engine(s))
     except BaseException:
         for e in engines:
@@ -133,6 +150,7 @@ async def start_service(
     policy: str = "sbs",
     revisions: list[str] | None = None,
     time_factor: float = TIME_FACTOR,
+    ready_timeout_s: float = 5.0,
     **overrides: Any,
 ) -> Service:
     """The service over `cluster`, ready (a prefill and a decode of one revision usable)."""
@@ -150,14 +168,14 @@ async def start_service(
     for key, value in overrides.items():
         data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
     app = make_app(build_settings(data))
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    runner = make_runner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = GuardedSite(runner, "127.0.0.1", 0)
     await site.start()
     port = runner.addresses[0][1]
     svc = Service(f"http://127.0.0.1:{port}", app[DISPATCHER], runner, aiohttp.ClientSession())
     try:
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(ready_timeout_s):
             while not svc.dispatcher.ready():
                 await asyncio.sleep(0.01)
     except BaseException:
@@ -166,32 +184,58 @@ async def start_service(
     return svc
 
 
+async def raw_http(url: str, request: bytes, *, timeout_s: float = 10.0) -> bytes:
+    """Send raw bytes to the service at `url` and read until it closes the connection."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(request)
+        async with asyncio.timeout(timeout_s):
+            return await reader.read()
+    finally:
+        writer.close()
+
+
 class Recorder:
-    """Records the PD pair the service sends (wraps `upstream.pd_bodies` and the two calls)."""
+    """Records the PD pair the service sends (wraps `upstream.pd_payloads` and the two calls).
+    URLs are keyed by the client's request id (`<id>-<n>` for the n-th re-dispatch); `engine_rids`
+    maps the engines' rids back to it."""
 
     def __init__(self, monkeypatch: Any) -> None:
         self.bodies: list[tuple[dict[str, Any], dict[str, Any]]] = []
         self.prefill_urls: dict[str, str] = {}
         self.decode_urls: dict[str, str] = {}
-        real_bodies, real_prefill, real_decode = (
-            upstream.pd_bodies,
+        self.engine_rids: dict[str, str] = {}
+        real_payloads, real_prefill, real_decode = (
+            upstream.pd_payloads,
             upstream.call_prefill,
             upstream.open_decode,
         )
+        real_accept = Dispatcher.accept
 
-        def pd_bodies(*args: Any, **kwargs: Any) -> Any:
-            pair = real_bodies(*args, **kwargs)
-            self.bodies.append(pair)
+        def accept(dispatcher: Dispatcher, *args: Any, **kwargs: Any) -> Any:
+            job = real_accept(dispatcher, *args, **kwargs)
+            self.engine_rids[job.engine_rid] = job.request_id
+            return job
+
+        def pd_payloads(*args: Any, **kwargs: Any) -> Any:
+            pair = real_payloads(*args, **kwargs)
+            self.bodies.append((json.loads(pair[0]), json.loads(pair[1])))
             return pair
 
-        async def call_prefill(session: Any, url: str, body: dict[str, Any], engine: str) -> Any:
-            self.prefill_urls[body["rid"]] = url
+        def client_key(body: bytes) -> str:
+            rid, _, attempt = json.loads(body)["rid"].partition("-")
+            return self.engine_rids.get(rid, rid) + (f"-{attempt}" if attempt else "")
+
+        async def call_prefill(session: Any, url: str, body: bytes, engine: str) -> Any:
+            self.prefill_urls[client_key(body)] = url
             return await real_prefill(session, url, body, engine)
 
-        async def open_decode(session: Any, url: str, body: dict[str, Any], engine: str) -> Any:
-            self.decode_urls[body["rid"]] = url
+        async def open_decode(session: Any, url: str, body: bytes, engine: str) -> Any:
+            self.decode_urls[client_key(body)] = url
             return await real_decode(session, url, body, engine)
 
-        monkeypatch.setattr(upstream, "pd_bodies", pd_bodies)
+        monkeypatch.setattr(Dispatcher, "accept", accept)
+        monkeypatch.setattr(upstream, "pd_payloads", pd_payloads)
         monkeypatch.setattr(upstream, "call_prefill", call_prefill)
         monkeypatch.setattr(upstream, "open_decode", open_decode)

@@ -138,6 +138,20 @@ async def test_openai_chat_and_stream(start: Start, http) -> None:
     assert events[-1] == "[DONE]"
 
 
+async def test_chat_content_parts_need_string_text(start: Start, http) -> None:
+    # Found by schemathesis through the scheduler: a null `text` part was a 500 (and made the engine
+    # look failed); SGLang's request model refuses it with a 400.
+    eng = await start()
+    parts = [{"type": "text", "text": "a"}, {"type": "text", "text": None}]
+    status, out = await post(
+        http, f"{eng.url}/v1/chat/completions", {"messages": [{"role": "user", "content": parts}]}
+    )
+    assert status == 400 and "'text' content part" in out["message"]
+    parts = [{"type": "text", "text": "a"}, {"type": "image_url", "image_url": {"url": "x"}}]
+    body = {"messages": [{"role": "user", "content": parts}], "max_tokens": 2}
+    assert (await post(http, f"{eng.url}/v1/chat/completions", body))[0] == 200
+
+
 async def test_openai_routes_require_json_content_type(start: Start, http) -> None:
     eng = await start()
     async with http.post(f"{eng.url}/v1/completions", data="prompt=hi") as resp:
