@@ -30,6 +30,7 @@ RESOURCES: dict[str, tuple[str, str, bool]] = {
     "Role": ("rbac.authorization.k8s.io/v1", "roles", True),
     "RoleBinding": ("rbac.authorization.k8s.io/v1", "rolebindings", True),
     "Lease": ("coordination.k8s.io/v1", "leases", True),
+    "NetworkPolicy": ("networking.k8s.io/v1", "networkpolicies", True),
     "SBSDeployment": ("sbs.dev/v1alpha1", "sbsdeployments", True),
     "SBSRoleScaler": ("sbs.dev/v1alpha1", "sbsrolescalers", True),
     "SBSAutoscalingPolicy": ("sbs.dev/v1alpha1", "sbsautoscalingpolicies", False),

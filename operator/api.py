@@ -14,6 +14,7 @@ import re
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
+from sbs.operator.api_refs import EnvVar, NetworkPolicyPeer, SchedulerAuth, SecretKeyRef
 from sbs.operator.crd_model import ApiModel, Rule, StatusModel, rules_config
 
 GROUP = "sbs.dev"
@@ -46,13 +47,10 @@ class ModelSource(ApiModel):
         max_length=256,
         description="`--served-model-name`; the path's last component by default.",
     )
-    trust_remote_code: bool = Field(default=True, description="`--trust-remote-code` (DeepSeek-V3 needs it).")
+    trust_remote_code: bool = Field(
+        default=False, description="`--trust-remote-code`: run Python code shipped with the model."
+    )
     revision: str | None = Field(default=None, max_length=128, description="`--revision` on the hub.")
-
-
-class EnvVar(ApiModel):
-    name: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    value: str = Field(default="", max_length=4096)
 
 
 ENGINE_SETTINGS_RULES = (
@@ -93,13 +91,27 @@ class EngineSettings(ApiModel):
     shm_size: str = Field(
         default="64Gi", pattern=r"^[0-9]+(Ki|Mi|Gi|Ti)?$", description="Size of the memory-backed /dev/shm."
     )
-    host_network: bool = Field(default=False, description="Run engine pods in the host network (RDMA).")
+    host_network: bool = Field(
+        default=False,
+        description="Run engine pods in the host network (RDMA); NetworkPolicies then do not apply to them.",
+    )
+    ipc_lock: bool = Field(
+        default=True,
+        description="Add the IPC_LOCK capability (memory pinned for RDMA); the namespace must then allow Pod "
+        "Security `privileged`. Off: `baseline` suffices, where the runtime's memlock limit is unlimited.",
+    )
     extra_args: list[str] = Field(
         default_factory=list,
         max_length=128,
         description="SGLang flags appended to every engine's command line.",
     )
-    env: list[EnvVar] = Field(default_factory=list, max_length=128)
+    env: list[EnvVar] = Field(
+        default_factory=list, max_length=128, description="Literals or Secret/ConfigMap keys (`valueFrom`)."
+    )
+    api_key_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="A Secret key holding the engines' `--api-key`; the scheduler sends it to them.",
+    )
 
 
 class Parallelism(ApiModel):
@@ -240,6 +252,14 @@ class SchedulerSpec(ApiModel):
     )
     cpu: str = Field(default="4", pattern=r"^[0-9]+(\.[0-9]+|m)?$")
     memory: str = Field(default="8Gi", pattern=r"^[0-9]+(Ki|Mi|Gi|Ti)?$")
+    auth: SchedulerAuth | None = Field(default=None, description="Require a token on the scheduler's API.")
+    allowed_clients: list[NetworkPolicyPeer] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=8,
+        description="Who may reach the scheduler's port (NetworkPolicy peers); default: pods of the "
+        "deployment's namespace and the SBS operator's pods.",
+    )
 
 
 UPDATE_STRATEGY_RULES = (
@@ -301,6 +321,16 @@ class RestartPolicy(ApiModel):
         ge=0,
         le=86_400,
         description="A group Ready this long after its last recreation starts afresh.",
+    )
+    not_ready_seconds: int = Field(
+        default=300,
+        ge=0,
+        le=86_400,
+        description=(
+            "A group with a pod Running but not Ready (after its startup probe passed: a hung engine), "
+            "or on a NotReady node, this long is recreated, and its pods stuck Terminating on a NotReady "
+            "node are force-deleted; 0: never."
+        ),
     )
 
 

@@ -19,7 +19,10 @@ class OperatorConfig:
     identity: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     liveness: str | None = None
     stale_after_s: float = 120.0
-    """The liveness probe fails when no resync completed for this long (a stuck process or API)."""
+    """The liveness probe fails when a background loop (resync, leader election, autoscaler) made no
+    progress for this long: a stuck process or an unreachable API."""
+    reconcile_timeout_s: float = 300.0
+    """A reconcile still running after this is cancelled and retried."""
 
 
 def namespaces_arg(values: Collection[str]) -> tuple[str, ...]:

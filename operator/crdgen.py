@@ -89,8 +89,18 @@ def _types_in(annotation: Any) -> list[Any]:
     return [t for a in args for t in _types_in(a)]
 
 
+INTEGER_RULE = {"rule": "type(self) == int", "message": "must be an integer (not 2.0)"}
+"""On every integer field outside a list: the API server stores `2.0` as a float, which its CEL rules
+then refuse or not depending on which rules happen to read the field; this rule refuses it always,
+as the operator's types do (`crd_model`)."""
+
+
 def structural(
-    schema: dict[str, Any], defs: dict[str, Any], models: dict[str, type[BaseModel]]
+    schema: dict[str, Any],
+    defs: dict[str, Any],
+    models: dict[str, type[BaseModel]],
+    *,
+    in_list: bool = False,
 ) -> dict[str, Any]:
     """A pydantic JSON Schema node as a structural OpenAPI v3 schema node."""
     node = copy.deepcopy(schema)
@@ -103,7 +113,7 @@ def structural(
         branches = [b for b in node.pop("anyOf") if b.get("type") != "null"]
         if len(branches) != 1:
             raise ValueError(f"cannot express a union of {len(branches)} types structurally: {schema}")
-        inner = structural(branches[0], defs, models)
+        inner = structural(branches[0], defs, models, in_list=in_list)
         node = {**inner, **{k: v for k, v in node.items() if k not in _DROP}}
         if node.get("default", 0) is None:
             del node["default"]
@@ -124,7 +134,7 @@ def structural(
             factory_defaults = _model_defaults(models[model_name]) if model_name in models else {}
             props = {}
             for key, sub in node["properties"].items():
-                props[key] = structural(sub, defs, models)
+                props[key] = structural(sub, defs, models, in_list=in_list)
                 if key in factory_defaults and "default" not in props[key]:
                     props[key]["default"] = factory_defaults[key]
             node["properties"] = props
@@ -136,16 +146,20 @@ def structural(
                 "boolean",
                 "number",
             ):
-                node["additionalProperties"] = {"type": additional["type"]}
+                node["additionalProperties"] = {
+                    k: v for k, v in additional.items() if k in ("type", "maxLength", "minLength", "pattern")
+                }
             else:
                 node["x-kubernetes-preserve-unknown-fields"] = True
     if node.get("type") == "array":
-        node["items"] = structural(node.get("items", {}), defs, models)
+        node["items"] = structural(node.get("items", {}), defs, models, in_list=True)
     if not node.get("type") and "enum" in node:
         node["type"] = "string"
     if not node.get("type") and not node.get("x-kubernetes-preserve-unknown-fields"):
         node["x-kubernetes-preserve-unknown-fields"] = True
         node["type"] = "object"
+    if node.get("type") == "integer" and not in_list:  # in lists its cost would scale with their length
+        node["x-kubernetes-validations"] = [*node.get("x-kubernetes-validations", []), INTEGER_RULE]
     return node
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from sbs.kube import labels
 from sbs.kube.apply import short_hash
 from sbs.operator import api, child_names, sglang_args
+from sbs.operator.api_refs import API_KEY_ENV, POD_IP_ENV
 
 GPU_RESOURCE = "nvidia.com/gpu"
 GANG = {
@@ -80,6 +81,34 @@ def _affinity(r: api.RoleSpec, gid: str) -> dict[str, Any] | None:
     return affinity or None
 
 
+def env(e: api.EngineSettings) -> list[dict[str, Any]]:
+    """The pod IP, the API key from its Secret, then the user's variables (literals or key references)."""
+    pod_ip = {"fieldRef": {"fieldPath": "status.podIP"}}
+    out: list[dict[str, Any]] = [{"name": POD_IP_ENV, "valueFrom": pod_ip}]
+    if e.api_key_secret_ref:
+        ref = e.api_key_secret_ref.model_dump(mode="json")
+        out.append({"name": API_KEY_ENV, "valueFrom": {"secretKeyRef": ref}})
+    for v in e.env:
+        if v.value_from is None:
+            out.append({"name": v.name, "value": v.value})
+        else:
+            source = v.value_from.model_dump(by_alias=True, exclude_none=True)
+            out.append({"name": v.name, "valueFrom": source})
+    return out
+
+
+def container_security(e: api.EngineSettings) -> dict[str, Any]:
+    """Root (a capability added for a non-root user never becomes effective: Kubernetes grants no
+    ambient capabilities), every capability dropped but IPC_LOCK (memory pinned for RDMA and
+    DeepEP/NVSHMEM registration), no privilege escalation. Namespace level: `privileged` with IPC_LOCK,
+    `baseline` without (docs/operator.md)."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "capabilities": {"drop": ["ALL"], **({"add": ["IPC_LOCK"]} if e.ipc_lock else {})},
+    }
+
+
 def _container(dep: api.SBSDeployment, role: str, index: int, thash: str, rank: int) -> dict[str, Any]:
     spec, r, e = dep.spec, dep.spec.role(role), dep.spec.engine
     leader_host = child_names.leader_address(dep, role, index, thash)
@@ -95,16 +124,13 @@ def _container(dep: api.SBSDeployment, role: str, index: int, thash: str, rank: 
         "imagePullPolicy": e.image_pull_policy,
         "command": list(sglang_args.LAUNCH),
         "args": sglang_args.engine_args(spec, role, rank=rank, dist_init_host=leader_host),
-        "env": [
-            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-            *({"name": v.name, "value": v.value} for v in e.env),
-        ],
+        "env": env(e),
         "ports": ports,
         "resources": {
             "requests": {"cpu": r.resources.cpu, "memory": r.resources.memory, **limits},
             "limits": limits,
         },
-        "securityContext": {"capabilities": {"add": ["IPC_LOCK"]}},
+        "securityContext": container_security(e),
         "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
     }
     if rank == 0:
@@ -138,6 +164,9 @@ def group_pods(
             "subdomain": child_names.engine_service(dep.name),
             "restartPolicy": "Never",
             "terminationGracePeriodSeconds": 30,
+            "automountServiceAccountToken": False,  # engines never call the Kubernetes API
+            "enableServiceLinks": False,
+            "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
             "nodeSelector": dict(r.node_selector),
             "containers": [_container(dep, role, index, thash, rank)],
             "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": e.shm_size}}],

@@ -5,8 +5,19 @@ converged deployment gives an empty one.
 
 Per role, group `index` may have instances of several template hashes (old and new during an
 update). The rules, in order:
-- a failed instance (a pod Failed, restarted, or missing) is deleted whole; it is recreated at
-  the current template after an exponential backoff, until the restart budget is spent;
+- a failed instance (a pod Failed, restarted or missing; Running but not Ready, or on a NotReady
+  node, for `restartPolicy.notReadySeconds`) is deleted whole; it is recreated at the current
+  template after an exponential backoff, until the restart budget is spent;
+- pods are "missing" only once their group was created whole: the leader, created first, is marked
+  `sbs.dev/group-complete` after the last pod. A group without the mark was interrupted mid-creation
+  (an API error, a lost leadership): its missing pods are created, in its domain, and no restart is
+  spent (an old template's unfinished group is deleted instead);
+- force deletion, the one rule: a pod is force-deleted (grace 0, preconditioned on its UID) only
+  when it is already being deleted and its node has been NotReady for `notReadySeconds` (the
+  kubelet cannot confirm; what `node.kubernetes.io/out-of-service` does by hand). Its containers
+  may still run behind a partition, which is harmless here: no Service or the scheduler's discovery
+  lists a pod that is gone from the API, the rest of its group is deleted (its collectives break),
+  and the recreated group is placed on Ready nodes;
 - a group pinned to a topology domain that cannot take it (nothing bound, unschedulable for
   `REPLACE_AFTER_S`) is deleted and placed again;
 - indices at or above `groups` are drained, then deleted (scale down);
@@ -19,103 +30,16 @@ update). The rules, in order:
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sbs.kube import labels, timestamps
+from sbs.kube import timestamps
 from sbs.operator import api
-from sbs.operator.placement import DOMAIN_ANNOTATION as DOMAIN
+from sbs.operator.group_state import Instance, group_instances
 
 REPLACE_AFTER_S = 60.0
 """A group pinned to a domain where it cannot be scheduled is deleted and placed again after this."""
-
-
-@dataclass
-class Instance:
-    """The observed pods of one (role, index, template hash)."""
-
-    role: str
-    index: int
-    thash: str
-    expected: int
-    pods: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def leader(self) -> dict[str, Any] | None:
-        return next((p for p in self.pods if p["metadata"]["labels"].get(labels.RANK) == "0"), None)
-
-    @property
-    def terminating(self) -> bool:
-        return any(p["metadata"].get("deletionTimestamp") for p in self.pods)
-
-    def failure(self) -> str | None:
-        """Why this group cannot serve any more (a lost rank), or None."""
-        for p in self.pods:
-            name = p["metadata"]["name"]
-            status = p.get("status") or {}
-            if status.get("phase") == "Failed":
-                return f"pod {name} failed ({status.get('reason') or 'Error'})"
-            for cs in status.get("containerStatuses") or []:
-                if cs.get("restartCount", 0) > 0:
-                    return f"pod {name} restarted"
-        if len(self.pods) < self.expected:
-            return f"{self.expected - len(self.pods)} of {self.expected} pods missing"
-        return None
-
-    @property
-    def ready(self) -> bool:
-        if len(self.pods) != self.expected or self.terminating:
-            return False
-        for p in self.pods:
-            status = p.get("status") or {}
-            conditions = {c["type"]: c["status"] for c in status.get("conditions") or []}
-            if status.get("phase") != "Running" or conditions.get("Ready") != "True":
-                return False
-        return True
-
-    def unschedulable(self) -> str | None:
-        for p in self.pods:
-            for c in (p.get("status") or {}).get("conditions") or []:
-                if (
-                    c["type"] == "PodScheduled"
-                    and c["status"] == "False"
-                    and c.get("reason") == "Unschedulable"
-                ):
-                    return c.get("message") or "Unschedulable"
-        return None
-
-    def stranded_since(self) -> float | None:
-        """When this group, pinned to a topology domain and not one pod bound, became unschedulable
-        there (the domain filled up or its nodes went away after placement); None otherwise."""
-        if not self.pods:
-            return None
-        since = []
-        for p in self.pods:
-            if p.get("spec", {}).get("nodeName") or DOMAIN not in (p["metadata"].get("annotations") or {}):
-                return None
-            cond = next(
-                (c for c in (p.get("status") or {}).get("conditions") or [] if c["type"] == "PodScheduled"),
-                None,
-            )
-            if not cond or cond["status"] != "False" or cond.get("reason") != "Unschedulable":
-                return None
-            try:
-                since.append(timestamps.parse(cond.get("lastTransitionTime", "")))
-            except ValueError:
-                return None
-        return max(since)
-
-    @property
-    def drain_since(self) -> float | None:
-        leader = self.leader
-        annotations = (leader or {}).get("metadata", {}).get("annotations") or {}
-        if annotations.get(labels.DRAINING) != "true":
-            return None
-        try:
-            return timestamps.parse(annotations.get(labels.DRAIN_SINCE, ""))
-        except ValueError:
-            return 0.0
 
 
 @dataclass
@@ -124,6 +48,9 @@ class GroupAction:
     index: int
     thash: str
     reason: str
+    domain: str | None = None
+    unfinished: bool = False
+    """Completing a group whose other pods exist: its missing pods go to its `domain` (if any)."""
 
 
 @dataclass
@@ -140,6 +67,10 @@ class Plan:
     progressing: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     """Groups left failed: restart budget spent, or restartPolicy None."""
+    mark: list[GroupAction] = field(default_factory=list)
+    """Whole groups whose leader lacks the `COMPLETE` mark."""
+    force_delete: list[dict[str, Any]] = field(default_factory=list)
+    """Pods stuck Terminating on a NotReady node (see the force-deletion rule)."""
 
     def wake_in(self, seconds: float) -> None:
         seconds = max(seconds, 0.5)
@@ -147,28 +78,7 @@ class Plan:
 
     @property
     def writes(self) -> int:
-        return len(self.create) + len(self.drain) + len(self.delete)
-
-
-def group_instances(
-    pods: list[dict[str, Any]], spec: api.SBSDeploymentSpec
-) -> dict[str, dict[int, list[Instance]]]:
-    """Observed pods grouped by role → index → instances (one per template hash)."""
-    by_key: dict[tuple[str, int, str], Instance] = {}
-    for p in pods:
-        found = p["metadata"].get("labels") or {}
-        role, thash = found.get(labels.ROLE), found.get(labels.TEMPLATE_HASH, "")
-        if role not in api.ROLES or not found.get(labels.GROUP, "").isdigit():
-            continue
-        key = (role, int(found[labels.GROUP]), thash)
-        if key not in by_key:
-            by_key[key] = Instance(role, key[1], thash, spec.role(role).nodes_per_group)
-        by_key[key].pods.append(p)
-    out: dict[str, dict[int, list[Instance]]] = {r: defaultdict(list) for r in api.ROLES}
-    for inst in by_key.values():
-        # pods of an older template may have another size; compare with their own labels' count
-        out[inst.role][inst.index].append(inst)
-    return out
+        return len(self.create) + len(self.drain) + len(self.delete) + len(self.mark) + len(self.force_delete)
 
 
 def _backoff(policy: api.RestartPolicy, count: int) -> float:
@@ -187,11 +97,13 @@ class _Roller:
         restarts: dict[tuple[str, int], api.GroupRestart],
         plan: Plan,
         now: float,
+        down: Mapping[str, float],
     ) -> None:
         self.dep, self.role, self.thash, self.now, self.plan = dep, role, thash, now, plan
         self.spec = dep.spec.role(role)
         self.instances = instances
         self.restarts = restarts
+        self.down = down
 
     def _record_restart(self, index: int) -> None:
         key = (self.role, index)
@@ -221,21 +133,25 @@ class _Roller:
     def failures(self) -> set[int]:
         """Delete failed groups whole; returns their indices (recreated once their pods are gone)."""
         policy = self.dep.spec.restart_policy
+        limit = policy.not_ready_seconds
         deleted = set()
         for index, insts in self.instances.items():
             for inst in list(insts):
                 if inst.terminating:
+                    self.plan.force_delete += inst.stuck(self.now, limit, self.down) if limit else []
                     continue
-                stranded = inst.stranded_since()
-                if stranded is not None and self.now - stranded >= REPLACE_AFTER_S:
-                    insts.remove(inst)
-                    deleted.add(index)
-                    self.plan.delete.append(GroupAction(self.role, index, inst.thash, "Replace"))
-                    msg = f"{self.role} group {index}: unschedulable in its topology domain; placing it again"
-                    self.plan.events.append(("Warning", "GroupReplaced", msg))
+                handled = self._replace_stranded(index, inst) or self._finish(index, inst)
+                if handled:
+                    if handled == "deleted":
+                        deleted.add(index)
                     continue
-                why = inst.failure()
+                why = inst.failure(self.now, limit, self.down)
                 if why is None:
+                    wait = inst.wait_for_not_ready(self.now, limit, self.down)
+                    if wait is not None:
+                        self.plan.wake_in(wait)
+                    if not inst.complete and len(inst.pods) == inst.expected:
+                        self.plan.mark.append(GroupAction(self.role, index, inst.thash, "Created"))
                     continue
                 if policy.policy == "None":
                     self.plan.failed.append(f"{self.role} group {index}: {why} (restartPolicy None)")
@@ -255,6 +171,28 @@ class _Roller:
                         ("Warning", "GroupRecreated" if not rec.failed else "GroupFailed", msg)
                     )
         return deleted
+
+    def _replace_stranded(self, index: int, inst: Instance) -> str | None:
+        """A group unschedulable in its pinned domain for `REPLACE_AFTER_S` is deleted, to be placed again."""
+        stranded = inst.stranded_since()
+        if stranded is None or self.now - stranded < REPLACE_AFTER_S:
+            return None
+        self.instances[index].remove(inst)
+        self.plan.delete.append(GroupAction(self.role, index, inst.thash, "Replace"))
+        msg = f"{self.role} group {index}: unschedulable in its topology domain; placing it again"
+        self.plan.events.append(("Warning", "GroupReplaced", msg))
+        return "deleted"
+
+    def _finish(self, index: int, inst: Instance) -> str | None:
+        """An unfinished group: completed at the current template, deleted at an old one (no restart)."""
+        if not inst.unfinished():
+            return None
+        if inst.thash == self.thash:
+            self.plan.create.append(GroupAction(self.role, index, inst.thash, "Complete", inst.domain, True))
+            return "kept"
+        self.instances[index].remove(inst)
+        self.plan.delete.append(GroupAction(self.role, index, inst.thash, "Unfinished"))
+        return "deleted"
 
     def run(self, other_progress: float) -> None:
         just_deleted = self.failures()
@@ -365,15 +303,17 @@ def plan(
     pods: list[dict[str, Any]],
     thashes: dict[str, str],
     now: float,
+    down: Mapping[str, float] | None = None,
 ) -> Plan:
-    """What to change so the engine groups converge on `dep.spec`; `thashes` = current template per role."""
+    """What to change so the engine groups converge on `dep.spec`; `thashes` = current template per
+    role; `down` = NotReady nodes by name, with the (wall) time each went NotReady."""
     out = Plan()
     observed = group_instances(pods, dep.spec)
     restarts = {(r.role, r.index): r.model_copy() for r in dep.status.group_restarts}
     progress = {r: progress_of(dep.spec.role(r), thashes[r], observed[r]) for r in api.ROLES}
     for role in api.ROLES:
         other = next(r for r in api.ROLES if r != role)
-        _Roller(dep, role, thashes[role], observed[role], restarts, out, now).run(progress[other])
+        _Roller(dep, role, thashes[role], observed[role], restarts, out, now, down or {}).run(progress[other])
     out.restarts = sorted(
         (r for r in restarts.values() if r.index < dep.spec.role(r.role).groups),
         key=lambda r: (r.role, r.index),

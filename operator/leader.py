@@ -1,23 +1,39 @@
-"""Leader election on a `coordination.k8s.io/v1` Lease (what client-go's leaderelection does).
+"""Leader election on a `coordination.k8s.io/v1` Lease, the way client-go's leaderelection does it.
 
-The holder renews every `renew_s`; another candidate takes over once `renewTime` is older than
-`leaseDurationSeconds`. Updates carry the Lease's resourceVersion, so two candidates never both
-win. A holder that cannot renew for the lease duration stops acting as leader on its own.
+Expiry never compares the holder's `renewTime` with our clock (the two machines' clocks may differ
+by minutes): a candidate remembers when *it observed* the Lease record change, on its own monotonic
+clock, and takes over only once the record has stayed unchanged for `leaseDurationSeconds`. Updates
+carry the Lease's resourceVersion, so two candidates never both win. The holder counts its term from
+the moment it *sent* a successful renewal (before the PUT, never after it returns) and gives up
+leading `renew_deadline_s` later unless it renews again; `renew_deadline_s` is shorter than the
+lease duration, so the old leader has stopped before anyone may take over. `while_leading` runs one
+piece of work (a reconcile) and cancels it the moment the term lapses.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from sbs.kube import timestamps
 from sbs.kube.client import ApiError, KubeClient, collection_path
-from sbs.kube.credentials import CredentialsError
+from sbs.operator import supervision
 
 log = logging.getLogger("sbs.operator.leader")
+T = TypeVar("T")
+
+
+class LeadershipLost(Exception):
+    """The lease lapsed while work that needs it was running; the work was cancelled."""
+
+
+def _record(spec: dict[str, Any]) -> tuple[Any, ...]:
+    keys = ("holderIdentity", "renewTime", "acquireTime", "leaseTransitions", "leaseDurationSeconds")
+    return tuple(spec.get(k) for k in keys)
 
 
 class LeaseElector:
@@ -29,77 +45,137 @@ class LeaseElector:
         identity: str,
         *,
         duration_s: int = 15,
-        renew_s: float = 5.0,
+        renew_deadline_s: float = 10.0,
+        renew_s: float = 2.0,
         on_change: Callable[[int], Any] | None = None,
+        stale_after_s: float = 120.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if not 0 < renew_s < renew_deadline_s < duration_s:
+            raise ValueError("need 0 < renew_s < renew_deadline_s < duration_s")
         self.client, self.namespace, self.name, self.identity = client, namespace, name, identity
-        self.duration_s, self.renew_s = duration_s, renew_s
+        self.duration_s, self.renew_deadline_s, self.renew_s = duration_s, renew_deadline_s, renew_s
         self.on_change = on_change
         self.on_acquire: Callable[[], Any] | None = None
-        self._renewed_at = -1e9  # monotonic time of the last successful acquire/renew
+        self.clock = clock
+        self._renewed_at = -1e9  # our clock when the last successful acquire/renew was sent
+        self._observed: tuple[Any, ...] | None = None  # the Lease record as last seen
+        self._observed_at = 0.0  # our clock when that record was first seen
+        self._was_leader = False
+        self.health = supervision.Health("leader election", stale_after_s, clock=clock)
 
     @property
     def is_leader(self) -> bool:
-        return time.monotonic() - self._renewed_at < self.duration_s
+        return self.term_left() > 0
+
+    def term_left(self) -> float:
+        """Seconds until our leadership lapses unless renewed (<= 0: not leading)."""
+        return self._renewed_at + self.renew_deadline_s - self.clock()
 
     @property
     def path(self) -> str:
         return f"{collection_path('coordination.k8s.io/v1', 'leases', self.namespace)}/{self.name}"
 
-    def _spec(self, now: float, transitions: int, acquired: str | None = None) -> dict[str, Any]:
+    def _spec(self, transitions: int, acquired: str | None = None) -> dict[str, Any]:
+        now = timestamps.rfc3339_micro(time.time())  # noqa: TID251 (informational for humans only)
         return {
             "holderIdentity": self.identity,
             "leaseDurationSeconds": self.duration_s,
-            "acquireTime": acquired or timestamps.rfc3339_micro(now),
-            "renewTime": timestamps.rfc3339_micro(now),
+            "acquireTime": acquired or now,
+            "renewTime": now,
             "leaseTransitions": transitions,
         }
 
+    def _observe(self, spec: dict[str, Any]) -> None:
+        record = _record(spec)
+        if record != self._observed:
+            self._observed, self._observed_at = record, self.clock()
+
     async def try_acquire(self) -> bool:
         """One round: create, renew or take over the Lease. True while we hold it."""
-        now = time.time()  # noqa: TID251 (IO edge: the Lease holds wall-clock times)
-        lease = await self.client.get_or_none(self.path)
+        timeout = self.renew_deadline_s
+        try:
+            lease = await self.client.request("GET", self.path, timeout_s=timeout)
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            lease = None
         if lease is None:
             body = {
                 "apiVersion": "coordination.k8s.io/v1",
                 "kind": "Lease",
                 "metadata": {"name": self.name, "namespace": self.namespace},
-                "spec": self._spec(now, 0),
+                "spec": self._spec(0),
             }
-            await self.client.create(
-                collection_path("coordination.k8s.io/v1", "leases", self.namespace), body
-            )
+            sent = self.clock()
+            path = collection_path("coordination.k8s.io/v1", "leases", self.namespace)
+            await self.client.request("POST", path, body=body, timeout_s=timeout)
+            self._won(body["spec"], sent)
             return True
         spec = lease.get("spec") or {}
+        self._observe(spec)
         holder = spec.get("holderIdentity")
-        renewed = timestamps.parse(spec["renewTime"]) if spec.get("renewTime") else 0.0
-        expired = renewed + spec.get("leaseDurationSeconds", self.duration_s) < now
-        if holder != self.identity and holder and not expired:
-            return False
-        transitions = spec.get("leaseTransitions", 0) + (0 if holder == self.identity else 1)
-        acquired = spec.get("acquireTime") if holder == self.identity else None
-        lease["spec"] = self._spec(now, transitions, acquired)
-        await self.client.request("PUT", self.path, body=lease)  # resourceVersion makes this a CAS
+        duration = spec.get("leaseDurationSeconds") or self.duration_s
+        if holder and holder != self.identity and self.clock() - self._observed_at < duration:
+            return False  # someone else renewed within its lease duration, as far as we have seen
+        ours = holder == self.identity
+        transitions = (spec.get("leaseTransitions") or 0) + (0 if ours else 1)
+        lease["spec"] = self._spec(transitions, spec.get("acquireTime") if ours else None)
+        sent = self.clock()
+        await self.client.request("PUT", self.path, body=lease, timeout_s=timeout)  # resourceVersion: CAS
+        self._won(lease["spec"], sent)
         return True
 
+    def _won(self, spec: dict[str, Any], sent: float) -> None:
+        self._renewed_at = sent
+        self._observed, self._observed_at = _record(spec), sent
+
+    async def round(self) -> None:
+        """One election round, then leadership callbacks when it changed (never raises from them)."""
+        try:
+            await self.try_acquire()
+        finally:
+            self._notify()
+
+    def _notify(self) -> None:
+        now_leader = self.is_leader
+        if now_leader == self._was_leader:
+            return
+        self._was_leader = now_leader
+        log.info("%s %s leadership of %s/%s", self.identity, "took" if now_leader else "lost",
+                 self.namespace, self.name)  # fmt: skip
+        for callback, arg in ((self.on_change, (int(now_leader),)), (now_leader and self.on_acquire, ())):
+            if callback:
+                try:
+                    callback(*arg)
+                except Exception:
+                    log.exception("leadership callback failed")
+
     async def run(self) -> None:
-        was = False
-        while True:
-            try:
-                if await self.try_acquire():
-                    self._renewed_at = time.monotonic()
-            except (TimeoutError, ApiError, CredentialsError, OSError) as exc:
-                log.warning("lease %s/%s: %s", self.namespace, self.name, exc)
-            now_leader = self.is_leader
-            if now_leader != was:
-                log.info("%s %s leadership of %s/%s", self.identity, "took" if now_leader else "lost",
-                         self.namespace, self.name)  # fmt: skip
-                if self.on_change:
-                    self.on_change(int(now_leader))
-                if now_leader and self.on_acquire:
-                    self.on_acquire()
-                was = now_leader
-            await asyncio.sleep(self.renew_s)
+        """Election rounds every `renew_s` until cancelled; no error ends it (see `supervision`)."""
+        await supervision.forever(
+            self.health, self.round, self.renew_s,
+            max_backoff_s=self.renew_s, round_timeout_s=self.renew_deadline_s,
+        )  # fmt: skip
+
+    async def while_leading(self, work: Awaitable[T]) -> T:
+        """`work`'s result; it is cancelled (and `LeadershipLost` raised) once our term lapses."""
+        task = asyncio.ensure_future(work)
+        try:
+            while not task.done():
+                left = self.term_left()
+                if left <= 0:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                    raise LeadershipLost(f"{self.identity} lost {self.namespace}/{self.name}")
+                await asyncio.wait({task}, timeout=left)
+            return task.result()
+        finally:
+            if not task.done():  # we were cancelled ourselves
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def release(self) -> None:
         """Give the Lease up on shutdown so a successor need not wait for it to expire."""
@@ -111,6 +187,6 @@ class LeaseElector:
                 lease["spec"]["holderIdentity"] = ""
                 lease["spec"]["renewTime"] = timestamps.rfc3339_micro(0)
                 await self.client.request("PUT", self.path, body=lease)
-        except (ApiError, CredentialsError, OSError) as exc:
-            log.warning("lease release: %s", exc)
+        except Exception as exc:  # shutting down: a successor takes over at expiry anyway
+            log.warning("lease release: %r", exc)
         self._renewed_at = -1e9

@@ -4,14 +4,18 @@ kube-scheduler places pods one at a time: with only pod affinity, a group's firs
 a block that cannot hold the rest (a 9-node decode group stranded 7 nodes deep). So before
 creating a group the operator picks a topology domain that has room for all of it (best fit:
 the fullest domain that still fits, keeping large holes for large groups) and pins the pods there
-with node affinity. Pure: the cluster's nodes and pods in, a choice out.
+with node affinity. Pure: the cluster's nodes and pods (or their `Allocation` summary) in, a choice
+out; `cluster_view.py` keeps that summary, shared and cached, for the operator.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
+
+from sbs.kube import timestamps
 
 GPU = "nvidia.com/gpu"
 DOMAIN_ANNOTATION = "sbs.dev/topology-domain"
@@ -36,15 +40,55 @@ def tolerated(taint: dict[str, Any], tolerations: Sequence[dict[str, Any]]) -> b
     return False
 
 
-def _node_ok(node: dict[str, Any], selector: dict[str, str], tolerations: Sequence[dict[str, Any]]) -> bool:
-    labels = node["metadata"].get("labels") or {}
-    if node.get("spec", {}).get("unschedulable") or any(labels.get(k) != v for k, v in selector.items()):
+@dataclass(frozen=True)
+class NodeInfo:
+    """What placement and node health need of one Node (a few fields, not the whole object)."""
+
+    name: str
+    labels: dict[str, str]
+    gpus: int
+    unschedulable: bool = False
+    taints: tuple[dict[str, Any], ...] = ()
+    ready: bool = True
+    not_ready_since: float | None = None
+    """Wall time of the Ready condition's last transition, while it is not True (and parseable)."""
+
+
+def node_info(node: dict[str, Any]) -> NodeInfo:
+    status = node.get("status") or {}
+    spec = node.get("spec") or {}
+    ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+    is_ready = ready is None or ready.get("status") == "True"
+    since = None
+    if not is_ready:
+        try:
+            since = timestamps.parse(ready.get("lastTransitionTime") or "")  # type: ignore[union-attr]
+        except ValueError:
+            since = None
+    return NodeInfo(
+        name=node["metadata"]["name"],
+        labels=dict(node["metadata"].get("labels") or {}),
+        gpus=_qty((status.get("allocatable") or {}).get(GPU)),
+        unschedulable=bool(spec.get("unschedulable")),
+        taints=tuple(spec.get("taints") or ()),
+        ready=is_ready,
+        not_ready_since=since,
+    )
+
+
+NOT_READY_TAINT = "node.kubernetes.io/not-ready"
+"""Mirrors the Ready condition, a few seconds late: a Ready node still carrying it (a node just
+joined) is placed on, since kube-scheduler binds there as soon as the node controller lifts it."""
+
+
+def _node_ok(node: NodeInfo, selector: dict[str, str], tolerations: Sequence[dict[str, Any]]) -> bool:
+    if node.unschedulable or not node.ready or any(node.labels.get(k) != v for k, v in selector.items()):
         return False
-    for taint in node.get("spec", {}).get("taints") or []:
-        if taint.get("effect") in ("NoSchedule", "NoExecute") and not tolerated(taint, tolerations):
-            return False
-    conditions = {c["type"]: c["status"] for c in (node.get("status") or {}).get("conditions") or []}
-    return conditions.get("Ready", "True") == "True"
+    return not any(
+        t.get("effect") in ("NoSchedule", "NoExecute") and not tolerated(t, tolerations)
+        for t in node.taints
+        if t.get("key") != NOT_READY_TAINT
+    )
 
 
 def _gpus_requested(pod: dict[str, Any]) -> int:
@@ -53,6 +97,61 @@ def _gpus_requested(pod: dict[str, Any]) -> int:
         res = c.get("resources") or {}
         total += _qty((res.get("limits") or {}).get(GPU) or (res.get("requests") or {}).get(GPU))
     return total
+
+
+@dataclass
+class Allocation:
+    """The cluster's GPUs in use: per node, by bound pods; per (domain, GPUs per pod), by pods pinned
+    to a domain and not bound yet (groups being created)."""
+
+    nodes: list[NodeInfo] = field(default_factory=list)
+    used: Counter[str] = field(default_factory=Counter)
+    pending: Counter[tuple[str, int]] = field(default_factory=Counter)
+
+    def add_pods(self, pods: Iterable[dict[str, Any]]) -> None:
+        for p in pods:
+            if (p.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                continue
+            node = p.get("spec", {}).get("nodeName")
+            if node:
+                self.used[node] += _gpus_requested(p)
+                continue
+            domain = (p["metadata"].get("annotations") or {}).get(DOMAIN_ANNOTATION)
+            if domain:
+                self.pending[(domain, _gpus_requested(p))] += 1
+
+    def free(
+        self,
+        *,
+        key: str,
+        selector: dict[str, str],
+        gpus: int,
+        tolerations: Sequence[dict[str, Any]] = (),
+        reserved: Mapping[str, int] | None = None,
+    ) -> dict[str, int]:
+        """Per domain of label `key`: Ready nodes matching `selector`, with no untolerated NoSchedule
+        or NoExecute taint and `gpus` GPUs free, minus pending pods of at least `gpus` GPUs pinned
+        there and minus `reserved` nodes (placements not listed yet)."""
+        free: Counter[str] = Counter()
+        for n in self.nodes:
+            domain = n.labels.get(key)
+            if (
+                domain is not None
+                and _node_ok(n, selector, tolerations)
+                and n.gpus - self.used[n.name] >= gpus
+            ):
+                free[domain] += 1
+        pending: Counter[str] = Counter(reserved or {})
+        for (domain, each), count in self.pending.items():
+            if each >= gpus:
+                pending[domain] += count
+        return {d: free[d] - pending[d] for d in sorted(free)}
+
+
+def allocation(nodes: Iterable[dict[str, Any]], pods: Iterable[dict[str, Any]]) -> Allocation:
+    out = Allocation(nodes=[node_info(n) for n in nodes])
+    out.add_pods(pods)
+    return out
 
 
 def free_slots(
@@ -64,31 +163,8 @@ def free_slots(
     gpus: int,
     tolerations: Sequence[dict[str, Any]] = (),
 ) -> dict[str, int]:
-    """Per domain of label `key`: Ready nodes matching `selector`, with no untolerated NoSchedule or
-    NoExecute taint and `gpus` GPUs free, minus pods pinned to the domain but not yet bound (groups
-    being created)."""
-    used: dict[str, int] = defaultdict(int)
-    pending: dict[str, int] = defaultdict(int)
-    for p in pods:
-        phase = (p.get("status") or {}).get("phase")
-        if phase in ("Succeeded", "Failed"):
-            continue
-        node = p.get("spec", {}).get("nodeName")
-        if node:
-            used[node] += _gpus_requested(p)
-        else:
-            domain = (p["metadata"].get("annotations") or {}).get(DOMAIN_ANNOTATION)
-            if domain and _gpus_requested(p) >= gpus:
-                pending[domain] += 1
-    free: dict[str, int] = defaultdict(int)
-    for n in nodes:
-        domain = (n["metadata"].get("labels") or {}).get(key)
-        if domain is None or not _node_ok(n, selector, tolerations):
-            continue
-        alloc = _qty(((n.get("status") or {}).get("allocatable") or {}).get(GPU))
-        if alloc - used[n["metadata"]["name"]] >= gpus:
-            free[domain] += 1
-    return {d: free[d] - pending.get(d, 0) for d in sorted(free)}
+    """`Allocation.free` of these nodes and pods."""
+    return allocation(nodes, pods).free(key=key, selector=selector, gpus=gpus, tolerations=tolerations)
 
 
 def choose(free: dict[str, int], need: int) -> str | None:

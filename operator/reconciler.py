@@ -8,7 +8,6 @@ reconcile of a converged deployment makes no writes at all.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 from dataclasses import dataclass
@@ -16,19 +15,25 @@ from typing import Any
 
 from pydantic import ValidationError
 from sbs.kube import labels, timestamps
-from sbs.kube.apply import needs_apply, short_hash, with_spec_hash
+from sbs.kube.apply import needs_apply, with_spec_hash
 from sbs.kube.client import RESOURCES, ApiError, KubeClient, collection_path, object_path
-from sbs.operator import api, child_names, engine_pods, group_plan, placement, scheduler_objects
+from sbs.operator import (
+    api,
+    child_names,
+    cluster_view,
+    engine_pods,
+    group_plan,
+    group_state,
+    network_policies,
+    placement,
+    scheduler_objects,
+)
 from sbs.operator import status as status_mod
 from sbs.operator.autoscaling import role_scaler_api, role_scalers
 
 log = logging.getLogger("sbs.operator")
 
-PLACEMENT_LOCK = asyncio.Lock()
-"""Placement reads free capacity and then creates pods: one reconcile at a time, or two would pick
-the same free nodes."""
-
-CHILD_KINDS = ("ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Deployment", "Service")
+CHILD_KINDS = ("ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Deployment", "Service", "NetworkPolicy")
 PODGROUP_PLURAL = "podgroups"
 
 
@@ -130,9 +135,17 @@ def _pods_of(pods: list[dict[str, Any]], action: group_plan.GroupAction) -> list
 
 
 async def reconcile(
-    client: KubeClient, namespace: str, name: str, now: float, *, gang_available: bool
+    client: KubeClient,
+    namespace: str,
+    name: str,
+    now: float,
+    *,
+    gang_available: bool,
+    view: cluster_view.ClusterView | None = None,
 ) -> Result | None:
-    """Converge one SBSDeployment; None when it is gone or being deleted (garbage collection cleans up)."""
+    """Converge one SBSDeployment; None when it is gone or being deleted (garbage collection cleans up).
+    `view`: the operator's shared cluster view (nodes, GPUs in use); a fresh one when None."""
+    view = view or cluster_view.ClusterView()
     writes_before = sum(client.writes.values())
     raw = await client.get_or_none(dep_path(namespace, name))
     if raw is None or raw["metadata"].get("deletionTimestamp"):
@@ -158,25 +171,26 @@ async def reconcile(
     pods_path = collection_path("v1", "pods", namespace)
     pods = await client.list(pods_path, label_selector=labels.selector_string(labels.engine_selector(name)))
     pods = [p for p in pods if any(o.get("uid") == dep.uid for o in p["metadata"].get("ownerReferences", []))]
-    p = group_plan.plan(dep, pods, thashes, now)
+    nodes = await view.nodes(client) if pods else None
+    down = {n.name: n.not_ready_since for n in (nodes or {}).values() if n.not_ready_since is not None}
+    p = group_plan.plan(dep, pods, thashes, now, down)
 
     problem = None
+    engine_side = [engine_pods.headless_service(dep), *network_policies.objects(dep)]
     try:
-        desired = [engine_pods.headless_service(dep), *scheduler_objects.objects(dep)]
+        desired = [*engine_side, *scheduler_objects.objects(dep)]
     except scheduler_objects.SchedulerSettingsError as exc:
         problem = f"InvalidSchedulerSettings: {exc}"
-        desired = [engine_pods.headless_service(dep)]
+        desired = engine_side
     observed: list[dict[str, Any]] = []
     for kind in CHILD_KINDS:
         observed += await _list_children(client, dep, kind)
     if problem is None:
         await _converge(client, dep, desired, observed)
-    else:  # keep what runs; only the engine Service is safe to converge
+    else:  # keep what runs; only the engine Service and the NetworkPolicies are safe to converge
+        safe = {(o["kind"], o["metadata"]["name"]) for o in desired}
         await _converge(
-            client,
-            dep,
-            desired,
-            [o for o in observed if o["metadata"]["name"] == desired[0]["metadata"]["name"]],
+            client, dep, desired, [o for o in observed if (o["kind"], o["metadata"]["name"]) in safe]
         )
 
     if gang:
@@ -195,19 +209,34 @@ async def reconcile(
         if not action.reason.startswith("GroupFailed"):
             what = f"{action.role} group {action.index} ({action.thash[:5]}) deleted: {action.reason}"
             await _event(client, dep, "Normal", "GroupDeleted", what, now)
+    for pod in p.force_delete:
+        await _force_delete(client, pod)
+        node = pod["spec"]["nodeName"]
+        what = f"pod {pod['metadata']['name']} force-deleted: Terminating on NotReady node {node}"
+        await _event(client, dep, "Warning", "PodForceDeleted", what, now)
     for kind, reason, message in p.events:
         await _event(client, dep, kind, reason, message, now)
-    if p.create:
-        async with PLACEMENT_LOCK:
-            for action, pods_to_create in await _placed(client, dep, p.create, gang):
-                for pod in pods_to_create:
-                    try:
-                        await client.create(pods_path, pod)
-                    except ApiError as exc:
-                        if exc.status != 409:
-                            raise
-                what = f"{action.role} group {action.index} ({action.thash[:5]}): {action.reason}"
-                await _event(client, dep, "Normal", "GroupCreated", what, now)
+    for action in p.mark:
+        await _mark_complete(client, _pods_of(pods, action))
+    existing = {pod["metadata"]["name"] for pod in pods}
+    placed = await _placed(client, view, dep, p.create, gang)
+    try:
+        for action, pods_to_create, _ in placed:
+            for pod in pods_to_create:
+                if pod["metadata"]["name"] in existing:
+                    continue  # an unfinished group: only its missing pods
+                try:
+                    await client.create(pods_path, pod)
+                except ApiError as exc:
+                    if exc.status != 409:
+                        raise
+            await _mark_complete(client, pods_to_create)  # the last write of a group: it is whole now
+            what = f"{action.role} group {action.index} ({action.thash[:5]}): {action.reason}"
+            await _event(client, dep, "Normal", "GroupCreated", what, now)
+    finally:
+        for *_, reservation in placed:
+            if reservation is not None:
+                view.settle(reservation)
 
     sched_deploy = next(
         (
@@ -255,39 +284,69 @@ async def _converge_podgroups(
 
 
 async def _placed(
-    client: KubeClient, dep: api.SBSDeployment, creates: list[group_plan.GroupAction], gang: bool
-) -> list[tuple[group_plan.GroupAction, list[dict[str, Any]]]]:
-    """The pods of each group to create, pinned to a topology domain that holds the whole group.
+    client: KubeClient,
+    view: cluster_view.ClusterView,
+    dep: api.SBSDeployment,
+    creates: list[group_plan.GroupAction],
+    gang: bool,
+) -> list[tuple[group_plan.GroupAction, list[dict[str, Any]], cluster_view.Reservation | None]]:
+    """The pods of each group to create, pinned to a topology domain that holds the whole group (an
+    unfinished group: to its own domain), with the domain's reservation in `view`.
 
-    Larger groups are placed first. Without permission to list nodes, or when no domain has room,
-    pods keep only their pod affinity and kube-scheduler decides (and reports what is missing).
+    Larger groups are placed first. Without permission to list nodes, or when no domain has room
+    (in a fresh listing), pods keep only their pod affinity and kube-scheduler decides (and reports
+    what is missing). A domain is reserved as it is chosen (no `await` in between), so concurrent
+    reconciles never pick the same free nodes.
     """
-    out = []
+    out: list[tuple[group_plan.GroupAction, list[dict[str, Any]], cluster_view.Reservation | None]] = []
     creates = sorted(creates, key=lambda a: -dep.spec.role(a.role).nodes_per_group)
-    free: dict[tuple[str, str, int], dict[str, int]] = {}
-    cluster: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None = None
-    for action in creates:
-        r = dep.spec.role(action.role)
-        pods = engine_pods.group_pods(dep, action.role, action.index, action.thash, gang=gang)
-        if r.topology_key and not gang:
-            if cluster is None:
-                try:
-                    cluster = (await client.list("/api/v1/nodes"), await client.list("/api/v1/pods"))
-                except ApiError as exc:
-                    log.warning("placement skipped (cannot list nodes and pods): %s", exc)
-                    cluster = ([], [])
-            key = (r.topology_key, short_hash([r.node_selector, r.tolerations]), r.gpus_per_node)
-            if key not in free:
-                free[key] = placement.free_slots(
-                    *cluster, key=r.topology_key, selector=r.node_selector, gpus=r.gpus_per_node,
-                    tolerations=r.tolerations,
-                )  # fmt: skip
-            domain = placement.choose(free[key], r.nodes_per_group)
-            if domain is not None:
-                free[key][domain] -= r.nodes_per_group
+    try:
+        for action in creates:
+            r = dep.spec.role(action.role)
+            pods = engine_pods.group_pods(dep, action.role, action.index, action.thash, gang=gang)
+            domain, reservation = action.domain, None
+            if r.topology_key and not gang and not action.unfinished:
+                for max_age in (None, 0.0):  # the cached view, then a fresh one before giving up
+                    alloc = await view.allocation(client, max_age)
+                    if alloc is None:
+                        break
+                    free = view.free(
+                        alloc, key=r.topology_key, selector=r.node_selector, gpus=r.gpus_per_node,
+                        tolerations=r.tolerations,
+                    )  # fmt: skip
+                    domain = placement.choose(free, r.nodes_per_group)
+                    if domain is not None:
+                        reservation = view.reserve(
+                            key=r.topology_key, domain=domain, nodes=r.nodes_per_group, gpus=r.gpus_per_node
+                        )
+                        break
+            if r.topology_key and domain is not None:
                 pods = [placement.pin(pod, r.topology_key, domain) for pod in pods]
-        out.append((action, pods))
+            out.append((action, pods, reservation))
+    except BaseException:  # cancelled (leadership lost) or failed: nothing will be created
+        for *_, reservation in out:
+            if reservation is not None:
+                view.settle(reservation)
+        raise
     return out
+
+
+async def _mark_complete(client: KubeClient, group: list[dict[str, Any]]) -> None:
+    """Mark a group's leader: every pod of the group was created (see `group_plan`)."""
+    leader = next((p for p in group if (p["metadata"].get("labels") or {}).get(labels.RANK) == "0"), None)
+    if leader is not None:
+        patch = {"metadata": {"annotations": {group_state.COMPLETE: "true"}}}
+        await client.patch(pod_path(leader), patch)
+
+
+async def _force_delete(client: KubeClient, pod: dict[str, Any]) -> None:
+    """Delete now (grace 0) this pod, and only it: not a successor of the same name (UID precondition)."""
+    body = {"gracePeriodSeconds": 0, "preconditions": {"uid": pod["metadata"]["uid"]}}
+    try:
+        await client.request("DELETE", pod_path(pod), body=body)
+    except ApiError as exc:
+        if exc.status not in (404, 409):
+            raise
 
 
 async def _role_scalers(client: KubeClient, dep: api.SBSDeployment) -> dict[str, dict[str, Any]]:

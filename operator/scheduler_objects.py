@@ -17,7 +17,11 @@ from sbs.settings.scheduling import SchedulerSettings
 from sbs.settings.service import ServiceSettings, validation_message
 
 CONFIG_KEY = "scheduler.yaml"
-CONFIG_DIR = "/etc/sbs"
+CONFIG_DIR = "/etc/sbs/config"
+AUTH_DIR, AUTH_FILE = "/etc/sbs/auth", "tokens"
+"""`spec.scheduler.auth.secretRef`'s key, mounted (the service re-reads it when the Secret changes)."""
+ENGINE_KEY_DIR, ENGINE_KEY_FILE = "/etc/sbs/engine-api-key", "key"
+"""`spec.engine.apiKeySecretRef`'s key: the scheduler sends it to the engines."""
 
 
 class SchedulerSettingsError(ValueError):
@@ -53,6 +57,10 @@ def config(dep: api.SBSDeployment) -> dict[str, Any]:
         },
         "scheduler": core_settings(s),
     }
+    if s.auth:
+        cfg["auth"] = {"tokens_file": f"{AUTH_DIR}/{AUTH_FILE}"}
+    if dep.spec.engine.api_key_secret_ref:
+        cfg["engines"]["api_key_file"] = f"{ENGINE_KEY_DIR}/{ENGINE_KEY_FILE}"
     try:
         ServiceSettings.model_validate(cfg)
     except ValidationError as exc:
@@ -69,12 +77,31 @@ def _meta(dep: api.SBSDeployment, name: str) -> dict[str, Any]:
     }
 
 
+def _secret_mounts(dep: api.SBSDeployment) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Volumes and mounts of the Secrets the scheduler reads: its API tokens and the engines' key."""
+    refs = []
+    if dep.spec.scheduler.auth:
+        refs.append(("auth", dep.spec.scheduler.auth.secret_ref, AUTH_DIR, AUTH_FILE))
+    if dep.spec.engine.api_key_secret_ref:
+        refs.append(("engine-api-key", dep.spec.engine.api_key_secret_ref, ENGINE_KEY_DIR, ENGINE_KEY_FILE))
+    volumes = [
+        {
+            "name": v,
+            "secret": {"secretName": ref.name, "items": [{"key": ref.key, "path": f}], "defaultMode": 0o440},
+        }
+        for v, ref, _, f in refs
+    ]
+    mounts = [{"name": v, "mountPath": d, "readOnly": True} for v, _, d, _ in refs]
+    return volumes, mounts
+
+
 def objects(dep: api.SBSDeployment) -> list[dict[str, Any]]:
     """ServiceAccount, Role, RoleBinding, ConfigMap, Deployment and Service of the scheduler."""
     name = child_names.scheduler_name(dep.name)
     s = dep.spec.scheduler
     cfg = yaml.safe_dump(config(dep), sort_keys=True)
     selector = labels.scheduler_selector(dep.name)
+    secret_volumes, secret_mounts = _secret_mounts(dep)
     container = {
         "name": "scheduler",
         "image": s.image,
@@ -90,7 +117,7 @@ def objects(dep: api.SBSDeployment) -> list[dict[str, Any]]:
             "readOnlyRootFilesystem": True,
             "capabilities": {"drop": ["ALL"]},
         },
-        "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}],
+        "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}, *secret_mounts],
     }
     deployment = {
         "apiVersion": "apps/v1",
@@ -110,10 +137,12 @@ def objects(dep: api.SBSDeployment) -> list[dict[str, Any]]:
                     "securityContext": {
                         "runAsNonRoot": True,
                         "runAsUser": 65532,
+                        "runAsGroup": 65532,
+                        "fsGroup": 65532,  # the mounted Secrets are readable by this group only
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
                     "containers": [container],
-                    "volumes": [{"name": "config", "configMap": {"name": name}}],
+                    "volumes": [{"name": "config", "configMap": {"name": name}}, *secret_volumes],
                 },
             },
         },

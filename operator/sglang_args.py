@@ -1,15 +1,18 @@
 """The SGLang 0.5.23 command line of one engine pod, written by the operator (users never template it).
 
 Every flag here is checked against SGLang's own `ServerArgs` parser by the contract tests.
-`$(POD_IP)` is expanded by the kubelet from the pod's environment.
+`$(POD_IP)` and `$(SBS_ENGINE_API_KEY)` are expanded by the kubelet from the pod's environment.
 """
 
 from __future__ import annotations
 
 from sbs.operator import api
+from sbs.operator.api_refs import API_KEY_ENV, POD_IP_ENV
 
 LAUNCH = ("python3", "-m", "sglang.launch_server")
-POD_IP_REF = "$(POD_IP)"
+POD_IP_REF = f"$({POD_IP_ENV})"
+API_KEY_REF = f"$({API_KEY_ENV})"
+"""The key itself stays in its Secret: the pod spec holds only this reference."""
 DEFAULT_DEEPEP_MODE = {"prefill": "normal", "decode": "low_latency"}
 
 
@@ -46,4 +49,6 @@ def engine_args(spec: api.SBSDeploymentSpec, role: str, *, rank: int, dist_init_
     if r.mem_fraction_static:
         args += ["--mem-fraction-static", str(r.mem_fraction_static)]
     args += ["--enable-metrics", "--host", POD_IP_REF, "--port", str(e.port)]
+    if e.api_key_secret_ref:
+        args += ["--api-key", API_KEY_REF]
     return args + list(e.extra_args) + list(r.extra_args)

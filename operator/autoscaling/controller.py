@@ -4,7 +4,8 @@ Every `syncPeriodSeconds` per policy: list the SBSDeployments its selector match
 scrape each one's scheduler metrics, decide both roles' group counts in one step, record the
 decision in the policy's status, then write the roles' SBSRoleScalers (only roles owned
 `External`; a `Static` role is reported and left alone). The operator's reconcile turns scaler
-changes into engine groups.
+changes into engine groups. No error ends the loop (`supervision.forever`), a round runs under the
+leader's `guard` (cancelled when the lease lapses), and `health` feeds the liveness probe.
 """
 
 from __future__ import annotations
@@ -13,18 +14,20 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 from pydantic import ValidationError
 from sbs.kube import labels, timestamps
 from sbs.kube.client import ApiError, KubeClient, collection_path
-from sbs.kube.credentials import CredentialsError
-from sbs.operator import api, scheduler_objects
+from sbs.operator import api, scheduler_objects, supervision
 from sbs.operator.autoscaling import decision, policy_api, role_scaler_api, role_scalers
+from sbs.operator.leader import LeadershipLost
 
 log = logging.getLogger("sbs.operator.autoscaler")
 MAX_DECISIONS = 20
+FORBIDDEN_RETRY_S = 60.0
 
 
 def selected(policy: policy_api.AutoscalingPolicySpec, dep: dict[str, Any]) -> bool:
@@ -42,8 +45,19 @@ def gpus_per_group(dep: api.SBSDeployment) -> dict[str, int]:
 
 
 class Autoscaler:
-    def __init__(self, client: KubeClient, is_leader: Any, *, tick_s: float = 1.0) -> None:
-        self.client, self.is_leader, self.tick_s = client, is_leader, tick_s
+    def __init__(
+        self,
+        client: KubeClient,
+        is_leader: Callable[[], bool],
+        *,
+        tick_s: float = 1.0,
+        guard: Callable[[Awaitable[None]], Awaitable[None]] | None = None,
+        stale_after_s: float = 120.0,
+    ) -> None:
+        self.client, self.is_leader, self.tick_s, self.guard = client, is_leader, tick_s, guard
+        self.health = supervision.Health("autoscaler", stale_after_s, needs_success=False)
+        self.forbidden_until = 0.0
+        """While the policies may not be listed (a namespaced Role), they are not asked for."""
         self.memory: dict[tuple[str, str, str], decision.Memory] = {}
         self.scrapes: dict[tuple[str, str], decision.Scrape] = {}
         self.next_due: dict[str, float] = {}
@@ -55,19 +69,37 @@ class Autoscaler:
     async def run(self) -> None:
         self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3))
         try:
-            while True:
-                if self.is_leader():
-                    try:
-                        await self.tick(time.monotonic())
-                    except (ApiError, CredentialsError, OSError, aiohttp.ClientError) as exc:
-                        log.warning("autoscaler: %s", exc)
-                await asyncio.sleep(self.tick_s)
+            await supervision.forever(self.health, self.round, self.tick_s)
         finally:
             await self.http.close()
 
+    async def round(self) -> None:
+        """One tick, when leading; an error is the caller's to log (`supervision.forever`)."""
+        if not self.is_leader():
+            return
+        work = self.tick(time.monotonic())
+        try:
+            await (self.guard(work) if self.guard else work)
+        except LeadershipLost:
+            log.info("autoscaler round cancelled: leadership lost")
+
     async def tick(self, mono: float) -> None:
+        if mono < self.forbidden_until:
+            return
         path = collection_path(api.API_VERSION, policy_api.PLURAL, None)
-        for policy in await self.client.list(path):
+        try:
+            policies = await self.client.list(path)
+        except ApiError as exc:
+            if exc.status != 403:
+                raise
+            if not self.forbidden_until:  # namespaced RBAC: the policies are cluster-scoped
+                log.info(
+                    "autoscaling policies off (asked again every %.0f s): %s", FORBIDDEN_RETRY_S, exc.message
+                )
+            self.forbidden_until = mono + FORBIDDEN_RETRY_S
+            return
+        self.forbidden_until = 0.0
+        for policy in policies:
             name = policy["metadata"]["name"]
             if mono < self.next_due.get(name, 0.0):
                 continue

@@ -40,7 +40,10 @@ VARIANTS = {
         decode={"groups": 1, "nodesPerGroup": 2, "moeA2ABackend": "none", "memFractionStatic": 0.8},
         engine={"transferBackend": "nixl", "extraArgs": ["--moe-dense-tp-size", "1", "--enable-dp-lm-head"]},
     ),
+    "api-key-from-a-secret": deployment(engine={"apiKeySecretRef": {"name": "engine-key", "key": "key"}}),
 }
+API_KEY = "k3y-from-the-secret"
+"""What the kubelet puts in `$(SBS_ENGINE_API_KEY)` from the Secret."""
 
 
 def argvs_of(dep: api.SBSDeployment) -> list[tuple[str, int, list[str]]]:
@@ -51,7 +54,10 @@ def argvs_of(dep: api.SBSDeployment) -> list[tuple[str, int, list[str]]]:
         for pod in engine_pods.group_pods(dep, role, 0, thash, gang=False):
             c = pod["spec"]["containers"][0]
             assert c["command"] == list(sglang_args.LAUNCH)
-            argv = [a.replace(sglang_args.POD_IP_REF, "10.0.0.7") for a in c["args"]]
+            argv = [
+                a.replace(sglang_args.POD_IP_REF, "10.0.0.7").replace(sglang_args.API_KEY_REF, API_KEY)
+                for a in c["args"]
+            ]
             out.append((role, int(pod["metadata"]["labels"]["sbs.dev/rank"]), argv))
     return out
 
@@ -78,6 +84,7 @@ def test_sglang_accepts_every_generated_command_line(sglang: sglang_env.Probe, v
         if r.chunked_prefill_size:
             assert v["chunked_prefill_size"] == r.chunked_prefill_size
         assert v["enable_metrics"] is True
+        assert v.get("api_key") == (API_KEY if dep.spec.engine.api_key_secret_ref else None)
 
 
 def test_the_contract_can_fail(sglang: sglang_env.Probe) -> None:

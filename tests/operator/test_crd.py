@@ -104,16 +104,28 @@ def test_every_schema_node_has_a_type_or_preserves_unknown_fields():
 
 
 def test_cel_rules_declare_a_field_path_and_a_message():
+    """Cross-field rules (on objects) name the field at fault; a rule on a scalar field (the integer
+    rule) is reported at that field's own path by the API server."""
     rules = [
-        (path, rule)
+        (path, node, rule)
         for path, node in schema_nodes(version_schema())
         for rule in node.get("x-kubernetes-validations") or []
     ]
-    assert len(rules) >= 8
-    for path, rule in rules:
+    assert len([r for _, node, r in rules if node.get("type") == "object"]) >= 8
+    for path, node, rule in rules:
         assert rule["message"], path
-        if path != "<root>":
+        if path != "<root>" and node.get("type") == "object":
             assert rule["fieldPath"].startswith("."), (path, rule)
+        elif node.get("type") == "integer":
+            assert rule == crdgen.INTEGER_RULE, (path, rule)
+
+
+def test_every_integer_outside_a_list_refuses_integral_floats():
+    ints = [(path, node) for path, node in schema_nodes(version_schema()) if node.get("type") == "integer"]
+    assert ints
+    for path, node in ints:
+        if "[]" not in path and "{}" not in path:  # list items and map values: cost scales with size
+            assert crdgen.INTEGER_RULE in node.get("x-kubernetes-validations", []), path
 
 
 def test_status_is_a_subresource():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 
 from sbs.kube import labels, timestamps
-from sbs.operator import api, child_names, engine_pods, group_plan
+from sbs.operator import api, child_names, engine_pods, group_plan, group_state, placement
 from sbs.operator import status as status_mod
 
 NOW = 1_800_000_000.0
@@ -39,7 +39,9 @@ def running(pods: list[dict]) -> list[dict]:
 def group(
     dep: api.SBSDeployment, role: str, index: int, thash: str | None = None, ready: bool = True
 ) -> list[dict]:
+    """A group as the operator leaves it: every pod created, the leader marked complete."""
     pods = engine_pods.group_pods(dep, role, index, thash or thashes(dep)[role], gang=False)
+    pods[0]["metadata"].setdefault("annotations", {})[group_state.COMPLETE] = "true"
     return running(pods) if ready else pods
 
 
@@ -292,3 +294,114 @@ def test_a_group_stranded_in_its_domain_is_placed_again() -> None:
     for pod in unpinned:
         del pod["metadata"]["annotations"]["sbs.dev/topology-domain"]
     assert not group_plan.plan(dep, pods + unpinned, thashes(dep), NOW + 31).delete  # nothing better to try
+
+
+# ---- self-healing: hung groups, NotReady nodes, pods stuck Terminating, interrupted creation ------
+
+
+def on_nodes(pods: list[dict], prefix: str = "n") -> list[dict]:
+    for i, p in enumerate(pods):
+        p["spec"]["nodeName"] = f"{prefix}{i}"
+    return pods
+
+
+def hang(pod: dict, since: float, started: bool = True) -> None:
+    """The leader's readiness probe fails (since `since`); its startup probe passed when `started`."""
+    pod["status"]["conditions"] = [
+        {"type": "Ready", "status": "False", "lastTransitionTime": timestamps.rfc3339(since)}
+    ]
+    pod["status"]["containerStatuses"] = [
+        {"name": "sglang", "ready": False, "started": started, "restartCount": 0}
+    ]
+
+
+def test_a_hung_group_is_recreated_after_not_ready_seconds_and_woken_for_it() -> None:
+    dep = deployment(restartPolicy={"backoffSeconds": 10, "notReadySeconds": 120})
+    pods = converged(dep)
+    hang(pods[0], NOW - 100)  # prefill group 0's leader
+    early = group_plan.plan(dep, pods, thashes(dep), NOW)
+    assert not early.delete and early.requeue_after == 20.0
+    late = group_plan.plan(dep, pods, thashes(dep), NOW + 20)
+    assert keys(late.delete) == [("prefill", 0)]
+    assert "Running but not Ready for 120 s" in late.delete[0].reason
+    assert [(r.role, r.index, r.count) for r in late.restarts] == [("prefill", 0, 1)]
+
+
+def test_a_loading_engine_is_not_hung_and_zero_disables_the_rule() -> None:
+    dep = deployment()
+    pods = converged(dep)
+    hang(pods[0], NOW - 10_000, started=False)  # still loading: the startup probe governs
+    assert not group_plan.plan(dep, pods, thashes(dep), NOW).delete
+    off = deployment(restartPolicy={"notReadySeconds": 0})
+    pods = converged(off)
+    hang(pods[0], NOW - 10_000)
+    assert not group_plan.plan(off, pods, thashes(off), NOW).delete
+
+
+def test_a_group_on_a_not_ready_node_is_recreated_after_not_ready_seconds() -> None:
+    dep = deployment()  # notReadySeconds defaults to 300
+    pods = on_nodes(converged(dep))
+    node = pods[-1]["spec"]["nodeName"]  # a decode pod's node
+    early = group_plan.plan(dep, pods, thashes(dep), NOW, {node: NOW - 200})
+    assert not early.delete and early.requeue_after == 100.0
+    late = group_plan.plan(dep, pods, thashes(dep), NOW, {node: NOW - 300})
+    assert keys(late.delete) == [("decode", 0)]
+    assert f"node {node} NotReady for 300 s" in late.delete[0].reason
+
+
+def test_only_pods_terminating_on_a_node_not_ready_for_long_enough_are_force_deleted() -> None:
+    dep = deployment()
+    pods = on_nodes(converged(dep))
+    decode = [p for p in pods if p["metadata"]["labels"][labels.ROLE] == "decode"]
+    for p in decode:
+        p["metadata"]["deletionTimestamp"] = timestamps.rfc3339(NOW - 60)
+    dead, alive = decode[0]["spec"]["nodeName"], decode[1]["spec"]["nodeName"]
+    p = group_plan.plan(dep, pods, thashes(dep), NOW, {dead: NOW - 300})
+    assert [x["metadata"]["name"] for x in p.force_delete] == [decode[0]["metadata"]["name"]]
+    assert not p.create and p.writes == 1
+    assert not group_plan.plan(dep, pods, thashes(dep), NOW, {dead: NOW - 299}).force_delete
+    other = group_plan.plan(dep, pods, thashes(dep), NOW, {alive: NOW - 10_000}).force_delete
+    assert [x["metadata"]["name"] for x in other] == [decode[1]["metadata"]["name"]]
+    running = on_nodes(converged(dep))  # not being deleted: never force-deleted
+    assert not group_plan.plan(dep, running, thashes(dep), NOW, {dead: NOW - 10_000}).force_delete
+    off = deployment(restartPolicy={"notReadySeconds": 0})
+    assert not group_plan.plan(off, pods, thashes(off), NOW, {dead: NOW - 10_000}).force_delete
+
+
+def test_a_group_whose_creation_was_interrupted_is_completed_without_a_restart() -> None:
+    dep = deployment()
+    pods = converged(dep)
+    unfinished = [p for p in pods if p["metadata"]["labels"][labels.ROLE] == "decode"]
+    del unfinished[0]["metadata"]["annotations"][
+        group_state.COMPLETE
+    ]  # the reconcile stopped before the mark
+    unfinished[0]["metadata"]["annotations"][placement.DOMAIN_ANNOTATION] = "block-3"
+    pods.remove(unfinished[2])  # ... and before the last pod
+    p = group_plan.plan(dep, pods, thashes(dep), NOW)
+    assert [(a.role, a.index, a.reason, a.domain, a.unfinished) for a in p.create] == [
+        ("decode", 0, "Complete", "block-3", True)
+    ]
+    assert not p.delete and not p.restarts and not p.events
+    # the same group, marked: a pod was lost, the whole group is recreated and a restart spent
+    unfinished[0]["metadata"]["annotations"][group_state.COMPLETE] = "true"
+    lost = group_plan.plan(dep, pods, thashes(dep), NOW)
+    assert keys(lost.delete) == [("decode", 0)] and not lost.create
+    assert [(r.role, r.count) for r in lost.restarts] == [("decode", 1)]
+
+
+def test_an_unfinished_group_of_an_old_template_is_deleted_without_a_restart() -> None:
+    dep = deployment()
+    old = group(dep, "decode", 0, thash="old")
+    del old[0]["metadata"]["annotations"][group_state.COMPLETE]
+    pods = [p for p in converged(dep) if p["metadata"]["labels"][labels.ROLE] != "decode"] + old[:2]
+    p = group_plan.plan(dep, pods, thashes(dep), NOW)
+    assert [(a.role, a.thash, a.reason) for a in p.delete] == [("decode", "old", "Unfinished")]
+    assert not p.restarts and not p.create
+
+
+def test_a_whole_group_without_the_mark_is_marked() -> None:
+    dep = deployment()
+    pods = converged(dep)
+    del pods[0]["metadata"]["annotations"][group_state.COMPLETE]
+    p = group_plan.plan(dep, pods, thashes(dep), NOW)
+    assert [(a.role, a.index) for a in p.mark] == [("prefill", 0)] and p.writes == 1

@@ -204,6 +204,7 @@ def test_twenty_deployments_reconcile_concurrently(
     took = time.monotonic() - t0
     rss = op.rss_mib()
     print(f"\n20 SBSDeployments (60 engine pods) Ready in {took:.1f} s; operator RSS {rss:.0f} MiB")
+    assert rss < 256, f"operator RSS {rss:.0f} MiB: half its 512 Mi limit (manifests/operator)"
     log = op.log()
     assert "Traceback" not in log and " ERROR " not in log, log[-3000:]
     for i in range(20):

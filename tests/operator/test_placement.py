@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
+from collections import Counter
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sbs.operator import placement
+from sbs.kube import timestamps
+from sbs.operator import cluster_view, placement
 
 KEY = "network.topology.kubernetes.io/block"
 H800 = {"nvidia.com/gpu.product": "NVIDIA-H800"}
@@ -271,3 +274,138 @@ def test_nodes_with_untolerated_taints_are_not_free() -> None:
     assert not placement.tolerated(
         {"key": "k", "value": "v", "effect": "NoSchedule"}, [{"key": "k", "value": "w"}]
     )
+
+
+# ---- the shared cluster view: one listing per TTL, pages, reservations ------------------------------
+
+
+class PagedApi:
+    """Nodes and pods served `limit` at a time with `continue` tokens; counts LIST rounds."""
+
+    def __init__(
+        self, nodes: list[dict[str, Any]], pods: list[dict[str, Any]], fail: int | None = None
+    ) -> None:
+        self.items = {"/api/v1/nodes": nodes, "/api/v1/pods": pods}
+        self.rounds: Counter[str] = Counter()
+        self.params: list[dict[str, Any]] = []
+        self.fail = fail
+
+    async def get(self, path: str, **params: Any) -> dict[str, Any]:
+        from sbs.kube.client import ApiError
+
+        if self.fail is not None:
+            raise ApiError("GET", path, self.fail, "Forbidden", "")
+        self.params.append(params)
+        start = int(params.get("continue", 0))
+        if start == 0:
+            self.rounds[path] += 1
+        await asyncio.sleep(0.01)  # a round trip, so that concurrent readers overlap
+        items = self.items[path]
+        end = start + params["limit"]
+        meta = {"continue": str(end)} if end < len(items) else {}
+        return {"metadata": meta, "items": items[start:end]}
+
+
+def test_the_view_lists_pods_once_per_ttl_for_many_concurrent_readers_in_pages() -> None:
+    nodes = [node(f"a{i}", "a") for i in range(5)]
+    pods = [pod(8, node_name="a0"), pod(8, node_name="a1"), pod(8, node_name="a2", phase="Succeeded")]
+    api = PagedApi(nodes, pods)
+    view = cluster_view.ClusterView(ttl_s=60.0, page_size=2)
+
+    async def readers() -> list[Any]:
+        return await asyncio.gather(*(view.allocation(api) for _ in range(20)))  # type: ignore[arg-type]
+
+    allocs = asyncio.run(readers())
+    assert api.rounds == {"/api/v1/nodes": 1, "/api/v1/pods": 1}
+    assert all(a is allocs[0] for a in allocs)
+    assert allocs[0].free(key=KEY, selector=H800, gpus=8) == {"a": 3}
+    assert {p["limit"] for p in api.params} == {2}
+    assert any(p.get("fieldSelector") == cluster_view.LIVE_PODS for p in api.params)
+
+
+def test_without_permission_to_list_nodes_the_view_is_empty_and_does_not_retry_within_its_ttl() -> None:
+    api = PagedApi([], [], fail=403)
+    view = cluster_view.ClusterView(ttl_s=60.0)
+
+    async def twice() -> tuple[Any, Any]:
+        return await view.nodes(api), await view.allocation(api)  # type: ignore[arg-type]
+
+    assert asyncio.run(twice()) == (None, None)
+    assert view.lists["nodes"] == 1
+
+
+def test_two_groups_placed_at_once_never_target_the_same_free_nodes() -> None:
+    """Domains a and b have room for one 4-node group each; two deployments place one each, at the
+    same time, from one cached listing: the first choice is reserved before the second is made."""
+    from sbs.operator import api as api_mod
+    from sbs.operator import group_plan, reconciler
+
+    nodes = [node(f"{d}{i}", d) for d in "ab" for i in range(4)]
+    api = PagedApi(nodes, [])
+    view = cluster_view.ClusterView(ttl_s=60.0)
+
+    def dep(name: str) -> api_mod.SBSDeployment:
+        spec = {"model": {"path": "/m"}, "prefill": {"groups": 1, "nodesPerGroup": 4, "topologyKey": KEY},
+                "decode": {"groups": 0, "nodesPerGroup": 1}}  # fmt: skip
+        meta = {"name": name, "namespace": "ns", "uid": name, "generation": 1}
+        return api_mod.SBSDeployment.model_validate({"metadata": meta, "spec": spec})
+
+    create = [group_plan.GroupAction("prefill", 0, "h", "Create")]
+
+    async def both() -> list[Any]:
+        placing = (reconciler._placed(api, view, dep(n), create, False) for n in ("x", "y"))  # type: ignore[arg-type]
+        return await asyncio.gather(*placing)
+
+    placed = asyncio.run(both())
+    domains = sorted(
+        pods[0]["metadata"]["annotations"][placement.DOMAIN_ANNOTATION] for [(_, pods, _)] in placed
+    )
+    assert domains == ["a", "b"]
+    assert api.rounds["/api/v1/pods"] == 1
+    # both created: a listing that starts afterwards shows the pods themselves, reservations dropped
+    for [(_, _, reservation)] in placed:
+        view.settle(reservation)
+    api.items["/api/v1/pods"] = [p for [(_, pods, _)] in placed for p in pods]
+    alloc = asyncio.run(view.allocation(api, 0.0))  # type: ignore[arg-type]
+    assert view.reservations == []
+    assert alloc is not None and view.free(alloc, key=KEY, selector=H800, gpus=8) == {"a": 0, "b": 0}
+
+
+def test_a_reservation_holds_while_its_pods_are_created_and_a_full_view_is_listed_again() -> None:
+    from sbs.operator import api as api_mod
+    from sbs.operator import group_plan, reconciler
+
+    api = PagedApi([node(f"a{i}", "a") for i in range(4)], [])
+    view = cluster_view.ClusterView(ttl_s=60.0)
+    spec = {"model": {"path": "/m"}, "prefill": {"groups": 1, "nodesPerGroup": 4, "topologyKey": KEY},
+            "decode": {"groups": 0, "nodesPerGroup": 1}}  # fmt: skip
+    dep = api_mod.SBSDeployment.model_validate(
+        {"metadata": {"name": "d", "namespace": "ns", "uid": "u", "generation": 1}, "spec": spec}
+    )
+    create = [group_plan.GroupAction("prefill", 0, "h", "Create")]
+    [(_, _, first)] = asyncio.run(reconciler._placed(api, view, dep, create, False))  # type: ignore[arg-type]
+    assert first is not None and first.domain == "a"
+    asyncio.run(view.allocation(api, 0.0))  # type: ignore[arg-type]
+    assert view.reservations == [first]  # still being created: no listing may drop it
+    view.settle(first)  # creation failed before any pod existed: the next listing frees the domain
+    [(_, _, second)] = asyncio.run(reconciler._placed(api, view, dep, create, False))  # type: ignore[arg-type]
+    assert second is not None and second.domain == "a"  # the cached view was full: it listed again
+    assert api.rounds["/api/v1/pods"] == 3
+
+
+def test_node_info_tells_when_a_node_went_not_ready() -> None:
+    n = node("a1", "a", ready="False")
+    n["status"]["conditions"][1]["lastTransitionTime"] = "2027-01-15T08:00:00Z"
+    info = placement.node_info(n)
+    assert not info.ready and info.not_ready_since == timestamps.parse("2027-01-15T08:00:00Z")
+    assert placement.node_info(node("a2", "a")).not_ready_since is None
+
+
+def test_a_ready_node_still_tainted_not_ready_counts_as_free() -> None:
+    """Right after nodes join, the node controller lifts `node.kubernetes.io/not-ready` a few
+    seconds after they turn Ready: placing around them then left groups unpinned (e2e start-up)."""
+    joining = node("a1", "a")
+    joining["spec"]["taints"] = [{"key": placement.NOT_READY_TAINT, "effect": "NoSchedule"}]
+    down = node("a2", "a", ready="False")
+    down["spec"]["taints"] = [{"key": placement.NOT_READY_TAINT, "effect": "NoSchedule"}]
+    assert slots([joining, down]) == {"a": 1}

@@ -87,6 +87,14 @@ class OperatorProcess:
         stop_group(self.proc, 10)
 
 
+def uninstall(k: Kube, *, cluster_role: str, namespace: str) -> None:
+    """Delete a ClusterRole with its binding of the same name, and a namespace, where they exist."""
+    rbac = "/apis/rbac.authorization.k8s.io/v1"
+    k.delete(f"{rbac}/clusterrolebindings/{cluster_role}", missing_ok=True)
+    k.delete(f"{rbac}/clusterroles/{cluster_role}", missing_ok=True)
+    k.delete(f"/api/v1/namespaces/{namespace}", missing_ok=True)
+
+
 def get_dep(k: Kube, ns: str, name: str) -> dict[str, Any]:
     return k.get(DEPS.format(ns=ns) + f"/{name}")
 

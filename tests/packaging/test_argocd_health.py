@@ -2,7 +2,7 @@
 
 The fixtures are objects read back from the e2e control plane while the operator walked the
 sample through each state (tests/packaging/make_fixtures.py regenerates them);
-test_rbac_e2e.py runs the same checks on objects produced live in that run.
+test_install_e2e.py runs the same checks on objects produced live in that run.
 """
 
 from __future__ import annotations

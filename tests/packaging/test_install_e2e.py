@@ -14,41 +14,14 @@ import pytest
 import yaml
 from sbs.e2e.control_plane import ControlPlane
 from sbs.e2e.waits import WaitTimeout
-from sbs.kube.blocking import Kube
+from sbs.kube.blocking import ApiError, Kube
+from sbs.operator import api
 
 from tests.packaging import health, live
+from tests.packaging.rbac import NEEDS, allowed
 
 NAME = "deepseek-v3"
-SAR = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
 
-
-def each(verbs: str, group: str, resources: str, namespace: str) -> list[tuple[str, str, str, str]]:
-    return [(v, group, r, namespace) for r in resources.split() for v in verbs.split()]
-
-
-# What the operator does, read from its code (not from the Role): (verb, group, resource, namespace).
-# "" as namespace: cluster-wide; "*ns*": any namespace it serves.
-NEEDS: list[tuple[str, str, str, str]] = [
-    *each("get list watch", "sbs.dev", "sbsdeployments", ""),  # kopf, resync, reconcile
-    *each("patch", "sbs.dev", "sbsdeployments/status", "*ns*"),  # reconciler._write_status
-    *each("list watch", "sbs.dev", "sbsrolescalers", ""),  # kopf scaler events
-    *each("create patch", "sbs.dev", "sbsrolescalers", "*ns*"),  # reconciler, autoscaler
-    *each("patch", "sbs.dev", "sbsrolescalers/status", "*ns*"),
-    *each("list", "sbs.dev", "sbsautoscalingpolicies", ""),  # autoscaler
-    *each("patch", "sbs.dev", "sbsautoscalingpolicies/status", ""),
-    *each("list watch", "", "pods", ""),  # kopf pod events; placement (all pods)
-    *each("get create patch delete", "", "pods", "*ns*"),  # groups, drain; get: the scheduler's Role
-    *each("list", "", "nodes", ""),  # placement.free_slots
-    # server-side applied children (an apply that creates is authorized as create)
-    *each("list create patch delete", "", "services configmaps serviceaccounts", "*ns*"),
-    *each("list watch", "apps", "deployments", ""),  # kopf scheduler events
-    *each("create patch delete", "apps", "deployments", "*ns*"),
-    *each("list create patch delete", "rbac.authorization.k8s.io", "roles rolebindings", "*ns*"),
-    *each("list create patch delete", "scheduling.x-k8s.io", "podgroups", "*ns*"),
-    *each("create", "", "events", "*ns*"),
-    *each("list watch", "apiextensions.k8s.io", "customresourcedefinitions", ""),  # kopf's resource scan
-    *each("get create update", "coordination.k8s.io", "leases", "sbs-system"),  # leader.py
-]
 
 FORBIDDEN: list[tuple[str, ...]] = [
     # kubectl auth can-i arguments: what a cluster admin may do and the operator must not
@@ -89,10 +62,7 @@ def installed(control_plane: ControlPlane) -> Iterator[str]:
         )
         yield out
     finally:
-        rbac = "/apis/rbac.authorization.k8s.io/v1"
-        k.delete(f"{rbac}/clusterrolebindings/sbs-operator", missing_ok=True)
-        k.delete(f"{rbac}/clusterroles/sbs-operator", missing_ok=True)
-        k.delete(f"/api/v1/namespaces/{live.OPERATOR_NS}", missing_ok=True)
+        live.uninstall(k, cluster_role="sbs-operator", namespace=live.OPERATOR_NS)
 
 
 @pytest.fixture(scope="module")
@@ -137,28 +107,17 @@ def test_apply_k_installs_the_base_and_a_second_apply_changes_nothing(
     assert pod["spec"]["containers"][0]["image"] == "ghcr.io/sbs-project/sbs:dev"
 
 
-def _allowed(k: Kube, verb: str, group: str, resource: str, namespace: str) -> bool:
-    resource, _, sub = resource.partition("/")
-    attrs = {"verb": verb, "group": group, "resource": resource, "subresource": sub}
-    if namespace:
-        attrs["namespace"] = namespace
-    review = {
-        "apiVersion": "authorization.k8s.io/v1",
-        "kind": "SubjectAccessReview",
-        "spec": {"user": live.OPERATOR_USER, "groups": ["system:serviceaccounts",
-                 f"system:serviceaccounts:{live.OPERATOR_NS}", "system:authenticated"],
-                 "resourceAttributes": attrs},
-    }  # fmt: skip
-    return k.create(SAR, review)["status"].get("allowed", False)
-
-
 def test_service_account_may_do_everything_the_operator_does(
     kube: Kube, installed: str, namespace: str
 ) -> None:
-    denied = [need for need in NEEDS if not _allowed(kube, *need[:3], need[3].replace("*ns*", namespace))]
+    denied = [
+        need
+        for need in NEEDS
+        if not allowed(kube, live.OPERATOR_USER, *need[:3], need[3].replace("*ns*", namespace))
+    ]
     assert not denied, denied
     # the Lease only in its own namespace
-    assert not _allowed(kube, "update", "coordination.k8s.io", "leases", namespace)
+    assert not allowed(kube, live.OPERATOR_USER, "update", "coordination.k8s.io", "leases", namespace)
 
 
 def test_cluster_role_grants_nothing_beyond_what_the_operator_does() -> None:
@@ -235,3 +194,45 @@ def test_operator_under_its_service_account_brings_the_sample_to_ready_without_d
     finally:
         op.stop()
         live.delete_deployment(control_plane, kube, namespace, NAME)
+
+
+def owned_config_map(owner: dict, name: str, *, block: bool) -> dict:
+    ref = {"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": owner["metadata"]["name"],
+           "uid": owner["metadata"]["uid"], "controller": True, "blockOwnerDeletion": block}  # fmt: skip
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "ownerReferences": [ref]}}
+
+
+def test_children_with_block_owner_deletion_need_the_finalizers_rule(
+    control_plane: ControlPlane, kube: Kube, sa_kubeconfig: Path, namespace: str, tmp_path: Path
+) -> None:
+    """The API server enforces owner-reference permissions (OwnerReferencesPermissionEnforcement, as
+    hardened clusters do): the operator's token may set blockOwnerDeletion, a subject with the same
+    create rights but no `update` on `sbsdeployments/finalizers` may not."""
+    owner = kube.create(live.DEPS.format(ns=namespace), {
+        "apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": "owner"},
+        "spec": {"model": {"path": "m"}, "prefill": {"groups": 0}, "decode": {"groups": 0}},
+    })  # fmt: skip
+    cms = f"/api/v1/namespaces/{namespace}/configmaps"
+    operator = Kube.from_kubeconfig(sa_kubeconfig)
+    operator.create(cms, owned_config_map(owner, "by-the-operator", block=True))
+
+    # the same create rights without the finalizers rule
+    rbac = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}"
+    sa = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "no-finalizers"}}
+    kube.create(f"/api/v1/namespaces/{namespace}/serviceaccounts", sa)
+    kube.create(f"{rbac}/roles", {
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "cm"},
+        "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]}],
+    })  # fmt: skip
+    kube.create(f"{rbac}/rolebindings", {
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "cm"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "cm"},
+        "subjects": [{"kind": "ServiceAccount", "name": "no-finalizers", "namespace": namespace}],
+    })  # fmt: skip
+    other = Kube.from_kubeconfig(live.service_account_kubeconfig(
+        control_plane, kube, tmp_path / "kubeconfig", namespace=namespace, name="no-finalizers"))  # fmt: skip
+    other.create(cms, owned_config_map(owner, "no-block", block=False))
+    with pytest.raises(ApiError) as refused:
+        other.create(cms, owned_config_map(owner, "blocked", block=True))
+    assert refused.value.status == 403
+    assert "cannot set blockOwnerDeletion" in refused.value.message, refused.value.message

@@ -20,7 +20,13 @@ from tests.packaging import live
 
 pytestmark = pytest.mark.e2e
 
-KUSTOMIZATIONS = ("default", "overlays/dev", "samples")
+KUSTOMIZATIONS = (
+    "default",
+    "overlays/dev",
+    "overlays/namespaced",
+    "overlays/namespaced/placement",
+    "samples",
+)
 
 
 def build(path: Path) -> list[dict[str, Any]]:
