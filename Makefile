@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 
-.PHONY: venv demo demo-operator test test-quick test-e2e lint fmt bench clean e2e-bins e2e-gomod dev-cluster dev-cluster-down
+.PHONY: venv demo demo-operator test test-quick test-e2e lint fmt bench clean e2e-bins e2e-gomod dev-cluster dev-cluster-down \
+	chaos soak
 
 venv: $(STAMP)
 
@@ -69,6 +70,18 @@ dev-cluster-down: venv
 bench: venv
 	$(BIN)/python -m sbs.bench.core_speed
 	$(BIN)/python -m sbs.bench.paper_result
+
+# Faults under load (docs/reliability.md): every scenario for 2+ minutes on a fresh control plane, the
+# operator, the scheduler and emulated engines as pods; prints the table, ends with the `chaos:` line
+# and exits non-zero when a request was lost or hung or a recovery target missed (about 30 min).
+# CI runs one short scenario of each kind (tests/chaos/).
+chaos: e2e-bins
+	$(BIN)/python -m sbs.bench.chaos
+
+# 30 minutes of trace at 0.7 of capacity: RSS, fds and asyncio tasks of the scheduler and the operator
+# over time, and errors. Not part of CI.
+soak: e2e-bins
+	$(BIN)/python -m sbs.bench.chaos.soak
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache .hypothesis

@@ -102,6 +102,10 @@ def tail(path: Path, lines: int = 30) -> str:
     return "\n".join(kept) or "(empty log)"
 
 
+_SPAWNER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="control-plane-spawner")
+"""The one thread that starts components (see `_start_process`)."""
+
+
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -304,16 +308,38 @@ class ControlPlane:
 
     # -- processes --------------------------------------------------------------------------
 
+    def restart(self, name: str) -> float:
+        """Stop one component (SIGTERM, then SIGKILL) and start it again with the same flags, for
+        fault tests; returns the seconds until it is healthy again (etcd, the apiserver) or running."""
+        old = self.components[name]
+        self._terminate([old])
+        t0 = time.monotonic()
+        self._start_process(name, old.argv)
+        self._write_state()
+        if name == "etcd":
+            self.wait(self._etcd_healthy, "etcd /health after a restart")
+        elif name == "kube-apiserver":
+            self.wait(
+                lambda: self.kube.request("GET", "/readyz", timeout_s=5) == "ok", "kube-apiserver /readyz"
+            )
+        return time.monotonic() - t0
+
     def _spawn(self, name: str, args: list[str]) -> Component:
-        argv = [str(self.bins.path(name)), *args, *self.settings.extra_args.get(name, ())]
+        return self._start_process(
+            name, [str(self.bins.path(name)), *args, *self.settings.extra_args.get(name, ())]
+        )
+
+    def _start_process(self, name: str, argv: list[str]) -> Component:
         log_path = self.log_path(name)
         with log_path.open("ab") as log:
             log.write(f"$ {' '.join(argv)}\n".encode())
             log.flush()
-            proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir,
-                start_new_session=True, preexec_fn=_die_with_parent if self.owned else None,
-            )  # fmt: skip
+            # PDEATHSIG fires when the *thread* that forked dies: fork from one thread that lives as
+            # long as this process, never from a caller's short-lived thread (a restart in a test).
+            proc = _SPAWNER.submit(
+                subprocess.Popen, argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                cwd=self.dir, start_new_session=True, preexec_fn=_die_with_parent if self.owned else None,
+            ).result()  # fmt: skip
         comp = Component(name, argv, log_path, proc.pid, proc)
         self.components[name] = comp
         return comp
@@ -381,6 +407,9 @@ class ControlPlane:
             f"--service-account-signing-key-file={p.sa_key}",
             f"--service-cluster-ip-range={nodes.SERVICE_CIDR}",
             "--authorization-mode=RBAC",
+            # On top of the default plugins (PodSecurity among them), as OpenShift and hardened
+            # clusters run it: setting blockOwnerDeletion needs `update` on the owner's finalizers.
+            "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
             "--allow-privileged=true",
             # Without this the apiserver keeps trying to put 127.0.0.1 into the `kubernetes`
             # Endpoints, which validation rejects (loopback).

@@ -59,11 +59,7 @@ class ApiModel(BaseModel):
         if not isinstance(data, dict):
             return data
         fields = {k: info.annotation for name, info in cls.model_fields.items() for k in (name, info.alias)}
-        return {
-            k: _read(v, typed_map=_is_typed_map(fields.get(k)))
-            for k, v in data.items()
-            if v is not None
-        }
+        return {k: _read(v, typed_map=_is_typed_map(fields.get(k))) for k, v in data.items() if v is not None}
 
     @model_validator(mode="after")
     def _check_rules(self) -> ApiModel:

@@ -37,6 +37,11 @@ from sbs.sim.workload import bursty, load_scaled, rate_scaled, synthetic, tiled,
 
 DEFAULT_POLICIES = "sbs,round_robin,random,least_load,power_of_two,sglang"
 SERVEGEN_DEFAULT_S = 600.0
+MAX_REQUESTS = 5_000_000
+"""Most requests a --duration may repeat a trace to (memory: about 1 KiB each)."""
+MAX_POLLS = 7 * 86_400
+"""Most load polls a run may simulate: the simulator polls through idle spans, so a trace spanning
+years (a mistyped timestamp) would otherwise run for days."""
 
 
 @dataclass(frozen=True)
@@ -55,13 +60,32 @@ class Workload:
         if rate_scale is not None:
             trace = rate_scaled(trace, rate_scale)
         elif load is not None:
+            if trace.duration_s <= 0:
+                raise SimInputError(f"--load: {_instant(trace)}, so it has no load to scale")
             trace = load_scaled(trace, load * self.nominal_tok_s)
         trace = _arrivals(trace, self.opts["arrivals"], self.opts["seed"])
         duration = self.opts["duration"]
-        if duration is not None:
-            trace = tiled(trace, duration) if duration > trace.duration_s else truncated(trace, duration)
+        if duration is not None and duration > trace.duration_s:
+            if trace.duration_s <= 0:
+                raise SimInputError(f"--duration {duration:g}: {_instant(trace)}, so it cannot be repeated")
+            tiles = len(trace) * duration / trace.duration_s
+            if tiles > MAX_REQUESTS:
+                raise SimInputError(
+                    f"--duration {duration:g}: repeating trace {trace.name!r} ({len(trace)} requests in "
+                    f"{trace.duration_s:.3g} s) gives about {tiles:.3g} requests, over {MAX_REQUESTS:,}"
+                )
+            trace = tiled(trace, duration)
+        elif duration is not None:
+            trace = truncated(trace, duration)
         if len(trace) == 0:
             raise SimInputError("the workload is empty after scaling and --duration")
+        polls = trace.duration_s / self.cluster.loads_period_s
+        if polls > MAX_POLLS:
+            raise SimInputError(
+                f"trace {trace.name!r} spans {trace.duration_s:.3g} s: {polls:.3g} load polls at the "
+                f"cluster's loads_period_s of {self.cluster.loads_period_s:g} s, over the limit of "
+                f"{MAX_POLLS:,} (a week at 1 s); cut it with --duration"
+            )
         return trace
 
 
@@ -323,6 +347,10 @@ def _workload(opts: dict[str, Any]) -> Workload:
         base = load_trace(opts["trace_path"], opts["fmt"])
     cost = CostModel()
     return Workload(base, cluster, cost, nominal_prefill_tok_s(cluster, cost, base), opts)
+
+
+def _instant(trace: Trace) -> str:
+    return f"trace {trace.name!r} spans no time (its {len(trace)} request(s) arrive at one instant)"
 
 
 def _arrivals(trace: Trace, spec: str, seed: int) -> Trace:

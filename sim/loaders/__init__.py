@@ -12,6 +12,7 @@ from pathlib import Path
 
 from sbs.sim.errors import TraceFormatError
 from sbs.sim.loaders import azure, mooncake
+from sbs.sim.loaders._fields import open_text, short, text_lines
 from sbs.sim.trace import Trace
 
 FORMATS = ("azure", "mooncake")
@@ -37,11 +38,8 @@ def load_trace(path: str | os.PathLike[str], fmt: str | None = None) -> Trace:
 
 def detect_format(path: str | os.PathLike[str]) -> str:
     """Guess a trace file's format from its extension and first non-blank line."""
-    try:
-        with open(path, encoding="utf-8-sig", errors="replace") as f:
-            first = next((line.strip() for line in f if line.strip()), "")
-    except OSError as exc:
-        raise TraceFormatError(path, None, None, f"cannot be read: {exc.strerror}") from None
+    with open_text(path) as f:
+        first = next((line.strip() for line in text_lines(path, f) if line.strip()), "")
     suffix = Path(path).suffix.lower()
     header = {h.strip() for h in first.split(",")}
     if suffix == ".jsonl" or (suffix != ".csv" and first.startswith("{")):
@@ -52,7 +50,7 @@ def detect_format(path: str | os.PathLike[str]) -> str:
         message = "is a length table without timestamps: use lengths.load() with workload.synthetic()"
         raise TraceFormatError(path, None, None, message)
     message = (
-        f"cannot tell the trace format (first line {first[:60]!r}): pass fmt, one of: {', '.join(FORMATS)}"
+        f"cannot tell the trace format (first line {short(first)}): pass fmt, one of: {', '.join(FORMATS)}"
     )
     raise TraceFormatError(path, None, None, message)
 

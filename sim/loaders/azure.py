@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sbs.sim.errors import TraceFormatError
-from sbs.sim.loaders._fields import csv_rows, parse_int
+from sbs.sim.loaders._fields import csv_rows, parse_int, short
 from sbs.sim.trace import Trace, build_trace
 
 COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
@@ -43,7 +43,10 @@ def _parse_timestamp(text: str, path: str | os.PathLike[str], line: int) -> int:
         dt = datetime.fromisoformat(text.strip())
     except ValueError:
         raise TraceFormatError(
-            path, line, "TIMESTAMP", f"must be a timestamp like '2023-11-16 18:15:46.6805900', got {text!r}"
+            path,
+            line,
+            "TIMESTAMP",
+            f"must be a timestamp like '2023-11-16 18:15:46.6805900', got {short(text)}",
         ) from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)

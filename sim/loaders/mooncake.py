@@ -6,17 +6,18 @@ One JSON object per line: `timestamp` (ms), `input_length`, `output_length`, `ha
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from pathlib import Path
 
 from sbs.sim.errors import TraceFormatError
-from sbs.sim.loaders._fields import check_int, open_text
+from sbs.sim.loaders._fields import check_int, load_json, open_text, short, text_lines
 from sbs.sim.trace import Trace, build_trace
 
 BLOCK_TOKENS = 512
 FIELDS = ("timestamp", "input_length", "output_length", "hash_ids")
+MAX_TIMESTAMP_MS = 2**53
+"""Largest timestamp (ms) kept exact as a float: about 285,000 years."""
+_HASH_MIN, _HASH_MAX = -(2**63), 2**63 - 1
 
 
 def load(path: str | os.PathLike[str]) -> Trace:
@@ -26,36 +27,36 @@ def load(path: str | os.PathLike[str]) -> Trace:
     outputs: list[int] = []
     hashes: list[tuple[int, ...]] = []
     with open_text(path) as f:
-        for line, text in enumerate(f, start=1):
+        for line, text in enumerate(text_lines(path, f), start=1):
             if not text.strip():
                 continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as exc:
-                message = f"invalid JSON: {exc.msg} (column {exc.colno})"
-                raise TraceFormatError(path, line, None, message) from None
+            obj = load_json(text, path, line)
             if not isinstance(obj, dict):
                 raise TraceFormatError(path, line, None, f"must be a JSON object, got {type(obj).__name__}")
             for key in FIELDS:
                 if key not in obj:
                     raise TraceFormatError(path, line, key, f"is missing: expected keys {', '.join(FIELDS)}")
-            ts = obj["timestamp"]
-            if type(ts) not in (int, float) or not math.isfinite(ts) or ts < 0:
-                message = f"must be a non-negative number of ms, got {ts!r}"
-                raise TraceFormatError(path, line, "timestamp", message)
-            arrivals.append(ts / 1000.0)
+            arrivals.append(_timestamp_s(obj["timestamp"], path, line))
             prompts.append(check_int(obj["input_length"], path, line, "input_length", minimum=1))
             outputs.append(max(1, check_int(obj["output_length"], path, line, "output_length", minimum=0)))
-            ids = obj["hash_ids"]
-            if type(ids) is not list or not all(type(h) is int for h in ids):
-                message = f"must be a list of integers, got {_short(ids)}"
-                raise TraceFormatError(path, line, "hash_ids", message)
-            hashes.append(tuple(ids))
+            hashes.append(_hash_ids(obj["hash_ids"], path, line))
     if not arrivals:
         raise TraceFormatError(path, None, None, "has no requests")
     return build_trace(Path(path).name, arrivals, prompts, outputs, hashes, block_tokens=BLOCK_TOKENS)
 
 
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+def _timestamp_s(ts: object, path: str | os.PathLike[str], line: int) -> float:
+    if type(ts) not in (int, float) or not ts >= 0:  # NaN fails too
+        message = f"must be a non-negative number of ms, got {short(ts)}"
+        raise TraceFormatError(path, line, "timestamp", message)
+    if ts > MAX_TIMESTAMP_MS:
+        raise TraceFormatError(path, line, "timestamp", f"must be at most 2**53 ms, got {short(ts)}")
+    return ts / 1000.0
+
+
+def _hash_ids(ids: object, path: str | os.PathLike[str], line: int) -> tuple[int, ...]:
+    if type(ids) is not list or not all(type(h) is int for h in ids):
+        raise TraceFormatError(path, line, "hash_ids", f"must be a list of integers, got {short(ids)}")
+    if not all(_HASH_MIN <= h <= _HASH_MAX for h in ids):
+        raise TraceFormatError(path, line, "hash_ids", f"must hold 64-bit integers, got {short(ids)}")
+    return tuple(ids)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import ast
 import csv
 import functools
-import json
 import math
 import os
 import re
@@ -36,10 +35,15 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 from sbs.sim.errors import TraceFormatError
+from sbs.sim.loaders._fields import MAX_TOKENS, load_json, not_utf8, short, text_lines
 from sbs.sim.trace import Trace, build_trace
 
 WINDOW_S = 600.0
 FAMILIES = ("Gamma", "Weibull")
+MAX_RATE = 1000.0
+"""Most requests/s a client's window may have (the published maximum is about 19)."""
+SHAPES = {"Gamma": (1e-3, 1e3), "Weibull": (0.1, 1e3)}
+"""Fit shapes sampled in bounded time and memory (published: Gamma 0.012-20, Weibull 0.26-1.4)."""
 _TRACE_FIELDS = ("window_start_s", "rate", "cv", "family", "shape", "scale")
 _CHUNK = re.compile(r"chunk-(\d+)-trace\.csv")
 
@@ -207,32 +211,43 @@ def _trace_windows(path: str, stamp: int) -> tuple[_Window, ...]:
     except OSError as exc:
         raise TraceFormatError(path, None, None, f"cannot be read: {exc.strerror}") from None
     with f:
-        for line, row in enumerate(csv.reader(f), start=1):
-            if not row or (len(row) == 1 and not row[0].strip()):
-                continue
-            if len(row) != len(_TRACE_FIELDS):
-                names = ",".join(_TRACE_FIELDS)
-                message = f"expected {len(_TRACE_FIELDS)} columns ({names}), got {len(row)}"
-                raise TraceFormatError(path, line, None, message)
-            start = _number(row[0], path, line, "window_start_s")
-            rate = _number(row[1], path, line, "rate")
-            family = row[3].strip() or None
-            if family is not None and family not in FAMILIES:
-                raise TraceFormatError(
-                    path, line, "family", f"must be one of {', '.join(FAMILIES)} or empty, got {row[3]!r}"
-                )
-            shape = _number(row[4], path, line, "shape")
-            if rate > 0 and family is not None and shape <= 0:
-                message = f"must be positive for a {family} fit, got {row[4]!r}"
-                raise TraceFormatError(path, line, "shape", message)
-            expected = len(windows) * WINDOW_S
-            if start != expected:
-                message = f"must be {expected:g} (consecutive 600 s windows), got {row[0]!r}"
-                raise TraceFormatError(path, line, "window_start_s", message)
-            windows.append(_Window(start, rate, family, shape))
+        try:
+            for line, row in enumerate(csv.reader(text_lines(path, f)), start=1):
+                if not row or (len(row) == 1 and not row[0].strip()):
+                    continue
+                windows.append(_window(row, path, line, len(windows) * WINDOW_S))
+        except csv.Error as exc:
+            raise TraceFormatError(path, None, None, f"is not valid CSV: {exc}") from None
     if not windows:
         raise TraceFormatError(path, None, None, "has no windows")
     return tuple(windows)
+
+
+def _window(row: list[str], path: str, line: int, expected: float) -> _Window:
+    """One row of `chunk-N-trace.csv`, checked."""
+    if len(row) != len(_TRACE_FIELDS):
+        names = ",".join(_TRACE_FIELDS)
+        message = f"expected {len(_TRACE_FIELDS)} columns ({names}), got {len(row)}"
+        raise TraceFormatError(path, line, None, message)
+    start = _number(row[0], path, line, "window_start_s")
+    rate = _number(row[1], path, line, "rate")
+    if rate > MAX_RATE:
+        raise TraceFormatError(
+            path, line, "rate", f"must be at most {MAX_RATE:g} requests/s, got {short(row[1])}"
+        )
+    family = row[3].strip() or None
+    if family is not None and family not in FAMILIES:
+        message = f"must be one of {', '.join(FAMILIES)} or empty, got {short(row[3])}"
+        raise TraceFormatError(path, line, "family", message)
+    shape = _number(row[4], path, line, "shape")
+    if rate > 0 and family is not None and not SHAPES[family][0] <= shape <= SHAPES[family][1]:
+        low, high = SHAPES[family]
+        message = f"must be in [{low:g}, {high:g}] for a {family} fit, got {short(row[4])}"
+        raise TraceFormatError(path, line, "shape", message)
+    if start != expected:
+        message = f"must be {expected:g} (consecutive 600 s windows), got {short(row[0])}"
+        raise TraceFormatError(path, line, "window_start_s", message)
+    return _Window(start, rate, family, shape)
 
 
 def _stamped(path: Path) -> tuple[str, int]:
@@ -249,7 +264,7 @@ def _number(text: str, path: str, line: int, field: str) -> float:
     except ValueError:
         value = math.nan
     if not math.isfinite(value) or value < 0:
-        raise TraceFormatError(path, line, field, f"must be a non-negative number, got {text!r}")
+        raise TraceFormatError(path, line, field, f"must be a non-negative number, got {short(text)}")
     return value
 
 
@@ -257,17 +272,20 @@ def _number(text: str, path: str, line: int, field: str) -> float:
 def _dataset(path: str, stamp: int) -> dict[int, dict[str, object]]:
     try:
         with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
+            text = f.read()
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
     except OSError as exc:
         raise TraceFormatError(path, None, None, f"cannot be read: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
-        raise TraceFormatError(path, exc.lineno, None, f"invalid JSON: {exc.msg}") from None
+    raw = load_json(text, path, None)
     if not isinstance(raw, dict) or not raw:
         raise TraceFormatError(path, None, None, "must be a non-empty JSON object keyed by window start (s)")
     out: dict[int, dict[str, object]] = {}
     for key, value in raw.items():
-        if not key.isdigit() or not isinstance(value, dict):
-            raise TraceFormatError(path, None, key, "must be a window start in seconds mapping to an object")
+        if not (key.isascii() and key.isdigit()) or not isinstance(value, dict):
+            raise TraceFormatError(
+                path, None, key[:40], "must be a window start in seconds mapping to an object"
+            )
         out[int(key)] = value
     return out
 
@@ -289,19 +307,21 @@ def _pdf(dataset: tuple[str, int], window: int, field: str) -> tuple[IntArray, F
         raise TraceFormatError(path, None, where, f"must be a string holding a dict literal, got {text!r}")
     try:
         pdf = ast.literal_eval(text)
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         message = f"must be a dict literal {{tokens: probability}}, got {text[:40]!r}"
         raise TraceFormatError(path, None, where, message) from None
     if not isinstance(pdf, dict) or not pdf:
         raise TraceFormatError(path, None, where, "is empty, but the client has traffic in this window")
-    if not all(type(v) is int and v >= 1 for v in pdf):
-        raise TraceFormatError(path, None, where, "keys must be positive integer token counts")
-    if not all(type(p) in (int, float) for p in pdf.values()):
-        raise TraceFormatError(path, None, where, "probabilities must be numbers")
+    if not all(type(v) is int and 1 <= v <= MAX_TOKENS for v in pdf):
+        message = f"keys must be positive integer token counts (<= {MAX_TOKENS})"
+        raise TraceFormatError(path, None, where, message)
+    bad = "probabilities must be finite and non-negative with a positive sum"
+    if not all(type(p) in (int, float) and 0 <= p <= 1e300 for p in pdf.values()):  # NaN fails too
+        raise TraceFormatError(path, None, where, bad)
     ints = np.fromiter(pdf.keys(), dtype=np.int64, count=len(pdf))
     probs = np.fromiter(pdf.values(), dtype=np.float64, count=len(pdf))
-    if not (np.all(np.isfinite(probs)) and np.all(probs >= 0) and probs.sum() > 0):
-        raise TraceFormatError(path, None, where, "probabilities must be non-negative with a positive sum")
+    if not (np.isfinite(probs.sum()) and probs.sum() > 0):
+        raise TraceFormatError(path, None, where, bad)
     cdf = np.cumsum(probs)
     ints.flags.writeable = False
     cdf.flags.writeable = False

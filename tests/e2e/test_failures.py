@@ -2,6 +2,7 @@
 
 import os
 import signal
+import threading
 import time
 
 import pytest
@@ -48,3 +49,17 @@ def test_a_wait_that_times_out_says_what_it_waited_for_and_shows_the_logs(bins):
             plane.wait(lambda: False, "the impossible", timeout_s=0.5)
         assert "timed out after 0.5 s waiting for the impossible" in str(err.value)
         assert "--- kube-apiserver (pid" in str(err.value)
+
+
+def test_a_component_restarted_from_a_short_lived_thread_outlives_that_thread(bins):
+    """Chaos restarts run in an injector thread; the restarted process must not get the parent-death
+    signal when that thread ends (it is tied to the thread that forked, not to the process)."""
+    with ControlPlane(bins, ClusterSettings(node_count=1), name="restart") as plane:
+        old = plane.components["etcd"].pid
+        restarter = threading.Thread(target=plane.restart, args=("etcd",))
+        restarter.start()
+        restarter.join()
+        assert plane.components["etcd"].pid != old
+        time.sleep(1.0)  # the signal would arrive at once: give it time to
+        plane.check()
+        assert plane.kube.get("/api/v1/nodes")["items"]
