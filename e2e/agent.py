@@ -140,7 +140,7 @@ class NodeAgent:
         self.kube = client
         self.selector = selector
         self.command = command
-        self.log_dir = log_dir
+        self.log_dir = Path(log_dir).resolve()  # pods run in their own directories: no relative paths
         self.namespace = namespace
         self.port_name = port_name
         self.env = dict(env or {})

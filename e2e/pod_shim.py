@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -61,7 +62,7 @@ def _stats(path: Path, every_s: float) -> None:
                 "tasks": _live_tasks(),
                 "threads": threading.active_count(),
             }
-            with path.open("a") as f:
+            with contextlib.suppress(OSError), path.open("a") as f:  # a gap in the curve, not the end
                 f.write(json.dumps(line) + "\n")
             time.sleep(every_s)
 
