@@ -73,7 +73,7 @@ bench: venv
 
 # Faults under load (docs/reliability.md): every scenario for 2+ minutes on a fresh control plane, the
 # operator, the scheduler and emulated engines as pods; prints the table, ends with the `chaos:` line
-# and exits non-zero when a request was lost or hung or a recovery target missed (about 30 min).
+# and exits non-zero when a request was lost or hung or a recovery target missed (about 35 min).
 # CI runs one short scenario of each kind (tests/chaos/).
 chaos: e2e-bins
 	$(BIN)/python -m sbs.bench.chaos

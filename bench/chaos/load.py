@@ -125,6 +125,10 @@ async def _one(http: aiohttp.ClientSession, url: str, body: bytes, expect: int, 
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         out.kind, out.detail, out.end = "cut", f"cut ({type(exc).__name__})", time.monotonic()
         return
+    except Exception as exc:  # the client's own failure (e.g. a line over aiohttp's limit): say which
+        detail = f"client error {type(exc).__name__}: {exc}"[:120]
+        out.kind, out.detail, out.end = "lost", detail, time.monotonic()
+        return
     out.end = time.monotonic()
     if n_tokens != expect:
         out.kind, out.detail = "lost", f"wrong token count ({n_tokens} of {expect})"
