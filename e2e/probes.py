@@ -9,17 +9,19 @@ failed. `running_status` and `exited_status` are the pod status patches the kube
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import socket
+import time
 import urllib.error
 import urllib.request
 from typing import Any
+
+from sbs.kube import timestamps
 
 KINDS = ("startupProbe", "readinessProbe", "livenessProbe")
 
 
 def now_rfc3339() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return timestamps.rfc3339(time.time())  # noqa: TID251 (an API timestamp, as a kubelet writes it)
 
 
 def resolve_port(container: dict[str, Any], port: int | str) -> int:

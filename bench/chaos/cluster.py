@@ -25,7 +25,7 @@ from sbs.bench.emulated_cluster import BenchCluster
 from sbs.e2e import agent
 from sbs.e2e.control_plane import ControlPlane
 from sbs.e2e.nodes import FAKE_NODE_ANNOTATION
-from sbs.kube import labels
+from sbs.kube import labels, timestamps
 from sbs.kube.blocking import ApiError, Kube
 from sbs.operator import api
 
@@ -333,7 +333,7 @@ class Stack:
         meta = copy.deepcopy(self.kube.get(path)["metadata"])
         annotations = {k: None for k in meta.get("annotations") or {} if k.startswith("kwok.x-k8s.io/")}
         self.kube.patch(path, {"metadata": {"annotations": annotations}})
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        now = timestamps.rfc3339(time.time())  # noqa: TID251 (an API timestamp, as the node controller writes)
         ready = {"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
                  "message": "Kubelet stopped posting node status (chaos)", "lastHeartbeatTime": now,
                  "lastTransitionTime": now}  # fmt: skip
