@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from sbs.e2e.control_plane import ControlPlane
-from sbs.kube import credentials, labels, timestamps
+from sbs.e2e.probes import now_rfc3339
+from sbs.kube import credentials, labels
 from sbs.kube.blocking import Kube
 from sbs.kube.client import ApiError, KubeClient
 from sbs.operator import group_state, reconciler
@@ -57,10 +58,6 @@ def recreated_once(plane: ControlPlane, kube: Kube, ns: str, role: str, why: str
 
 def group_pods(kube: Kube, ns: str, name: str, role: str) -> list[dict[str, Any]]:
     return [p for p in engine_pods(kube, ns, name) if p["metadata"]["labels"][labels.ROLE] == role]
-
-
-def now_rfc3339() -> str:
-    return timestamps.rfc3339(time.time())  # noqa: TID251 (the test plays the kubelet)
 
 
 @contextlib.contextmanager

@@ -55,7 +55,7 @@ FUZZ = settings(
 def _slice(fmt: str) -> bytes:
     path, lines = SLICES[fmt]
     if not path.exists():
-        pytest.skip(f"shared trace data not found at {path} (expected ../shared/traces beside the repo)")
+        pytest.fail(f"shared trace data not found at {path} (expected ../shared/traces beside the repo)")
     with path.open("rb") as f:
         return b"".join(f.readline() for _ in range(lines))
 
@@ -187,7 +187,7 @@ def test_mutated_traces_through_compare_exit_0_or_2(fmt: str, data: st.DataObjec
 def _servegen_slice(dest: Path) -> Path:
     """Client 0 of ServeGen, each pdf cut to its 20 likeliest lengths."""
     if not SERVEGEN.is_dir():
-        pytest.skip(f"shared ServeGen data not found at {SERVEGEN}")
+        pytest.fail(f"shared ServeGen data not found at {SERVEGEN}")
     shutil.copy(SERVEGEN / "chunk-0-trace.csv", dest / "chunk-0-trace.csv")
     raw = json.loads((SERVEGEN / "chunk-0-dataset.json").read_text())
     for window in raw.values():
