@@ -77,7 +77,8 @@ async def _run(
         assert relay is not None
         return relay.stream or web.Response(status=499)
     except asyncio.CancelledError:
-        reason = "client_disconnect"
+        # The client hung up; after the whole answer (a client closing on `[DONE]`) it is no error.
+        reason = None if relay is not None and relay.delivered else "client_disconnect"
         raise
     finally:
         if relay is not None:

@@ -57,6 +57,9 @@ class Relay:
         self.error_reason: str | None = None
         """Set when the answer is an error: the `reason` label the job is counted under."""
         self.stream: web.StreamResponse | None = None
+        self.delivered = False
+        """The client has the engine's whole stream, up to its `[DONE]` and with no error event: a
+        client that hangs up after it (cancelling the handler) has its answer, not an error."""
         self._tasks: list[asyncio.Task[Any]] = []
         self._decode_resp: aiohttp.ClientResponse | None = None
         self._tail = b""
@@ -259,6 +262,7 @@ class Relay:
                 if relayed is None and b'"error"' in chunk:
                     relayed = upstream.stream_error(self._tail + chunk)
                 await self._write(chunk)
+                self.delivered = relayed is None and self._tail.rstrip().endswith(b"data: [DONE]")
         except (aiohttp.ClientError, OSError) as exc:
             broke = f"decode stream broke: {exc!r}"
         finally:

@@ -12,9 +12,11 @@ from aiohttp import web
 
 
 class FreezableProxy:
-    """Forwards `127.0.0.1:<port>` to a target; `freeze()` stops every byte both ways until `thaw()`."""
+    """Forwards `127.0.0.1:<port>` to a target; `freeze()` stops every byte both ways until `thaw()`.
+    With `hold_end_s`, the last chunk of a chunked answer (`0\\r\\n\\r\\n`) reaches the client that
+    much later than the bytes before it (an engine slow to end its stream after `[DONE]`)."""
 
-    def __init__(self, target_url: str) -> None:
+    def __init__(self, target_url: str, *, hold_end_s: float = 0.0) -> None:
         host, port = target_url.removeprefix("http://").rsplit(":", 1)
         self._target = (host, int(port))
         self._running = asyncio.Event()
@@ -22,6 +24,7 @@ class FreezableProxy:
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
         self._server: asyncio.Server | None = None
+        self._hold_end_s = hold_end_s
         self.port = 0
 
     @property
@@ -59,11 +62,12 @@ class FreezableProxy:
             return
         self._writers.add(up_writer)
         for src, dst in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.ensure_future(self._pump(src, dst))
+            task = asyncio.ensure_future(self._pump(src, dst, hold=src is up_reader))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, *, hold: bool) -> None:
+        end = b"0\r\n\r\n"
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while True:
                 await self._running.wait()
@@ -71,6 +75,11 @@ class FreezableProxy:
                 await self._running.wait()
                 if not data:
                     break
+                if hold and self._hold_end_s and data.endswith(end):
+                    dst.write(data[: -len(end)])
+                    await dst.drain()
+                    await asyncio.sleep(self._hold_end_s)
+                    data = end
                 dst.write(data)
                 await dst.drain()
         dst.close()

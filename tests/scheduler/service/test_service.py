@@ -20,6 +20,7 @@ from sbs.scheduler.service.config_file import build_settings
 from sbs.scheduler.service.discovery import ChangeKind, EngineChange
 from sbs.settings import scheduling
 
+from tests.scheduler.service.faults import FreezableProxy
 from tests.scheduler.service.harness import (
     Cluster,
     Recorder,
@@ -497,6 +498,31 @@ async def test_engines_without_v1_loads_are_read_from_metrics(
         }
     finally:
         await svc.close()
+
+
+async def test_a_client_that_hangs_up_on_done_has_a_completed_request(cluster: Cluster) -> None:
+    """The client closes as soon as it reads `[DONE]`, before the engine's stream has ended: the
+    handler is cancelled, but the client has its whole answer, so it is counted completed (issue 13's
+    soak counted such requests as `client_disconnect` errors)."""
+    proxy = await FreezableProxy(cluster.decode[0].url, hold_end_s=0.5).start()
+    entries = engine_entries(cluster)
+    svc = await start_service(cluster, engines={**entries, "decode": [{"url": proxy.url}]})
+    try:
+        async with aiohttp.ClientSession() as client:
+            resp = await client.post(svc.url + "/generate", json={**GEN, "stream": True})
+            seen = b""
+            async with asyncio.timeout(10):
+                while not seen.rstrip().endswith(b"data: [DONE]"):
+                    chunk = await resp.content.readany()
+                    assert chunk, f"the stream ended before [DONE]: {seen!r}"
+                    seen += chunk
+            resp.close()  # hang up at once, while the decode still holds its stream open
+        await svc.assert_accounted()
+        assert svc.total("sbs_requests_completed_total") == 1
+        assert svc.total("sbs_requests_errored_total") == 0
+    finally:
+        await svc.close()
+        await proxy.close()
 
 
 async def test_a_non_stream_client_that_gives_up_cancels_upstream(service: Service, cluster: Cluster) -> None:
