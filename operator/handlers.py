@@ -129,7 +129,7 @@ async def run(client: KubeClient, cfg: OperatorConfig, stop: asyncio.Event | Non
     lease_client = KubeClient(client.credentials, field_manager=child_names.FIELD_MANAGER)
     elector = LeaseElector(
         lease_client, cfg.lease_namespace, cfg.lease_name, cfg.identity, on_change=LEADER.set,
-        stale_after_s=cfg.stale_after_s,
+        stale_after_s=cfg.stale_after_s, pod=cfg.pod,
     )  # fmt: skip
     work = WorkQueue(client, cfg, elector)
     elector.on_acquire = work.on_takeover

@@ -8,6 +8,13 @@ the moment it *sent* a successful renewal (before the PUT, never after it return
 leading `renew_deadline_s` later unless it renews again; `renew_deadline_s` is shorter than the
 lease duration, so the old leader has stopped before anyone may take over. `while_leading` runs one
 piece of work (a reconcile) and cancels it the moment the term lapses.
+
+A holder known to be dead is not waited out. A candidate running in a pod names it on the Lease
+(`HOLDER_POD`), and a successor takes over at once when that holder's process cannot be running:
+- the holder's pod is the successor's own pod: it was an earlier run of the same container, which
+  the kubelet restarts only after it exited;
+- the holder's pod is `Failed` or `Succeeded`: its containers have stopped.
+A holder whose pod is gone is still waited out: a force-deleted pod may run on.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ from sbs.operator import supervision
 
 log = logging.getLogger("sbs.operator.leader")
 T = TypeVar("T")
+HOLDER_POD = "sbs.io/holder-pod"
+"""Lease annotation: `namespace/name` of the holder's pod (absent when it runs outside one)."""
 
 
 class LeadershipLost(Exception):
@@ -50,12 +59,15 @@ class LeaseElector:
         on_change: Callable[[int], Any] | None = None,
         stale_after_s: float = 120.0,
         clock: Callable[[], float] = time.monotonic,
+        pod: str | None = None,
     ) -> None:
         if not 0 < renew_s < renew_deadline_s < duration_s:
             raise ValueError("need 0 < renew_s < renew_deadline_s < duration_s")
         self.client, self.namespace, self.name, self.identity = client, namespace, name, identity
         self.duration_s, self.renew_deadline_s, self.renew_s = duration_s, renew_deadline_s, renew_s
         self.on_change = on_change
+        self.pod = pod
+        """`namespace/name` of our own pod, when we know it (the downward API)."""
         self.on_acquire: Callable[[], Any] | None = None
         self.clock = clock
         self._renewed_at = -1e9  # our clock when the last successful acquire/renew was sent
@@ -107,6 +119,7 @@ class LeaseElector:
                 "metadata": {"name": self.name, "namespace": self.namespace},
                 "spec": self._spec(0),
             }
+            self._annotate(body)
             sent = self.clock()
             path = collection_path("coordination.k8s.io/v1", "leases", self.namespace)
             await self.client.request("POST", path, body=body, timeout_s=timeout)
@@ -116,15 +129,48 @@ class LeaseElector:
         self._observe(spec)
         holder = spec.get("holderIdentity")
         duration = spec.get("leaseDurationSeconds") or self.duration_s
-        if holder and holder != self.identity and self.clock() - self._observed_at < duration:
+        if (
+            holder
+            and holder != self.identity
+            and self.clock() - self._observed_at < duration
+            and not await self._holder_stopped(lease)
+        ):
             return False  # someone else renewed within its lease duration, as far as we have seen
         ours = holder == self.identity
         transitions = (spec.get("leaseTransitions") or 0) + (0 if ours else 1)
         lease["spec"] = self._spec(transitions, spec.get("acquireTime") if ours else None)
+        self._annotate(lease)
         sent = self.clock()
         await self.client.request("PUT", self.path, body=lease, timeout_s=timeout)  # resourceVersion: CAS
         self._won(lease["spec"], sent)
         return True
+
+    def _annotate(self, lease: dict[str, Any]) -> None:
+        annotations = lease.setdefault("metadata", {}).get("annotations") or {}
+        annotations.pop(HOLDER_POD, None)
+        if self.pod:
+            annotations[HOLDER_POD] = self.pod
+        lease["metadata"]["annotations"] = annotations
+
+    async def _holder_stopped(self, lease: dict[str, Any]) -> bool:
+        """The Lease's holder cannot be running (module docstring); False when unsure."""
+        holder_pod = ((lease.get("metadata") or {}).get("annotations") or {}).get(HOLDER_POD)
+        if not holder_pod or holder_pod.count("/") != 1:
+            return False
+        if holder_pod == self.pod:
+            log.info("%s: the Lease holder was an earlier run of this pod's container", self.identity)
+            return True
+        namespace, name = holder_pod.split("/")
+        try:
+            pod = await self.client.get_or_none(f"{collection_path('v1', 'pods', namespace)}/{name}")
+        except ApiError as exc:  # e.g. 403 without `get pods`: wait the Lease out
+            log.debug("%s: cannot read the holder's pod %s: %s", self.identity, holder_pod, exc)
+            return False
+        phase = ((pod or {}).get("status") or {}).get("phase")
+        if phase in ("Failed", "Succeeded"):
+            log.info("%s: the Lease holder's pod %s is %s", self.identity, holder_pod, phase)
+            return True
+        return False
 
     def _won(self, spec: dict[str, Any], sent: float) -> None:
         self._renewed_at = sent

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from sbs.kube import timestamps
 from sbs.kube.client import ApiError
-from sbs.operator.leader import LeadershipLost, LeaseElector
+from sbs.operator.leader import HOLDER_POD, LeadershipLost, LeaseElector
 
 WALL = time.time()  # noqa: TID251 (the wall clock the Lease's renewTime is compared against, wrongly)
 HOUR = 3600.0
@@ -34,13 +34,20 @@ class LeaseApi:
         self.rv = 0
         self.clock, self.put_takes_s = clock, put_takes_s
         self.fail_with: BaseException | None = None
+        self.pods: dict[str, dict[str, Any]] = {}
+        """Pods by `namespace/name` (a GET of any other pod is a 404)."""
+        self.pod_error: ApiError | None = None
 
-    def hold(self, holder: str, renew_time: float) -> None:
-        """Another candidate writes the Lease (with a `renewTime` from its own, skewed, clock)."""
+    def hold(self, holder: str, renew_time: float, pod: str | None = None) -> None:
+        """Another candidate writes the Lease (with a `renewTime` from its own, skewed, clock), naming
+        its pod when it runs in one."""
         spec = {"holderIdentity": holder, "leaseDurationSeconds": 15, "leaseTransitions": 0,
                 "acquireTime": timestamps.rfc3339_micro(renew_time),
                 "renewTime": timestamps.rfc3339_micro(renew_time)}  # fmt: skip
-        self._store({"metadata": {"name": "l", "namespace": "ns"}, "spec": spec})
+        meta: dict[str, Any] = {"name": "l", "namespace": "ns"}
+        if pod:
+            meta["annotations"] = {HOLDER_POD: pod}
+        self._store({"metadata": meta, "spec": spec})
 
     def _store(self, obj: dict[str, Any]) -> dict[str, Any]:
         self.rv += 1
@@ -71,6 +78,11 @@ class LeaseApi:
         return self._store(body)
 
     async def get_or_none(self, path: str) -> Any:
+        if "/pods/" in path:
+            if self.pod_error is not None:
+                raise self.pod_error
+            _, namespace, _, name = path.removeprefix("/api/v1/").split("/")
+            return copy.deepcopy(self.pods.get(f"{namespace}/{name}"))
         return copy.deepcopy(self.lease)
 
 
@@ -116,6 +128,44 @@ def test_a_dead_holder_whose_renew_time_is_an_hour_ahead_is_taken_over_after_the
     assert me.is_leader
     assert api.lease is not None
     assert api.lease["spec"]["holderIdentity"] == "me" and api.lease["spec"]["leaseTransitions"] == 1
+
+
+@pytest.mark.parametrize(
+    ("holder_pod", "phase", "error", "at_once"),
+    [
+        ("ns/op-1", None, None, True),  # our own pod: the holder was this container's earlier run
+        ("ns/op-0", "Failed", None, True),  # its containers stopped
+        ("ns/op-0", "Succeeded", None, True),
+        ("ns/op-0", "Running", None, False),
+        ("ns/op-0", "Pending", None, False),
+        ("ns/op-0", None, None, False),  # gone: a force-deleted pod may run on
+        ("ns/op-0", "Failed", ApiError("GET", "p", 403, "Forbidden", ""), False),  # cannot tell
+        (None, None, None, False),  # a holder outside a pod
+        ("op-0", "Failed", None, False),  # not `namespace/name`
+    ],
+)
+def test_a_holder_whose_container_stopped_is_taken_over_at_once(
+    holder_pod: str | None, phase: str | None, error: ApiError | None, at_once: bool
+) -> None:
+    """The holder named its pod on the Lease; it renewed a moment ago, then its container stopped."""
+    clock, api = Clock(), LeaseApi()
+    api.hold("op-0-1", WALL, pod=holder_pod)
+    if phase is not None:
+        api.pods["ns/op-0"] = {"status": {"phase": phase}}
+    api.pod_error = error
+    me = elector(api, clock, pod="ns/op-1")
+    assert asyncio.run(me.try_acquire()) is at_once
+    assert api.lease is not None
+    assert api.lease["spec"]["holderIdentity"] == ("me" if at_once else "op-0-1")
+
+
+def test_the_holder_names_its_pod_on_the_lease_and_only_its_own() -> None:
+    clock, api = Clock(), LeaseApi()
+    assert asyncio.run(elector(api, clock, pod="ns/op-1").try_acquire())
+    assert api.lease is not None and api.lease["metadata"]["annotations"] == {HOLDER_POD: "ns/op-1"}
+    api.hold("", 0.0, pod="ns/op-1")  # released by a pod; taken by a candidate outside any pod
+    assert asyncio.run(elector(api, clock).try_acquire())
+    assert HOLDER_POD not in api.lease["metadata"]["annotations"]
 
 
 def test_a_released_lease_is_taken_at_once() -> None:
