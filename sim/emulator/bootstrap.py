@@ -53,8 +53,10 @@ class RoomRegistry:
         self.follow_room = follow_room
         self.stale_after_s = stale_after_s
         self._rooms: dict[tuple[int, int], _Room] = {}
-        self._rank_of: dict[int, int] = {}
+        self._rank_of: dict[int, tuple[int, float]] = {}
+        """room -> (the prefill rank it went to, when that was recorded)."""
         self._rank_known: dict[int, asyncio.Event] = {}
+        """Rooms a decode asks the rank of before the prefill recorded it (its waiter removes it)."""
         self._created = 0
 
     def __len__(self) -> int:
@@ -73,29 +75,33 @@ class RoomRegistry:
         return room
 
     def _sweep(self) -> None:
+        """Drop what no handshake finished within `stale_after_s` (a peer that never came); by age
+        only, so a room recorded a moment ago is never swept before its handshake runs."""
         cutoff = self._now() - self.stale_after_s
         for key in [k for k, r in self._rooms.items() if r.created_s < cutoff]:
             del self._rooms[key]
-        for room in [r for r in self._rank_of if r not in {k[0] for k in self._rooms}]:
-            self._rank_of.pop(room, None)
-            self._rank_known.pop(room, None)
+        for room in [r for r, (_, at) in self._rank_of.items() if at < cutoff]:
+            del self._rank_of[room]
 
     def record_rank(self, room: int, rank: int) -> None:
         """The prefill placed `room` on `rank` (answers `dp_rank=-1` queries)."""
-        self._rank_of[room] = rank
+        self._rank_of[room] = (rank, self._now())
         ev = self._rank_known.pop(room, None)
         if ev is not None:
             ev.set()
 
     async def resolve_rank(self, room: int, timeout_s: float) -> int | None:
         if room in self._rank_of:
-            return self._rank_of[room]
+            return self._rank_of[room][0]
         ev = self._rank_known.setdefault(room, asyncio.Event())
         try:
             await asyncio.wait_for(ev.wait(), timeout_s)
         except TimeoutError:
+            if self._rank_known.get(room) is ev:
+                del self._rank_known[room]
             return None
-        return self._rank_of.get(room)
+        found = self._rank_of.get(room)
+        return found[0] if found else None
 
     async def wait_connected(self, room: int, rank: int, timeout_s: float) -> bool:
         """Prefill side: wait for the decode's handshake; False on timeout."""

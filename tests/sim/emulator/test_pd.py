@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from sbs.sim.emulator import RunningEngine, requests, tokens
+from sbs.sim.emulator import RunningEngine, bootstrap, requests, tokens
 
 from tests.sim.emulator.conftest import Start, get, post
 
@@ -194,3 +194,26 @@ async def test_abort_right_after_submit_releases_reservations(start: Start) -> N
         assert r0["num_waiting_reqs"] == r1["num_waiting_reqs"] == 0
         assert r0["num_used_tokens"] == r1["num_used_tokens"] == 0
     assert d.runtime.decode.reserved == [0, 0] and d.runtime.decode.reserved_kv == [0, 0]
+
+
+async def test_a_sweep_never_drops_a_room_whose_handshake_has_not_run() -> None:
+    """Issue 12: every 256th new room sweeps the registry. It used to drop the rank of a room the
+    prefill had just placed (no handshake entry yet) and the event a decode's rank query waited on,
+    so that pair failed with a bootstrap timeout SGLang does not have (0.2-0.4 % of the routers'
+    requests in every h2h). Only what stayed unfinished for `stale_after_s` goes."""
+    registry = bootstrap.RoomRegistry(dp_size=8, follow_room=False, stale_after_s=60.0)
+    registry.record_rank(7, 3)  # the prefill placed room 7; its handshake has not run yet
+    asking = asyncio.create_task(registry.resolve_rank(8, 5.0))  # a decode asks before room 8 is placed
+    await asyncio.sleep(0)
+    for room in range(1000, 1256):  # other pairs' handshakes: the 256th new room sweeps
+        registry.connect(room, 0)
+    assert await registry.resolve_rank(7, 0.1) == 3
+    registry.record_rank(8, 5)
+    assert await asyncio.wait_for(asking, 1.0) == 5
+
+    stale = bootstrap.RoomRegistry(dp_size=8, follow_room=False, stale_after_s=0.01)
+    stale.record_rank(9, 1)
+    await asyncio.sleep(0.05)
+    for room in range(256):
+        stale.connect(room, 0)
+    assert await stale.resolve_rank(9, 0.01) is None  # never handshaken, swept by age
