@@ -102,6 +102,9 @@ class EnginesSettings(SettingsModel):
     retryable error. SGLang streams every `--stream-interval` tokens (a decode step, well under a
     second) unless it retracts the request under KV pressure; the wait for the first output
     (queueing, a long prefill) is bounded by the engine's health and the request's deadline instead."""
+    idle_connection_s: float = Field(15.0, gt=0.0)
+    """An engine connection left idle this long is closed (aiohttp's keep-alive default): after a
+    load peak, the pool shrinks back instead of holding every connection the peak opened."""
     api_key_file: str | None = None
     """A file holding the engines' API key (SGLang `--api-key`); when set, every engine call sends
     `Authorization: Bearer <key>`. Re-read when it changes."""

@@ -139,11 +139,11 @@ async def engines(request: web.Request) -> web.Response:
 async def models(request: web.Request) -> web.Response:
     """`/v1/models` of a usable decode engine (all engines of a deployment serve one model)."""
     dispatcher = request.app[DISPATCHER]
-    assert dispatcher.session is not None
+    assert dispatcher.poll_session is not None
     for engine in dispatcher.registry.usable(Role.DECODE):
         try:
             async with asyncio.timeout(dispatcher.settings.engines.poll_timeout_s):
-                async with dispatcher.session.get(f"{engine.record.url}/v1/models") as resp:
+                async with dispatcher.poll_session.get(f"{engine.record.url}/v1/models") as resp:
                     if resp.status == 200:
                         return web.Response(body=await resp.read(), content_type="application/json")
         except (TimeoutError, aiohttp.ClientError, OSError):

@@ -23,8 +23,8 @@ from typing import Any
 import aiohttp
 from sbs.scheduler.core.events import Event, RequestArrived, RequestCancelled, RequestFinished
 from sbs.scheduler.core.types import Decision, Dispatch, Request, Role
+from sbs.scheduler.service import memory, protocol
 from sbs.scheduler.service import metrics as svc_metrics
-from sbs.scheduler.service import protocol
 from sbs.scheduler.service.auth import SecretFile
 from sbs.scheduler.service.discovery import EngineSource
 from sbs.scheduler.service.engine_registry import Engine, Registry
@@ -51,8 +51,15 @@ class Dispatcher:
         self.watcher = EngineWatcher(self)
         self.steps = StepInference(self)
         self.jobs: dict[int, Job] = {}
+        self.finished_count = 0
+        """Jobs ended so far (completed or errored)."""
         self.rng = random.Random()
         self.session: aiohttp.ClientSession | None = None
+        """The requests' engine calls (prefill and decode), pooled."""
+        self.poll_session: aiohttp.ClientSession | None = None
+        """The engine watcher's polls and `/v1/models`. Its own pool: aiohttp reuses the oldest idle
+        connection first, so polls every 0.5 s through the requests' pool would keep each engine's
+        every idle connection from a load peak alive for good (about 30 per engine)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._next_rid = 0
         self._buffered = 0
@@ -84,14 +91,20 @@ class Dispatcher:
     async def start(self, sources: Iterable[EngineSource]) -> None:
         self._loop = asyncio.get_running_loop()
         adm = self.settings.admission
-        self.session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(
-                total=None, connect=adm.connect_timeout_s, sock_connect=adm.connect_timeout_s
-            ),
-            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=60),
-            raise_for_status=False,
+        self.session, self.poll_session = (
+            aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(
+                    total=None, connect=adm.connect_timeout_s, sock_connect=adm.connect_timeout_s
+                ),
+                connector=aiohttp.TCPConnector(
+                    limit=0, ttl_dns_cache=60, keepalive_timeout=self.settings.engines.idle_connection_s
+                ),
+                raise_for_status=False,
+            )
+            for _ in range(2)
         )
         self._spawn(self._timer())
+        self._spawn(memory.trim_when_idle(lambda: len(self.jobs), lambda: self.finished_count))
         if self.settings.engines.api_key_file is not None:
             key_file = SecretFile(self.settings.engines.api_key_file)
             self._use_engine_key(key_file)
@@ -101,10 +114,10 @@ class Dispatcher:
 
     def _use_engine_key(self, key_file: SecretFile) -> None:
         """Send the engines' API key (its file's first line) with every engine call."""
-        assert self.session is not None
         lines = key_file.lines()
-        if lines:
-            self.session.headers["Authorization"] = f"Bearer {lines[0]}"
+        for session in (self.session, self.poll_session):
+            if lines and session is not None:
+                session.headers["Authorization"] = f"Bearer {lines[0]}"
 
     async def _follow_engine_key(self, key_file: SecretFile) -> None:
         while True:
@@ -116,8 +129,9 @@ class Dispatcher:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self.session is not None:
-            await self.session.close()
+        for session in (self.session, self.poll_session):
+            if session is not None:
+                await session.close()
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
@@ -351,6 +365,7 @@ class Dispatcher:
         was = job.state
         self._set_state(job, JobState.DONE)
         self.jobs.pop(job.rid, None)
+        self.finished_count += 1
         job.pool.outstanding -= 1
         job.on_engine_lost = None
         if not job.decision.done():

@@ -129,12 +129,12 @@ class EngineWatcher:
     async def _resolve(self, engine: Engine) -> bool:
         """One try at the engine's shape (its record, else `/server_info`, else the defaults)."""
         d, rec, es = self._d, engine.record, self._d.settings.engines
-        assert d.session is not None
+        assert d.poll_session is not None
         info = None
         needs_info = rec.dp_size is None or (rec.role is Role.PREFILL and rec.bootstrap_port is None)
         try:
             async with asyncio.timeout(es.poll_timeout_s):
-                info = await upstream.fetch_server_info(d.session, rec.url, rec.key)
+                info = await upstream.fetch_server_info(d.poll_session, rec.url, rec.key)
         except (upstream.UpstreamError, TimeoutError) as exc:
             if needs_info:
                 log.info("engine %s: waiting for /server_info: %s", rec.key, exc)
@@ -155,14 +155,14 @@ class EngineWatcher:
     async def _poll(self, engine: Engine, use_metrics: bool) -> bool:
         """One load poll (`/v1/loads`, or `/metrics` once it proved missing); returns `use_metrics`."""
         d, rec, es = self._d, engine.record, self._d.settings.engines
-        assert d.session is not None
+        assert d.poll_session is not None
         sent, wall = d.now(), wall_clock()
         try:
             async with asyncio.timeout(es.poll_timeout_s):
                 if use_metrics:
-                    reply = await upstream.fetch_metrics_loads(d.session, rec.url, rec.key)
+                    reply = await upstream.fetch_metrics_loads(d.poll_session, rec.url, rec.key)
                 else:
-                    reply = await upstream.fetch_loads(d.session, rec.url, rec.key)
+                    reply = await upstream.fetch_loads(d.poll_session, rec.url, rec.key)
         except upstream.LoadsUnavailable:
             if not es.metrics_fallback:
                 self._poll_ok(engine)

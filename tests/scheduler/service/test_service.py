@@ -10,6 +10,7 @@ import json
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -523,6 +524,35 @@ async def test_a_client_that_hangs_up_on_done_has_a_completed_request(cluster: C
     finally:
         await svc.close()
         await proxy.close()
+
+
+def _connections_to(port: int) -> int:
+    """ESTABLISHED TCP connections to 127.0.0.1:`port` from this network namespace (client ends)."""
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        remote, state = fields[2], fields[3]
+        if state == "01" and remote == f"0100007F:{port:04X}":
+            count += 1
+    return count
+
+
+async def test_the_engine_pool_shrinks_back_after_a_load_peak_while_polls_go_on(cluster: Cluster) -> None:
+    """The soak left ~30 idle connections per engine open for good: the load polls went through the
+    requests' pool, and aiohttp reuses its oldest idle connection first, so polls far more frequent
+    than the keep-alive timeout kept every connection of the peak alive. Polls have their own pool."""
+    svc = await start_service(cluster, engines={"loads_period_s": 0.01, "idle_connection_s": 1.0})
+    decode_port = int(cluster.decode[0].url.rsplit(":", 1)[1])
+    try:
+        results = await asyncio.gather(*(svc.post("/generate", GEN) for _ in range(24)))
+        assert all(status == 200 for status, _, _ in results)
+        peak = _connections_to(decode_port)
+        await asyncio.sleep(3.5)  # > 2 keep-alive periods, while the polls go on every 10 ms
+        after = _connections_to(decode_port)
+        assert peak >= 8, f"the burst opened only {peak} decode connections: the test proves nothing"
+        assert after <= 2, f"{after} of the peak's {peak} decode connections still open"
+    finally:
+        await svc.close()
 
 
 async def test_a_non_stream_client_that_gives_up_cancels_upstream(service: Service, cluster: Cluster) -> None:
