@@ -1,17 +1,22 @@
 """`python -m sbs.bench.chaos.soak` (`make soak`): a long trace replay at 0.7 of capacity, no faults.
 
-Every `--every` seconds it prints the scheduler's and the operator's RSS and open file descriptors
-(from /proc of their pod processes), their live asyncio tasks and threads (the pod shim's stats file)
-the scheduler's requests in flight (`outstanding`), and the errors so far (the replay's outcomes are
-known only at the end, so the line carries the scheduler's own `sbs_requests_errored_total`). At the
-end: the curve figures and whether the targets held:
+The replay runs in two parts: the warm-up (`--warmup` wall seconds of the trace), a drain and an idle
+pause, then the rest of the trace, a drain and an idle pause. Every `--every` seconds it prints the
+scheduler's and the operator's RSS and open file descriptors (from /proc of their pod processes),
+their live asyncio tasks and threads (the pod shim's stats file), the scheduler's requests in flight
+(`outstanding`), and the errors so far (the replay's outcomes are known only at the end, so the line
+carries the scheduler's own `sbs_requests_errored_total`). At the end: the curve figures and whether
+the targets held:
 
-- RSS grows < 10 % from the end of the warm-up to the end of the run;
+- RSS grows < 10 % after warm-up: idle after the warm-up against idle at the end, both after the
+  drain and `SETTLE_S`, so the comparison is at equal load (none) and a leak shows as retained
+  memory; under load RSS follows the requests in flight (tens of KiB each), and those figures are
+  printed beside it;
 - fds and asyncio tasks stay flat: under load each request in flight holds a client connection, two
   engine sockets and its relay tasks, so the curves follow the trace's own ups and downs; flat means
   per request in flight (the mean of the last third after warm-up within 10 % of the first third),
-  and, the leak check proper, back at the idle level (± a few) once the replay drained and idle
-  connections timed out;
+  and, the leak check proper, back at the idle level after the warm-up (± a few) once the replay
+  drained and idle connections timed out;
 - zero errors.
 
 `--judge out/soak.json` judges a saved run again without running it.
@@ -31,11 +36,13 @@ from typing import Any
 
 import click
 from sbs.bench.chaos.cluster import OPERATOR_LABELS, OPERATOR_NS, Stack
-from sbs.bench.chaos.load import Tally, replay_in_child
+from sbs.bench.chaos.load import Outcome, Tally, replay_in_child
 from sbs.bench.chaos.runner import DRAIN_S, Timing, counter_sum, workload
 from sbs.e2e import agent, binaries
 from sbs.e2e.control_plane import ClusterSettings, ControlPlane
+from sbs.scheduler.core.types import Request
 from sbs.sim.loaders import load_trace
+from sbs.sim.trace import Trace, build_trace
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_TRACE = REPO.parent / "shared" / "traces" / "azure_llm_2023_conv" / "AzureLLMInferenceTrace_conv.csv"
@@ -44,7 +51,8 @@ IDLE_SLACK = 8
 TREND = 0.10
 """Tolerated growth of fds (or tasks) per request in flight, first third -> last third."""
 SETTLE_S = 90.0
-"""After the drain, how long to wait before the idle sample: pooled keep-alive sockets expire."""
+"""After a drain, how long to wait before the idle sample: pooled keep-alive sockets expire (15 s)
+and the scheduler returns its freed heap (30 s)."""
 
 
 def _proc(pid: int) -> tuple[float, int]:
@@ -106,33 +114,39 @@ def _per_request(pts: list[tuple[float, float]], floor: float) -> float:
     return sum(ratios) / len(ratios) if ratios else float("nan")
 
 
-def verdict(rows: list[dict[str, Any]], warmup_s: float, errors: int) -> tuple[bool, list[str]]:
-    """The targets over the samples: the first is idle (before the load), the last idle again (after
-    the drain and `SETTLE_S`); those between, after warm-up, are under load."""
-    t0 = rows[0]["t"]
-    loaded = [r for r in rows[1:-1] if r["t"] - t0 >= warmup_s]
+def verdict(rows: list[dict[str, Any]], errors: int) -> tuple[bool, list[str]]:
+    """The targets over the samples: `idle` marks the idle ones (`before` the load, `warm` after the
+    warm-up's drain, `end` after the last drain); `phase` "load" those under load after the warm-up."""
+    idle = {r["idle"]: r for r in rows if r.get("idle")}
+    if not {"before", "warm", "end"} <= set(idle):
+        return False, [f"idle samples {sorted(idle)}: need before, warm and end (an older soak's file?)"]
+    loaded = [r for r in rows if r.get("phase") == "load"]
     lines, ok = [], errors == 0
     for name in ("scheduler", "operator"):
-        idle0, idle1 = rows[0].get(name), rows[-1].get(name)
+        idle0, warm, end = (idle[k].get(name) for k in ("before", "warm", "end"))
         pts = [r for r in loaded if name in r]
-        if not (pts and idle0 and idle1):
+        if not (pts and idle0 and warm and end):
             lines.append(f"{name}: no samples")
             ok = False
             continue
         rss = [r[name]["rss_mib"] for r in pts]
-        growth = (rss[-1] - rss[0]) / rss[0] if rss[0] else float("inf")
+        growth = (end["rss_mib"] - warm["rss_mib"]) / warm["rss_mib"] if warm["rss_mib"] else float("inf")
         line = (
-            f"{name}: RSS {rss[0]:.1f} -> {rss[-1]:.1f} MiB after warm-up ({growth:+.1%}, max "
-            f"{max(rss):.1f}; idle {idle0['rss_mib']:.1f} before, {idle1['rss_mib']:.1f} after)"
+            f"{name}: RSS idle {idle0['rss_mib']:.1f} before -> {warm['rss_mib']:.1f} after the warm-up -> "
+            f"{end['rss_mib']:.1f} MiB at the end ({growth:+.1%}); under load {rss[0]:.1f} -> {rss[-1]:.1f}, "
+            f"max {max(rss):.1f}"
         )
         ok = ok and growth < 0.10
         for key in ("fds", "tasks"):
             seq = [r[name][key] for r in pts if r[name].get(key) is not None and r[name][key] >= 0]
-            base, end = idle0.get(key), idle1.get(key)
-            if not seq or base is None or end is None:
+            base, end_n = warm.get(key), end.get(key)
+            if not seq or base is None or end_n is None:
                 continue
-            back = abs(end - base) <= IDLE_SLACK
-            line += f"; {key} idle {base} -> {end} after the drain, {min(seq)}-{max(seq)} under load"
+            back = abs(end_n - base) <= IDLE_SLACK
+            line += (
+                f"; {key} idle {idle0.get(key)} before, {base} after the warm-up, {end_n} at the end, "
+                f"{min(seq)}-{max(seq)} under load"
+            )
             if name == "scheduler":  # the scheduler's fds and tasks follow its requests in flight
                 third = max(1, len(pts) // 3)
                 per = [
@@ -150,11 +164,23 @@ def verdict(rows: list[dict[str, Any]], warmup_s: float, errors: int) -> tuple[b
     return ok, lines
 
 
+def split(trace: Trace, at_s: float) -> tuple[Trace, Trace]:
+    """The requests arriving before `at_s` and the rest, each rebased to start at 0."""
+
+    def part(name: str, rs: list[Request]) -> Trace:
+        columns = ([r.arrival_s for r in rs], [r.prompt_tokens for r in rs], [r.output_tokens for r in rs])
+        return build_trace(f"{trace.name} [{name}]", *columns)
+
+    early = [r for r in trace.requests if r.arrival_s < at_s]
+    return part("warm-up", early), part("rest", list(trace.requests[len(early) :]))
+
+
 @click.command()
 @click.option("--minutes", type=float, default=30.0, show_default=True)
 @click.option("--load", type=float, default=0.7, show_default=True)
 @click.option("--time-factor", type=float, default=4.0, show_default=True)
-@click.option("--warmup", type=float, default=300.0, show_default=True, help="Seconds before the baseline.")
+@click.option("--warmup", type=float, default=300.0, show_default=True,
+              help="Wall seconds of trace before the drain and the idle baseline.")  # fmt: skip
 @click.option("--every", type=float, default=60.0, show_default=True, help="Seconds between samples.")
 @click.option("--trace", "trace_path", default=str(DEFAULT_TRACE), show_default=True)
 @click.option("--json", "json_out", default="out/soak.json", show_default=True)
@@ -166,55 +192,64 @@ def main(minutes: float, load: float, time_factor: float, warmup: float, every: 
     """Soak the scheduler and the operator under a steady trace replay and print their curves."""
     if judge:
         saved = json.loads(Path(judge).read_text())
-        sys.exit(_report(saved["rows"], saved["tally"], saved.get("warmup_s", warmup)))
+        sys.exit(_report(saved["rows"], saved["tally"]))
     Path(log_dir).mkdir(parents=True, exist_ok=True)
     logging.basicConfig(filename=Path(log_dir) / "soak.log", level=logging.INFO)
     timing = Timing(warmup_s=0.0, fault_s=0.0, after_s=minutes * 60)
     settings = ClusterSettings(node_count=16, crd_paths=(REPO / "crds",))
     rows: list[dict[str, Any]] = []
+
+    def idle_sample(tag: str) -> None:
+        rows.append({**sample(stack), "idle": tag})
+        click.echo(f"{_line(rows[-1], rows[0]['t'])} (idle: {tag})")
+
     with ControlPlane(binaries.find_binaries(), settings, name="soak") as plane:
         stack = Stack(plane, f"soak-{secrets.token_hex(2)}", Path(log_dir), time_factor=time_factor)
         try:
             stack.start()
             trace = workload(load_trace(trace_path), stack, load, timing)
+            warm, rest = split(trace, warmup / time_factor)
             click.echo(f"soak: {len(trace)} requests over {minutes:g} min (load {load:g}, time factor "
-                       f"{time_factor:g})")  # fmt: skip
+                       f"{time_factor:g}): {len(warm)} in the warm-up, then an idle pause")  # fmt: skip
             stop = threading.Event()
-            rows.append(sample(stack))  # idle, before the load
-            click.echo(_line(rows[-1], rows[0]["t"]) + " (idle)")
+            idle_sample("before")  # before the load
+            phase = ["warm-up"]
 
             def sampler() -> None:
                 while not stop.wait(every):
                     try:
-                        rows.append(sample(stack))
+                        rows.append({**sample(stack), "phase": phase[0]})
                         click.echo(_line(rows[-1], rows[0]["t"]))
                     except Exception as exc:  # a sample lost is a gap in the curve, not the end
                         click.echo(f"soak: sample failed: {exc}", err=True)
 
             thread = threading.Thread(target=sampler, daemon=True)
             thread.start()
-            outcomes = replay_in_child(
-                trace, time_factor, kubeconfig=str(plane.kubeconfig), namespace=stack.namespace,
-                selector=stack.scheduler_selector, port=stack.shape.scheduler_port, drain_s=DRAIN_S,
-            )  # fmt: skip
+            outcomes: list[Outcome] = []
+            for part, name, after in ((warm, "warm-up", "warm"), (rest, "load", "end")):
+                phase[0] = name
+                outcomes += replay_in_child(
+                    part, time_factor, kubeconfig=str(plane.kubeconfig), namespace=stack.namespace,
+                    selector=stack.scheduler_selector, port=stack.shape.scheduler_port, drain_s=DRAIN_S,
+                )  # fmt: skip
+                phase[0] = "settle"
+                time.sleep(SETTLE_S)
+                idle_sample(after)
             stop.set()
             thread.join()
-            time.sleep(SETTLE_S)
-            rows.append(sample(stack))  # idle again
-            click.echo(_line(rows[-1], rows[0]["t"]) + " (idle, after the drain)")
         finally:
             stack.stop()
     tally = Tally.of(outcomes)
     Path(json_out).parent.mkdir(parents=True, exist_ok=True)
     Path(json_out).write_text(json.dumps({"rows": rows, "tally": tally.__dict__, "warmup_s": warmup},
                                          indent=1) + "\n")  # fmt: skip
-    sys.exit(_report(rows, tally.__dict__, warmup))
+    sys.exit(_report(rows, tally.__dict__))
 
 
-def _report(rows: list[dict[str, Any]], tally: dict[str, int], warmup_s: float) -> int:
+def _report(rows: list[dict[str, Any]], tally: dict[str, int]) -> int:
     """Print the tally and the verdict; the exit status."""
     errors = tally["accepted"] - tally["completed"] + tally["rejected"]
-    ok, lines = verdict(rows, warmup_s, errors)
+    ok, lines = verdict(rows, errors)
     t = tally
     click.echo(
         f"soak: {t['accepted']} accepted, {t['completed']} completed, {t['rejected']} rejected, "
