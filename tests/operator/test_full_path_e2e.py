@@ -1,7 +1,8 @@
 """The whole path on the kwok cluster: SBSDeployment → operator → engine pods run by the node agent as
-SGLang-compatible emulators with the operator's own command lines → the scheduler (the operator's
-ConfigMap, run as a local process) discovering the leaders through the API → a trace slice sent
-through it, every request completed."""
+SGLang-compatible emulators with the operator's own command lines → the scheduler as the pod of the
+operator's own Deployment (the node agent runs its container command and args, mounts its ConfigMap
+and a projected ServiceAccount token: in-cluster configuration and the operator's RBAC) discovering
+the leaders through the API → a trace slice sent through it, every request completed."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
+from sbs.bench.chaos.cluster import ready_urls
 from sbs.e2e import agent
-from sbs.e2e.control_plane import ControlPlane, free_port
+from sbs.e2e.control_plane import ControlPlane
 from sbs.kube import labels
 from sbs.kube.blocking import Kube
 from sbs.sim.loaders import azure
@@ -22,11 +24,9 @@ from tests.operator.live import (
     DEPS,
     TIME_FACTOR,
     Operator,
-    engine_command,
     engine_pods,
     sample,
     send,
-    start_scheduler,
     wait_phase,
 )
 
@@ -40,7 +40,13 @@ def test_trace_slice_through_operator_deployed_scheduler_and_emulated_engines(
     tmp_path: Path,
 ) -> None:
     operator()
-    node_agent(selector=f"{labels.COMPONENT}={labels.ENGINE}", command=engine_command, port_name="http")
+    pods_log = tmp_path / "agent"
+    node_agent(
+        selector=f"{labels.COMPONENT} in ({labels.ENGINE},{labels.SCHEDULER})",
+        command=None,  # each pod's own container: the engines' SGLang command lines, the scheduler's
+        program=agent.sglang_as_emulator(TIME_FACTOR),
+        port_name="http",
+    )
     obj = sample()
     obj["spec"]["prefill"].update(groups=2, nodesPerGroup=2, chunkedPrefillSize=32768)
     obj["spec"]["decode"].update(groups=1, nodesPerGroup=2)
@@ -48,10 +54,18 @@ def test_trace_slice_through_operator_deployed_scheduler_and_emulated_engines(
     wait_phase(control_plane, kube, namespace, "deepseek-v3", "Ready")
     assert len(engine_pods(kube, namespace, "deepseek-v3")) == 6
 
-    # the scheduler exactly as the operator configured it, run locally against this cluster
-    port = free_port()
-    sched = start_scheduler(control_plane, kube, namespace, "deepseek-v3", port, tmp_path)
-    url = f"http://127.0.0.1:{port}"
+    # the scheduler as the operator deployed it: its pod, run by the node agent
+    selector = labels.selector_string(labels.scheduler_selector("deepseek-v3"))
+    pods_path = f"/api/v1/namespaces/{namespace}/pods"
+    sched_pod = control_plane.wait(
+        lambda: next(iter(kube.get(pods_path, labelSelector=selector)["items"]), None),
+        "the scheduler pod",
+        60,
+    )
+    ports = sched_pod["spec"]["containers"][0]["ports"]
+    port = next(p["containerPort"] for p in ports if p["name"] == "http")
+    url = control_plane.wait(lambda: ready_urls(kube, namespace, selector, port), "a Ready scheduler", 60)[0]
+    sched_log = pods_log / f"{namespace}_{sched_pod['metadata']['name']}.log"
     try:
 
         async def ready() -> dict:
@@ -64,12 +78,11 @@ def test_trace_slice_through_operator_deployed_scheduler_and_emulated_engines(
                     except aiohttp.ClientError:
                         pass
                     await asyncio.sleep(0.1)
-            raise AssertionError(
-                f"scheduler never ready:\n{(tmp_path / 'scheduler.log').read_text()[-3000:]}"
-            )
+            raise AssertionError(f"scheduler never ready:\n{sched_log.read_text()[-3000:]}")
 
         status = asyncio.run(ready())
         assert len(status["pools"]) == 1  # one serving revision: prefill and decode paired
+        assert "(in-cluster)" in sched_log.read_text(), sched_log.read_text()[-3000:]
 
         trace = azure.load(AZURE)
         reqs = [r for r in trace.requests if r.prompt_tokens <= 4096][:60]
@@ -87,9 +100,7 @@ def test_trace_slice_through_operator_deployed_scheduler_and_emulated_engines(
         took = time.monotonic() - start
         bad = [(s, t[-300:]) for s, t in results if s != 200 or "data: [DONE]" not in t]
         assert not bad, bad[:3]
-        print(
-            f"\n{len(reqs)} trace requests through operator-deployed SBS + emulated engines in {took:.1f} s"
-        )
+        print(f"\n{len(reqs)} trace requests through the scheduler pod + emulated engines in {took:.1f} s")
 
         async def counters() -> dict[str, float]:
             async with aiohttp.ClientSession() as s, s.get(f"{url}/metrics") as r:
@@ -104,5 +115,4 @@ def test_trace_slice_through_operator_deployed_scheduler_and_emulated_engines(
         c = asyncio.run(counters())
         assert c["sbs_requests_accepted_total"] == c["sbs_requests_completed_total"] == len(reqs), c
     finally:
-        sched.terminate()
-        sched.wait(10)
+        print(f"scheduler pod log: {sched_log}")
