@@ -1,11 +1,12 @@
 """Autoscaling decisions as pure functions: scheduler metrics in, group counts for both roles out.
 
 Signals come from the deployment's SBS scheduler (`/metrics`), as deltas between two scrapes:
-TTFT p90 and scheduler queue-wait p90 (histograms), and the accepted request rate.
-- Prefill scales up when either p90 exceeds its target (by the ratio, at most `maxStepGroups` per
-  step) and down by one group when both stay below `scaleDownBelowFraction` of their targets (or
-  there is no traffic).
-- Decode follows the P:D ratio band.
+TTFT p90, scheduler queue-wait p90 and TPOT p90 (histograms), and the accepted request rate.
+- Prefill scales up when either TTFT or queue-wait p90 exceeds its target (by the ratio, at most
+  `maxStepGroups` per step) and down by one group when both stay below `scaleDownBelowFraction` of
+  their targets (or there is no traffic).
+- Decode scales the same way on TPOT p90 against `slo.tpotP90Seconds` (down by one when it is low
+  or there is no traffic), always within the P:D ratio band of the prefill groups.
 - HPA-style stabilisation: a scale-up waits until the pressure has lasted
   `scaleUpStabilizationSeconds`; a scale-down uses the highest recommendation of the last
   `scaleDownStabilizationSeconds` and waits `cooldownSeconds` after the previous change.
@@ -66,13 +67,14 @@ class Scrape:
     accepted: float
     prompt_tokens: Histogram = Histogram(())
     output_tokens: Histogram = Histogram(())
+    tpot: Histogram = Histogram(())
 
 
 def parse_metrics(text: str, at: float) -> Scrape:
     """The autoscaling signals in a Prometheus text exposition."""
     hist: dict[str, dict[float, float]] = {
         k: {} for k in ("sbs_ttft_seconds", "sbs_queue_wait_seconds", "sbs_request_prompt_tokens",
-                        "sbs_request_output_tokens")
+                        "sbs_request_output_tokens", "sbs_tpot_seconds")
     }  # fmt: skip
     accepted = 0.0
     for line in text.splitlines():
@@ -94,6 +96,7 @@ def parse_metrics(text: str, at: float) -> Scrape:
     return Scrape(
         at, histogram("sbs_ttft_seconds"), histogram("sbs_queue_wait_seconds"), accepted,
         histogram("sbs_request_prompt_tokens"), histogram("sbs_request_output_tokens"),
+        histogram("sbs_tpot_seconds"),
     )  # fmt: skip
 
 
@@ -105,14 +108,19 @@ class Observation:
     queue_wait_p90_s: float | None
     request_rate: float
     samples: int
+    tpot_p90_s: float | None = None
+    """None when no streamed request with token counts completed in the window."""
 
     @classmethod
     def between(cls, older: Scrape | None, newer: Scrape) -> Observation:
         waits = newer.queue_wait.minus(older.queue_wait if older else None)
         ttft = newer.ttft.minus(older.ttft if older else None)
+        tpot = newer.tpot.minus(older.tpot if older else None)
         span = newer.at - older.at if older else 0.0
         rate = (newer.accepted - older.accepted) / span if older and span > 0 else 0.0
-        return cls(ttft.quantile(0.9), waits.quantile(0.9), max(rate, 0.0), int(waits.count))
+        return cls(
+            ttft.quantile(0.9), waits.quantile(0.9), max(rate, 0.0), int(waits.count), tpot.quantile(0.9)
+        )
 
 
 @dataclass
@@ -145,28 +153,43 @@ def decode_for(prefill: int, decode: int, spec: policy_api.AutoscalingPolicySpec
     return _clamp(min(max(decode, lo), max(hi, lo)), spec.decode)
 
 
+def _up(groups: int, pressure: float, step: int) -> int:
+    """`groups` scaled by `pressure` (> 1): at least one more, at most `step` more."""
+    return min(groups + step, max(groups + 1, math.ceil(groups * pressure)))
+
+
 def recommend(prefill: int, decode: int, obs: Observation, spec: policy_api.AutoscalingPolicySpec) -> Outcome:
     """What the signals alone ask for (before stabilisation, cool-down and budget)."""
     ttft_ratio = (obs.ttft_p90_s or 0.0) / spec.slo.ttft_p90_seconds
     wait_ratio = (obs.queue_wait_p90_s or 0.0) / spec.signals.queue_wait_p90_seconds
     pressure = max(ttft_ratio, wait_ratio)
-    step = spec.behaviour.max_step_groups
+    step, low = spec.behaviour.max_step_groups, spec.signals.scale_down_below_fraction
     if obs.samples == 0:
         p, why = prefill - 1, "no traffic"
     elif pressure > 1.0:
-        p = min(prefill + step, max(prefill + 1, math.ceil(prefill * pressure)))
+        p = _up(prefill, pressure, step)
         what = "TTFT p90" if ttft_ratio >= wait_ratio else "queue wait p90"
         value = obs.ttft_p90_s if ttft_ratio >= wait_ratio else obs.queue_wait_p90_s
         target = (
             spec.slo.ttft_p90_seconds if ttft_ratio >= wait_ratio else spec.signals.queue_wait_p90_seconds
         )
         why = f"{what} {value:.3g} s > {target:.3g} s"
-    elif pressure < spec.signals.scale_down_below_fraction:
+    elif pressure < low:
         p, why = prefill - 1, f"low load (p90 at {pressure:.0%} of target)"
     else:
         p, why = prefill, "within targets"
     p = _clamp(p, spec.prefill)
-    return Outcome(p, decode_for(p, decode, spec), why)
+    d = decode
+    if obs.samples == 0:
+        d = decode - 1
+    elif obs.tpot_p90_s is not None:
+        tpot_ratio = obs.tpot_p90_s / spec.slo.tpot_p90_seconds
+        if tpot_ratio > 1.0:
+            d = _up(decode, tpot_ratio, step)
+            why += f"; decode: TPOT p90 {obs.tpot_p90_s:.3g} s > {spec.slo.tpot_p90_seconds:.3g} s"
+        elif tpot_ratio < low:
+            d = decode - 1
+    return Outcome(p, decode_for(p, d, spec), why)
 
 
 def fit_budget(

@@ -54,7 +54,7 @@ class RatioBand(ApiModel):
 class SloTargets(ApiModel):
     ttft_p90_seconds: float = Field(default=2.0, gt=0, le=600, description="TTFT p90 the prefill side keeps.")
     tpot_p90_seconds: float = Field(
-        default=0.1, gt=0, le=10, description="TPOT p90 target (reported; see docs)."
+        default=0.1, gt=0, le=10, description="TPOT p90 the decode side keeps (streamed requests)."
     )
 
 

@@ -40,6 +40,7 @@ REJECT_REASONS = (
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1, 2, 4, 6, 8, 10, 20, 40, 60, 120, 300)
 WAIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+DECODE_BUCKETS = (0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2, 5)
 TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
 
 
@@ -116,6 +117,18 @@ class Metrics:
             "sbs_ttft_seconds",
             "Arrival to the first streamed byte (streaming requests).",
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tpot = Histogram(
+            "sbs_tpot_seconds",
+            "Time per output token of completed streaming requests, after the first (as relayed).",
+            buckets=DECODE_BUCKETS,
+            registry=r,
+        )
+        self.itl = Histogram(
+            "sbs_itl_seconds",
+            "Inter-token latency per relayed chunk: its gap divided by the tokens it carried.",
+            buckets=DECODE_BUCKETS,
             registry=r,
         )
         self.queue_wait = Histogram(

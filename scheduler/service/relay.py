@@ -28,6 +28,7 @@ from sbs.scheduler.service import protocol, upstream
 from sbs.scheduler.service.dispatcher import Dispatcher
 from sbs.scheduler.service.engine_registry import Engine
 from sbs.scheduler.service.jobs import Job
+from sbs.scheduler.service.output_timing import OutputTiming
 
 log = logging.getLogger(__name__)
 
@@ -245,6 +246,8 @@ class Relay:
             raise ClientGone() from exc
         self.stream = out
         dispatcher.metrics.ttft.observe(dispatcher.now() - job.arrival_s)
+        timing = OutputTiming()
+        timing.chunk(first, dispatcher.now())
         await self._write(first)
         broke: str | None = None
         relayed: dict[str, Any] | None = None
@@ -261,6 +264,9 @@ class Relay:
                     break
                 if relayed is None and b'"error"' in chunk:
                     relayed = upstream.stream_error(self._tail + chunk)
+                timing.chunk(chunk, dispatcher.now())
+                for gap in timing.take_itl():
+                    dispatcher.metrics.itl.observe(gap)
                 await self._write(chunk)
                 self.delivered = relayed is None and self._tail.rstrip().endswith(b"data: [DONE]")
         except (aiohttp.ClientError, OSError) as exc:
@@ -275,6 +281,9 @@ class Relay:
             self.error_reason = "engine_failed_after_prefill" if status >= 500 else "upstream_rejected"
         elif broke is None and b"[DONE]" not in self._tail:
             broke = "decode stream ended without [DONE]"
+        tpot = timing.tpot_s()
+        if relayed is None and broke is None and tpot is not None:
+            dispatcher.metrics.tpot.observe(tpot)
         if broke is not None:
             assert job.decode_engine is not None
             dispatcher.watcher.engine_failed(job.decode_engine)

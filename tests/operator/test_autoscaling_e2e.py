@@ -181,3 +181,76 @@ def _ready(url: str) -> bool:
             return False
 
     return asyncio.run(probe())
+
+
+async def _generate_burst(url: str, n: int, output_tokens: int) -> list[int]:
+    async def one(i: int) -> int:
+        await asyncio.sleep(i * 0.05)
+        body = {"text": "z" * 2000, "sampling_params": {"max_new_tokens": output_tokens, "ignore_eos": True},
+                "stream": True}  # fmt: skip
+        async with aiohttp.ClientSession() as s, s.post(f"{url}/generate", json=body) as r:
+            await r.read()
+            return r.status
+
+    return await asyncio.gather(*(one(i) for i in range(n)))
+
+
+def test_policy_scales_decode_up_on_tpot(
+    control_plane: ControlPlane,
+    kube: Kube,
+    namespace: str,
+    operator: Callable[..., Operator],
+    node_agent: Callable[..., agent.NodeAgent],
+    tmp_path: Path,
+) -> None:
+    """The scheduler measures TPOT on the streams it relays (`sbs_tpot_seconds`); a policy whose TPOT
+    target the decode side misses adds a decode group, while TTFT and queue wait (far within their
+    targets) leave prefill alone."""
+    operator()
+    node_agent(selector=f"{labels.COMPONENT}={labels.ENGINE}", command=engine_command, port_name="http")
+    port = free_port()
+    obj = small("External", "External")
+    obj["metadata"]["labels"] = {"sbs.dev/autoscale": namespace}
+    obj["metadata"]["annotations"] = {"sbs.dev/scheduler-metrics-url": f"http://127.0.0.1:{port}/metrics"}
+    kube.create(DEPS.format(ns=namespace), obj)
+    wait_phase(control_plane, kube, namespace, "deepseek-v3", "Ready")
+    sched = start_scheduler(control_plane, kube, namespace, "deepseek-v3", port, tmp_path)
+    policy_name = f"tpot-{namespace}"[:63]
+    policy = {
+        "apiVersion": "sbs.dev/v1alpha1",
+        "kind": "SBSAutoscalingPolicy",
+        "metadata": {"name": policy_name},
+        "spec": {
+            "selector": {"matchLabels": {"sbs.dev/autoscale": namespace}},
+            "prefill": {"minGroups": 1, "maxGroups": 2},
+            "decode": {"minGroups": 1, "maxGroups": 2},
+            "gpuBudget": 48,
+            "ratio": {"minPrefillPerDecode": 0.5, "maxPrefillPerDecode": 4},  # 1 prefill takes 2 decode
+            # wall seconds: a TPOT of 1 ms no emulated decode step meets; TTFT and queue wait never bind
+            "slo": {"ttftP90Seconds": 600, "tpotP90Seconds": 0.001},
+            "signals": {"queueWaitP90Seconds": 600},
+            "behaviour": {"syncPeriodSeconds": 2, "scaleUpStabilizationSeconds": 0,
+                          "scaleDownStabilizationSeconds": 60, "cooldownSeconds": 60, "maxStepGroups": 1},
+        },
+    }  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        control_plane.wait(lambda: _ready(url), "scheduler ready", 30)
+        kube.create(POLICIES, policy)
+        statuses = asyncio.run(_generate_burst(url, 60, 64))
+        assert set(statuses) == {200}
+        control_plane.wait(
+            lambda: role_status(kube, namespace, "decode").get("desired") == 2, "TPOT: decode up to 2", 60
+        )
+        decisions = kube.get(f"{POLICIES}/{policy_name}")["status"]["decisions"]
+        print("\nautoscaling decisions:")
+        for d in decisions:
+            print(f"  {d['time']} prefill {d['prefillFrom']}->{d['prefillTo']} "
+                  f"decode {d['decodeFrom']}->{d['decodeTo']}: {d['reason']}")  # fmt: skip
+        up = next(d for d in decisions if d["decodeTo"] > d["decodeFrom"])
+        assert "TPOT p90" in up["reason"] and up["prefillTo"] == up["prefillFrom"] == 1, up
+    finally:
+        kube.delete(f"{POLICIES}/{policy_name}", missing_ok=True)
+        sched.terminate()
+        sched.wait(10)
+    kube.delete(DEPS.format(ns=namespace) + "/deepseek-v3")

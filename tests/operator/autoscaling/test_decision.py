@@ -111,3 +111,31 @@ def test_the_gpu_budget_caps_scale_ups_counting_desired_groups() -> None:
 def test_policy_rules_name_the_field() -> None:
     with pytest.raises(ValueError, match="maxGroups"):
         policy(prefill={"minGroups": 4, "maxGroups": 2})
+
+
+def test_tpot_scales_decode_within_the_band_and_prefill_is_left_to_its_own_signals() -> None:
+    spec = policy(slo={"ttftP90Seconds": 1.0, "tpotP90Seconds": 0.05},
+                  ratio={"minPrefillPerDecode": 0.5, "maxPrefillPerDecode": 2.0})  # fmt: skip
+    tpot = lambda v: decision.Observation(0.5, 0.1, 10.0, 100, tpot_p90_s=v)  # noqa: E731
+    out = decision.recommend(2, 1, tpot(0.08), spec)  # TPOT at 1.6 × target
+    assert (out.prefill, out.decode) == (2, 2) and "TPOT p90 0.08 s > 0.05 s" in out.reason
+    assert decision.recommend(2, 2, tpot(0.5), spec).decode == 3  # 10 × target: capped by maxGroups (3)
+    assert decision.recommend(1, 1, tpot(0.5), spec).decode == 2  # the band: 1 prefill takes <= 2 decode
+    assert decision.recommend(2, 2, tpot(0.01), spec).decode == 1  # low: down by one
+    assert decision.recommend(2, 2, tpot(0.03), spec).decode == 2  # between: hold
+    assert decision.recommend(2, 2, tpot(None), spec).decode == 2  # no streamed counts: hold
+    assert decision.recommend(2, 2, obs(None, None, samples=0), spec).decode == 1  # no traffic
+
+
+def test_the_window_tpot_is_the_p90_of_the_new_samples() -> None:
+    def text(fast: int, slow: int) -> str:
+        return "\n".join([
+            f'sbs_tpot_seconds_bucket{{le="0.01"}} {fast}',
+            f'sbs_tpot_seconds_bucket{{le="0.1"}} {fast + slow}',
+            f'sbs_tpot_seconds_bucket{{le="+Inf"}} {fast + slow}',
+            f'sbs_queue_wait_seconds_bucket{{le="+Inf"}} {fast + slow}',
+        ])  # fmt: skip
+
+    first = decision.parse_metrics(text(100, 0), 0.0)
+    later = decision.parse_metrics(text(100, 50), 10.0)  # only slow requests in the window
+    assert decision.Observation.between(first, later).tpot_p90_s == pytest.approx(0.091)

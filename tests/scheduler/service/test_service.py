@@ -75,6 +75,9 @@ async def test_streams_relay_the_decode_side_to_the_end(service: Service) -> Non
     assert json.loads(events[-2])["meta_info"]["completion_tokens"] == 6  # cumulative, as SGLang streams
     assert service.dispatcher.metrics.ttft.collect()[0].samples  # observed
     assert service.metric("sbs_ttft_seconds_count") == 2
+    # decode timing from SGLang's own counts: only /generate carries them (the chat stream has no usage)
+    assert service.metric("sbs_tpot_seconds_count") == 1 and service.metric("sbs_tpot_seconds_sum") > 0
+    assert service.metric("sbs_itl_seconds_count") >= 1
     await service.assert_accounted()
 
 
