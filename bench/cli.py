@@ -1,7 +1,7 @@
 """`sbs-bench`: live benchmarks against emulated SGLang engines.
 
     sbs-bench h2h        --trace FILE [--format azure|mooncake] [--duration S] [--load X]
-                         [--systems sbs,least_load,sglang-router,smg] [--time-factor F] [--json OUT]
+                         [--systems sbs,least_load,sglang-router,smg,...] [--time-factor F] [--json OUT]
     sbs-bench overhead   [--requests N] [--concurrency C] [--systems direct,sbs,...] [--json OUT]
     sbs-bench crosscheck --trace FILE [--duration S] [--load X] [--time-factor F] [--json OUT]
 
@@ -26,7 +26,7 @@ from sbs.bench.emulated_cluster import BenchCluster
 from sbs.bench.procs import BenchError
 from sbs.settings.engine_shape import DEFAULT_CHUNK_PER_RANK
 
-DEFAULT_SYSTEMS = "sbs,least_load,sglang-router,smg"
+DEFAULT_SYSTEMS = "sbs,least_load,sglang-router,smg,sglang-router+delayer,smg+delayer"
 DEFAULT_TIME_FACTOR = 2.0
 """Half speed: at load 0.85 the default cluster serves ~100 requests and ~21k output tokens per
 engine second, which one Python decode emulator, the client and a Python scheduler cannot all stream

@@ -135,6 +135,7 @@ async def run_system(spec: systems.SystemSpec, trace: Trace, opts: RunOptions) -
             time_factor=opts.time_factor,
             stream_interval=opts.stream_interval,
             log_dir=log_dir,
+            prefill_flags=spec.prefill_flags,
         )
         running = await systems.start_system(
             group,

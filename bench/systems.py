@@ -11,7 +11,10 @@ A system is named on the command line as ``NAME[:POLICY]``:
 - ``smg[:POLICY]``: SMG 1.13.0 in PD mode with `--dp-aware` (it pins prefill and decode ranks with
   `routed_dp_rank` / `disagg_prefill_dp_rank`) and the fastest load poll it allows (1 s);
 - ``smg-nodp[:POLICY]``: the same without `--dp-aware` (the engines' balancer picks the ranks);
-- ``direct``: no system; the client plays the router itself (overhead runs only).
+- ``direct``: no system; the client plays the router itself (overhead runs only);
+- any of these with ``+delayer`` after its name (``sglang-router+delayer``, ``smg+delayer:least_load``):
+  the same system in front of prefill engines started with SGLang's `--enable-prefill-delayer`
+  (the DP ranks of an instance wait for each other before they prefill; docs/emulator.md).
 
 Defaults are each router's strongest PD policy on this workload, chosen by the pilot runs recorded
 in docs/bench.md; the exact command line of every run is written to the JSON output.
@@ -56,6 +59,12 @@ class SystemSpec:
     policy: str
     dp_aware: bool = False
     """SMG `--dp-aware`: the router pins DP ranks (else the engines' balancer picks them)."""
+    prefill_flags: tuple[str, ...] = ()
+    """Extra SGLang flags of the prefill engines this system runs in front of."""
+
+
+ENGINE_VARIANTS = {"delayer": ("--enable-prefill-delayer",)}
+"""`NAME+VARIANT` → the prefill engines' extra flags."""
 
 
 def parse_systems(text: str, *, option: str = "--systems", allow_direct: bool = False) -> list[SystemSpec]:
@@ -67,8 +76,13 @@ def parse_systems(text: str, *, option: str = "--systems", allow_direct: bool = 
     )
     for raw in [s.strip() for s in text.split(",") if s.strip()]:
         base, _, policy = raw.partition(":")
+        base, plus, variant = base.partition("+")
+        if plus and variant not in ENGINE_VARIANTS:
+            raise BenchError(f"{option}: {raw!r}: unknown engine variant {variant!r}; valid: "
+                             f"{', '.join('+' + v for v in ENGINE_VARIANTS)}")  # fmt: skip
+        flags = ENGINE_VARIANTS.get(variant, ())
         if base in scheduling.POLICY_NAMES and not policy:
-            out.append(SystemSpec(raw, "sbs-scheduler", base))
+            out.append(SystemSpec(raw, "sbs-scheduler", base, prefill_flags=flags))
         elif base in ROUTER_POLICIES:
             policy = policy or DEFAULT_ROUTER_POLICY[base]
             if policy not in ROUTER_POLICIES[base]:
@@ -76,8 +90,8 @@ def parse_systems(text: str, *, option: str = "--systems", allow_direct: bool = 
                     f"{option}: {base} has no PD policy {policy!r}; valid: {', '.join(ROUTER_POLICIES[base])}"
                 )
             kind = "smg" if base.startswith("smg") else base
-            out.append(SystemSpec(raw, kind, policy, dp_aware=base == "smg"))
-        elif raw == "direct" and allow_direct:
+            out.append(SystemSpec(raw, kind, policy, dp_aware=base == "smg", prefill_flags=flags))
+        elif raw == "direct" and allow_direct and not plus:
             out.append(SystemSpec(raw, "direct", ""))
         else:
             raise BenchError(f"{option}: unknown system {raw!r}; valid: {', '.join(valid)}")
@@ -104,8 +118,10 @@ async def start_engines(
     time_factor: float,
     stream_interval: int,
     log_dir: Path,
+    prefill_flags: Sequence[str] = (),
 ) -> Engines:
-    """One `sbs-engine` process per instance, each answering `/health` before this returns."""
+    """One `sbs-engine` process per instance, each answering `/health` before this returns;
+    `prefill_flags` are added to the prefill engines' command lines."""
     eng = Engines()
     started = []
     for role, count in (("prefill", cluster.prefill_instances), ("decode", cluster.decode_instances)):
@@ -120,6 +136,8 @@ async def start_engines(
                 time_factor=time_factor,
                 stream_interval=stream_interval,
             )
+            if role == "prefill":
+                argv += prefill_flags
             url = f"http://127.0.0.1:{port}"
             started.append((group.start(f"{role}-{i}", argv, log_dir / f"{role}-{i}.log"), url))
             eng.argv.append(argv)

@@ -137,8 +137,13 @@ class PrefillEngine:
                 return min(range(n), key=lambda r: (self.queued_tokens[r], r))
         raise ValueError(f"unknown engine balance method {self.balance!r}")
 
-    def start_step(self, now: float) -> float:
-        """Form one lockstep step from the rank queues; returns its duration (0.0 = nothing to do)."""
+    def prefillable(self) -> list[bool]:
+        """Per rank: a prompt is queued (a new request or the next chunk of a started one)."""
+        return [bool(q) for q in self.queues]
+
+    def start_step(self, now: float, *, allow_new: bool = True) -> float:
+        """Form one lockstep step from the rank queues; returns its duration (0.0 = nothing to do).
+        Without `allow_new` (the prefill delayer said wait) only started prompts continue."""
         chunk = self.spec.chunk_tokens
         tokens = [0] * self.spec.dp_size
         pairs = [0.0] * self.spec.dp_size
@@ -151,6 +156,8 @@ class PrefillEngine:
                 if budget <= 0:
                     break
                 if job.remaining < 0:
+                    if not allow_new:
+                        break
                     self._start_job(job, r)
                 n = min(job.remaining, budget)
                 taken.append((job, n))
@@ -168,6 +175,10 @@ class PrefillEngine:
         self._step_jobs = step_jobs
         self.running = StepRecord(now, duration, tokens, [])
         return duration
+
+    def step_batches(self) -> list[int]:
+        """Per rank: the prompts (or chunks) in the step just started."""
+        return [len(taken) for taken in self._step_jobs]
 
     def _start_job(self, job: PrefillJob, rank: int) -> None:
         cached = 0

@@ -40,8 +40,7 @@ _IGNORED = """
     --enable-dp-lm-head --ep-num-redundant-experts --init-expert-location --enable-eplb
     --ep-dispatch-algorithm --watchdog-timeout --max-queued-requests --kv-cache-dtype --quantization
     --attention-backend --tokenizer-path --tokenizer-mode --skip-tokenizer-init --log-level-http
-    --enable-prefill-delayer --prefill-delayer-max-delay-passes --prefill-delayer-queue-min-ratio
-    --prefill-delayer-max-delay-ms --schedule-policy --schedule-conservativeness
+    --schedule-policy --schedule-conservativeness
     --enable-cache-report --disable-overlap-schedule --chat-template --reasoning-parser
     --tool-call-parser --speculative-algorithm --speculative-num-steps --speculative-eagle-topk
     --speculative-num-draft-tokens --dtype --random-seed --pp-size --enable-mixed-chunk
@@ -68,6 +67,11 @@ def build_settings(opts: dict[str, Any]) -> EngineSettings:
     mode, dmode = opts.pop("mode"), opts.pop("disaggregation_mode")
     if mode and dmode and mode != dmode:
         raise ValueError(f"--mode {mode} and --disaggregation-mode {dmode} disagree")
+    for key, flag in (("delayer_watermark", "--prefill-delayer-token-usage-low-watermark"),
+                      ("delayer_queue_ratio", "--prefill-delayer-queue-min-ratio"),
+                      ("delayer_max_ms", "--prefill-delayer-max-delay-ms")):  # fmt: skip
+        if opts.pop(key, None) is not None:
+            raise ValueError(f"{flag} is not modelled by the emulator (sbs.sim.prefill_delayer)")
     model_name, model_path = opts.pop("model_name"), opts.pop("model_path")
     attn_dp, dp, tp = opts.pop("attn_dp_size"), opts.pop("dp_size"), opts.pop("tp_size")
     opts.pop("enable_dp_attention")
@@ -190,6 +194,17 @@ _CTX = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_n
     default=None,
     help="Require 'Authorization: Bearer <key>' as SGLang does (not /health, /metrics).",
 )
+@click.option(
+    "--enable-prefill-delayer",
+    is_flag=True,
+    default=None,
+    help="SGLang's prefill delayer (DP ranks wait for each other).",
+)
+@click.option("--prefill-delayer-max-delay-passes", type=int, help="Passes a prefill may be held [30].")
+@click.option("--idle-pass-ms", type=float, help="Modelled ms of a pass with no forward [1.0].")
+@click.option("--prefill-delayer-token-usage-low-watermark", "delayer_watermark", type=float, hidden=True)
+@click.option("--prefill-delayer-queue-min-ratio", "delayer_queue_ratio", type=float, hidden=True)
+@click.option("--prefill-delayer-max-delay-ms", "delayer_max_ms", type=float, hidden=True)
 @click.option("--nnodes", type=int, help="Nodes of the engine group [1].")
 @click.option("--node-rank", type=int, help="This node's rank; > 0 serves only /health [0].")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))

@@ -2,9 +2,11 @@
 
 The loop starts a step whenever there is work (a prefill queue first, else the decode batch), sleeps
 the step's modelled duration × `time_factor`, then applies it: prefilled prompts go to the decode
-batch (colocated) or on the wire (PD prefill), decode tokens to their requests. Aborts of jobs inside
-a running step wait for its end (`drop`). Back-to-back steps keep the engine's timeline; when the
-loop's own work outlasts a step, the timeline stretches and the lag is counted.
+batch (colocated) or on the wire (PD prefill), decode tokens to their requests. With SGLang's prefill
+delayer on, each pass first asks it whether new prompts may start (`sbs.sim.prefill_delayer`); a
+held pass runs the decode batch, the started prompts' next chunks, or nothing (`idle_pass_ms`).
+Aborts of jobs inside a running step wait for its end (`drop`). Back-to-back steps keep the engine's
+timeline; when the loop's own work outlasts a step, the timeline stretches and the lag is counted.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from sbs.sim.emulator.request_state import Req
 from sbs.sim.engine import DecodeJob
+from sbs.sim.prefill_delayer import PrefillDelayer, RankPass, RecentPrefillBatches
 
 if TYPE_CHECKING:
     from sbs.sim.emulator.engine_runtime import Runtime
@@ -42,15 +45,26 @@ class EngineLoop:
         self._running: dict[int, Req] = {}
         self._pending_aborts: list[tuple[str, int]] = []
         self._step_end: float | None = None
+        s = runtime.settings
+        self.delayer: PrefillDelayer | None = None
+        if s.enable_prefill_delayer and runtime.prefill is not None:
+            self.delayer = PrefillDelayer(s.prefill_delayer_max_delay_passes,
+                                          max_running_per_rank=s.max_running_per_rank)  # fmt: skip
+        self._batches = [RecentPrefillBatches() for _ in range(s.dp_size)]
 
     async def run(self) -> None:
         rt = self.rt
         try:
             while True:
+                held = False
                 if rt.prefill is not None and rt.prefill.has_work():
-                    await self._prefill_step()
-                elif rt.decode is not None and rt.decode.has_work() and await self._decode_step():
+                    if await self._prefill_step():
+                        continue
+                    held = True  # the delayer holds every queued prompt this pass
+                if rt.decode is not None and rt.decode.has_work() and await self._decode_step():
                     pass
+                elif held:
+                    await self._sleep_step("idle", rt.settings.idle_pass_ms / 1e3)
                 else:
                     rt.book.idle()
                     self._step_end = None
@@ -100,11 +114,36 @@ class EngineLoop:
                 rt.lag_s,
             )
 
-    async def _prefill_step(self) -> None:
+    def _may_start_prompts(self) -> bool:
+        """The prefill delayer's verdict for this pass (True without a delayer)."""
+        rt, eng = self.rt, self.rt.prefill
+        if self.delayer is None or eng is None:
+            return True
+        running = rt.decode.batch.tolist() if rt.decode is not None else [0] * len(eng.queues)
+        reports = [
+            RankPass(can, running=running[r], max_prefill_bs=self._batches[r].largest)
+            for r, can in enumerate(eng.prefillable())
+        ]
+        allow = self.delayer.negotiate(reports).allow
+        if not allow:  # a held attempt counts as what it would have taken (SGLang's estimate)
+            cap = rt.settings.max_running_per_rank
+            for r, q in enumerate(eng.queues):
+                if q:
+                    free = max(cap - running[r], 1) if cap else len(q)
+                    self._batches[r].observe(min(len(q), free))
+        return allow
+
+    async def _prefill_step(self) -> bool:
+        """One prefill step; False when the prefill delayer held every queued prompt (no step)."""
         rt, book = self.rt, self.rt.book
         eng = rt.prefill
         assert eng is not None
-        modelled = eng.start_step(rt.now())
+        modelled = eng.start_step(rt.now(), allow_new=self._may_start_prompts())
+        if modelled <= 0:
+            return False
+        if self.delayer is not None:
+            for r, taken in enumerate(eng.step_batches()):
+                self._batches[r].observe(taken)
         book.busy = True
         book.publish()
         await self._sleep_step("prefill", modelled)
@@ -116,6 +155,7 @@ class EngineLoop:
             req = rt.by_num.get(job.rid)
             if req is not None and not req.finished:
                 self._prefill_done(req, job.cached)
+        return True
 
     def _prefill_done(self, req: Req, cached: int) -> None:
         rt = self.rt

@@ -92,6 +92,18 @@ class EngineSettings(BaseModel):
     """SGLang `--decode-log-interval`: the `/metrics` scheduler gauges of a busy decode are refreshed
     every this many decode steps (on prefill steps and idle passes at once)."""
 
+    enable_prefill_delayer: bool = False
+    """SGLang `--enable-prefill-delayer`: the DP ranks negotiate each pass and hold new prefills until
+    all ranks have one, or `prefill_delayer_max_delay_passes` passes (`sbs.sim.prefill_delayer`).
+    Ignored on a decode engine, as SGLang does."""
+    prefill_delayer_max_delay_passes: int = Field(30, ge=1)
+    """SGLang `--prefill-delayer-max-delay-passes` (default 30)."""
+    idle_pass_ms: float = Field(1.0, ge=0.0)
+    """The emulator's own: modelled milliseconds of a scheduler pass that runs no forward (a pass the
+    delayer held with nothing else to do). SGLang's loop does not sleep then; the pass is its input
+    polling plus the delayer's all-gather over the TP group's CPU (gloo) group, across the group's
+    nodes: about a millisecond, an estimate (not measured on a GPU cluster)."""
+
     api_key: str | None = Field(None, repr=False)
     """SGLang `--api-key`: every route but `/health*`, `/ready*` and `/metrics*` (and OPTIONS) wants
     `Authorization: Bearer <key>`, else 401 `{"error": "Unauthorized"}` (`sglang.srt.utils.auth`)."""

@@ -30,17 +30,21 @@ async def _stream(http: aiohttp.ClientSession, url: str, i: int) -> list[bytes]:
     return events
 
 
-@pytest.mark.parametrize("system", ["sglang-router", "smg"])
+@pytest.mark.parametrize("system", ["sglang-router", "smg", "sglang-router+delayer"])
 async def test_router_streams_pd_requests_from_emulated_engines(system: str, tmp_path: Path) -> None:
     (spec,) = systems.parse_systems(system)
+    router = system.partition("+")[0]
     with procs.ProcGroup() as group:
         eng = await systems.start_engines(
-            group, CLUSTER, time_factor=0.02, stream_interval=1, log_dir=tmp_path
-        )
+            group, CLUSTER, time_factor=0.02, stream_interval=1, log_dir=tmp_path,
+            prefill_flags=spec.prefill_flags,
+        )  # fmt: skip
+        prefill_argvs = [a for a in eng.argv if "prefill" in a]
+        assert all(("--enable-prefill-delayer" in a) == system.endswith("+delayer") for a in prefill_argvs)
         running = await systems.start_system(group, spec, eng, CLUSTER, time_factor=0.02, log_dir=tmp_path)
         assert "--pd-disaggregation" in running.argv
-        assert running.argv[running.argv.index("--policy") + 1] == systems.DEFAULT_ROUTER_POLICY[system]
-        assert ("--dp-aware" in running.argv) == (system == "smg")
+        assert running.argv[running.argv.index("--policy") + 1] == systems.DEFAULT_ROUTER_POLICY[router]
+        assert ("--dp-aware" in running.argv) == (router == "smg")
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
             for i in range(4):
                 events = await _stream(http, running.url, i)

@@ -50,7 +50,16 @@ def test_system_names_parse_with_default_router_policies() -> None:
     ]
 
 
-@pytest.mark.parametrize("text", ["sbs,sbs", "direct", "sglang-router:least_load", "nginx"])
+def test_a_delayer_variant_runs_the_same_system_before_delayer_prefills() -> None:
+    plain, delayed = systems.parse_systems("smg:power_of_two,smg+delayer:power_of_two")
+    assert (delayed.kind, delayed.policy, delayed.dp_aware) == (plain.kind, plain.policy, plain.dp_aware)
+    assert plain.prefill_flags == () and delayed.prefill_flags == ("--enable-prefill-delayer",)
+    assert delayed.name == "smg+delayer:power_of_two"
+
+
+@pytest.mark.parametrize(
+    "text", ["sbs,sbs", "direct", "sglang-router:least_load", "nginx", "smg+slow", "nginx+delayer"]
+)
 def test_bad_system_names_are_refused(text: str) -> None:
     with pytest.raises(BenchError, match="--systems"):
         systems.parse_systems(text)

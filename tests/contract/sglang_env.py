@@ -251,6 +251,12 @@ class Probe:
             return []
         return _verdicts(_call_probe(self.python, {"op": "requests", "items": [list(i) for i in items]}))
 
+    def prefill_delayer(self, scenarios: Sequence[Mapping[str, Any]]) -> list[list[tuple[bool, str]]]:
+        """Per scenario, SGLang's own prefill-delayer verdicts (`allow`, `reason`) pass by pass
+        (`sglang_probe.run_prefill_delayer`)."""
+        reply = _call_probe(self.python, {"op": "prefill_delayer", "scenarios": list(scenarios)})
+        return [[(bool(a), str(r)) for a, r in v.values["verdicts"]] for v in _verdicts(reply)]
+
     def parse_server_args(self, argvs: list[list[str]]) -> list[str | None]:
         """None for each argv SGLang accepts, else the error (argparse's message for a bad flag or value)."""
         return [v.error for v in self.server_args(argvs)]

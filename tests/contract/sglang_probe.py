@@ -6,6 +6,8 @@ stdout::
 
     {"op": "server_args", "argvs": [[...], ...]}
     {"op": "requests", "items": [["generate" | "completion" | "chat", {...}], ...]}
+    {"op": "prefill_delayer", "scenarios": [{"max_delay_passes": N, "watermark": x | null,
+        "max_running": M, "passes": [[[prefillable, token_usage, running, max_prefill_bs], ...], ...]}]}
     {"op": "info"} or {"op": "selftest"}
 
 and answers ``{"results": [{"error": str | None, "warnings": [...], "values": {...}}, ...], "info": {...}}``.
@@ -390,6 +392,44 @@ def check_requests(items: list[tuple[str, Any]]) -> list[dict[str, Any]]:
     return results
 
 
+def run_prefill_delayer(scenarios: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """SGLang's own prefill-delayer negotiation (``PrefillDelayer._negotiate_should_allow_prefill``,
+    its state carried pass to pass), with the ranks' all-gather replaced by the given reports (each
+    rank: prefillable, KV usage, running batch, largest recent prefill batch). DP attention on, the
+    queue trigger off. Each scenario's value: the passes' ``[allow, reason]``."""
+    import numpy as np
+    from sglang.srt.managers import prefill_delayer as pd
+
+    results = []
+    for sc in scenarios:
+        delayer = object.__new__(pd.PrefillDelayer)  # its __init__ wants a live process group
+        delayer.__dict__.update(
+            _max_delay_passes=sc["max_delay_passes"], _token_usage_low_watermark=sc["watermark"],
+            _debug_log_enabled=False, _queue_min_ratio=None, _max_delay_ms=5000.0,
+            _queue_trigger_enabled=False, _prefill_max_requests=None, num_dp_ranks=len(sc["passes"][0]),
+            attn_dp_enabled=True, _metrics_collector=None, _curr_state=None, skip_first_delayer=True,
+        )  # fmt: skip
+        verdicts = []
+        for ranks in sc["passes"]:
+            wm = sc["watermark"]
+            gathered = np.array(
+                [
+                    [int(p), int(bool(p) and wm is not None and u < wm), run, bs, 0, 0]
+                    for p, u, run, bs in ranks
+                ],
+                dtype=np.int64,
+            )
+            delayer._gather_info = lambda gathered=gathered, **_: gathered
+            p0, u0, run0, bs0 = ranks[0]
+            out = delayer._negotiate_should_allow_prefill(
+                local_prefillable=bool(p0), token_usage=u0, running_batch=run0, max_prefill_bs=bs0,
+                max_running_requests=sc["max_running"], waiting_queue_len=0,
+            )  # fmt: skip
+            verdicts.append([bool(out.output_allow), out.output_reason])
+        results.append(_result(None, [], {"verdicts": verdicts}))
+    return results
+
+
 def selftest() -> None:
     """Import everything the checks use and see each accept a minimal valid input."""
     outcomes = [
@@ -427,6 +467,8 @@ def main() -> int:
         results = check_server_args(request["argvs"])
     elif op == "requests":
         results = check_requests([(kind, payload) for kind, payload in request["items"]])
+    elif op == "prefill_delayer":
+        results = run_prefill_delayer(request["scenarios"])
     elif op == "info":
         import sglang  # noqa: F401
 
@@ -435,7 +477,9 @@ def main() -> int:
         selftest()
         results = []
     else:
-        raise ValueError(f"unknown op {op!r}; expected one of: info, requests, selftest, server_args")
+        raise ValueError(
+            f"unknown op {op!r}; expected one of: info, prefill_delayer, requests, selftest, server_args"
+        )
     with os.fdopen(reply_fd, "w") as out:
         json.dump({"results": results, "info": info()}, out)
     return 0
