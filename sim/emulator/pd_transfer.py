@@ -48,6 +48,8 @@ class PdTransfer:
             follow = s.resolved_balance == "follow_bootstrap_room" and not s.force_query_prefill_dp_rank
             self.registry = bootstrap.RoomRegistry(s.dp_size, follow, stale_after_s=2 * s.bootstrap_timeout_s)
         self.client = bootstrap.BootstrapClient() if s.mode == "decode" else None
+        self._booting: set[int] = set()
+        """Requests counted in the bootstrap queue (`book.bootstrap_queue`)."""
 
     async def close(self) -> None:
         if self.client is not None:
@@ -81,19 +83,29 @@ class PdTransfer:
             return
         self.registry.record_rank(room, rank)
         req.stage = "bootstrap"
+        self._booting.add(req.num)
         rt.book.bootstrap_queue(req.rank, req.prompt_tokens, +1)
         req.task = asyncio.create_task(self._await_handshake(req))
         rt.book.changed()
 
+    def _leave_bootstrap(self, req: Req) -> None:
+        """Off the bootstrap queue, once, whichever of the handshake, an abort or a cancellation
+        comes first."""
+        if req.num in self._booting:
+            self._booting.discard(req.num)
+            self.rt.book.bootstrap_queue(req.rank, req.prompt_tokens, -1)
+
     async def _await_handshake(self, req: Req) -> None:
-        """Wait for the decode's handshake (a cancelled wait leaves the bookkeeping to `abort`)."""
+        """Wait for the decode's handshake; an aborted request's bookkeeping is `abort`'s."""
         rt = self.rt
         assert self.registry is not None and req.gen.bootstrap_room is not None
-        r = req.rank
-        ok = await self.registry.wait_connected(req.gen.bootstrap_room, r, rt.settings.bootstrap_timeout_s)
-        rt.book.bootstrap_queue(req.rank, req.prompt_tokens, -1)
-        if req.finished:
-            return
+        r, room = req.rank, req.gen.bootstrap_room
+        try:
+            ok = await self.registry.wait_connected(room, r, rt.settings.bootstrap_timeout_s)
+        finally:
+            self._leave_bootstrap(req)
+        if req.finished:  # aborted meanwhile (Python 3.11's wait_for may return the result of a wait
+            return  # that finished as it was cancelled)
         if ok:
             rt.enqueue_prefill(req, r)
             return
@@ -205,7 +217,7 @@ class PdTransfer:
         reservation; a prefill tells the decode waiting on the room that it failed."""
         rt = self.rt
         if req.stage == "bootstrap":
-            rt.book.bootstrap_queue(req.rank, req.prompt_tokens, -1)
+            self._leave_bootstrap(req)
         elif req.stage == "transfer" and rt.decode is not None and rt.settings.mode == "decode":
             rt.decode.unreserve(req.rank, req.prompt_tokens + 1)
         if req.stage in ("bootstrap", "prefill") and self.registry is not None and not req.fake_bootstrap:

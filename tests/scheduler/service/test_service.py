@@ -228,9 +228,11 @@ async def test_deadline_gives_an_explicit_error_and_aborts_the_engines(
     status, body, headers = await service.post("/generate", long, headers={"X-Request-Timeout": "0.15"})
     assert status == 504 and body["error"]["code"] == "deadline_exceeded" and body["error"]["retryable"]
     assert "Retry-After" in headers
-    status, text, _ = await service.post(
-        "/generate", {**long, "stream": True}, headers={"X-Request-Timeout": "0.15"}
-    )
+    # streamed: the deadline must fall after the stream started (its first byte comes after the
+    # prefill, tens of ms; even a busy machine starts it within 1 s) and before the end (~3 s)
+    longer = {**GEN, "sampling_params": {"max_new_tokens": 3 * LONG}, "stream": True}
+    status, text, _ = await service.post("/generate", longer, headers={"X-Request-Timeout": "1.0"})
+    assert isinstance(text, str), f"the stream did not start within its 1 s deadline: {text}"
     events = sse_events(text)
     assert status == 200 and events[-1] == "[DONE]"
     assert json.loads(events[-2])["error"]["code"] == "deadline_exceeded"

@@ -196,6 +196,23 @@ async def test_abort_right_after_submit_releases_reservations(start: Start) -> N
     assert d.runtime.decode.reserved == [0, 0] and d.runtime.decode.reserved_kv == [0, 0]
 
 
+async def test_an_abort_as_the_handshake_lands_leaves_the_bootstrap_queue_once(start: Start) -> None:
+    """The decode connects and the request is aborted in the same tick, before the waiting task
+    resumes: the abort and the handshake both took the request off the bootstrap queue, and
+    `/v1/loads` reported -1 waiting (schemathesis' tiny deadlines found it; the scheduler refuses a
+    negative count and marks the engine suspect)."""
+    p = await start(mode="prefill")
+    room = 12
+    req = p.runtime.submit(requests.parse_generate(pd_body(p, room=room)))
+    await asyncio.sleep(0)  # the handshake wait starts
+    assert p.runtime.registry is not None
+    p.runtime.registry.connect(room, req.rank)  # the decode's handshake lands ...
+    p.runtime.abort(req)  # ... and the client goes away, before the wait resumes
+    await asyncio.sleep(0.01)
+    assert p.runtime.book.boot_reqs == [0, 0]
+    assert all(r["num_waiting_reqs"] == 0 for r in p.runtime.loads())
+
+
 async def test_a_sweep_never_drops_a_room_whose_handshake_has_not_run() -> None:
     """Issue 12: every 256th new room sweeps the registry. It used to drop the rank of a room the
     prefill had just placed (no handshake entry yet) and the event a decode's rank query waited on,
