@@ -16,6 +16,7 @@ Missing binaries fail the tests (they never skip): build them with `make e2e-bin
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import secrets
@@ -28,8 +29,11 @@ from sbs.e2e.control_plane import ClusterSettings, ControlPlane, ControlPlaneErr
 from sbs.e2e.waits import WaitTimeout
 from sbs.kube.blocking import ApiError, Kube
 
+log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent.parent
 CRDS_DIR = REPO / "crds"
+NAMESPACE_DRAIN_S = 60.0
+"""How long a test's teardown waits for its namespace's pods to be gone."""
 E2E_FIXTURES = {"control_plane", "kube", "namespace", "node_agent"}
 _PLANE = pytest.StashKey[ControlPlane]()
 
@@ -101,8 +105,21 @@ def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> It
         f"ServiceAccount {name}/default",
     )
     yield name
+    # The next test starts on free nodes: a test's pods hold the kwok nodes' GPUs until they are
+    # gone (a test after the CRD fuzz's 20 deployments found its pods unschedulable). Its processes
+    # have stopped (the node agents' teardown ran first), so nothing waits on a grace period.
+    # Deleting the namespace first stops its controllers from creating pods again.
+    pods = f"/api/v1/namespaces/{name}/pods"
     client.delete(f"/api/v1/namespaces/{name}", missing_ok=True)
+    try:
+        client.delete(pods, gracePeriodSeconds=0)
+    except ApiError as exc:
+        log.warning("deleting the pods of %s: %s", name, exc)
     control_plane.check()
+    try:
+        control_plane.wait(lambda: not client.get(pods)["items"], f"{name}'s pods gone", NAMESPACE_DRAIN_S)
+    except WaitTimeout as exc:
+        log.warning("%s: the next test may find nodes taken", str(exc).splitlines()[0])
 
 
 @pytest.fixture
