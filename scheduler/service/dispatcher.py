@@ -90,19 +90,7 @@ class Dispatcher:
 
     async def start(self, sources: Iterable[EngineSource]) -> None:
         self._loop = asyncio.get_running_loop()
-        adm = self.settings.admission
-        self.session, self.poll_session = (
-            aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(
-                    total=None, connect=adm.connect_timeout_s, sock_connect=adm.connect_timeout_s
-                ),
-                connector=aiohttp.TCPConnector(
-                    limit=0, ttl_dns_cache=60, keepalive_timeout=self.settings.engines.idle_connection_s
-                ),
-                raise_for_status=False,
-            )
-            for _ in range(2)
-        )
+        self.session, self.poll_session = self._engine_session(), self._engine_session()
         self._spawn(self._timer())
         self._spawn(memory.trim_when_idle(lambda: len(self.jobs), lambda: self.finished_count))
         if self.settings.engines.api_key_file is not None:
@@ -111,6 +99,17 @@ class Dispatcher:
             self._spawn(self._follow_engine_key(key_file))
         for source in sources:
             self._spawn(self.watcher.follow(source))
+
+    def _engine_session(self) -> aiohttp.ClientSession:
+        """A pooled client for engine calls (connect timeouts; idle connections closed)."""
+        connect_s = self.settings.admission.connect_timeout_s
+        return aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, connect=connect_s, sock_connect=connect_s),
+            connector=aiohttp.TCPConnector(
+                limit=0, ttl_dns_cache=60, keepalive_timeout=self.settings.engines.idle_connection_s
+            ),
+            raise_for_status=False,
+        )
 
     def _use_engine_key(self, key_file: SecretFile) -> None:
         """Send the engines' API key (its file's first line) with every engine call."""

@@ -24,26 +24,22 @@ class OutputTiming:
         self.first_s: float | None = None
         self.tokens: int | None = None
         """The last completion-token count seen in the stream."""
-        self.itl: list[float] = []
-        """Per-token gaps of the chunks since the last `take_itl`."""
         self._counted_s: float | None = None
 
-    def chunk(self, data: bytes, now: float) -> None:
-        """`data` was relayed to the client at `now`."""
+    def chunk(self, data: bytes, now: float) -> float | None:
+        """`data` was relayed to the client at `now`; the ITL it shows (per token since the previous
+        counted chunk), if any."""
         if self.first_s is None:
             self.first_s = now
         found = _COUNT.findall(data)
         if not found:
-            return
-        tokens = int(found[-1])
+            return None
+        tokens, itl = int(found[-1]), None
         if self.tokens is not None and self._counted_s is not None and tokens > self.tokens:
-            self.itl.append((now - self._counted_s) / (tokens - self.tokens))
+            itl = (now - self._counted_s) / (tokens - self.tokens)
         if self.tokens is None or tokens > self.tokens:
             self.tokens, self._counted_s = tokens, now
-
-    def take_itl(self) -> list[float]:
-        out, self.itl = self.itl, []
-        return out
+        return itl
 
     def tpot_s(self) -> float | None:
         """The request's TPOT, or None (fewer than two tokens, or no count in the stream)."""

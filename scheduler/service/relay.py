@@ -264,9 +264,8 @@ class Relay:
                     break
                 if relayed is None and b'"error"' in chunk:
                     relayed = upstream.stream_error(self._tail + chunk)
-                timing.chunk(chunk, dispatcher.now())
-                for gap in timing.take_itl():
-                    dispatcher.metrics.itl.observe(gap)
+                if (itl := timing.chunk(chunk, dispatcher.now())) is not None:
+                    dispatcher.metrics.itl.observe(itl)
                 await self._write(chunk)
                 self.delivered = relayed is None and self._tail.rstrip().endswith(b"data: [DONE]")
         except (aiohttp.ClientError, OSError) as exc:

@@ -4,8 +4,9 @@ an SBSAutoscalingPolicy driven by a live scheduler's metrics (burst up, quiet do
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -86,15 +87,66 @@ def test_role_scale_targets_follow_their_owner_and_hpa_drives_an_external_role(
     control_plane.wait(lambda: not kube.get(scalers)["items"], "scalers garbage-collected", 60)
 
 
-async def _burst(url: str, n: int, prompt_tokens: int) -> list[int]:
+async def _burst(url: str, path: str, body: dict, n: int, gap_s: float) -> list[int]:
+    """`n` streamed requests of `body` to `path`, `gap_s` apart; their statuses."""
+
     async def one(i: int) -> int:
-        await asyncio.sleep(i * 0.02)
-        body = {"model": "deepseek-v3", "prompt": "y" * (4 * prompt_tokens), "max_tokens": 8, "stream": True}
-        async with aiohttp.ClientSession() as s, s.post(f"{url}/v1/completions", json=body) as r:
+        await asyncio.sleep(i * gap_s)
+        async with aiohttp.ClientSession() as s, s.post(f"{url}{path}", json=body) as r:
             await r.read()
             return r.status
 
     return await asyncio.gather(*(one(i) for i in range(n)))
+
+
+@contextlib.contextmanager
+def _autoscaled(
+    control_plane: ControlPlane,
+    kube: Kube,
+    namespace: str,
+    operator: Callable[..., Operator],
+    node_agent: Callable[..., agent.NodeAgent],
+    tmp_path: Path,
+    policy_name: str,
+    policy_spec: dict,
+) -> Iterator[str]:
+    """The small deployment (both roles `External`) Ready under the operator, its scheduler running
+    and ready, and an SBSAutoscalingPolicy selecting it; yields the scheduler's URL."""
+    operator()
+    node_agent(selector=f"{labels.COMPONENT}={labels.ENGINE}", command=engine_command, port_name="http")
+    port = free_port()
+    obj = small("External", "External")
+    obj["metadata"]["labels"] = {"sbs.dev/autoscale": namespace}
+    obj["metadata"]["annotations"] = {"sbs.dev/scheduler-metrics-url": f"http://127.0.0.1:{port}/metrics"}
+    kube.create(DEPS.format(ns=namespace), obj)
+    wait_phase(control_plane, kube, namespace, "deepseek-v3", "Ready")
+    sched = start_scheduler(control_plane, kube, namespace, "deepseek-v3", port, tmp_path)
+    url = f"http://127.0.0.1:{port}"
+    policy = {
+        "apiVersion": "sbs.dev/v1alpha1",
+        "kind": "SBSAutoscalingPolicy",
+        "metadata": {"name": policy_name},
+        "spec": {"selector": {"matchLabels": {"sbs.dev/autoscale": namespace}}, **policy_spec},
+    }
+    try:
+        control_plane.wait(lambda: _ready(url), "scheduler ready", 30)
+        kube.create(POLICIES, policy)
+        yield url
+    finally:
+        kube.delete(f"{POLICIES}/{policy_name}", missing_ok=True)
+        sched.terminate()
+        sched.wait(10)
+    kube.delete(DEPS.format(ns=namespace) + "/deepseek-v3")
+
+
+def _decisions(kube: Kube, policy_name: str, heading: str) -> list[dict]:
+    """The policy's recorded decisions, printed under `heading`."""
+    decisions = kube.get(f"{POLICIES}/{policy_name}")["status"]["decisions"]
+    print(f"\nautoscaling decisions{heading}:")
+    for d in decisions:
+        print(f"  {d['time']} prefill {d['prefillFrom']}->{d['prefillTo']} "
+              f"decode {d['decodeFrom']}->{d['decodeTo']}: {d['reason']}")  # fmt: skip
+    return decisions
 
 
 def test_policy_scales_prefill_up_on_a_burst_within_budget_and_down_after_quiet(
@@ -105,42 +157,25 @@ def test_policy_scales_prefill_up_on_a_burst_within_budget_and_down_after_quiet(
     node_agent: Callable[..., agent.NodeAgent],
     tmp_path: Path,
 ) -> None:
-    operator()
-    node_agent(selector=f"{labels.COMPONENT}={labels.ENGINE}", command=engine_command, port_name="http")
-    port = free_port()
-    obj = small("External", "External")
-    obj["metadata"]["labels"] = {"sbs.dev/autoscale": namespace}
-    obj["metadata"]["annotations"] = {"sbs.dev/scheduler-metrics-url": f"http://127.0.0.1:{port}/metrics"}
-    kube.create(DEPS.format(ns=namespace), obj)
-    wait_phase(control_plane, kube, namespace, "deepseek-v3", "Ready")
-
-    sched = start_scheduler(control_plane, kube, namespace, "deepseek-v3", port, tmp_path)
     policy_name = f"burst-{namespace}"[:63]
     budget = 48  # 1 prefill + 1 decode group = 32 GPUs; a second prefill group fits, a third does not
-    policy = {
-        "apiVersion": "sbs.dev/v1alpha1",
-        "kind": "SBSAutoscalingPolicy",
-        "metadata": {"name": policy_name},
-        "spec": {
-            "selector": {"matchLabels": {"sbs.dev/autoscale": namespace}},
-            "prefill": {"minGroups": 1, "maxGroups": 4},
-            "decode": {"minGroups": 1, "maxGroups": 2},
-            "gpuBudget": budget,
-            "ratio": {"minPrefillPerDecode": 0.5, "maxPrefillPerDecode": 4},
-            # wall seconds, with engines 20× faster than real ones; so small that any burst asks for
-            # the full step (+2 groups), which the budget must cap at +1
-            "slo": {"ttftP90Seconds": 0.001},
-            "signals": {"queueWaitP90Seconds": 0.001},
-            "behaviour": {"syncPeriodSeconds": 2, "scaleUpStabilizationSeconds": 0,
-                          "scaleDownStabilizationSeconds": 6, "cooldownSeconds": 6, "maxStepGroups": 2},
-        },
+    spec = {
+        "prefill": {"minGroups": 1, "maxGroups": 4},
+        "decode": {"minGroups": 1, "maxGroups": 2},
+        "gpuBudget": budget,
+        "ratio": {"minPrefillPerDecode": 0.5, "maxPrefillPerDecode": 4},
+        # wall seconds, with engines 20× faster than real ones; so small that any burst asks for
+        # the full step (+2 groups), which the budget must cap at +1
+        "slo": {"ttftP90Seconds": 0.001},
+        "signals": {"queueWaitP90Seconds": 0.001},
+        "behaviour": {"syncPeriodSeconds": 2, "scaleUpStabilizationSeconds": 0,
+                      "scaleDownStabilizationSeconds": 6, "cooldownSeconds": 6, "maxStepGroups": 2},
     }  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        control_plane.wait(lambda: _ready(url), "scheduler ready", 30)
-        kube.create(POLICIES, policy)
+    fixtures = (control_plane, kube, namespace, operator, node_agent, tmp_path)
+    with _autoscaled(*fixtures, policy_name, spec) as url:
         t0 = time.monotonic()
-        statuses = asyncio.run(_burst(url, 150, 4000))
+        body = {"model": "deepseek-v3", "prompt": "y" * (4 * 4000), "max_tokens": 8, "stream": True}
+        statuses = asyncio.run(_burst(url, "/v1/completions", body, 150, 0.02))
         assert set(statuses) == {200}
         control_plane.wait(
             lambda: role_status(kube, namespace, "prefill").get("ready") == 2,
@@ -154,22 +189,15 @@ def test_policy_scales_prefill_up_on_a_burst_within_budget_and_down_after_quiet(
             60,
         )
         down_at = time.monotonic() - t0
-        decisions = kube.get(f"{POLICIES}/{policy_name}")["status"]["decisions"]
-        print(f"\nautoscaling decisions (prefill up after {up_at:.1f} s, down after {down_at:.1f} s):")
-        for d in decisions:
-            print(f"  {d['time']} prefill {d['prefillFrom']}->{d['prefillTo']} "
-                  f"decode {d['decodeFrom']}->{d['decodeTo']}: {d['reason']}")  # fmt: skip
+        decisions = _decisions(
+            kube, policy_name, f" (prefill up after {up_at:.1f} s, down after {down_at:.1f} s)"
+        )
         ups = [d for d in decisions if d["prefillTo"] > d["prefillFrom"]]
         downs = [d for d in decisions if d["prefillTo"] < d["prefillFrom"]]
         assert ups and downs and decisions.index(ups[0]) < decisions.index(downs[-1])
         assert max(d["prefillTo"] for d in decisions) == 2  # the budget held the burst at 2 prefill groups
         assert all(d["prefillTo"] * 16 + d["decodeTo"] * 16 <= budget for d in decisions)
         assert "GPU budget" in ups[0]["reason"]  # the signals asked for more than the budget allows
-    finally:
-        kube.delete(f"{POLICIES}/{policy_name}", missing_ok=True)
-        sched.terminate()
-        sched.wait(10)
-    kube.delete(DEPS.format(ns=namespace) + "/deepseek-v3")
 
 
 def _ready(url: str) -> bool:
@@ -183,18 +211,6 @@ def _ready(url: str) -> bool:
     return asyncio.run(probe())
 
 
-async def _generate_burst(url: str, n: int, output_tokens: int) -> list[int]:
-    async def one(i: int) -> int:
-        await asyncio.sleep(i * 0.05)
-        body = {"text": "z" * 2000, "sampling_params": {"max_new_tokens": output_tokens, "ignore_eos": True},
-                "stream": True}  # fmt: skip
-        async with aiohttp.ClientSession() as s, s.post(f"{url}/generate", json=body) as r:
-            await r.read()
-            return r.status
-
-    return await asyncio.gather(*(one(i) for i in range(n)))
-
-
 def test_policy_scales_decode_up_on_tpot(
     control_plane: ControlPlane,
     kube: Kube,
@@ -206,51 +222,30 @@ def test_policy_scales_decode_up_on_tpot(
     """The scheduler measures TPOT on the streams it relays (`sbs_tpot_seconds`); a policy whose TPOT
     target the decode side misses adds a decode group, while TTFT and queue wait (far within their
     targets) leave prefill alone."""
-    operator()
-    node_agent(selector=f"{labels.COMPONENT}={labels.ENGINE}", command=engine_command, port_name="http")
-    port = free_port()
-    obj = small("External", "External")
-    obj["metadata"]["labels"] = {"sbs.dev/autoscale": namespace}
-    obj["metadata"]["annotations"] = {"sbs.dev/scheduler-metrics-url": f"http://127.0.0.1:{port}/metrics"}
-    kube.create(DEPS.format(ns=namespace), obj)
-    wait_phase(control_plane, kube, namespace, "deepseek-v3", "Ready")
-    sched = start_scheduler(control_plane, kube, namespace, "deepseek-v3", port, tmp_path)
     policy_name = f"tpot-{namespace}"[:63]
-    policy = {
-        "apiVersion": "sbs.dev/v1alpha1",
-        "kind": "SBSAutoscalingPolicy",
-        "metadata": {"name": policy_name},
-        "spec": {
-            "selector": {"matchLabels": {"sbs.dev/autoscale": namespace}},
-            "prefill": {"minGroups": 1, "maxGroups": 2},
-            "decode": {"minGroups": 1, "maxGroups": 2},
-            "gpuBudget": 48,
-            "ratio": {"minPrefillPerDecode": 0.5, "maxPrefillPerDecode": 4},  # 1 prefill takes 2 decode
-            # wall seconds: a TPOT of 1 ms no emulated decode step meets; TTFT and queue wait never bind
-            "slo": {"ttftP90Seconds": 600, "tpotP90Seconds": 0.001},
-            "signals": {"queueWaitP90Seconds": 600},
-            "behaviour": {"syncPeriodSeconds": 2, "scaleUpStabilizationSeconds": 0,
-                          "scaleDownStabilizationSeconds": 60, "cooldownSeconds": 60, "maxStepGroups": 1},
-        },
+    spec = {
+        "prefill": {"minGroups": 1, "maxGroups": 2},
+        "decode": {"minGroups": 1, "maxGroups": 2},
+        "gpuBudget": 48,
+        "ratio": {"minPrefillPerDecode": 0.5, "maxPrefillPerDecode": 4},  # 1 prefill takes 2 decode
+        # wall seconds: a TPOT of 1 ms no emulated decode step meets; TTFT and queue wait never bind
+        "slo": {"ttftP90Seconds": 600, "tpotP90Seconds": 0.001},
+        "signals": {"queueWaitP90Seconds": 600},
+        "behaviour": {"syncPeriodSeconds": 2, "scaleUpStabilizationSeconds": 0,
+                      "scaleDownStabilizationSeconds": 60, "cooldownSeconds": 60, "maxStepGroups": 1},
     }  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        control_plane.wait(lambda: _ready(url), "scheduler ready", 30)
-        kube.create(POLICIES, policy)
-        statuses = asyncio.run(_generate_burst(url, 60, 64))
+    fixtures = (control_plane, kube, namespace, operator, node_agent, tmp_path)
+    with _autoscaled(*fixtures, policy_name, spec) as url:
+        body = {
+            "text": "z" * 2000,
+            "sampling_params": {"max_new_tokens": 64, "ignore_eos": True},
+            "stream": True,
+        }
+        statuses = asyncio.run(_burst(url, "/generate", body, 60, 0.05))
         assert set(statuses) == {200}
         control_plane.wait(
             lambda: role_status(kube, namespace, "decode").get("desired") == 2, "TPOT: decode up to 2", 60
         )
-        decisions = kube.get(f"{POLICIES}/{policy_name}")["status"]["decisions"]
-        print("\nautoscaling decisions:")
-        for d in decisions:
-            print(f"  {d['time']} prefill {d['prefillFrom']}->{d['prefillTo']} "
-                  f"decode {d['decodeFrom']}->{d['decodeTo']}: {d['reason']}")  # fmt: skip
+        decisions = _decisions(kube, policy_name, "")
         up = next(d for d in decisions if d["decodeTo"] > d["decodeFrom"])
         assert "TPOT p90" in up["reason"] and up["prefillTo"] == up["prefillFrom"] == 1, up
-    finally:
-        kube.delete(f"{POLICIES}/{policy_name}", missing_ok=True)
-        sched.terminate()
-        sched.wait(10)
-    kube.delete(DEPS.format(ns=namespace) + "/deepseek-v3")

@@ -16,12 +16,14 @@ def gen_chunk(n: int) -> bytes:
 
 def test_tpot_and_itl_from_generate_chunks() -> None:
     t = OutputTiming()
-    t.chunk(gen_chunk(1), 10.0)  # the first token (TTFT's)
-    t.chunk(gen_chunk(9), 10.4)  # 8 tokens in 0.4 s
-    t.chunk(gen_chunk(17), 10.6)  # 8 in 0.2 s
-    t.chunk(b"data: [DONE]\n\n", 10.7)
-    assert t.take_itl() == pytest.approx([0.05, 0.025])
-    assert t.take_itl() == []
+    itl = [
+        t.chunk(gen_chunk(1), 10.0),  # the first token (TTFT's)
+        t.chunk(gen_chunk(9), 10.4),  # 8 tokens in 0.4 s
+        t.chunk(gen_chunk(17), 10.6),  # 8 in 0.2 s
+        t.chunk(b"data: [DONE]\n\n", 10.7),
+    ]
+    assert itl[0] is None and itl[3] is None
+    assert itl[1:3] == pytest.approx([0.05, 0.025])
     assert t.tpot_s() == pytest.approx(0.6 / 16)
 
 
@@ -45,6 +47,8 @@ def test_openai_usage_counts_and_streams_without_counts() -> None:
     )
     assert t.tpot_s() == pytest.approx(0.2)
     bare = OutputTiming()
-    bare.chunk(b'data: {"choices":[{"delta":{"content":"a"}}]}\n\n', 0.0)
-    bare.chunk(b'data: {"choices":[{"delta":{"content":"b"}}]}\n\n', 1.0)
-    assert bare.tpot_s() is None and bare.take_itl() == []
+    gaps = [
+        bare.chunk(b'data: {"choices":[{"delta":{"content":"a"}}]}\n\n', 0.0),
+        bare.chunk(b'data: {"choices":[{"delta":{"content":"b"}}]}\n\n', 1.0),
+    ]
+    assert bare.tpot_s() is None and gaps == [None, None]

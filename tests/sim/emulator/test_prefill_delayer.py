@@ -26,8 +26,8 @@ async def test_a_prompt_on_one_rank_waits_out_the_passes_then_runs(start: Start,
 
 
 async def test_prompts_on_every_rank_start_in_one_step(start: Start, http) -> None:
-    # 100 ms idle passes (× 0.02): the second prompt arrives while the first is held
-    eng = await start(enable_prefill_delayer=True, idle_pass_ms=100.0)
+    # 2 s idle passes (× 0.02 = 40 ms wall, 29 of them): the second prompt arrives while the first waits
+    eng = await start(enable_prefill_delayer=True, idle_pass_ms=2000.0)
     results = await asyncio.gather(
         *(post(http, f"{eng.url}/generate", {**ONE, "routed_dp_rank": r}) for r in (0, 1))
     )
