@@ -102,8 +102,11 @@ def ready_urls(kube: Kube, namespace: str, selector: str, port: int) -> list[str
     return sorted(f"http://{p['status']['podIP']}:{port}" for p in pods if pod_ready(p))
 
 
-def _node_ready(node: dict[str, Any]) -> bool:
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in node["status"].get("conditions") or [])
+def _node_ready(node: dict[str, Any], *, addressed: bool = False) -> bool:
+    status = node["status"]
+    if addressed and not status.get("addresses"):
+        return False
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions") or [])
 
 
 def pod_ready(pod: dict[str, Any]) -> bool:
@@ -345,12 +348,15 @@ class Stack:
         runs pods there again, so the next user of the plane finds every node."""
         assert self.agent is not None
         for node in sorted(self.agent.lost_nodes):
+            # kwok's node-initialize writes the whole status, addresses only where there are none
+            # (a node that kept them would come back without any): take them off first
+            self.kube.patch(f"/api/v1/nodes/{node}/status", {"status": {"addresses": None}})
             self.kube.patch(
                 f"/api/v1/nodes/{node}", {"metadata": {"annotations": {FAKE_NODE_ANNOTATION: "fake"}}}
             )
             self.agent.restore_node(node)
             self.wait(
-                lambda n=node: _node_ready(self.kube.get(f"/api/v1/nodes/{n}")),
+                lambda n=node: _node_ready(self.kube.get(f"/api/v1/nodes/{n}"), addressed=True),
                 f"node {node} Ready again",
                 60,
             )

@@ -70,6 +70,7 @@ def partitioned(plane: ControlPlane, kube: Kube, node_name: str) -> Iterator[Non
         "kind": "Node",
         "metadata": {k: node["metadata"][k] for k in ("name", "labels", "annotations")},
         "spec": {k: v for k, v in node["spec"].items() if k != "taints"},
+        # no addresses: kwok writes them (and Ready) only where a node has none
         "status": {k: node["status"][k] for k in ("capacity", "allocatable")},
     }
     orphan = {**keep, "metadata": {**keep["metadata"], "annotations": {
@@ -93,7 +94,8 @@ def partitioned(plane: ControlPlane, kube: Kube, node_name: str) -> Iterator[Non
         def ready() -> bool:
             st = kube.get(path)
             conds = {c["type"]: c["status"] for c in st["status"].get("conditions") or []}
-            return conds.get("Ready") == "True" and not st["spec"].get("taints")
+            addressed = bool(st["status"].get("addresses"))
+            return conds.get("Ready") == "True" and not st["spec"].get("taints") and addressed
 
         plane.wait(ready, f"node {node_name} back with kwok", 60)
 
