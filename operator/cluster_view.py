@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -146,13 +146,16 @@ class ClusterView:
         selector: dict[str, str],
         gpus: int,
         tolerations: Any = (),
+        other: Mapping[str, float] | None = None,
     ) -> dict[str, int]:
         """Free slots per domain, less this operator's placements that the listing does not show yet."""
         reserved: Counter[str] = Counter()
         for r in self.reservations:
             if r.key == key and r.gpus >= gpus:
                 reserved[r.domain] += r.nodes
-        return alloc.free(key=key, selector=selector, gpus=gpus, tolerations=tolerations, reserved=reserved)
+        return alloc.free(
+            key=key, selector=selector, gpus=gpus, tolerations=tolerations, reserved=reserved, other=other
+        )
 
     def reserve(self, *, key: str, domain: str, nodes: int, gpus: int) -> Reservation:
         r = Reservation(key, domain, nodes, gpus)

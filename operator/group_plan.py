@@ -18,8 +18,9 @@ update). The rules, in order:
   may still run behind a partition, which is harmless here: no Service or the scheduler's discovery
   lists a pod that is gone from the API, the rest of its group is deleted (its collectives break),
   and the recreated group is placed on Ready nodes;
-- a group pinned to a topology domain that cannot take it (nothing bound, unschedulable for
-  `REPLACE_AFTER_S`) is deleted and placed again;
+- a group pinned to a topology domain that cannot take it (every pod not bound yet unschedulable
+  there for `REPLACE_AFTER_S`, whether or not some are bound) is deleted and placed again, with no
+  restart spent;
 - indices at or above `groups` are drained, then deleted (scale down);
 - an index with no instance gets one (creation, or recreation after backoff);
 - an index with a ready current instance drains, then deletes, its older ones;
@@ -38,8 +39,9 @@ from sbs.kube import timestamps
 from sbs.operator import api
 from sbs.operator.group_state import Instance, group_instances
 
-REPLACE_AFTER_S = 60.0
-"""A group pinned to a domain where it cannot be scheduled is deleted and placed again after this."""
+REPLACE_AFTER_S = 15.0
+"""A group pinned to a domain where it cannot finish is deleted and placed again after this: long
+enough for kube-scheduler to see pods that were terminating there go, short beside a group's start."""
 
 
 @dataclass
@@ -175,7 +177,10 @@ class _Roller:
     def _replace_stranded(self, index: int, inst: Instance) -> str | None:
         """A group unschedulable in its pinned domain for `REPLACE_AFTER_S` is deleted, to be placed again."""
         stranded = inst.stranded_since()
-        if stranded is None or self.now - stranded < REPLACE_AFTER_S:
+        if stranded is None:
+            return None
+        if self.now - stranded < REPLACE_AFTER_S:
+            self.plan.wake_in(REPLACE_AFTER_S - (self.now - stranded))
             return None
         self.instances[index].remove(inst)
         self.plan.delete.append(GroupAction(self.role, index, inst.thash, "Replace"))

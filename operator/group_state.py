@@ -152,14 +152,15 @@ class Instance:
         return None
 
     def stranded_since(self) -> float | None:
-        """When this group, pinned to a topology domain and not one pod bound, became unschedulable
-        there (the domain filled up or its nodes went away after placement); None otherwise."""
-        if not self.pods:
-            return None
+        """When this group, pinned to a topology domain, became unable to finish there: every pod not
+        bound yet is unschedulable (the domain filled up or its nodes went away after placement; pods
+        already bound are of no use without the rest); None otherwise."""
         since = []
         for p in self.pods:
-            if p.get("spec", {}).get("nodeName") or DOMAIN not in (p["metadata"].get("annotations") or {}):
+            if DOMAIN not in (p["metadata"].get("annotations") or {}):
                 return None
+            if p.get("spec", {}).get("nodeName"):
+                continue
             cond = next(
                 (c for c in (p.get("status") or {}).get("conditions") or [] if c["type"] == "PodScheduled"),
                 None,
@@ -170,7 +171,7 @@ class Instance:
                 since.append(timestamps.parse(cond.get("lastTransitionTime", "")))
             except ValueError:
                 return None
-        return max(since)
+        return max(since) if since else None
 
     @property
     def drain_since(self) -> float | None:

@@ -21,11 +21,25 @@ GPU = "nvidia.com/gpu"
 DOMAIN_ANNOTATION = "sbs.dev/topology-domain"
 
 
-def _qty(text: str | int | None) -> int:
+_SUFFIX = {
+    "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+    "Ki": 2.0**10, "Mi": 2.0**20, "Gi": 2.0**30, "Ti": 2.0**40, "Pi": 2.0**50, "Ei": 2.0**60,
+}  # fmt: skip
+
+
+def quantity(text: str | int | float | None) -> float:
+    """A Kubernetes resource quantity (`500m`, `64Gi`, `1e3`, `2`) in base units; ValueError if malformed."""
     if text is None:
-        return 0
-    s = str(text)
-    return int(s[:-1]) // 1000 if s.endswith("m") else int(s)
+        return 0.0
+    s = str(text).strip()
+    for suffix in ("Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "m", "k", "M", "G", "T", "P", "E"):
+        if s.endswith(suffix):
+            return float(s[: -len(suffix)]) * _SUFFIX[suffix]
+    return float(s)
+
+
+def _qty(text: str | int | None) -> int:
+    return int(quantity(text))
 
 
 def tolerated(taint: dict[str, Any], tolerations: Sequence[dict[str, Any]]) -> bool:
@@ -52,6 +66,8 @@ class NodeInfo:
     ready: bool = True
     not_ready_since: float | None = None
     """Wall time of the Ready condition's last transition, while it is not True (and parseable)."""
+    allocatable: Mapping[str, float] = field(default_factory=dict)
+    """Every allocatable resource but GPUs (cpu, memory, RDMA devices, hugepages), in base units."""
 
 
 def node_info(node: dict[str, Any]) -> NodeInfo:
@@ -73,6 +89,7 @@ def node_info(node: dict[str, Any]) -> NodeInfo:
         taints=tuple(spec.get("taints") or ()),
         ready=is_ready,
         not_ready_since=since,
+        allocatable={k: quantity(v) for k, v in (status.get("allocatable") or {}).items() if k != GPU},
     )
 
 
@@ -91,12 +108,28 @@ def _node_ok(node: NodeInfo, selector: dict[str, str], tolerations: Sequence[dic
     )
 
 
+def requests(pod: dict[str, Any]) -> dict[str, float]:
+    """What kube-scheduler reserves for `pod` on a node: per resource, the containers' requests (a
+    limit stands for a missing request), or an init container's if larger, plus the pod's overhead."""
+
+    def of(container: dict[str, Any]) -> Counter[str]:
+        res = container.get("resources") or {}
+        merged = {**(res.get("limits") or {}), **(res.get("requests") or {})}
+        return Counter({k: quantity(v) for k, v in merged.items()})
+
+    spec = pod.get("spec") or {}
+    total: Counter[str] = Counter()
+    for c in spec.get("containers") or []:
+        total.update(of(c))
+    for c in spec.get("initContainers") or []:
+        for k, v in of(c).items():
+            total[k] = max(total[k], v)
+    total.update({k: quantity(v) for k, v in (spec.get("overhead") or {}).items()})
+    return dict(total)
+
+
 def _gpus_requested(pod: dict[str, Any]) -> int:
-    total = 0
-    for c in pod.get("spec", {}).get("containers") or []:
-        res = c.get("resources") or {}
-        total += _qty((res.get("limits") or {}).get(GPU) or (res.get("requests") or {}).get(GPU))
-    return total
+    return int(requests(pod).get(GPU, 0))
 
 
 @dataclass
@@ -106,6 +139,9 @@ class Allocation:
 
     nodes: list[NodeInfo] = field(default_factory=list)
     used: Counter[str] = field(default_factory=Counter)
+    """GPUs in use per node."""
+    used_other: dict[str, Counter[str]] = field(default_factory=dict)
+    """Other resources in use per node (those a node lists as allocatable)."""
     pending: Counter[tuple[str, int]] = field(default_factory=Counter)
 
     def add_pods(self, pods: Iterable[dict[str, Any]]) -> None:
@@ -114,7 +150,10 @@ class Allocation:
                 continue
             node = p.get("spec", {}).get("nodeName")
             if node:
-                self.used[node] += _gpus_requested(p)
+                req = requests(p)
+                self.used[node] += int(req.pop(GPU, 0))
+                if req:
+                    self.used_other.setdefault(node, Counter()).update(req)
                 continue
             domain = (p["metadata"].get("annotations") or {}).get(DOMAIN_ANNOTATION)
             if domain:
@@ -128,10 +167,14 @@ class Allocation:
         gpus: int,
         tolerations: Sequence[dict[str, Any]] = (),
         reserved: Mapping[str, int] | None = None,
+        other: Mapping[str, float] | None = None,
     ) -> dict[str, int]:
         """Per domain of label `key`: Ready nodes matching `selector`, with no untolerated NoSchedule
-        or NoExecute taint and `gpus` GPUs free, minus pending pods of at least `gpus` GPUs pinned
-        there and minus `reserved` nodes (placements not listed yet)."""
+        or NoExecute taint, `gpus` GPUs and the `other` resources free (cpu, memory, RDMA devices: a
+        node whose memory other pods hold is full for kube-scheduler, GPUs free or not), minus
+        pending pods of at least `gpus` GPUs pinned there and minus `reserved` nodes (placements not
+        listed yet)."""
+        other = {k: v for k, v in (other or {}).items() if k != GPU and v > 0}
         free: Counter[str] = Counter()
         for n in self.nodes:
             domain = n.labels.get(key)
@@ -139,6 +182,7 @@ class Allocation:
                 domain is not None
                 and _node_ok(n, selector, tolerations)
                 and n.gpus - self.used[n.name] >= gpus
+                and self._fits_other(n, other)
             ):
                 free[domain] += 1
         pending: Counter[str] = Counter(reserved or {})
@@ -146,6 +190,11 @@ class Allocation:
             if each >= gpus:
                 pending[domain] += count
         return {d: free[d] - pending[d] for d in sorted(free)}
+
+    def _fits_other(self, node: NodeInfo, other: Mapping[str, float]) -> bool:
+        used = self.used_other.get(node.name) or Counter()
+        # a little slack for float rounding of quantities like 0.1 cpu
+        return all(node.allocatable.get(k, 0.0) - used[k] >= v * (1 - 1e-9) for k, v in other.items())
 
 
 def allocation(nodes: Iterable[dict[str, Any]], pods: Iterable[dict[str, Any]]) -> Allocation:
@@ -162,9 +211,12 @@ def free_slots(
     selector: dict[str, str],
     gpus: int,
     tolerations: Sequence[dict[str, Any]] = (),
+    other: Mapping[str, float] | None = None,
 ) -> dict[str, int]:
     """`Allocation.free` of these nodes and pods."""
-    return allocation(nodes, pods).free(key=key, selector=selector, gpus=gpus, tolerations=tolerations)
+    return allocation(nodes, pods).free(
+        key=key, selector=selector, gpus=gpus, tolerations=tolerations, other=other
+    )
 
 
 def choose(free: dict[str, int], need: int) -> str | None:

@@ -305,6 +305,7 @@ async def _placed(
             r = dep.spec.role(action.role)
             pods = engine_pods.group_pods(dep, action.role, action.index, action.thash, gang=gang)
             domain, reservation = action.domain, None
+            other = _largest_requests(pods)
             if r.topology_key and not gang and not action.unfinished:
                 for max_age in (None, 0.0):  # the cached view, then a fresh one before giving up
                     alloc = await view.allocation(client, max_age)
@@ -312,7 +313,7 @@ async def _placed(
                         break
                     free = view.free(
                         alloc, key=r.topology_key, selector=r.node_selector, gpus=r.gpus_per_node,
-                        tolerations=r.tolerations,
+                        tolerations=r.tolerations, other=other,
                     )  # fmt: skip
                     domain = placement.choose(free, r.nodes_per_group)
                     if domain is not None:
@@ -328,6 +329,15 @@ async def _placed(
             if reservation is not None:
                 view.settle(reservation)
         raise
+    return out
+
+
+def _largest_requests(pods: list[dict[str, Any]]) -> dict[str, float]:
+    """Per resource, the most any one pod of the group asks of its node."""
+    out: dict[str, float] = {}
+    for pod in pods:
+        for k, v in placement.requests(pod).items():
+            out[k] = max(out.get(k, 0.0), v)
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 from sbs.kube import labels, timestamps
 from sbs.operator import api, child_names, engine_pods, group_plan, group_state, placement
 from sbs.operator import status as status_mod
@@ -274,26 +275,48 @@ def test_unschedulable_pods_report_insufficient_gpus() -> None:
     assert st.phase == "Degraded" and st.decode.summary == "0/1"
 
 
+def _stranded(dep: api.SBSDeployment, since: float) -> list[dict]:
+    pods = group(dep, "decode", 0, ready=False)
+    for pod in pods:
+        pod["metadata"].setdefault("annotations", {})["sbs.dev/topology-domain"] = "block-2"
+        pod["spec"].pop("nodeName", None)
+        pod["status"] = {"phase": "Pending", "conditions": [{
+            "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+            "lastTransitionTime": timestamps.rfc3339(since),
+            "message": "3 node(s) had untolerated taint(s)",
+        }]}  # fmt: skip
+    return pods
+
+
 def test_a_group_stranded_in_its_domain_is_placed_again() -> None:
     dep = deployment()
     pods = [p for p in converged(dep) if p["metadata"]["labels"][labels.ROLE] != "decode"]
-    stranded = group(dep, "decode", 0, ready=False)
-    for pod in stranded:
-        pod["metadata"].setdefault("annotations", {})["sbs.dev/topology-domain"] = "block-2"
-        pod["status"] = {"phase": "Pending", "conditions": [{
-            "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-            "lastTransitionTime": timestamps.rfc3339(NOW - 30),
-            "message": "3 node(s) had untolerated taint(s)",
-        }]}  # fmt: skip
+    stranded = _stranded(dep, NOW - 10)
     early = group_plan.plan(dep, pods + stranded, thashes(dep), NOW)
     assert not early.delete
-    late = group_plan.plan(dep, pods + stranded, thashes(dep), NOW + 31)
+    assert early.requeue_after == pytest.approx(group_plan.REPLACE_AFTER_S - 10)  # woken to re-place it
+    late = group_plan.plan(dep, pods + stranded, thashes(dep), NOW - 10 + group_plan.REPLACE_AFTER_S)
     assert keys(late.delete) == [("decode", 0)] and late.events[0][1] == "GroupReplaced"
     assert not late.restarts  # not a failure: no restart budget spent
     unpinned = copy.deepcopy(stranded)
     for pod in unpinned:
         del pod["metadata"]["annotations"]["sbs.dev/topology-domain"]
     assert not group_plan.plan(dep, pods + unpinned, thashes(dep), NOW + 31).delete  # nothing better to try
+
+
+def test_a_half_placed_group_is_placed_again_whole() -> None:
+    """Some pods bound in the pinned domain, the rest unschedulable there: the group cannot finish."""
+    dep = deployment()
+    pods = [p for p in converged(dep) if p["metadata"]["labels"][labels.ROLE] != "decode"]
+    half = _stranded(dep, NOW - 20)
+    half[0]["spec"]["nodeName"] = "node-0"
+    half[0]["status"] = {"phase": "Running"}
+    out = group_plan.plan(dep, pods + half, thashes(dep), NOW)
+    assert keys(out.delete) == [("decode", 0)] and not out.restarts
+    # a pod that kube-scheduler has not tried yet: not stranded (it may fit)
+    untried = copy.deepcopy(half)
+    untried[-1]["status"] = {"phase": "Pending"}
+    assert not group_plan.plan(dep, pods + untried, thashes(dep), NOW).delete
 
 
 # ---- self-healing: hung groups, NotReady nodes, pods stuck Terminating, interrupted creation ------

@@ -183,6 +183,31 @@ def test_more_gpus_than_exist_reports_insufficient_gpus(
     delete_and_wait_gone(control_plane, kube, namespace, "too-big")
 
 
+def test_placement_sees_memory_other_pods_hold_and_strands_no_group(
+    control_plane: ControlPlane, kube: Kube, namespace: str, operator: Callable[..., Operator]
+) -> None:
+    """GPU-less pods holding most of the memory of block-0 and half of block-1: those nodes have all
+    their GPUs free, and best fit by GPUs alone pins the first decode group into block-0, where
+    kube-scheduler refuses it (`Insufficient memory`) for good. The sample (34 nodes) still fits in
+    the 40 nodes left, and must become Ready with no group re-placed."""
+    hogged = [f"h800-{i:03d}" for i in range(24)]  # block-0 (nodes 0-15) and half of block-1
+    for name in hogged:
+        kube.create(f"/api/v1/namespaces/{namespace}/pods", {
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"hog-{name}"},
+            "spec": {"nodeName": name, "containers": [{"name": "hog", "image": "registry.k8s.io/pause:3.10",
+                     "resources": {"requests": {"memory": "1500Gi", "cpu": "1"}}}]},
+        })  # fmt: skip
+    op = operator()
+    kube.create(DEPS.format(ns=namespace), sample())
+    wait_phase(control_plane, kube, namespace, "deepseek-v3", "Ready", 60)
+    pods = engine_pods(kube, namespace, "deepseek-v3")
+    assert len(pods) == 34 and not {p["spec"]["nodeName"] for p in pods} & set(hogged)
+    events = kube.get(f"/api/v1/namespaces/{namespace}/events")["items"]
+    assert not [e for e in events if e.get("reason") == "GroupReplaced"], "a group was stranded"
+    assert "Traceback" not in op.log(), op.log()[-3000:]
+    delete_and_wait_gone(control_plane, kube, namespace, "deepseek-v3")
+
+
 def test_twenty_deployments_reconcile_concurrently(
     control_plane: ControlPlane, kube: Kube, namespace: str, operator: Callable[..., Operator]
 ) -> None:

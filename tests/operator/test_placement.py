@@ -7,6 +7,7 @@ import copy
 from collections import Counter
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sbs.kube import timestamps
@@ -32,7 +33,7 @@ def node(
         "metadata": {"name": name, "labels": all_labels},
         "spec": {"unschedulable": True} if unschedulable else {},
         "status": {
-            "allocatable": {placement.GPU: str(gpus)},
+            "allocatable": {placement.GPU: str(gpus), "cpu": "192", "memory": "1984Gi", "rdma/ib": "8"},
             "conditions": [{"type": "MemoryPressure", "status": "False"}, {"type": "Ready", "status": ready}],
         },
     }
@@ -199,6 +200,40 @@ def test_pin_adds_the_domain_to_every_existing_term_and_keeps_the_rest():
     assert pinned["metadata"]["annotations"] == {"keep": "me", placement.DOMAIN_ANNOTATION: "a"}
     assert pinned["spec"]["containers"] == p["spec"]["containers"]
     assert p == before  # the input is not modified
+
+
+def test_quantities_parse_as_kubernetes_writes_them() -> None:
+    q = placement.quantity
+    assert (q("500m"), q("2"), q("1.5"), q("64Gi"), q("1k"), q("1e3"), q("3M"), q(None)) == (
+        0.5, 2, 1.5, 64 * 2**30, 1000, 1000, 3e6, 0,
+    )  # fmt: skip
+    with pytest.raises(ValueError):
+        q("lots")
+
+
+def test_requests_are_what_kube_scheduler_reserves() -> None:
+    p = {"spec": {
+        "containers": [
+            {"resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {placement.GPU: "8"}}},
+            {"resources": {"requests": {"cpu": "500m"}}},
+        ],
+        "initContainers": [{"resources": {"requests": {"cpu": "4", "memory": "512Mi"}}}],
+        "overhead": {"cpu": "100m"},
+    }}  # fmt: skip
+    assert placement.requests(p) == pytest.approx({placement.GPU: 8, "cpu": 4.1, "memory": 2**30})
+
+
+def test_a_node_whose_memory_other_pods_hold_is_not_free_whatever_its_gpus() -> None:
+    """A GPU-less pod holding most of a node's memory makes kube-scheduler refuse an engine pod there
+    (`Insufficient memory`): placement must see it too, or it pins groups where they strand."""
+    nodes = [node("a1", "a"), node("a2", "a"), node("b1", "b")]
+    hog = pod(0, node_name="a1")
+    hog["spec"]["containers"] = [{"resources": {"requests": {"memory": "1500Gi"}}}]
+    engine = {"cpu": 64.0, "memory": 1024 * 2.0**30, "rdma/ib": 8.0}
+    alloc = placement.allocation(nodes, [hog])
+    assert alloc.free(key=KEY, selector=H800, gpus=8) == {"a": 2, "b": 1}  # GPUs alone: a1 looks free
+    assert alloc.free(key=KEY, selector=H800, gpus=8, other=engine) == {"a": 1, "b": 1}
+    assert alloc.free(key=KEY, selector=H800, gpus=8, other={"example.com/fpga": 1}) == {}  # nowhere
 
 
 def test_a_pinned_pod_is_counted_by_free_slots():
