@@ -17,6 +17,8 @@ client). Modules:
   benchmarks: SGLang, the routers, hadolint).
 - `procs`: stopping a child's process group.
 - `agent`: the node agent that runs a command at a pod's (loopback) IP.
+- `kueue`: Kueue v0.17 built from the Go module proxy (`e2e/kueue/`), run against the plane with
+  URL webhooks signed by the plane's CA, and its queues (Topology, flavor, ClusterQueue, LocalQueue).
 - `fixtures`: the pytest plugin (session control plane, namespace per test).
-- `cli`: `python -m sbs.e2e build|up|down|status|agent|gomod`.
+- `cli`: `python -m sbs.e2e build|up|down|status|agent|gomod|demo-operator [--kueue]`.
 """

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from sbs.e2e import toolcache
+from sbs.e2e import nodes, toolcache
 
 TOOLS_DIR = Path(__file__).resolve().parent / "tools"
 
@@ -101,7 +101,9 @@ class Binaries:
         return self.bin_dir / name
 
     def stage_documents(self) -> list[str]:
-        return [(self.stages_dir / Path(s).name).read_text() for s in KWOK_STAGES]
+        """kwok's stages (`KWOK_STAGES`), then the harness's own (`nodes.HARNESS_STAGES`)."""
+        kwok = [(self.stages_dir / Path(s).name).read_text() for s in KWOK_STAGES]
+        return kwok + list(nodes.HARNESS_STAGES)
 
     def is_complete(self) -> bool:
         files = [self.path(n) for n in COMMANDS] + [self.stages_dir / Path(s).name for s in KWOK_STAGES]
@@ -247,7 +249,8 @@ def go_env(root: Path | None = None) -> dict[str, str]:
     return env
 
 
-def _go(args: list[str], env: Mapping[str, str], cwd: Path = TOOLS_DIR, capture: bool = True) -> str:
+def run_go(args: list[str], env: Mapping[str, str], cwd: Path = TOOLS_DIR, capture: bool = True) -> str:
+    """`go args...` in `cwd` (builds at a lower priority); its stdout, or `BuildError` with stderr."""
     go = shutil.which("go") or next((g for g in ("/usr/local/go/bin/go",) if Path(g).is_file()), None)
     if go is None:
         raise BuildError("the `go` command is not on PATH (Kubernetes 1.36 needs Go 1.26)")
@@ -264,12 +267,12 @@ def _go(args: list[str], env: Mapping[str, str], cwd: Path = TOOLS_DIR, capture:
 
 
 def local_go_version(env: Mapping[str, str]) -> str:
-    return _go(["env", "GOVERSION"], env, cwd=Path.cwd()).strip()
+    return run_go(["env", "GOVERSION"], env, cwd=Path.cwd()).strip()
 
 
 def download_kubernetes_gomod(kubernetes: str, env: Mapping[str, str]) -> tuple[str, Path]:
     """The published go.mod of `k8s.io/kubernetes@version` and the module's source directory."""
-    out = _go(["mod", "download", "-json", f"{KUBERNETES}@{kubernetes}"], env, cwd=Path.cwd())
+    out = run_go(["mod", "download", "-json", f"{KUBERNETES}@{kubernetes}"], env, cwd=Path.cwd())
     info = json.loads(out)
     if info.get("Error"):
         raise BuildError(f"go mod download {KUBERNETES}@{kubernetes}: {info['Error']}")
@@ -310,8 +313,8 @@ def write_gomod(pins: Pins, log: Callable[[str], None] = print) -> None:
     TOOLS_DIR.mkdir(parents=True, exist_ok=True)
     (TOOLS_DIR / "go.mod").write_text(render_gomod(pins, staging, go, godebug))
     (TOOLS_DIR / "go.sum").unlink(missing_ok=True)
-    _go(["get", f"{KUBERNETES}@{pins.kubernetes}", f"{ETCD}@{pins.etcd}", f"{KWOK}@{pins.kwok}"], env)
-    _go(["mod", "tidy"], env)
+    run_go(["get", f"{KUBERNETES}@{pins.kubernetes}", f"{ETCD}@{pins.etcd}", f"{KWOK}@{pins.kwok}"], env)
+    run_go(["mod", "tidy"], env)
     got = read_pins((TOOLS_DIR / "go.mod").read_text())
     if got != pins:
         raise BuildError(f"after go mod tidy the tools module pins {got}, expected {pins}")
@@ -357,33 +360,49 @@ def ensure_binaries(log: Callable[[str], None] = print) -> Binaries:
         )
     go_version = check_go_minor(pins.kubernetes, kdir, env)
     log(f"e2e binaries: building into {bins.root} with {go_version} (about 10 min cold on 2 cores)")
-    _go(["mod", "download"], env)
+    run_go(["mod", "download"], env)
     downloaded = time.monotonic()
     log(f"  modules downloaded in {downloaded - started:.0f} s")
 
-    bins.root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=bins.root.name + ".tmp-", dir=bins.root.parent))
     timings: dict[str, float] = {"download": round(downloaded - started, 1)}
-    try:
+
+    def fill(tmp: Path) -> None:
         (tmp / "bin").mkdir()
         for name, pkg in COMMANDS.items():
             t0 = time.monotonic()
             flags = kubernetes_ldflags(pins.kubernetes) if pkg.startswith(KUBERNETES) else ["-s", "-w"]
-            _go(["build", "-trimpath", "-ldflags", " ".join(flags), "-o", str(tmp / "bin" / name), pkg], env)
+            run_go(
+                ["build", "-trimpath", "-ldflags", " ".join(flags), "-o", str(tmp / "bin" / name), pkg], env
+            )
             timings[name] = round(time.monotonic() - t0, 1)
             log(f"  {name}: {timings[name]:.0f} s")
-        kwok_dir = Path(_go(["list", "-m", "-f", "{{.Dir}}", KWOK], env).strip())
+        kwok_dir = Path(run_go(["list", "-m", "-f", "{{.Dir}}", KWOK], env).strip())
         (tmp / "stages").mkdir()
         for stage in KWOK_STAGES:
             shutil.copyfile(kwok_dir / "kustomize" / "stage" / stage, tmp / "stages" / Path(stage).name)
         total = round(time.monotonic() - started, 1)
         info = {"pins": dataclasses.asdict(pins), "go": go_version, "seconds": timings, "total_s": total}
         (tmp / "build.json").write_text(json.dumps(info, indent=2) + "\n")
-        if bins.root.exists():  # an incomplete leftover (complete ones returned above)
-            shutil.rmtree(bins.root)
-        tmp.rename(bins.root)
+
+    build_into(bins.root, fill)
+    log(f"e2e binaries: built in {time.monotonic() - started:.0f} s -> {bins.bin_dir}")
+    return bins
+
+
+def build_into(target: Path, fill: Callable[[Path], None]) -> Path:
+    """`fill` a fresh temporary sibling of `target`, then rename it to `target`.
+
+    An interrupted or failed build leaves nothing behind; an incomplete `target` left by an older
+    layout is replaced (callers return a complete one before building).
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
+    try:
+        fill(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log(f"e2e binaries: built in {total:.0f} s -> {bins.bin_dir}")
-    return bins
+    return target

@@ -2,11 +2,12 @@
 
 Usage::
 
-    python -m sbs.e2e build                 # build/cache the binaries (make e2e-bins)
+    python -m sbs.e2e build                 # build/cache the binaries and Kueue (make e2e-bins)
     python -m sbs.e2e up [--nodes 64]       # start the `dev` cluster in the background (make dev-cluster)
     export KUBECONFIG=$(python -m sbs.e2e kubeconfig)
     python -m sbs.e2e status
     python -m sbs.e2e agent --selector app=engine -- python -m http.server --bind {ip} {port}
+    python -m sbs.e2e demo-operator [--kueue]  # the operator's demo (make demo-operator)
     python -m sbs.e2e down                  # (make dev-cluster-down)
 """
 
@@ -20,7 +21,7 @@ import threading
 from pathlib import Path
 
 import click
-from sbs.e2e import agent, binaries, nodes
+from sbs.e2e import agent, binaries, kueue, nodes
 from sbs.e2e.control_plane import (
     ClusterSettings,
     ControlPlane,
@@ -53,10 +54,11 @@ def main() -> None:
 
 @main.command()
 def build() -> None:
-    """Build the binaries into the cache unless they are there (idempotent)."""
+    """Build the control plane binaries and Kueue into the cache unless they are there (idempotent)."""
     try:
         binaries.ensure_binaries(log=click.echo)
-    except binaries.BuildError as exc:
+        kueue.ensure_kueue(log=click.echo)
+    except (binaries.BuildError, kueue.KueueError) as exc:
         raise CliError(str(exc)) from exc
 
 
@@ -114,9 +116,19 @@ def up(name: str, node_count: int, crd_paths: tuple[Path, ...]) -> None:
 @main.command("demo-operator")
 @name_option
 @click.option("--log-dir", default="out", show_default=True, type=click.Path(path_type=Path))
-def demo_operator(name: str, log_dir: Path) -> None:
+@click.option(
+    "--kueue", "use_kueue", is_flag=True,
+    help="Run Kueue alongside the operator, with a queue holding every GPU (both stop with the demo).",
+)  # fmt: skip
+def demo_operator(name: str, log_dir: Path, use_kueue: bool) -> None:
     """Run the operator on the dev cluster (started if needed), apply the sample, follow it to Ready."""
     from sbs.e2e import demo
+
+    if use_kueue:
+        try:
+            kueue.find_kueue()
+        except (kueue.KueueError, binaries.BuildError) as exc:
+            raise CliError(str(exc)) from exc
 
     running = find_clusters(name)
     if running:
@@ -127,7 +139,11 @@ def demo_operator(name: str, log_dir: Path) -> None:
             plane.start()
         except (ControlPlaneError, WaitTimeout, ApiError) as exc:
             raise CliError(f"cluster {name!r} did not start: {exc}") from exc
-    sys.exit(demo.run_demo(plane, log_dir))
+    try:
+        code = demo.run_demo(plane, log_dir, use_kueue=use_kueue)
+    except (kueue.KueueError, ControlPlaneError, WaitTimeout, ApiError) as exc:
+        raise CliError(f"the demo failed: {exc}") from exc
+    sys.exit(code)
 
 
 @main.command()

@@ -103,7 +103,7 @@ def tail(path: Path, lines: int = 30) -> str:
 
 
 _SPAWNER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="control-plane-spawner")
-"""The one thread that starts components (see `_start_process`)."""
+"""The one thread that starts components (see `start_process`)."""
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -244,12 +244,13 @@ class ControlPlane:
         seconds to give up): each stage gets SIGTERM, then SIGKILL after `stop_timeout_s`.
         """
         for stage in (("kwok", "kube-scheduler", "kube-controller-manager"), ("kube-apiserver",), ("etcd",)):
-            self._terminate([c for n, c in self.components.items() if n in stage])
+            self.terminate([c for n, c in self.components.items() if n in stage])
         if self.dir != Path() and self.dir.exists():
             shutil.rmtree(self.dir, ignore_errors=True)
         self.components.clear()
 
-    def _terminate(self, components: list[Component]) -> None:
+    def terminate(self, components: list[Component]) -> None:
+        """SIGTERM, then SIGKILL after `stop_timeout_s`, for each running one."""
         running = [c for c in components if c.alive()]
         for c in running:
             with contextlib.suppress(ProcessLookupError):
@@ -312,9 +313,9 @@ class ControlPlane:
         """Stop one component (SIGTERM, then SIGKILL) and start it again with the same flags, for
         fault tests; returns the seconds until it is healthy again (etcd, the apiserver) or running."""
         old = self.components[name]
-        self._terminate([old])
+        self.terminate([old])
         t0 = time.monotonic()
-        self._start_process(name, old.argv)
+        self.start_process(name, old.argv)
         self._write_state()
         if name == "etcd":
             self.wait(self._etcd_healthy, "etcd /health after a restart")
@@ -325,11 +326,12 @@ class ControlPlane:
         return time.monotonic() - t0
 
     def _spawn(self, name: str, args: list[str]) -> Component:
-        return self._start_process(
+        return self.start_process(
             name, [str(self.bins.path(name)), *args, *self.settings.extra_args.get(name, ())]
         )
 
-    def _start_process(self, name: str, argv: list[str]) -> Component:
+    def start_process(self, name: str, argv: list[str]) -> Component:
+        """Start `argv` as component `name` (logged to `log_path(name)`, watched by `check`)."""
         log_path = self.log_path(name)
         with log_path.open("ab") as log:
             log.write(f"$ {' '.join(argv)}\n".encode())

@@ -3,10 +3,17 @@
 Starts (or reuses) the local control plane with its 64 fake H800 nodes, installs the generated
 CRDs, runs `sbs-operator run` as a local process, applies the DeepSeek-V3 sample and follows it to
 Ready, then prints `kubectl get sbsd`.
+
+With `--kueue`, Kueue (e2e/kueue.py) starts first and the namespace gets the LocalQueue `sbs` of a
+ClusterQueue holding every GPU of the cluster, so the operator runs its pods through Kueue. Kueue
+lives as long as the operator process: both stop when the demo ends, while the cluster, the queues
+and the pods stay. Pods Kueue manages keep its finalizer until Kueue runs again (the next
+`demo-operator --kueue`), so delete them, or the namespace, with Kueue running.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -15,7 +22,7 @@ from pathlib import Path
 
 import click
 import yaml
-from sbs.e2e import crds
+from sbs.e2e import crds, kueue, nodes
 from sbs.e2e.control_plane import ControlPlane
 from sbs.e2e.procs import stop_group
 from sbs.kube.blocking import Kube
@@ -46,10 +53,41 @@ def follow(client: Kube, ns: str, name: str, timeout_s: float) -> tuple[str, flo
     return phase, time.monotonic() - t0
 
 
-def run_demo(plane: ControlPlane, log_dir: Path, namespace: str = "default", timeout_s: float = 120) -> int:
+def start_kueue(plane: ControlPlane, namespace: str) -> kueue.Kueue:
+    """Kueue on `plane`, with a queue for `namespace` whose quota is every GPU of the cluster."""
+    running = kueue.Kueue(plane).start()
+    try:
+        gpus = sum(int(n["status"]["allocatable"].get(nodes.GPU_RESOURCE, 0))
+                   for n in plane.kube.get("/api/v1/nodes")["items"])  # fmt: skip
+        queues = kueue.install_queues(plane.kube, namespace, name=f"sbs-{namespace}", gpus=gpus)
+    except BaseException:
+        running.stop()
+        raise
+    click.echo(f"kueue: webhooks at {running.url}, log {running.log_path}; LocalQueue {namespace}/"
+               f"{queues.local_queue} -> ClusterQueue {queues.cluster_queue} ({gpus} GPUs)")  # fmt: skip
+    return running
+
+
+def run_demo(
+    plane: ControlPlane,
+    log_dir: Path,
+    namespace: str = "default",
+    timeout_s: float = 120,
+    *,
+    use_kueue: bool = False,
+) -> int:
+    """The demo; with `use_kueue`, Kueue runs for as long as the operator does (see `start_kueue`)."""
     client = plane.kube
     documents = crds.crd_documents([REPO / "crds"])
     crds.install_crds(client, documents, check=plane.check)
+    with contextlib.ExitStack() as stack:
+        if use_kueue:
+            stack.callback(start_kueue(plane, namespace).stop)
+        return _operator_demo(plane, log_dir, namespace, timeout_s)
+
+
+def _operator_demo(plane: ControlPlane, log_dir: Path, namespace: str, timeout_s: float) -> int:
+    client = plane.kube
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / "operator.log"
     with log_path.open("ab") as log:

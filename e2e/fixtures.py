@@ -7,6 +7,11 @@ Fixtures:
 - `namespace`: a fresh namespace with its `default` ServiceAccount; deleted afterwards without
   waiting (namespace deletion takes about 10 s).
 - `node_agent`: a factory for `NodeAgent`s that are stopped after the test.
+- `kueue` (session): Kueue on the control plane (`e2e/kueue.py`), started the first time a test asks
+  for it and stopped (webhooks first) before the control plane stops.
+- `kueue_namespace`: `namespace` labelled as Kueue's, with the LocalQueue `sbs` of its own ClusterQueue,
+  named like the namespace, whose quota is every GPU of the cluster: change it with
+  `kueue.install_queues(kube, ns, name=ns, gpus=...)`. Teardown deletes the ClusterQueue.
 
 Any test that uses `control_plane` (directly or through the others) is marked `e2e`, so
 `pytest -m "not e2e"` runs without binaries. When such a test fails, the report gains a section
@@ -25,6 +30,7 @@ from pathlib import Path
 
 import pytest
 from sbs.e2e import agent, binaries
+from sbs.e2e import kueue as kueue_mod
 from sbs.e2e.control_plane import ClusterSettings, ControlPlane, ControlPlaneError
 from sbs.e2e.waits import WaitTimeout
 from sbs.kube.blocking import ApiError, Kube
@@ -34,7 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 CRDS_DIR = REPO / "crds"
 NAMESPACE_DRAIN_S = 60.0
 """How long a test's teardown waits for its namespace's pods to be gone."""
-E2E_FIXTURES = {"control_plane", "kube", "namespace", "node_agent"}
+E2E_FIXTURES = {"control_plane", "kube", "namespace", "node_agent", "kueue", "kueue_namespace"}
 _PLANE = pytest.StashKey[ControlPlane]()
 
 
@@ -109,9 +115,13 @@ def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> It
     # gone (a test after the CRD fuzz's 20 deployments found its pods unschedulable). Its processes
     # have stopped (the node agents' teardown ran first), so nothing waits on a grace period.
     # Deleting the namespace first stops its controllers from creating pods again.
+    # Kueue's pods keep its finalizer while their Workload lives, and the namespace controller deletes
+    # nothing else while pods remain: deleting the Workloads (404 without Kueue's CRDs) lets Kueue stop
+    # and release them.
     pods = f"/api/v1/namespaces/{name}/pods"
     client.delete(f"/api/v1/namespaces/{name}", missing_ok=True)
     try:
+        client.delete(kueue_mod.WORKLOADS.format(ns=name), missing_ok=True)
         client.delete(pods, gracePeriodSeconds=0)
     except ApiError as exc:
         log.warning("deleting the pods of %s: %s", name, exc)
@@ -136,3 +146,27 @@ def node_agent(control_plane: ControlPlane, tmp_path: Path) -> Iterator[Callable
     yield make
     for a in started:
         a.stop()
+
+
+@pytest.fixture(scope="session")
+def kueue(control_plane: ControlPlane) -> Iterator[kueue_mod.Kueue]:
+    try:
+        build = kueue_mod.find_kueue()
+    except (kueue_mod.KueueError, binaries.BuildError) as exc:
+        pytest.fail(str(exc), pytrace=False)
+    running = kueue_mod.Kueue(control_plane, build)
+    try:
+        running.start()
+    except (kueue_mod.KueueError, ControlPlaneError, WaitTimeout, ApiError) as exc:
+        pytest.fail(f"Kueue did not start: {exc}", pytrace=False)
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def kueue_namespace(kueue: kueue_mod.Kueue, namespace: str) -> Iterator[str]:
+    plane = kueue.plane
+    gpus = plane.settings.node_count * plane.settings.shape.gpus
+    kueue_mod.install_queues(plane.kube, namespace, name=namespace, gpus=gpus)
+    yield namespace
+    kueue_mod.delete_queues(plane.kube, namespace, name=namespace)

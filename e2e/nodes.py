@@ -3,7 +3,8 @@
 Each fake node looks, to the scheduler and the operator, like an 8×H800 server: the labels
 NVIDIA's GPU feature discovery sets, a zone/block/rack topology, and capacity for GPUs, RDMA
 devices, CPU, memory and 1 GiB hugepages. kwok marks them Ready, keeps their Leases and plays
-their pods (Running and Ready at once, gone at once when deleted).
+their pods (Running and Ready at once, gone at once when deleted; Failed first when a finalizer
+holds them, see `POD_STOP_STAGE`).
 
 Pod IPs are in 127.0.0.0/8: node `i` of a cluster in slot `s` gets the pod CIDR
 `127.<POD_NET_BASE + s>.<i>.0/24`, so an emulator bound to a pod's IP is reachable from tests
@@ -136,6 +137,59 @@ def build_nodes(count: int, *, slot: int, shape: NodeShape, topology: Topology) 
     if not 0 <= count <= MAX_NODES:
         raise ValueError(f"node count must be in [0, {MAX_NODES}], got {count}")
     return [build_node(i, slot=slot, shape=shape, topology=topology) for i in range(count)]
+
+
+# The harness's own kwok Stage, played after kwok's (see `binaries.Binaries.stage_documents`). kwok's
+# `pod-delete` deletes a pod as soon as it has a deletionTimestamp; a pod that still has finalizers
+# (Kueue's `kueue.x-k8s.io/managed`) then stays Terminating for good, because whoever holds the
+# finalizer waits for a terminal phase that only a kubelet sets. This stage plays that kubelet:
+# a deleted pod with finalizers whose containers have stopped is marked Failed. Its weight (1) makes
+# kwok pick it over `pod-delete` (weight 0), which matches too; once the pod is Failed only
+# `pod-delete` matches, and the pod goes when its finalizers do. Pods without finalizers never
+# match, so they are still deleted at once.
+POD_STOP_STAGE = """\
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata:
+  name: sbs-pod-stop-on-delete
+spec:
+  resourceRef:
+    apiGroup: v1
+    kind: Pod
+  selector:
+    matchExpressions:
+    - key: .metadata.deletionTimestamp
+      operator: Exists
+    - key: .metadata.finalizers
+      operator: Exists
+    - key: .status.phase
+      operator: NotIn
+      values: [Failed, Succeeded]
+  weight: 1
+  next:
+    statusTemplate: |
+      {{ $now := Now }}
+      phase: Failed
+      conditions:
+      - {type: Ready, status: "False", reason: PodCompleted, lastTransitionTime: {{ $now | Quote }}}
+      - {type: ContainersReady, status: "False", reason: PodCompleted, lastTransitionTime: {{ $now | Quote }}}
+      containerStatuses:
+      {{ range .spec.containers }}
+      - name: {{ .name | Quote }}
+        image: {{ .image | Quote }}
+        ready: false
+        started: false
+        restartCount: 0
+        state:
+          terminated:
+            exitCode: 137
+            reason: Error
+            startedAt: {{ $now | Quote }}
+            finishedAt: {{ $now | Quote }}
+      {{ end }}
+"""
+HARNESS_STAGES = (POD_STOP_STAGE,)
+"""kwok Stage documents the harness adds to kwok's own."""
 
 
 def kwok_config(stages: list[str], *, slot: int, server_port: int) -> str:

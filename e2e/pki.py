@@ -121,6 +121,28 @@ def _cert(
     return builder.sign(issuer_key, hashes.SHA256())
 
 
+def write_serving_cert(ca: Pki, directory: Path, name: str) -> None:
+    """`tls.crt`/`tls.key` in `directory` for a local server at 127.0.0.1 and localhost, signed by
+    the CA (so the CA's certificate is its caBundle, e.g. for URL webhooks)."""
+    ca_cert = x509.load_pem_x509_certificate(ca.ca_crt.read_bytes())
+    ca_key = serialization.load_pem_private_key(ca.ca_key.read_bytes(), password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise TypeError(f"{ca.ca_key}: expected the harness's ECDSA CA key")
+    key = _key()
+    sans: list[x509.GeneralName] = [
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+    ]
+    now = datetime.datetime.now(datetime.UTC)
+    cert = _cert(
+        _name(name), key, ca_cert.subject, ca_key, now, usage=ExtendedKeyUsageOID.SERVER_AUTH, sans=sans
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "tls.key").write_bytes(_pem_key(key))
+    (directory / "tls.key").chmod(0o600)
+
+
 def make_pki(directory: Path, service_ip: str, now: datetime.datetime | None = None) -> Pki:
     """Write the CA, serving, admin and service-account keys into `directory`."""
     now = now or datetime.datetime.now(datetime.UTC)
