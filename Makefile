@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 
-.PHONY: venv demo demo-operator test test-quick test-e2e lint fmt bench clean e2e-bins e2e-gomod dev-cluster dev-cluster-down \
+.PHONY: venv demo demo-operator demo-operator-kueue test test-quick test-e2e lint fmt bench clean e2e-bins e2e-gomod dev-cluster dev-cluster-down \
 	chaos soak
 
 venv: $(STAMP)
@@ -46,7 +46,8 @@ test-e2e: venv e2e-bins
 
 # The local Kubernetes control plane (e2e/): real kube-apiserver, controller-manager, scheduler,
 # etcd and kwok with 64 simulated 8xH800 nodes. Binaries are built from the Go module proxy into
-# ~/.cache/sbs-e2e/ once (about 10 min on 2 cores), then reused.
+# ~/.cache/sbs-e2e/ once (about 10 min on 2 cores), then reused; so is Kueue (e2e/kueue/go.mod, about
+# 3 more minutes), which the Kueue tests and `python -m sbs.e2e demo-operator --kueue` run.
 e2e-bins: venv
 	$(BIN)/python -m sbs.e2e build
 
@@ -63,6 +64,10 @@ dev-cluster: e2e-bins
 # `sbs-operator run` as a local process, the DeepSeek-V3 sample applied and followed to Ready.
 demo-operator: e2e-bins
 	$(BIN)/python -m sbs.e2e demo-operator
+
+# The same with Kueue placing the engine groups (docs/placement.md).
+demo-operator-kueue: e2e-bins
+	$(BIN)/python -m sbs.e2e demo-operator --kueue
 
 dev-cluster-down: venv
 	$(BIN)/python -m sbs.e2e down

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 from sbs.operator.api_refs import EnvVar, NetworkPolicyPeer, SchedulerAuth, SecretKeyRef
 from sbs.operator.crd_model import ApiModel, Rule, StatusModel, rules_config
+from sbs.operator.placement_spec import GangScheduling, Placement
 
 GROUP = "sbs.dev"
 VERSION = "v1alpha1"
@@ -334,18 +335,6 @@ class RestartPolicy(ApiModel):
     )
 
 
-class GangScheduling(ApiModel):
-    """PodGroups for scheduler-plugins (`scheduling.x-k8s.io`) or Volcano, so a group is placed whole."""
-
-    mode: Literal["Auto", "Enabled", "Disabled"] = Field(
-        default="Auto", description="Auto: only when the PodGroup CRD is installed."
-    )
-    provider: Literal["scheduler-plugins", "volcano"] = "scheduler-plugins"
-    scheduler_name: str | None = Field(
-        default=None, max_length=253, description="Pod schedulerName; the provider's usual name by default."
-    )
-
-
 SPEC_RULES = (
     Rule(
         "self.engine.transferBackend != 'fake' || self.prefill.groups == 0 || self.decode.groups == 0",
@@ -376,6 +365,7 @@ class SBSDeploymentSpec(ApiModel):
     update_strategy: UpdateStrategy = Field(default_factory=UpdateStrategy)
     restart_policy: RestartPolicy = Field(default_factory=RestartPolicy)
     gang_scheduling: GangScheduling = Field(default_factory=GangScheduling)
+    placement: Placement = Field(default_factory=Placement)
 
     def role(self, name: str) -> RoleSpec:
         return self.prefill if name == "prefill" else self.decode

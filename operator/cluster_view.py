@@ -90,6 +90,10 @@ class ClusterView:
             task.add_done_callback(lambda _: self._inflight.pop(what, None))
         return await asyncio.shield(self._inflight[what])  # type: ignore[no-any-return]
 
+    async def cached(self, what: str, fetch: Callable[[], Awaitable[T]]) -> T:
+        """`fetch()`, shared by concurrent readers and kept for `ttl_s`."""
+        return await self._cached(what, fetch)
+
     async def nodes(self, client: KubeClient) -> dict[str, placement.NodeInfo] | None:
         """Every node by name; None (for `ttl_s`) when nodes cannot be listed, e.g. without the
         permission in namespaced mode: node health and placement are then skipped."""

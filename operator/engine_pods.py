@@ -10,7 +10,7 @@ from typing import Any
 
 from sbs.kube import labels
 from sbs.kube.apply import short_hash
-from sbs.operator import api, child_names, sglang_args
+from sbs.operator import api, child_names, kueue, sglang_args
 from sbs.operator.api_refs import API_KEY_ENV, POD_IP_ENV
 
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -144,9 +144,9 @@ def _container(dep: api.SBSDeployment, role: str, index: int, thash: str, rank: 
 
 
 def group_pods(
-    dep: api.SBSDeployment, role: str, index: int, thash: str, *, gang: bool
+    dep: api.SBSDeployment, role: str, index: int, thash: str, *, gang: bool, queue: str | None = None
 ) -> list[dict[str, Any]]:
-    """The pods of one engine group, leader first."""
+    """The pods of one engine group, leader first; with `queue`, one Kueue pod group in that LocalQueue."""
     r, e = dep.spec.role(role), dep.spec.engine
     group = group_labels(dep, role, index, thash)
     gid = group[labels.GROUP_ID]
@@ -186,6 +186,10 @@ def group_pods(
                 pod_labels[provider["label"]] = gid
             else:
                 annotations[provider["annotation"]] = gid
+        if queue is not None:
+            more_labels, more_annotations = kueue.pod_fields(dep, role, gid, queue)
+            pod_labels.update(more_labels)
+            annotations.update(more_annotations)
         metadata: dict[str, Any] = {
             "name": child_names.pod_name(dep.name, role, index, thash, rank),
             "namespace": dep.namespace,

@@ -65,6 +65,8 @@ class Plan:
     restarts: list[api.GroupRestart] = field(default_factory=list)
     requeue_after: float | None = None
     unschedulable: list[str] = field(default_factory=list)
+    queued: list[str] = field(default_factory=list)
+    """Groups Kueue has not admitted yet, with its reason (filled by the reconciler, see kueue.py)."""
     role_status: dict[str, api.RoleStatus] = field(default_factory=dict)
     progressing: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)

@@ -24,6 +24,7 @@ from sbs.operator import (
     engine_pods,
     group_plan,
     group_state,
+    kueue,
     network_policies,
     placement,
     scheduler_objects,
@@ -165,8 +166,9 @@ async def reconcile(
         dep, {r: role_scalers.desired_groups(dep, r, observed_scalers.get(r)) for r in api.ROLES}
     )
     spec = dep.spec
+    queue = await _kueue_queue(client, view, dep)
     mode = spec.gang_scheduling.mode
-    gang = mode == "Enabled" or (mode == "Auto" and gang_available)
+    gang = queue is None and (mode == "Enabled" or (mode == "Auto" and gang_available))
     thashes = {r: engine_pods.template_hash(spec, r, gang, dep.uid) for r in api.ROLES}
     pods_path = collection_path("v1", "pods", namespace)
     pods = await client.list(pods_path, label_selector=labels.selector_string(labels.engine_selector(name)))
@@ -174,6 +176,7 @@ async def reconcile(
     nodes = await view.nodes(client) if pods else None
     down = {n.name: n.not_ready_since for n in (nodes or {}).values() if n.not_ready_since is not None}
     p = group_plan.plan(dep, pods, thashes, now, down)
+    p.queued = await kueue.queued(client, dep, pods)
 
     problem = None
     engine_side = [engine_pods.headless_service(dep), *network_policies.objects(dep)]
@@ -204,8 +207,12 @@ async def reconcile(
         what = f"{action.role} group {action.index} ({action.thash[:5]}) draining: {action.reason}"
         await _event(client, dep, "Normal", "GroupDraining", what, now)
     for action in p.delete:
-        for pod in _pods_of(pods, action):
+        group = _pods_of(pods, action)
+        for pod in group:
             await client.delete(pod_path(pod))
+        if kueue.is_kueue_group(group):
+            gid = child_names.group_id(dep.name, action.role, action.index, action.thash)
+            await kueue.delete_workload(client, dep.namespace, gid)
         if not action.reason.startswith("GroupFailed"):
             what = f"{action.role} group {action.index} ({action.thash[:5]}) deleted: {action.reason}"
             await _event(client, dep, "Normal", "GroupDeleted", what, now)
@@ -219,7 +226,7 @@ async def reconcile(
     for action in p.mark:
         await _mark_complete(client, _pods_of(pods, action))
     existing = {pod["metadata"]["name"] for pod in pods}
-    placed = await _placed(client, view, dep, p.create, gang)
+    placed = await _placed(client, view, dep, p.create, gang, queue)
     try:
         for action, pods_to_create, _ in placed:
             for pod in pods_to_create:
@@ -289,9 +296,11 @@ async def _placed(
     dep: api.SBSDeployment,
     creates: list[group_plan.GroupAction],
     gang: bool,
+    queue: str | None = None,
 ) -> list[tuple[group_plan.GroupAction, list[dict[str, Any]], cluster_view.Reservation | None]]:
     """The pods of each group to create, pinned to a topology domain that holds the whole group (an
-    unfinished group: to its own domain), with the domain's reservation in `view`.
+    unfinished group: to its own domain), with the domain's reservation in `view`. With a Kueue
+    `queue`, Kueue places them: nothing is pinned, and the roles alternate (`kueue.creation_order`).
 
     Larger groups are placed first. Without permission to list nodes, or when no domain has room
     (in a fresh listing), pods keep only their pod affinity and kube-scheduler decides (and reports
@@ -299,14 +308,19 @@ async def _placed(
     reconciles never pick the same free nodes.
     """
     out: list[tuple[group_plan.GroupAction, list[dict[str, Any]], cluster_view.Reservation | None]] = []
-    creates = sorted(creates, key=lambda a: -dep.spec.role(a.role).nodes_per_group)
+    if queue is None:
+        creates = sorted(creates, key=lambda a: -dep.spec.role(a.role).nodes_per_group)
+    else:
+        creates = kueue.creation_order(creates)
     try:
         for action in creates:
             r = dep.spec.role(action.role)
-            pods = engine_pods.group_pods(dep, action.role, action.index, action.thash, gang=gang)
+            pods = engine_pods.group_pods(
+                dep, action.role, action.index, action.thash, gang=gang, queue=queue
+            )
             domain, reservation = action.domain, None
             other = _largest_requests(pods)
-            if r.topology_key and not gang and not action.unfinished:
+            if r.topology_key and not gang and queue is None and not action.unfinished:
                 for max_age in (None, 0.0):  # the cached view, then a fresh one before giving up
                     alloc = await view.allocation(client, max_age)
                     if alloc is None:
@@ -321,7 +335,7 @@ async def _placed(
                             key=r.topology_key, domain=domain, nodes=r.nodes_per_group, gpus=r.gpus_per_node
                         )
                         break
-            if r.topology_key and domain is not None:
+            if r.topology_key and domain is not None and queue is None:
                 pods = [placement.pin(pod, r.topology_key, domain) for pod in pods]
             out.append((action, pods, reservation))
     except BaseException:  # cancelled (leadership lost) or failed: nothing will be created
@@ -330,6 +344,22 @@ async def _placed(
                 view.settle(reservation)
         raise
     return out
+
+
+async def _kueue_queue(
+    client: KubeClient, view: cluster_view.ClusterView, dep: api.SBSDeployment
+) -> str | None:
+    """The LocalQueue new groups go to, or None for the built-in placer (`spec.placement`)."""
+    p = dep.spec.placement
+    if p.mode == "BuiltIn":
+        return None
+    if p.mode == "Kueue":
+        return p.queue_name
+    found = await view.cached(
+        f"localqueue/{dep.namespace}/{p.queue_name}",
+        lambda: kueue.queue_exists(client, dep.namespace, p.queue_name),
+    )
+    return p.queue_name if found else None
 
 
 def _largest_requests(pods: list[dict[str, Any]]) -> dict[str, float]:

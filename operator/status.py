@@ -48,6 +48,8 @@ def degraded_reason(p: group_plan.Plan, problem: str | None) -> tuple[str, str] 
         return problem.split(":", 1)[0], problem
     if p.failed:
         return "GroupFailed", "; ".join(p.failed)
+    if p.queued:
+        return "QueuedByKueue", "; ".join(p.queued[:4])
     if p.unschedulable:
         gpu = any(h in m for m in p.unschedulable for h in GPU_HINTS)
         return ("InsufficientGPUs" if gpu else "Unschedulable"), "; ".join(p.unschedulable[:4])

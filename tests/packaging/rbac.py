@@ -34,6 +34,8 @@ NEEDS: list[Need] = [
     *each("list create patch delete", "rbac.authorization.k8s.io", "roles rolebindings", "*ns*"),
     *each("list create patch delete", "networking.k8s.io", "networkpolicies", "*ns*"),
     *each("list create patch delete", "scheduling.x-k8s.io", "podgroups", "*ns*"),
+    *each("get", "kueue.x-k8s.io", "localqueues", "*ns*"),
+    *each("get delete", "kueue.x-k8s.io", "workloads", "*ns*"),
     *each("create", "", "events", "*ns*"),
     *each("list watch", "apiextensions.k8s.io", "customresourcedefinitions", ""),  # kopf's resource scan
     *each("get create update", "coordination.k8s.io", "leases", "sbs-system"),  # leader.py
