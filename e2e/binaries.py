@@ -206,8 +206,13 @@ def go_minor(version: str) -> str:
     return m[1]
 
 
+def module_digest(gomod: str, gosum: str) -> str:
+    """A short hash of a Go module's go.mod and go.sum, for cache keys."""
+    return hashlib.sha256((gomod + "\0" + gosum).encode()).hexdigest()[:10]
+
+
 def cache_key(pins: Pins, go_version: str, gomod: str, gosum: str) -> str:
-    digest = hashlib.sha256((gomod + "\0" + gosum).encode()).hexdigest()[:10]
+    digest = module_digest(gomod, gosum)
     return f"k8s-{pins.kubernetes}_etcd-{pins.etcd}_kwok-{pins.kwok}_{go_version}_{digest}"
 
 

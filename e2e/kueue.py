@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -123,8 +122,7 @@ def read_version(gomod: str) -> str:
 
 
 def cache_key(version: str, go_version: str, gomod: str, gosum: str) -> str:
-    digest = hashlib.sha256((gomod + "\0" + gosum).encode()).hexdigest()[:10]
-    return f"kueue-{version}_{go_version}_{digest}"
+    return f"kueue-{version}_{go_version}_{binaries.module_digest(gomod, gosum)}"
 
 
 def conversion_patches(kustomization: str) -> list[str]:
