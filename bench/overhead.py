@@ -161,13 +161,29 @@ async def throughput(target: Target, concurrency: int, duration_s: float) -> tup
         return done, errors, time.monotonic() - start
 
 
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            out += [int(c) for c in task.read_text().split()]
+        except OSError:
+            continue
+    return out
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process `pid` (Linux /proc)."""
+    """User + system CPU seconds of process `pid` and every process under it (a router that forks
+    workers is counted whole; children already reaped are in its cutime/cstime), from Linux /proc."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = sum(int(f) for f in fields[11:15])
+    total = ticks / os.sysconf("SC_CLK_TCK")
+    for child in _children(pid):
+        below = cpu_seconds(child)
+        total += below if below == below else 0.0
+    return total
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -235,6 +251,7 @@ async def run_overhead(
                 "throughput_errors": tp_errors,
                 "process_cpu_s": cpu,
                 "rps_per_cpu_core": done / cpu if cpu and cpu == cpu and cpu > 0 else None,
+                "cpu_us_per_request": cpu / done * 1e6 if done and cpu == cpu else None,
             }
     base = results.get("direct")
     for r in results.values():
@@ -267,6 +284,7 @@ def table(doc: dict[str, Any]) -> str:
         ("closed-loop req/s", "{:.0f}", "throughput_rps"),
         ("cpu s", "{:.1f}", "process_cpu_s"),
         ("req/s per core", "{:.0f}", "rps_per_cpu_core"),
+        ("CPU µs/req", "{:.0f}", "cpu_us_per_request"),
         ("errors", "{:.0f}", None),
     )
     rows = [[c[0] for c in cols]]
@@ -301,4 +319,23 @@ def table(doc: dict[str, Any]) -> str:
             f"added p99 {np99:+.2f} ms vs sglang-router's {tp99:+.2f} ms "
             f"(≤ 2×: {'met' if np99 <= 2 * max(tp99, 0.0) else 'NOT met'})"
         )
+    lines += _cpu_verdict(s)
     return "\n".join(lines)
+
+
+CPU_TARGET_US = 250.0
+"""Issue 14's target for the scheduler's own CPU time per request."""
+
+
+def _cpu_verdict(systems: dict[str, Any]) -> list[str]:
+    ours = (systems.get("sbs") or {}).get("cpu_us_per_request")
+    if not ours:
+        return []
+    line = f"sbs CPU per request: {ours:.0f} µs (target ≤ {CPU_TARGET_US:.0f} µs: "
+    line += "met)" if ours <= CPU_TARGET_US else "NOT met)"
+    others = [
+        f"{ours / r['cpu_us_per_request']:.2f}× {name}'s {r['cpu_us_per_request']:.0f} µs"
+        for name in ("smg", "sglang-router")
+        if (r := systems.get(name) or {}).get("cpu_us_per_request")
+    ]
+    return [line + ("; " + ", ".join(others) if others else "")]

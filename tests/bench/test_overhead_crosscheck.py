@@ -32,7 +32,9 @@ def test_overhead_measures_direct_and_our_scheduler(tmp_path: Path) -> None:
         assert r["latency_p50_ms"] > 0 and r["throughput_rps"] > 0
     assert doc["systems"]["direct"]["overhead_p50_ms"] == 0
     assert "overhead_p99_ms" in doc["systems"]["sbs"]
-    assert doc["systems"]["sbs"]["rps_per_cpu_core"] > 0
+    sbs = doc["systems"]["sbs"]
+    assert sbs["rps_per_cpu_core"] > 0
+    assert sbs["cpu_us_per_request"] == pytest.approx(1e6 / sbs["rps_per_cpu_core"])
 
 
 def test_crosscheck_reports_raw_and_corrected_differences(tiny_trace: Path, tmp_path: Path) -> None:

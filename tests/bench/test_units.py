@@ -139,6 +139,7 @@ def test_overhead_table_is_unchanged() -> None:
             "throughput_rps",
             "process_cpu_s",
             "rps_per_cpu_core",
+            "cpu_us_per_request",
         )
         r = {k: v for k, v in zip(keys, figures, strict=True) if v is not None or k == "process_cpu_s"}
         r["latency_errors"], r["throughput_errors"] = errors
@@ -147,11 +148,35 @@ def test_overhead_table_is_unchanged() -> None:
     nan = float("nan")
     doc = {
         "systems": {
-            "direct": system(1.234, 5.6, None, None, 1.0, None, 4.0, None, 1234.5, None, nan),
-            "sbs": system(1.9, 7.0, 0.666, 1.4, 1.5, 0.5, 5.0, 1.0, 900.0, 12.34, 300.0, errors=(1, 2)),
-            "sglang-router": system(2.5, 9.0, 1.266, 3.4, 2.0, 1.0, 6.0, 2.0, 800.0, 10.0, 250.0),
+            "direct": system(1.234, 5.6, None, None, 1.0, None, 4.0, None, 1234.5, None, nan, None),
+            "sbs": system(1.9, 7.0, 0.666, 1.4, 1.5, 0.5, 5.0, 1.0, 900.0, 12.34, 300.0, 3333, errors=(1, 2)),
+            "sglang-router": system(2.5, 9.0, 1.266, 3.4, 2.0, 1.0, 6.0, 2.0, 800.0, 10.0, 250.0, 4000.0),
             "smg": {"failed": "boom"},
         }
     }
     got = overhead.table(doc)
     assert got + "\n" == (FIXTURES / "overhead_table.txt").read_text()
+
+
+def test_cpu_seconds_counts_the_processes_a_system_starts(tmp_path: Path) -> None:
+    """A launcher whose work runs in a child is charged that child's CPU, while the child runs and
+    after it has exited (reaped: the launcher's cutime/cstime)."""
+    import subprocess
+    import sys
+    import time
+
+    work = "import time; sum(range(2 * 10**7)); open({!r}, 'w').write(str(time.process_time())){}"
+    for running in (True, False):
+        out = tmp_path / f"cpu-{running}"
+        child = work.format(str(out), "; time.sleep(30)" if running else "")
+        proc = subprocess.Popen(["sh", "-c", f'{sys.executable} -c "{child}"; sleep 30'])
+        try:
+            deadline = time.monotonic() + 60
+            while not (out.exists() and out.read_text()) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.3)  # the child sleeps, or has exited and been reaped by sh
+            child_cpu = float(out.read_text())
+            assert overhead.cpu_seconds(proc.pid) >= 0.9 * child_cpu, running
+        finally:
+            proc.kill()
+            proc.wait()
