@@ -335,7 +335,7 @@ def _cpu_verdict(systems: dict[str, Any]) -> list[str]:
     line += "met)" if ours <= CPU_TARGET_US else "NOT met)"
     others = [
         f"{ours / r['cpu_us_per_request']:.2f}× {name}'s {r['cpu_us_per_request']:.0f} µs"
-        for name in ("smg", "sglang-router")
-        if (r := systems.get(name) or {}).get("cpu_us_per_request")
+        for name, r in systems.items()
+        if name.startswith(("smg", "sglang-router")) and r.get("cpu_us_per_request")
     ]
     return [line + ("; " + ", ".join(others) if others else "")]
