@@ -38,7 +38,7 @@ from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from heapq import heapify, heappop, heappush, heapreplace
-from itertools import accumulate, compress
+from itertools import accumulate, compress, repeat
 
 from sbs.scheduler.core.capacity import PrefillCapacityModel
 
@@ -118,7 +118,9 @@ def water_fill_lists(
     if credits is None and allow_chunking:
         # Every considered item is admitted: the first k, up to the one that fills the room.
         # An item longer than a rank's room is chunked: this step it takes one rank's room at most.
-        need = accumulate(t if t < chunk_tokens else chunk_tokens for t in tokens)
+        need = accumulate(
+            tokens if max(tokens, default=0) < chunk_tokens else map(min, tokens, repeat(chunk_tokens))
+        )
         k = min(bisect_left(list(need), total_room) + 1, n_items) if total_room > 0 else 0
         sel_idx: Sequence[int] = range(k)
         sel_t = list(tokens[:k])
@@ -174,19 +176,18 @@ def water_fill_lists(
     p_cached = [0] * n_sel
     for s in order:
         t = sel_t[s]
-        if not sel_c[s] and heap:
+        if heap and not sel_c[s]:
             # Fast path: the least-loaded rank is current and takes the whole item.
-            ent = heap[0]
-            j = ent[1]
-            if ent[2] == ver[j] and room[j] >= t:
+            _, j, v = heap[0]
+            r = room[j] - t
+            if r >= 0 and v == ver[j]:
                 tj = tok[j] + t
                 pj = prs[j] + t * t
                 tok[j] = tj
                 prs[j] = pj
-                r = room[j] - t
                 room[j] = r
-                if r > 0:
-                    heapreplace(heap, (a * tj + b * pj, j, ver[j]))
+                if r:
+                    heapreplace(heap, (a * tj + b * pj, j, v))
                 else:
                     heappop(heap)
                 p_rank[s] = j
@@ -255,7 +256,7 @@ def water_fill_lists(
             if ent[2] == ver[ent[1]]:
                 heappush(heap, ent)
 
-    sel_rids = [rids[i] for i in sel_idx]
+    sel_rids = list(rids[:k]) if isinstance(sel_idx, range) else [rids[i] for i in sel_idx]
     if n_sel == k and (not n_sel or min(p_rank) >= 0):
         unplaced: list[int] = []
     else:  # some considered items were not admitted or not placed

@@ -99,10 +99,15 @@ class RankCounters:
 
     def __init__(self, specs: list[InstanceSpec], transit_s: float) -> None:
         self.offsets: list[int] = []
+        self.instance_of: list[int] = []
+        """Per flat rank index: its instance, and its rank within the instance (`rank_of`)."""
+        self.rank_of: list[int] = []
         n = 0
-        for spec in specs:
+        for i, spec in enumerate(specs):
             self.offsets.append(n)
             n += spec.dp_size
+            self.instance_of += [i] * spec.dp_size
+            self.rank_of += range(spec.dp_size)
         self.count = [0] * n
         self.tokens = [0] * n
         self._transit_s = transit_s
@@ -121,17 +126,21 @@ class RankCounters:
             (now + self._transit_s if seen_at is None else seen_at, rank, count, tokens)
         )
 
-    def add_many(
-        self, instances: Sequence[int], ranks: Sequence[int], count: int, tokens: Sequence[int], now: float
-    ) -> None:
-        """`add` for a batch of dispatches sent at `now` (one decision round)."""
+    def add_many(self, flat: Sequence[int], tokens: Sequence[int], now: float) -> None:
+        """`add` of one request each (count 1, `tokens[i]` tokens) on flat ranks `flat`, sent at `now` (one
+        decision round)."""
         seen = now + self._transit_s
-        counts, toks, offsets, logs = self.count, self.tokens, self.offsets, self._log
-        for instance, rank, t in zip(instances, ranks, tokens, strict=True):
-            i = offsets[instance] + rank
-            counts[i] += count
+        counts, toks, logs, instance_of, rank_of = (
+            self.count,
+            self.tokens,
+            self._log,
+            self.instance_of,
+            self.rank_of,
+        )
+        for i, t in zip(flat, tokens, strict=True):
+            counts[i] += 1
             toks[i] += t
-            logs[instance].append((seen, rank, count, t))
+            logs[instance_of[i]].append((seen, rank_of[i], 1, t))
 
     def reconcile(self, instance: int, snapshot_s: float, loads: tuple[RankLoad, ...], tokens_of) -> None:
         """Replace the instance's counters with a snapshot plus the deltas it cannot have seen."""

@@ -1,14 +1,18 @@
 """Value types shared by the scheduling core, the simulator and the service.
 
 Everything here is a frozen dataclass: decisions are pure functions of (state, requests, now), so the
-values that flow in and out must not change under a caller's feet. Times are seconds (float) on the
-caller's clock; the core never reads a clock of its own.
+values that flow in and out must not change under a caller's feet (`dispatches` builds one release's
+`Dispatch` values at once). Times are seconds (float) on the caller's clock; the core never reads a
+clock of its own.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from itertools import repeat
 
 
 class Role(enum.StrEnum):
@@ -92,6 +96,30 @@ class Reject:
 
 
 Decision = Dispatch | Reject
+
+_DISPATCH_SLOTS = tuple(Dispatch.__dict__[f.name].__set__ for f in fields(Dispatch))
+
+
+def dispatches(
+    rids: Sequence[int],
+    prefill_instance: int,
+    prefill_ranks: Sequence[int],
+    decode_instances: Sequence[int],
+    decode_ranks: Sequence[int],
+    reason: str,
+) -> list[Dispatch]:
+    """`[Dispatch(rid, prefill_instance, pr, di, dr, reason) for ...]` for one release, built field by
+    field: a frozen dataclass's `__init__` sets each field through a generic `object.__setattr__`;
+    setting the slots directly builds the same values in about half the time."""
+    n = len(rids)
+    if not len(prefill_ranks) == len(decode_instances) == len(decode_ranks) == n:
+        raise ValueError("dispatches: the columns differ in length")
+    out = list(map(object.__new__, repeat(Dispatch, n)))
+    columns = (rids, repeat(prefill_instance), prefill_ranks, decode_instances, decode_ranks, repeat(reason))
+    consume = deque(maxlen=0).extend
+    for set_slot, column in zip(_DISPATCH_SLOTS, columns, strict=True):
+        consume(map(set_slot, out, column))
+    return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,15 +10,18 @@ the instance that caches its prefix, never longer than the recompute it saves.
 from __future__ import annotations
 
 import math
-from bisect import insort
+from bisect import bisect_left, bisect_right
+from collections.abc import Sequence
+from itertools import accumulate, compress, islice, repeat
+from operator import add, itemgetter, le
 
 from sbs.scheduler.core.capacity import PrefillCapacityModel
-from sbs.scheduler.core.decode_alloc import assign_decode_lists
+from sbs.scheduler.core.decode_alloc import assign_decode_ranks
 from sbs.scheduler.core.policies import sbs_timing
 from sbs.scheduler.core.prefill_alloc import water_fill_lists
 from sbs.scheduler.core.prefix_index import PrefixIndex
 from sbs.scheduler.core.state import Carry, ClusterState, Flight
-from sbs.scheduler.core.types import Decision, Dispatch, RankRef, Reject, Request
+from sbs.scheduler.core.types import Decision, Reject, Request, dispatches
 from sbs.settings.scheduling import SbsPolicy
 
 
@@ -37,7 +40,11 @@ class StaggeredBatching:
         """Buffered requests in arrival order (the hold guard looks at the oldest)."""
         self._queue: list[tuple[float, int]] = []
         """(priority key, rid) of the buffered requests, sorted: the order releases take them in."""
+        self._queue_tokens: list[int] = []
+        """The prompt tokens of `_queue`'s requests, position by position."""
         self._buffer_tokens = 0
+        self._hashed = 0
+        """Buffered requests with prefix hashes (with none, a release needs no look at the prefix index)."""
         self.prefix: PrefixIndex | None = None
         if settings.prefix_credit and block_tokens:
             caps = [
@@ -50,8 +57,11 @@ class StaggeredBatching:
     def arrive(self, req: Request, now: float) -> list[Decision]:
         self.buffer[req.rid] = req
         key = sbs_timing.priority_key(req.arrival_s, req.prompt_tokens, self.state.capacity, self.batching)
-        insort(self._queue, (key, req.rid))
+        i = bisect_right(self._queue, (key, req.rid))
+        self._queue.insert(i, (key, req.rid))
+        self._queue_tokens.insert(i, req.prompt_tokens)
         self._buffer_tokens += req.prompt_tokens
+        self._hashed += bool(req.hash_ids)
         return []
 
     def cancel(self, rid: int) -> bool:
@@ -59,7 +69,8 @@ class StaggeredBatching:
         if req is None:
             return False
         self._buffer_tokens -= req.prompt_tokens
-        self._queue = [e for e in self._queue if e[1] != rid]
+        self._hashed -= bool(req.hash_ids)
+        self._sync_queue()
         return True
 
     def next_deadline(self) -> float | None:
@@ -147,11 +158,18 @@ class StaggeredBatching:
                 break
             del self.buffer[oldest.rid]
             self._buffer_tokens -= oldest.prompt_tokens
+            self._hashed -= bool(oldest.hash_ids)
             self.state.stats.rejected += 1
             out.append(Reject(oldest.rid, why, retryable=True))
         if out:
-            self._queue = [e for e in self._queue if e[1] in self.buffer]
+            self._sync_queue()
         return out
+
+    def _sync_queue(self) -> None:
+        """Drop the queue entries of requests no longer buffered."""
+        keep = list(map(self.buffer.__contains__, map(itemgetter(1), self._queue)))
+        self._queue = list(compress(self._queue, keep))
+        self._queue_tokens = list(compress(self._queue_tokens, keep))
 
     # -- one release --------------------------------------------------------------------------------
 
@@ -166,61 +184,39 @@ class StaggeredBatching:
         for r, (tok, done, _) in committed.items():
             ctok[r] = tok
             cpairs[r] = PrefillCapacityModel.pairs(int(done), tok)
-        ranks = range(st.offset, st.offset + spec.dp_size)
         full = chunk
-        if self.batching.level_fill:
-            head = self.buffer[self._queue[0][1]].prompt_tokens
-            chunk = sbs_timing.fill_level(
-                chunk, head_tokens=head, committed=ctok, buffered_tokens=self._buffer_tokens
-            )
-        room = sum(max(chunk - t, 0) for t in ctok)
-        rids: list[int] = []
-        tokens: list[int] = []
-        credits: list[dict[int, int] | None] = []
-        any_credit = False
-        taken = 0
-        wake = math.inf
-        prefix = self.prefix
         buffer = self.buffer
-        queue = self._queue
+        queue, qtok = self._queue, self._queue_tokens
         if reason == "max_hold":  # the requests over the hold go first, whatever their size
             late = now - sbs_timing.hold_s(state.instances, self.batching)
-            queue = sorted(queue, key=lambda e: buffer[e[1]].arrival_s > late)
-        for _, rid in queue:
-            req = buffer[rid]
-            if taken >= room and len(rids) >= spec.dp_size:
-                break
-            if rids and chunk < full and req.prompt_tokens > chunk:
-                continue  # waits for a step whose level it sets (it is never skipped once oldest)
-            credit = None
-            if prefix is not None and req.hash_ids:  # else _cached_elsewhere is None
-                wait_for = self._cached_elsewhere(req, p, now)
-                if wait_for is not None:  # another instance holds its prefix and frees before a recompute
-                    wake = min(wake, wait_for)
-                    continue
-                matched = prefix.matched_blocks(req.hash_ids, ranks)
-                if matched:
-                    bt = self.block_tokens or 0
-                    credit = {
-                        flat - st.offset: min(blocks * bt, req.prompt_tokens - 1)
-                        for flat, blocks in matched.items()
-                    }
-                    any_credit = True
-            rids.append(req.rid)
-            tokens.append(req.prompt_tokens)
-            credits.append(credit)
-            taken += req.prompt_tokens
-        if not rids:
-            # Everything buffered waits for the instances caching its prefixes: look again when the
-            # first of them is due (or a new request arrives), not in a loop.
-            st.deferred_until_s = max(wake, now + self.batching.min_interval_s)
-            return []
+            by = sorted(range(len(queue)), key=lambda i: buffer[queue[i][1]].arrival_s > late)
+            queue = [queue[i] for i in by]
+            qtok = [qtok[i] for i in by]
+        if self.batching.level_fill:
+            chunk = sbs_timing.fill_level(
+                chunk, head_tokens=qtok[0], committed=ctok, buffered_tokens=self._buffer_tokens
+            )
+        room = sum(max(chunk - t, 0) for t in ctok)
+        # A request above the step's level waits for a step whose level it sets (never once oldest).
+        level = chunk if chunk < full else None
+        credits: list[dict[int, int] | None] | None = None
+        if self.prefix is None or not self._hashed:
+            take: Sequence[int] = take_in_order(qtok, room, spec.dp_size, level)
+        else:
+            take, credits, wake = self._take_with_credit(p, now, queue, qtok, room, level)
+            if not take:
+                # Everything buffered waits for the instances caching its prefixes: look again when the
+                # first of them is due (or a new request arrives), not in a loop.
+                st.deferred_until_s = max(wake, now + self.batching.min_interval_s)
+                return []
+        rids = list(map(itemgetter(1), map(queue.__getitem__, take)))
+        tokens = list(map(qtok.__getitem__, take))
         plan = water_fill_lists(
             rids,
             tokens,
             ctok,
             cpairs,
-            credits=credits if any_credit else None,
+            credits=credits,
             chunk_tokens=chunk,
             model=state.capacity,
             allow_chunking=True,
@@ -234,47 +230,90 @@ class StaggeredBatching:
         predicted = plan.step_s * st.error_ewma
         st.planned.append((now, predicted))
         st.busy_until_s = max(st.busy_until_s, now) + predicted
-        pop = self.buffer.pop
-        reqs = [pop(rid) for rid in plan.rids]
-        self._queue = [e for e in self._queue if e[1] in buffer]
-        self._buffer_tokens -= sum(r.prompt_tokens for r in reqs)
+        placed = plan.rids
+        reqs = list(map(buffer.pop, placed))
+        if len(placed) == len(take) and isinstance(take, range) and queue is self._queue:
+            del self._queue[: len(take)]  # the head of the queue went out whole
+            del self._queue_tokens[: len(take)]
+            prompts = tokens
+        else:
+            self._sync_queue()
+            prompts = [r.prompt_tokens for r in reqs]
+        self._buffer_tokens -= sum(prompts)
         frac = self.settings.decode.output_kv_fraction
-        kvs = [r.prompt_tokens + 1 + int(frac * r.output_tokens) for r in reqs]
-        decode_ranks = self._decode_plan(plan.rids, kvs)
-        out: list[Decision] = []
-        flights = state.flights
-        uncached_of: list[int] = []
-        d_instances: list[int] = []
-        d_ranks: list[int] = []
-        columns = zip(
-            plan.rids,
-            plan.ranks,
-            plan.step_tokens,
-            plan.remaining_tokens,
-            plan.cached_tokens,
-            reqs,
-            kvs,
-            strict=True,
+        if frac:
+            kvs = [r.prompt_tokens + 1 + int(frac * r.output_tokens) for r in reqs]
+        else:
+            kvs = list(map(add, prompts, repeat(1)))
+        flat = self._decode_plan(placed, kvs)
+        d_instances = list(map(state.decode.instance_of.__getitem__, flat))
+        d_ranks = list(map(state.decode.rank_of.__getitem__, flat))
+        ranks = plan.ranks
+        uncached = list(map(add, plan.step_tokens, plan.remaining_tokens))
+        for i in compress(range(len(placed)), plan.remaining_tokens):  # chunked: the rest stays on the rank
+            st.carries[ranks[i]] = Carry(
+                placed[i], ranks[i], plan.remaining_tokens[i], plan.cached_tokens[i] + plan.step_tokens[i]
+            )
+        if self._hashed:
+            self._hashed -= sum(1 for r in reqs if r.hash_ids)
+            if self.prefix is not None:
+                for rank, req in zip(ranks, reqs, strict=True):
+                    if req.hash_ids:
+                        self.prefix.insert(st.offset + rank, req.hash_ids)
+        state.flights.update(
+            zip(placed, map(Flight, repeat(p), ranks, uncached, d_instances, d_ranks, kvs), strict=True)
         )
-        for rid, rank, step, rest, cached, req, kv in columns:
-            if rest > 0:
-                st.carries[rank] = Carry(rid, rank, rest, cached + step)
-            uncached = step + rest
-            uncached_of.append(uncached)
-            if prefix is not None and req.hash_ids:
-                prefix.insert(st.offset + rank, req.hash_ids)
-            dref = decode_ranks[rid]
-            di = dref.instance
-            dr = dref.rank
-            d_instances.append(di)
-            d_ranks.append(dr)
-            flights[rid] = Flight(p, rank, uncached, di, dr, kv)
-            out.append(Dispatch(rid, p, rank, di, dr, reason))
-        state.prefill.add_many([p] * len(out), plan.ranks, 1, uncached_of, now)
-        state.decode.add_many(d_instances, d_ranks, 1, kvs, now)
+        state.prefill.add_many(list(map(add, ranks, repeat(st.offset))), uncached, now)
+        state.decode.add_many(flat, kvs, now)
         state.stats.releases += 1
-        state.stats.released_requests += len(out)
-        return out
+        state.stats.released_requests += len(placed)
+        return dispatches(placed, p, ranks, d_instances, d_ranks, reason)
+
+    def _take_with_credit(
+        self,
+        p: int,
+        now: float,
+        queue: list[tuple[float, int]],
+        qtok: list[int],
+        room: int,
+        level: int | None,
+    ) -> tuple[list[int], list[dict[int, int] | None] | None, float]:
+        """`take_in_order` where requests carry prefix hashes: a request whose prefix another instance
+        caches may wait for it (`_cached_elsewhere`; the earliest such wait is returned), and the others
+        get per-rank cache credit on this instance."""
+        st = self.state.instances[p]
+        ranks = range(st.offset, st.offset + st.spec.dp_size)
+        prefix = self.prefix
+        assert prefix is not None
+        take: list[int] = []
+        credits: list[dict[int, int] | None] = []
+        any_credit = False
+        taken = 0
+        wake = math.inf
+        for i, (_, rid) in enumerate(queue):
+            if taken >= room and len(take) >= st.spec.dp_size:
+                break
+            tokens = qtok[i]
+            if take and level is not None and tokens > level:
+                continue
+            req = self.buffer[rid]
+            credit = None
+            if req.hash_ids:  # else _cached_elsewhere is None
+                wait_for = self._cached_elsewhere(req, p, now)
+                if wait_for is not None:  # another instance holds its prefix and frees before a recompute
+                    wake = min(wake, wait_for)
+                    continue
+                matched = prefix.matched_blocks(req.hash_ids, ranks)
+                if matched:
+                    bt = self.block_tokens or 0
+                    credit = {
+                        flat - st.offset: min(blocks * bt, tokens - 1) for flat, blocks in matched.items()
+                    }
+                    any_credit = True
+            take.append(i)
+            credits.append(credit)
+            taken += tokens
+        return take, credits if any_credit else None, wake
 
     def _cached_elsewhere(self, req: Request, p: int, now: float) -> float | None:
         """When `req` should rather go to another instance caching more of its prefix: that instance's
@@ -309,32 +348,45 @@ class StaggeredBatching:
         due = max(other.busy_until_s - self.batching.lead_s, other.deferred_until_s, now)
         return due if due - now < saved else None
 
-    def _decode_plan(self, rids: list[int], kvs: list[int]) -> dict[int, RankRef]:
+    def _decode_plan(self, rids: list[int], kvs: list[int]) -> list[int]:
+        """Each request's decode rank (flat index)."""
         state = self.state
         d = self.settings.decode
-        plan = assign_decode_lists(
+        counters = state.decode
+        flat, masked = assign_decode_ranks(
             rids,
             kvs,
-            state.decode.count,
-            state.decode.tokens,
+            counters.count,
+            counters.tokens,
             state.decode_cap,
             state.decode_max_running,
             state.decode_available(),
-            state.decode_refs,
             iqr_k=d.iqr_k,
             min_candidates=d.min_candidates,
-            refs_sorted=True,
         )
-        state.stats.masked_ranks += plan.masked_ranks
-        chosen = dict(plan.assignments)
-        if plan.unplaced:  # decode is full: wait in the emptiest healthy rank's queue, as SGLang does
-            kv_of = dict(zip(rids, kvs, strict=True))
-            tokens = list(state.decode.tokens)
-            for rid, ref in plan.assignments:
-                tokens[state.decode.offsets[ref.instance] + ref.rank] += kv_of[rid]
+        state.stats.masked_ranks += masked
+        if min(flat) < 0:  # decode is full: wait in the emptiest healthy rank's queue, as SGLang does
+            tokens = list(counters.tokens)
+            for f, kv in zip(flat, kvs, strict=True):
+                if f >= 0:
+                    tokens[f] += kv
             live = state.decode_live()
-            for rid in plan.unplaced:
-                flat = min(live, key=lambda i: (tokens[i], i))
-                tokens[flat] += kv_of[rid]
-                chosen[rid] = state.decode_refs[flat]
-        return chosen
+            for i in sorted((i for i, f in enumerate(flat) if f < 0), key=lambda i: (-kvs[i], rids[i])):
+                f = min(live, key=lambda j: (tokens[j], j))
+                tokens[f] += kvs[i]
+                flat[i] = f
+        return flat
+
+
+def take_in_order(tokens: Sequence[int], room: int, min_count: int, level: int | None) -> Sequence[int]:
+    """Queue positions a release takes, in order, when no request waits for another instance's cache:
+    requests (their prompt `tokens`, in release order) until the taken tokens reach `room` and there
+    are at least `min_count` of them; with a `level`, the ones above it are skipped, except the first."""
+    n = len(tokens)
+    take: Sequence[int] = range(n)
+    sizes = tokens
+    if level is not None:
+        take = [0, *compress(range(1, n), map(le, islice(tokens, 1, None), repeat(level)))]
+        sizes = list(map(tokens.__getitem__, take))
+    reached = bisect_left(list(accumulate(sizes)), room) + 1 if room > 0 else 0
+    return take[: max(reached, min_count)]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sbs.scheduler.core.decode_alloc import DecodePlan, assign_decode_lists
+from sbs.scheduler.core.decode_alloc import DecodePlan, assign_decode_lists, assign_decode_ranks
 from sbs.scheduler.core.types import RankRef
 
 from tests.scheduler.core.alloc_objects import DecodeItem, DecodeRankLoad, assign_decode
@@ -279,3 +279,66 @@ def test_lists_entry_rejects_bad_inputs() -> None:
         assign_decode_lists([7], [-1], [0], [0], [10], [0], [True], [RankRef(0, 0)])
     with pytest.raises(ValueError, match="rank lists differ in length"):
         assign_decode_lists([], [], [0], [0, 1], [10], [0], [True], [RankRef(0, 0)])
+
+
+@st.composite
+def large_rounds(draw: st.DrawFn) -> dict:
+    """Clusters of 16+ ranks of one capacity (the windowed fence and the level walk): K spread, clustered
+    with outliers (small batches: they park) or on a few values (ties), some ranks near full KV or at
+    their running cap, rounds of up to 300 requests from tiny to large."""
+    rng = draw(st.randoms(use_true_random=False))
+    m = rng.choice([16, 17, 24, 50, 100, 200])
+    cap = rng.choice([1000, 5000, 100_000])
+    style = rng.choice(["spread", "outliers", "few"])
+    grain = rng.choice([1, 10, 100])
+    ranks = []
+    for i in range(m):
+        if style == "spread":
+            k = rng.randint(0, cap // 2)
+        elif style == "outliers":
+            k = rng.randint(cap // 10, cap // 5) if rng.random() > 0.1 else rng.randint(cap // 2, cap)
+        else:
+            k = rng.choice([0, cap // 10, cap // 5, cap // 3])
+        batch = rng.randint(0, 2) if k > cap // 2 else rng.randint(0, 10)
+        max_running = rng.choice([0, 0, 0, batch + rng.randint(1, 5)])
+        ref = RankRef(i // 32, i % 32)
+        ranks.append(DecodeRankLoad(ref, batch, k // grain * grain, cap, max_running, rng.random() < 0.95))
+    top = rng.choice([cap // 100, cap // 20, cap // 3])
+    n = rng.randint(0, 300)
+    items = [
+        DecodeItem(rid, rng.randint(0, top) // grain * grain) for rid in rng.sample(range(10 * n + 1), n)
+    ]
+    return {
+        "items": items,
+        "ranks": ranks,
+        "iqr_k": rng.choice([0.0, 0.5, 1.5, 3.0, -1.0]),
+        "min_candidates": rng.choice([1, 4, 4, 20, 60]),
+    }
+
+
+@settings(max_examples=300, deadline=None)
+@given(large_rounds())
+def test_large_rounds_match_naive_reference(case: dict) -> None:
+    expected = reference_assign_decode(**case)
+    assert assign_decode(**case) == expected
+    items, ranks = case["items"], case["ranks"]
+    kw = {"iqr_k": case["iqr_k"], "min_candidates": case["min_candidates"]}
+    flat, masked = assign_decode_ranks(*as_lists(items, ranks)[:7], **kw)
+    placed = [(it.rid, ranks[j].ref) for it, j in zip(items, flat, strict=True) if j >= 0]
+    assert sorted(placed) == sorted(expected.assignments)
+    assert sorted(it.rid for it, j in zip(items, flat, strict=True) if j < 0) == sorted(expected.unplaced)
+    assert masked == expected.masked_ranks
+
+
+@pytest.mark.parametrize("offset", [1 << 70, -(1 << 70)])
+def test_loads_beyond_64_bits_match_naive_reference(offset: int) -> None:
+    rng = np.random.default_rng(3)
+    cap = max(offset, 0) + 10**7
+    ranks = [
+        DecodeRankLoad(RankRef(0, i), int(rng.integers(0, 5)), offset + int(rng.integers(0, 10**6)), cap)
+        for i in range(40)
+    ]
+    items = [DecodeItem(rid, int(rng.integers(0, 10**5))) for rid in range(60)]
+    plan = assign_decode(items, ranks)
+    assert len(plan.assignments) == len(items)
+    assert plan == reference_assign_decode(items, ranks)

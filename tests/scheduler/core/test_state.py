@@ -132,3 +132,15 @@ def test_committed_next_is_one_chunk_per_carry() -> None:
         0: (1000, 1000.0),
         3: (300, 1000.0),
     }
+
+
+def test_add_many_is_add_of_one_request_each_in_order() -> None:
+    many, one = RankCounters(specs(2, 3), TRANSIT_S), RankCounters(specs(2, 3), TRANSIT_S)
+    flat, tokens = [4, 0, 2, 4, 1], [10, 20, 30, 40, 50]
+    many.add_many(flat, tokens, now=1.0)
+    for i, t in zip(flat, tokens, strict=True):
+        instance = 0 if i < 2 else 1
+        one.add(instance, i - many.offsets[instance], 1, t, now=1.0)
+    assert (many.count, many.tokens) == (one.count, one.tokens) == ([1, 1, 1, 0, 2], [20, 50, 30, 0, 50])
+    assert [list(log) for log in many._log] == [list(log) for log in one._log]
+    assert many.instance_of == [0, 0, 1, 1, 1] and many.rank_of == [0, 1, 0, 1, 2]
