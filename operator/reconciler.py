@@ -168,8 +168,11 @@ async def reconcile(
     spec = dep.spec
     queue = await _kueue_queue(client, view, dep)
     mode = spec.gang_scheduling.mode
-    gang = queue is None and (mode == "Enabled" or (mode == "Auto" and gang_available))
-    thashes = {r: engine_pods.template_hash(spec, r, gang, dep.uid) for r in api.ROLES}
+    gang_spec = mode == "Enabled" or (mode == "Auto" and gang_available)
+    # The template hash keeps the gang setting alone, so Kueue appearing or going away never restarts
+    # running groups: only groups created from now on go through Kueue (and get no PodGroup).
+    thashes = {r: engine_pods.template_hash(spec, r, gang_spec, dep.uid) for r in api.ROLES}
+    gang = gang_spec and queue is None
     pods_path = collection_path("v1", "pods", namespace)
     pods = await client.list(pods_path, label_selector=labels.selector_string(labels.engine_selector(name)))
     pods = [p for p in pods if any(o.get("uid") == dep.uid for o in p["metadata"].get("ownerReferences", []))]
