@@ -41,6 +41,7 @@ from sbs.e2e.control_plane import ComponentError, ControlPlane, free_port
 from sbs.e2e.crds import install_crds
 from sbs.e2e.waits import wait_until
 from sbs.kube.blocking import ApiError, Kube
+from sbs.operator import kueue as operator_kueue
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +57,13 @@ LOCAL_QUEUE = "sbs"
 TOPOLOGY = FLAVOR = "h800"
 HOSTNAME_LABEL = "kubernetes.io/hostname"
 TOPOLOGY_LEVELS = (nodes.BLOCK_LABEL, nodes.RACK_LABEL, HOSTNAME_LABEL)
-QUEUE_NAME_LABEL = "kueue.x-k8s.io/queue-name"
-POD_GROUP_NAME_LABEL = "kueue.x-k8s.io/pod-group-name"
-POD_GROUP_TOTAL_COUNT_ANNOTATION = "kueue.x-k8s.io/pod-group-total-count"
+# The pod-group fields, as the operator writes them (one definition: sbs.operator.kueue).
+QUEUE_NAME_LABEL = operator_kueue.QUEUE_LABEL
+POD_GROUP_NAME_LABEL = operator_kueue.GROUP_LABEL
+POD_GROUP_TOTAL_COUNT_ANNOTATION = operator_kueue.TOTAL_COUNT
 POD_GROUP_SERVING_ANNOTATION = "kueue.x-k8s.io/pod-group-serving"
-REQUIRED_TOPOLOGY_ANNOTATION = "kueue.x-k8s.io/podset-required-topology"
-API = "/apis/kueue.x-k8s.io/v1beta2"
+REQUIRED_TOPOLOGY_ANNOTATION = operator_kueue.REQUIRED_TOPOLOGY
+API = f"/apis/{operator_kueue.API_VERSION}"
 WORKLOADS = API + "/namespaces/{ns}/workloads"
 WEBHOOK_API = "/apis/admissionregistration.k8s.io/v1"
 WEBHOOK_CONFIGURATIONS = {
