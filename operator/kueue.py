@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sbs.kube import labels
+from sbs.kube import labels, timestamps
 from sbs.kube.client import ApiError, KubeClient, collection_path
 from sbs.operator import api
 
@@ -77,10 +77,14 @@ async def delete_workload(client: KubeClient, namespace: str, gid: str) -> None:
     await client.delete(workload_path(namespace, gid), missing_ok=True)
 
 
-def pending_reason(workload: dict[str, Any] | None) -> str | None:
-    """Why Kueue has not admitted a Workload, in its own words (None once admitted)."""
-    if workload is None:
-        return "no Workload yet (is the namespace managed by Kueue?)"
+NO_WORKLOAD_AFTER_S = 30.0
+"""A gated group with no Workload this long after its pods were created is reported (Kueue creates one
+within a second where it manages the namespace)."""
+
+
+def pending_reason(workload: dict[str, Any]) -> str | None:
+    """Why Kueue has not admitted a Workload, in its own words; None once admitted, and while Kueue has
+    said nothing yet (a Workload it has just created: not a problem to report)."""
     conditions = {c["type"]: c for c in (workload.get("status") or {}).get("conditions") or []}
     admitted = conditions.get("Admitted")
     if admitted is not None and admitted.get("status") == "True":
@@ -89,19 +93,34 @@ def pending_reason(workload: dict[str, Any] | None) -> str | None:
         c = conditions.get(type_)
         if c is not None and c.get("status") == "False" and c.get("message"):
             return f"{c.get('reason', 'Pending')}: {c['message']}"
-    return "waiting for admission"
+    return None
 
 
-async def queued(client: KubeClient, dep: api.SBSDeployment, pods: list[dict[str, Any]]) -> list[str]:
-    """`<role> group <i>: Kueue <reason>: <message>` for each Kueue group whose pods are still gated."""
+async def queued(
+    client: KubeClient, dep: api.SBSDeployment, pods: list[dict[str, Any]], now: float
+) -> list[str]:
+    """`<role> group <i>: Kueue <reason>: <message>` for each Kueue group whose pods are still gated
+    and that Kueue has given a reason for (or no Workload at all, `NO_WORKLOAD_AFTER_S` on)."""
     gated: dict[str, dict[str, Any]] = {}
     for p in pods:
-        found = p["metadata"].get("labels") or {}
-        if GROUP_LABEL in found and (p.get("spec") or {}).get("schedulingGates"):
-            gated.setdefault(found[GROUP_LABEL], found)
+        meta = p["metadata"]
+        if GROUP_LABEL in (meta.get("labels") or {}) and (p.get("spec") or {}).get("schedulingGates"):
+            gated.setdefault(meta["labels"][GROUP_LABEL], meta)
     out = []
-    for gid, found in sorted(gated.items()):
-        reason = pending_reason(await client.get_or_none(workload_path(dep.namespace, gid)))
+    for gid, meta in sorted(gated.items()):
+        workload = await client.get_or_none(workload_path(dep.namespace, gid))
+        if workload is not None:
+            reason = pending_reason(workload)
+        elif _age(meta, now) >= NO_WORKLOAD_AFTER_S:
+            reason = f"no Workload after {NO_WORKLOAD_AFTER_S:.0f} s (is the namespace managed by Kueue?)"
+        else:
+            reason = None
         if reason is not None:
+            found = meta["labels"]
             out.append(f"{found[labels.ROLE]} group {found[labels.GROUP]}: Kueue {reason}")
     return out
+
+
+def _age(meta: dict[str, Any], now: float) -> float:
+    created = meta.get("creationTimestamp")
+    return now - timestamps.parse(created) if created else 0.0

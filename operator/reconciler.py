@@ -179,7 +179,7 @@ async def reconcile(
     nodes = await view.nodes(client) if pods else None
     down = {n.name: n.not_ready_since for n in (nodes or {}).values() if n.not_ready_since is not None}
     p = group_plan.plan(dep, pods, thashes, now, down)
-    p.queued = await kueue.queued(client, dep, pods)
+    p.queued = await kueue.queued(client, dep, pods, now)
 
     problem = None
     engine_side = [engine_pods.headless_service(dep), *network_policies.objects(dep)]

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-from sbs.kube import labels
+from sbs.kube import labels, timestamps
 from sbs.operator import api, engine_pods, group_plan, group_state, kueue
 from sbs.operator import status as status_mod
 
@@ -57,8 +58,42 @@ def test_the_pending_reason_is_kueues_own() -> None:
     )
     admitted = {"status": {"conditions": [{"type": "Admitted", "status": "True", "reason": "Admitted"}]}}
     assert kueue.pending_reason(admitted) is None
-    assert "no Workload" in (kueue.pending_reason(None) or "")
-    assert kueue.pending_reason({"status": {}}) == "waiting for admission"
+    assert kueue.pending_reason({"status": {}}) is None  # just created: Kueue has said nothing yet
+
+
+def test_only_groups_kueue_gave_a_reason_for_or_left_without_a_workload_are_reported() -> None:
+    dep = deployment()
+    refused = {"type": "QuotaReserved", "status": "False", "reason": "Pending", "message": "no quota"}
+    quota = {"status": {"conditions": [refused]}}
+
+    class Api:
+        def __init__(self, workloads: dict[str, Any]) -> None:
+            self.workloads = workloads
+
+        async def get_or_none(self, path: str) -> Any:
+            return self.workloads.get(path.rsplit("/", 1)[1])
+
+    def gated(role: str, created: float) -> list[dict[str, Any]]:
+        pods = engine_pods.group_pods(dep, role, 0, thashes(dep)[role], gang=False, queue="sbs")
+        for p in pods:
+            p["spec"]["schedulingGates"] = [{"name": "kueue.x-k8s.io/admission"}]
+            p["metadata"]["creationTimestamp"] = timestamps.rfc3339(created)
+        return pods
+
+    pods = gated("prefill", NOW - 5) + gated("decode", NOW - 5)
+    gids = sorted({p["metadata"]["labels"][labels.GROUP_ID] for p in pods})
+    decode_gid = next(g for g in gids if "decode" in g)
+    prefill_gid = next(g for g in gids if "prefill" in g)
+
+    def run(workloads: dict[str, Any], now: float) -> list[str]:
+        return asyncio.run(kueue.queued(Api(workloads), dep, pods, now))  # type: ignore[arg-type]
+
+    assert run({decode_gid: quota, prefill_gid: {"status": {}}}, NOW) == [
+        "decode group 0: Kueue Pending: no quota"
+    ]
+    assert run({}, NOW) == []  # created 5 s ago: Kueue may not have made the Workloads yet
+    late = run({}, NOW - 5 + kueue.NO_WORKLOAD_AFTER_S)
+    assert len(late) == 2 and all("no Workload" in m for m in late)
 
 
 def test_a_group_kueue_has_not_admitted_is_named_in_degraded_and_spends_no_restart() -> None:

@@ -46,11 +46,29 @@ def whole_or_nothing(kube: Kube, pods: list[dict[str, Any]]) -> tuple[int, int]:
     return whole, waiting
 
 
-def degraded(kube: Kube, ns: str, name: str) -> dict[str, Any] | None:
+def settled(plane: ControlPlane, kube: Kube, ns: str, name: str, quiet_s: float = 3.0) -> tuple[int, int]:
+    """`whole_or_nothing` once admission has settled: every group of `name` bound whole or not at all,
+    unchanged for `quiet_s` (a group Kueue just admitted binds pod by pod for a moment); a group left
+    half-placed times out."""
+    seen: list[tuple[float, tuple[int, int]]] = []
+
+    def stable() -> tuple[int, int] | None:
+        by_group = blocks_of(kube, engine_pods(kube, ns, name))
+        if not all(b == {None} or None not in b for b in by_group.values()):
+            return None
+        now = (time.monotonic(), whole_or_nothing(kube, engine_pods(kube, ns, name)))
+        if not seen or seen[-1][1] != now[1]:
+            seen.append(now)
+        return now[1] if now[0] - seen[-1][0] >= quiet_s else None
+
+    return plane.wait(stable, f"{name}'s groups bound whole or not at all, {quiet_s:g} s unchanged", 60)
+
+
+def degraded(kube: Kube, ns: str, name: str, says: str) -> dict[str, Any] | None:
+    """The deployment's Degraded condition, once it is True and its message contains `says`."""
     st = get_dep(kube, ns, name).get("status") or {}
-    return next(
-        (c for c in st.get("conditions") or [] if c["type"] == "Degraded" and c["status"] == "True"), None
-    )
+    found = [c for c in st.get("conditions") or [] if c["type"] == "Degraded" and c["status"] == "True"]
+    return found[0] if found and says in found[0]["message"] else None
 
 
 def test_kueue_admits_each_group_whole_inside_one_block(
@@ -91,10 +109,10 @@ def test_a_deployment_over_quota_waits_with_kueues_reason_and_is_admitted_when_q
     second = sample()
     second["metadata"]["name"] = "second"
     kube.create(DEPS.format(ns=ns), second)
-    cond = control_plane.wait(lambda: degraded(kube, ns, "second"), "second Degraded by Kueue", 60)
+    cond = control_plane.wait(lambda: degraded(kube, ns, "second", "quota"), "second queued for quota", 60)
     print(f"\nsecond deployment: {cond['reason']}: {cond['message'][:300]}")
     assert "Kueue" in cond["message"] and "nvidia.com/gpu" in cond["message"], cond
-    whole, waiting = whole_or_nothing(kube, engine_pods(kube, ns, "second"))
+    whole, waiting = settled(control_plane, kube, ns, "second")
     assert waiting >= 1 and whole * 32 <= 48, (whole, waiting)  # 48 GPUs left: at most one prefill group
     delete_and_wait_gone(control_plane, kube, ns, "deepseek-v3")
     t0 = time.monotonic()
@@ -145,10 +163,9 @@ def _compete(
     big["spec"]["prefill"]["groups"] = 7  # 7 x 4 + 4 x 9 = 64 nodes; 61 are free
     big["spec"]["decode"]["groups"] = 4
     kube.create(DEPS.format(ns=ns), big)
-    cond = control_plane.wait(lambda: degraded(kube, ns, "big"), "big Degraded by Kueue", 60)
+    cond = control_plane.wait(lambda: degraded(kube, ns, "big", "Kueue Pending"), "big queued by Kueue", 60)
     print(f"\nbig beside 24 competing GPUs: {cond['message'][:300]}")
     assert "Kueue" in cond["message"]
-    time.sleep(5)  # let admission settle
-    whole, waiting = whole_or_nothing(kube, engine_pods(kube, ns, "big"))
+    whole, waiting = settled(control_plane, kube, ns, "big")
     print(f"groups admitted whole: {whole}, waiting with nothing bound: {waiting}")
     assert whole >= 1 and waiting >= 1
