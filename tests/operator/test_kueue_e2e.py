@@ -53,10 +53,10 @@ def settled(plane: ControlPlane, kube: Kube, ns: str, name: str, quiet_s: float 
     seen: list[tuple[float, tuple[int, int]]] = []
 
     def stable() -> tuple[int, int] | None:
-        by_group = blocks_of(kube, engine_pods(kube, ns, name))
-        if not all(b == {None} or None not in b for b in by_group.values()):
+        pods = engine_pods(kube, ns, name)  # one listing: a group may start binding between two
+        if not all(b == {None} or None not in b for b in blocks_of(kube, pods).values()):
             return None
-        now = (time.monotonic(), whole_or_nothing(kube, engine_pods(kube, ns, name)))
+        now = (time.monotonic(), whole_or_nothing(kube, pods))
         if not seen or seen[-1][1] != now[1]:
             seen.append(now)
         return now[1] if now[0] - seen[-1][0] >= quiet_s else None
