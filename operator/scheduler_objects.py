@@ -24,6 +24,13 @@ ENGINE_KEY_DIR, ENGINE_KEY_FILE = "/etc/sbs/engine-api-key", "key"
 """`spec.engine.apiKeySecretRef`'s key: the scheduler sends it to the engines."""
 
 
+_LEASE_RULE = {  # the replicas' Leases: with more than one replica only
+    "apiGroups": ["coordination.k8s.io"],
+    "resources": ["leases"],
+    "verbs": ["get", "list", "create", "update", "patch", "delete"],
+}
+
+
 class SchedulerSettingsError(ValueError):
     """`spec.scheduler.settings` is not a valid `SchedulerSettings`."""
 
@@ -57,6 +64,8 @@ def config(dep: api.SBSDeployment) -> dict[str, Any]:
         },
         "scheduler": core_settings(s),
     }
+    if s.replicas > 1:  # the replicas split the prefill instances through Leases (docs/scaling.md)
+        cfg["replicas"] = {"backend": "kubernetes"}
     if s.auth:
         cfg["auth"] = {"tokens_file": f"{AUTH_DIR}/{AUTH_FILE}"}
     if dep.spec.engine.api_key_secret_ref:
@@ -109,6 +118,10 @@ def objects(dep: api.SBSDeployment) -> list[dict[str, Any]]:
         "command": ["sbs-scheduler"],
         "args": ["run", "--config", f"{CONFIG_DIR}/{CONFIG_KEY}"],
         "ports": [{"name": "http", "containerPort": s.port}],
+        "env": [  # a replica's name and address among its peers
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        ],
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
         "livenessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 10},
         "resources": {"requests": {"cpu": s.cpu, "memory": s.memory}, "limits": {"memory": s.memory}},
@@ -153,7 +166,10 @@ def objects(dep: api.SBSDeployment) -> list[dict[str, Any]]:
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",
             "metadata": _meta(dep, name),
-            "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}],
+            "rules": [
+                {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+                *([_LEASE_RULE] if s.replicas > 1 else []),
+            ],
         },
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from sbs.settings import scheduling
 from sbs.settings.engine_shape import DEFAULT_CHUNK_PER_RANK
 from sbs.settings.scheduling import SettingsModel
@@ -190,6 +190,36 @@ class AuthSettings(SettingsModel):
     """A file with one accepted token per line (blank lines ignored); re-read when it changes."""
 
 
+class ReplicasSettings(SettingsModel):
+    """Several scheduler replicas in front of one deployment (`docs/scaling.md`). Each replica holds a
+    lease renewed every `renew_interval_s`; the live replicas partition the prefill instances
+    (`sbs.scheduler.core.ownership`), each deciding only for its own; decode is shared. A replica that
+    owns no prefill instance forwards requests to one that does."""
+
+    backend: Literal["kubernetes", "directory"]
+    """`kubernetes`: coordination.k8s.io Leases in `engines.kubernetes`'s namespace, labelled with its
+    deployment; `directory`: lease files in `directory` (replicas on one host, e.g. benchmarks)."""
+    directory: str | None = None
+    id: str | None = Field(None, min_length=1, max_length=200)
+    """This replica's name among its peers; None: $POD_NAME, else host name and port."""
+    advertise_url: str | None = Field(None, pattern=r"^https?://")
+    """Where peers send forwarded requests; None: http://$POD_IP:port (or 127.0.0.1 without $POD_IP)."""
+    lease_duration_s: float = Field(3.0, gt=0.0, le=60.0)
+    """A replica whose lease has not been renewed for this long is gone: its instances move."""
+    renew_interval_s: float = Field(1.0, gt=0.0, le=20.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> ReplicasSettings:
+        if self.backend == "directory" and not self.directory:
+            raise ValueError("backend 'directory' needs 'directory' (a folder shared by the replicas)")
+        if self.renew_interval_s * 2 > self.lease_duration_s:
+            raise ValueError(
+                f"renew_interval_s ({self.renew_interval_s:g}) must be at most half of "
+                f"lease_duration_s ({self.lease_duration_s:g})"
+            )
+        return self
+
+
 class ServiceSettings(SettingsModel):
     """Everything `sbs-scheduler` needs."""
 
@@ -205,6 +235,15 @@ class ServiceSettings(SettingsModel):
     auth: AuthSettings | None = None
     """None: the API is open (behind a NetworkPolicy, say); set: a token is required."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    replicas: ReplicasSettings | None = None
+    """None: this process is the deployment's only scheduler."""
+
+    @model_validator(mode="after")
+    def _replicas_backend(self) -> ServiceSettings:
+        r = self.replicas
+        if r is not None and r.backend == "kubernetes" and not self.engines.kubernetes:
+            raise ValueError("replicas.backend 'kubernetes' needs engines.kubernetes (namespace, deployment)")
+        return self
 
 
 def validation_message(exc: ValidationError, where: str = "") -> str:

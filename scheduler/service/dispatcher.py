@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 from sbs.scheduler.core.events import Event, RequestArrived, RequestCancelled, RequestFinished
 from sbs.scheduler.core.types import Decision, Dispatch, Request, Role
-from sbs.scheduler.service import memory, protocol
+from sbs.scheduler.service import memory, protocol, replicas
 from sbs.scheduler.service import metrics as svc_metrics
 from sbs.scheduler.service.auth import SecretFile
 from sbs.scheduler.service.discovery import EngineSource
@@ -69,6 +69,10 @@ class Dispatcher:
         self._timer_at = math.inf
         self._tasks: set[asyncio.Task[Any]] = set()
         self._last_release_s: float | None = None
+        self.replicas: replicas.Replicas | None = None
+        """Set with `settings.replicas`: this replica's peers and the prefill instances it owns."""
+        self.peer_session: aiohttp.ClientSession | None = None
+        """Requests forwarded to peer replicas (no engine key on it)."""
         metrics.attach(self.snapshot)
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -97,6 +101,11 @@ class Dispatcher:
             key_file = SecretFile(self.settings.engines.api_key_file)
             self._use_engine_key(key_file)
             self._spawn(self._follow_engine_key(key_file))
+        if self.settings.replicas is not None:
+            self.replicas = await replicas.from_settings(self.settings, self.pools.rebuild_all)
+            self.peer_session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=5.0))
+            await self.replicas.step()  # know the peers before owning anything
+            self._spawn(self.replicas.run())
         for source in sources:
             self._spawn(self.watcher.follow(source))
 
@@ -128,7 +137,9 @@ class Dispatcher:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for session in (self.session, self.poll_session):
+        if self.replicas is not None:
+            await self.replicas.leave()
+        for session in (self.session, self.poll_session, self.peer_session):
             if session is not None:
                 await session.close()
 
@@ -146,8 +157,28 @@ class Dispatcher:
     # -- readiness and admission ------------------------------------------------------------------
 
     def ready(self) -> bool:
-        """At least one prefill and one decode of the same revision are usable."""
-        return self.pools.ready()
+        """At least one prefill and one decode of the same revision are usable, or a peer replica
+        that owns prefill instances takes forwarded requests."""
+        return self.pools.ready() or self.forward_url() is not None
+
+    def owned_prefill(self, engines: list[Engine]) -> list[Engine]:
+        """The prefill engines (of one revision) this replica decides for: all but with peers."""
+        if self.replicas is None:
+            return engines
+        mine = self.replicas.owned([(e.key, e.record.dp_size or 1) for e in engines])
+        return [e for e in engines if e.key in mine]
+
+    def forward_url(self) -> str | None:
+        """A peer to forward requests to, when this replica owns no usable pool and a peer does."""
+        if self.replicas is None or self.pools.ready():
+            return None
+        for rev in self.registry.revisions():
+            prefill = self.registry.members(rev, Role.PREFILL)
+            if prefill and self.registry.usable(Role.DECODE, self.registry.members(rev, Role.DECODE)):
+                url = self.replicas.owner_url([(e.key, e.record.dp_size or 1) for e in prefill])
+                if url is not None:
+                    return url
+        return None
 
     def accept(
         self,
@@ -431,6 +462,7 @@ class Dispatcher:
         return {
             "policy": self.settings.scheduler.policy.type,
             "ready": self.ready(),
+            **replicas.describe(self.replicas),
             "buffered": self._buffered,
             "outstanding": len(self.jobs),
             "engines": [

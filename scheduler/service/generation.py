@@ -12,7 +12,7 @@ import asyncio
 import logging
 
 from aiohttp import web
-from sbs.scheduler.service import protocol
+from sbs.scheduler.service import forwarding, protocol
 from sbs.scheduler.service.bodies import Body, BodyParser, ParseUnavailable, read_body
 from sbs.scheduler.service.dispatcher import Dispatcher
 from sbs.scheduler.service.jobs import Overloaded
@@ -44,6 +44,12 @@ async def serve(
         dispatcher.metrics.rejected.labels("parse_unavailable").inc()
         exc = Overloaded("parse_unavailable", 503, "the body parser restarted; send the request again")
         return _overloaded(dispatcher, exc, None)
+    if dispatcher.replicas is not None and not forwarding.forwarded(request):
+        peer = dispatcher.forward_url()
+        if peer is not None and dispatcher.peer_session is not None:
+            dispatcher.metrics.forwarded.inc()
+            me = dispatcher.replicas.me
+            return await forwarding.forward(dispatcher.peer_session, request, raw, peer, me)
     request_id = client_id or dispatcher.new_request_id()
     return await _run(dispatcher, request, endpoint, body, request_id, timeout)
 

@@ -106,6 +106,11 @@ class Metrics:
         self.dispatched = Counter(
             "sbs_dispatches", "PD dispatches sent, by the core's release reason.", ["reason"], registry=r
         )
+        self.forwarded = Counter(
+            "sbs_requests_forwarded",
+            "Requests forwarded to a peer scheduler replica (this one owned no prefill instance).",
+            registry=r,
+        )
         self.poll_failures = Counter("sbs_engine_poll_failures", "Failed load polls.", ["engine"], registry=r)
         self.watcher_restarts = Counter(
             "sbs_engine_watcher_restarts",

@@ -2,9 +2,10 @@
 changes.
 
 Prefill and decode engines are paired only within a revision, so each revision's resolved engines
-form a `Pool` with its own `Scheduler`. A change of membership (an engine added, removed or
-re-shaped) builds a new core: buffered requests are fed to it, and the accounting of requests in
-flight is restored by the next load polls. A revision that loses its last prefill or decode hands
+form a `Pool` with its own `Scheduler`; with several scheduler replicas, only the prefill engines
+this replica owns (`replicas`). A change of membership (an engine added, removed or re-shaped, or a
+change of owners) builds a new core: buffered requests are fed to it, and the accounting of requests
+in flight is restored by the next load polls. A revision that loses its last prefill or decode hands
 its buffered requests to another pool, or fails them with a retryable error.
 """
 
@@ -91,6 +92,12 @@ class Pools:
                 best, chosen = key, pool
         return chosen
 
+    def rebuild_all(self) -> None:
+        """Rebuild every revision's core whose membership changed (e.g. the prefill instances this
+        replica owns)."""
+        for revision in set(self._d.registry.revisions()) | set(self.by_revision):
+            self.rebuild(revision)
+
     def core_stats(self) -> Counter[str]:
         """The cores' counters, retired cores included."""
         out = Counter(self._retired_stats)
@@ -101,7 +108,7 @@ class Pools:
     def rebuild(self, revision: str) -> None:
         """(Re)build the core of one revision when its membership changed."""
         d = self._d
-        prefill = d.registry.members(revision, Role.PREFILL)
+        prefill = d.owned_prefill(d.registry.members(revision, Role.PREFILL))
         decode = d.registry.members(revision, Role.DECODE)
         pool = self.by_revision.get(revision)
         if pool is not None and pool.prefill == prefill and pool.decode == decode:

@@ -485,3 +485,17 @@ def test_a_recreated_deployment_never_reuses_its_predecessors_pod_names(dep):
     assert child_names.pod_name("d", "prefill", 0, first, 0) != child_names.pod_name(
         "d", "prefill", 0, second, 0
     )
+
+
+def test_several_scheduler_replicas_share_the_prefill_through_leases(dep):
+    dep.spec.scheduler.replicas = 3
+    objs = by_kind(dep)
+    assert objs["Deployment"]["spec"]["replicas"] == 3
+    assert scheduler_objects.config(dep)["replicas"] == {"backend": "kubernetes"}
+    lease_rules = [r for r in objs["Role"]["rules"] if r["apiGroups"] == ["coordination.k8s.io"]]
+    assert lease_rules and lease_rules[0]["resources"] == ["leases"] and "delete" in lease_rules[0]["verbs"]
+    container = objs["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
+    assert env == {"POD_NAME": "metadata.name", "POD_IP": "status.podIP"}
+    dep.spec.scheduler.replicas = 1
+    assert "replicas" not in scheduler_objects.config(dep)

@@ -151,6 +151,7 @@ async def start_service(
     revisions: list[str] | None = None,
     time_factor: float = TIME_FACTOR,
     ready_timeout_s: float = 5.0,
+    port: int = 0,
     **overrides: Any,
 ) -> Service:
     """The service over `cluster`, ready (a prefill and a decode of one revision usable)."""
@@ -170,7 +171,7 @@ async def start_service(
     app = make_app(build_settings(data))
     runner = make_runner(app)
     await runner.setup()
-    site = GuardedSite(runner, "127.0.0.1", 0)
+    site = GuardedSite(runner, "127.0.0.1", port)
     await site.start()
     port = runner.addresses[0][1]
     svc = Service(f"http://127.0.0.1:{port}", app[DISPATCHER], runner, aiohttp.ClientSession())
