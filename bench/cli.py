@@ -309,6 +309,43 @@ def crosscheck(**opts: Any) -> None:
 
 
 @cli.command()
+@_trace_options
+@click.option("--replicas", type=int, default=2, show_default=True, help="Scheduler processes (>= 2).")
+@click.option("--kill-at", type=float, default=0.5, show_default=True, help="Fraction of the slice.")
+@click.option("--policy", default="sbs", show_default=True, help="Our scheduler's policy.")
+@_cluster_options
+def failover(**opts: Any) -> None:
+    """Several scheduler replicas; one gets SIGKILL mid-run: its clients, the survivors, the handover."""
+    from sbs.bench import failover as mod
+    from sbs.bench import h2h
+
+    if opts["replicas"] < 2 or opts["replicas"] > 16:
+        raise BenchError(f"--replicas must be in 2..16, got {opts['replicas']}")
+    if not 0 < opts["kill_at"] < 1:
+        raise BenchError(f"--kill-at must be in (0, 1), got {opts['kill_at']:g}")
+    systems.parse_systems(opts["policy"], option="--policy")
+    run_opts = _run_options(opts)
+    trace, nominal = h2h.shape_trace(
+        opts["trace_path"],
+        opts["fmt"],
+        load=opts["load"],
+        duration_s=opts["duration"],
+        cluster=run_opts.cluster,
+    )
+    click.echo(
+        f"trace {trace.name}: {len(trace)} requests over {trace.duration_s:.1f} s "
+        f"(= {trace.prompt_tokens_per_s / nominal:.2f} of nominal); cluster {run_opts.cluster.describe()}"
+    )
+    run = mod.run_failover(
+        trace, run_opts, replicas=opts["replicas"], kill_at=opts["kill_at"], policy=opts["policy"]
+    )
+    doc = asyncio.run(run)
+    for line in mod.report_lines(doc):
+        click.echo(line)
+    _write_json(doc, opts["json_out"])
+
+
+@cli.command()
 @click.argument("json_file", type=click.Path(exists=True, dir_okay=False))
 def table(json_file: str) -> None:
     """Print the table of a saved `h2h` or `overhead` JSON again."""

@@ -24,6 +24,7 @@ import re
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,6 +89,10 @@ class Measurements:
     end: np.ndarray = field(init=False)
     lateness: np.ndarray = field(init=False)
     ok: np.ndarray = field(init=False)
+    failed: np.ndarray = field(init=False)
+    """When the request's error reached the client."""
+    target: np.ndarray = field(init=False)
+    """Index of the URL it was sent to (several scheduler replicas)."""
     itl_gaps: list[float] = field(default_factory=list)
     itl_weights: list[int] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
@@ -98,6 +103,8 @@ class Measurements:
         self.end = np.full(self.n, np.nan)
         self.lateness = np.full(self.n, np.nan)
         self.ok = np.zeros(self.n, dtype=bool)
+        self.failed = np.full(self.n, np.nan)
+        self.target = np.zeros(self.n, dtype=int)
 
     @property
     def error_count(self) -> int:
@@ -155,6 +162,22 @@ async def _one(
     m: Measurements,
     loop: asyncio.AbstractEventLoop,
 ) -> None:
+    try:
+        await _request(http, url, body, expect_tokens, i, m, loop)
+    finally:
+        if not m.ok[i]:
+            m.failed[i] = loop.time() - m.t0
+
+
+async def _request(
+    http: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    expect_tokens: int,
+    i: int,
+    m: Measurements,
+    loop: asyncio.AbstractEventLoop,
+) -> None:
     t0 = m.t0
     m.sent[i] = loop.time() - t0
     last_t, last_n = math.nan, 0
@@ -204,16 +227,22 @@ async def _one(
 
 
 async def replay(
-    url: str,
+    url: str | Sequence[str],
     trace: Trace,
     time_factor: float,
     *,
     label: str,
     drain_timeout_s: float,
     progress_every_s: float = 10.0,
+    down: set[int] | None = None,
 ) -> Measurements:
     """Send every request of `trace` to `url` (a `/generate` URL) at `arrival_s × time_factor` wall
-    seconds after the start, and wait for all of them (at most `drain_timeout_s` after the last send)."""
+    seconds after the start, and wait for all of them (at most `drain_timeout_s` after the last send).
+    Several URLs (scheduler replicas) take the requests in turn, as a Kubernetes Service spreads
+    them, skipping the indices in `down` (a replica the Service no longer routes to)."""
+    urls = [url] if isinstance(url, str) else list(url)
+    down = set() if down is None else down
+    turn = 0
     loop = asyncio.get_running_loop()
     m = Measurements(len(trace))
     bodies = [
@@ -249,7 +278,12 @@ async def replay(
             if delay > 0:
                 await asyncio.sleep(delay)
             m.lateness[i] = max(0.0, loop.time() - due)
-            tasks.append(asyncio.create_task(_one(http, url, bodies[i], r.output_tokens, i, m, loop)))
+            live = [k for k in range(len(urls)) if k not in down] or list(range(len(urls)))
+            m.target[i] = live[turn % len(live)]
+            turn += 1
+            tasks.append(
+                asyncio.create_task(_one(http, urls[m.target[i]], bodies[i], r.output_tokens, i, m, loop))
+            )
         _, pending = await asyncio.wait(tasks, timeout=drain_timeout_s)
         for t in pending:
             t.cancel()

@@ -148,7 +148,7 @@ async def run_system(spec: systems.SystemSpec, trace: Trace, opts: RunOptions) -
         )
         _say(opts, f"[{spec.name}] {systems.command_line(running.argv)}")
         m = await replay(
-            f"{running.url}/generate",
+            [f"{u}/generate" for u in running.urls] or f"{running.url}/generate",
             trace,
             opts.time_factor,
             label=spec.name,

@@ -12,6 +12,8 @@ A system is named on the command line as ``NAME[:POLICY]``:
   `routed_dp_rank` / `disagg_prefill_dp_rank`) and the fastest load poll it allows (1 s);
 - ``smg-nodp[:POLICY]``: the same without `--dp-aware` (the engines' balancer picks the ranks);
 - ``direct``: no system; the client plays the router itself (overhead runs only);
+- ``sbs@N`` (any of our policies): N replicas of our scheduler sharing leases in a folder; the client
+  spreads requests over them in turn, as a Kubernetes Service does (docs/scaling.md);
 - any of these with ``+delayer`` after its name (``sglang-router+delayer``, ``smg+delayer:least_load``):
   the same system in front of prefill engines started with SGLang's `--enable-prefill-delayer`
   (the DP ranks of an instance wait for each other before they prefill; docs/emulator.md).
@@ -61,6 +63,8 @@ class SystemSpec:
     """SMG `--dp-aware`: the router pins DP ranks (else the engines' balancer picks them)."""
     prefill_flags: tuple[str, ...] = ()
     """Extra SGLang flags of the prefill engines this system runs in front of."""
+    replicas: int = 1
+    """Processes of our scheduler (`NAME@N`)."""
 
 
 ENGINE_VARIANTS = {"delayer": ("--enable-prefill-delayer",)}
@@ -75,6 +79,15 @@ def parse_systems(text: str, *, option: str = "--systems", allow_direct: bool = 
         ["direct"] if allow_direct else []
     )
     for raw in [s.strip() for s in text.split(",") if s.strip()]:
+        named, at, count = raw.partition("@")
+        replicas = int(count) if count.isdigit() and 1 <= int(count) <= 16 else 0
+        if at and (not replicas or named not in scheduling.POLICY_NAMES):
+            raise BenchError(
+                f"{option}: {raw!r}: replicas are for our scheduler only, as POLICY@N with N 1..16"
+            )
+        if at:
+            out.append(SystemSpec(raw, "sbs-scheduler", named, replicas=replicas))
+            continue
         base, _, policy = raw.partition(":")
         base, plus, variant = base.partition("+")
         if plus and variant not in ENGINE_VARIANTS:
@@ -200,9 +213,12 @@ def merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
 class RunningSystem:
     spec: SystemSpec
     url: str
-    """Base URL clients call."""
+    """Base URL clients call (the first replica's with several)."""
     argv: list[str]
     config: dict[str, Any] | None = None
+    urls: list[str] = field(default_factory=list)
+    """Every replica's base URL."""
+    procs: list[procs.Proc] = field(default_factory=list)
 
 
 def _router_argv(spec: SystemSpec, eng: Engines, port: int) -> list[str]:
@@ -249,12 +265,55 @@ async def start_system(
     `scheduler_overrides` is merged into our scheduler's settings (A/B and diagnostic runs)."""
     if spec.kind == "direct":
         return RunningSystem(spec, "", [])
-    port = procs.free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = log_dir / f"{spec.name.replace(':', '-')}.log"
     if spec.kind == "sbs-scheduler":
-        cfg = merged(_sbs_config(spec.policy, time_factor), scheduler_overrides or {})
-        cfg_path = log_dir / f"{spec.name}-config.json"
+        running = await _start_schedulers(group, spec, eng, time_factor, log_dir, scheduler_overrides or {})
+    else:
+        port = procs.free_port()
+        url = f"http://127.0.0.1:{port}"
+        argv = _router_argv(spec, eng, port)
+        log = log_dir / f"{spec.name.replace(':', '-')}.log"
+        proc = group.start(spec.name, argv, log, env={"HF_HUB_OFFLINE": "1"})
+        want = _expected_workers(spec, cluster)
+        await proc.wait_http(
+            f"{url}/readiness", timeout_s=90, check=lambda b: b.get("healthy_workers", want) >= want
+        )
+        running = RunningSystem(spec, url, argv, urls=[url], procs=[proc])
+    for proc, replica_url in zip(running.procs, running.urls, strict=True):
+        await warm_up(replica_url, proc)
+    return running
+
+
+async def _start_schedulers(
+    group: ProcGroup,
+    spec: SystemSpec,
+    eng: Engines,
+    time_factor: float,
+    log_dir: Path,
+    overrides: dict[str, Any],
+) -> RunningSystem:
+    """`spec.replicas` processes of our scheduler, ready; with several, leases in a fresh folder."""
+    base = merged(_sbs_config(spec.policy, time_factor), overrides)
+    stem = spec.name.replace("@", "-r")
+    ports = [procs.free_port() for _ in range(spec.replicas)]
+    leases = log_dir / f"{stem}-leases"
+    if leases.exists():
+        for old in leases.glob("*.lease"):
+            old.unlink()
+    running = RunningSystem(spec, f"http://127.0.0.1:{ports[0]}", [], base)
+    for i, port in enumerate(ports):
+        url = f"http://127.0.0.1:{port}"
+        cfg = base
+        if spec.replicas > 1:
+            replica = {
+                "backend": "directory",
+                "directory": str(leases.resolve()),
+                "id": f"r{i}",
+                "advertise_url": url,
+            }
+            cfg = merged(base, {"replicas": replica})
+        cfg_path = (
+            log_dir / f"{stem}-{i}-config.json" if spec.replicas > 1 else log_dir / f"{spec.name}-config.json"
+        )
         cfg_path.parent.mkdir(parents=True, exist_ok=True)
         cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
         argv = [
@@ -271,18 +330,15 @@ async def start_system(
             *[a for p_url, boot in eng.prefill for a in ("--prefill", f"{p_url},bootstrap_port={boot}")],
             *[a for d_url in eng.decode for a in ("--decode", d_url)],
         ]
-        proc = group.start(spec.name, argv, log)
+        name = spec.name if spec.replicas == 1 else f"{stem}-{i}"
+        log = log_dir / f"{name.replace(':', '-')}.log"
+        running.procs.append(group.start(name, argv, log))
+        running.urls.append(url)
+        running.argv = running.argv or argv
+        if spec.replicas > 1:
+            running.config = {**cfg, "replicas": {**cfg["replicas"], "id": "r<i>", "advertise_url": "<url>"}}
+    for proc, url in zip(running.procs, running.urls, strict=True):
         await proc.wait_http(f"{url}/readyz", timeout_s=60)
-        running = RunningSystem(spec, url, argv, cfg)
-    else:
-        argv = _router_argv(spec, eng, port)
-        proc = group.start(spec.name, argv, log, env={"HF_HUB_OFFLINE": "1"})
-        want = _expected_workers(spec, cluster)
-        await proc.wait_http(
-            f"{url}/readiness", timeout_s=90, check=lambda b: b.get("healthy_workers", want) >= want
-        )
-        running = RunningSystem(spec, url, argv)
-    await warm_up(running.url, proc)
     return running
 
 
