@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
-from sbs.bench.chaos.cluster import ready_urls
+from sbs.bench.chaos.cluster import pod_ready, ready_urls
 from sbs.e2e import agent
 from sbs.e2e.control_plane import ControlPlane
 from sbs.kube import labels
@@ -30,17 +30,21 @@ from tests.operator.live import (
     wait_phase,
 )
 
+SCHEDULER = labels.selector_string(labels.scheduler_selector("deepseek-v3"))
+PODS = "/api/v1/namespaces/{ns}/pods"
 
-def test_trace_slice_through_operator_deployed_scheduler_and_emulated_engines(
+
+def _deploy(
     control_plane: ControlPlane,
     kube: Kube,
     namespace: str,
     operator: Callable[..., Operator],
     node_agent: Callable[..., agent.NodeAgent],
-    tmp_path: Path,
-) -> None:
+    scheduler_replicas: int = 1,
+) -> tuple[list[dict], int]:
+    """The small sample (2 prefill groups, 1 decode, 2 nodes each) Ready, its engines and scheduler
+    pods run by the node agent; returns the scheduler pods once all are Ready, and their port."""
     operator()
-    pods_log = tmp_path / "agent"
     node_agent(
         selector=f"{labels.COMPONENT} in ({labels.ENGINE},{labels.SCHEDULER})",
         command=None,  # each pod's own container: the engines' SGLang command lines, the scheduler's
@@ -50,21 +54,34 @@ def test_trace_slice_through_operator_deployed_scheduler_and_emulated_engines(
     obj = sample()
     obj["spec"]["prefill"].update(groups=2, nodesPerGroup=2, chunkedPrefillSize=32768)
     obj["spec"]["decode"].update(groups=1, nodesPerGroup=2)
+    obj["spec"]["scheduler"]["replicas"] = scheduler_replicas
     kube.create(DEPS.format(ns=namespace), obj)
     wait_phase(control_plane, kube, namespace, "deepseek-v3", "Ready")
     assert len(engine_pods(kube, namespace, "deepseek-v3")) == 6
 
+    def ready_pods() -> list[dict] | None:
+        pods = [
+            p for p in kube.get(PODS.format(ns=namespace), labelSelector=SCHEDULER)["items"] if pod_ready(p)
+        ]
+        return pods if len(pods) == scheduler_replicas else None
+
+    pods = control_plane.wait(ready_pods, f"{scheduler_replicas} Ready scheduler pods", 90)
+    ports = pods[0]["spec"]["containers"][0]["ports"]
+    return pods, next(p["containerPort"] for p in ports if p["name"] == "http")
+
+
+def test_trace_slice_through_operator_deployed_scheduler_and_emulated_engines(
+    control_plane: ControlPlane,
+    kube: Kube,
+    namespace: str,
+    operator: Callable[..., Operator],
+    node_agent: Callable[..., agent.NodeAgent],
+    tmp_path: Path,
+) -> None:
+    pods_log = tmp_path / "agent"
     # the scheduler as the operator deployed it: its pod, run by the node agent
-    selector = labels.selector_string(labels.scheduler_selector("deepseek-v3"))
-    pods_path = f"/api/v1/namespaces/{namespace}/pods"
-    sched_pod = control_plane.wait(
-        lambda: next(iter(kube.get(pods_path, labelSelector=selector)["items"]), None),
-        "the scheduler pod",
-        60,
-    )
-    ports = sched_pod["spec"]["containers"][0]["ports"]
-    port = next(p["containerPort"] for p in ports if p["name"] == "http")
-    url = control_plane.wait(lambda: ready_urls(kube, namespace, selector, port), "a Ready scheduler", 60)[0]
+    (sched_pod,), port = _deploy(control_plane, kube, namespace, operator, node_agent)
+    url = ready_urls(kube, namespace, SCHEDULER, port)[0]
     sched_log = pods_log / f"{namespace}_{sched_pod['metadata']['name']}.log"
     try:
 
@@ -116,3 +133,56 @@ def test_trace_slice_through_operator_deployed_scheduler_and_emulated_engines(
         assert c["sbs_requests_accepted_total"] == c["sbs_requests_completed_total"] == len(reqs), c
     finally:
         print(f"scheduler pod log: {sched_log}")
+
+
+async def _engines(url: str) -> dict:
+    async with aiohttp.ClientSession() as s, s.get(f"{url}/engines") as r:
+        return await r.json()
+
+
+def _owned(url: str) -> list[str]:
+    return sorted(k for p in asyncio.run(_engines(url))["pools"] for k in p["prefill"])
+
+
+def test_two_scheduler_replicas_split_the_prefill_through_leases_and_take_over_from_a_deleted_one(
+    control_plane: ControlPlane,
+    kube: Kube,
+    namespace: str,
+    operator: Callable[..., Operator],
+    node_agent: Callable[..., agent.NodeAgent],
+) -> None:
+    pods, port = _deploy(control_plane, kube, namespace, operator, node_agent, scheduler_replicas=2)
+    urls = ready_urls(kube, namespace, SCHEDULER, port)
+    leaders = labels.selector_string(labels.leader_selector("deepseek-v3", "prefill"))
+    listed = kube.get(PODS.format(ns=namespace), labelSelector=leaders)["items"]
+    prefill = sorted(f"{namespace}/{p['metadata']['name']}" for p in listed)
+    assert len(prefill) == 2
+
+    def split() -> list[list[str]] | None:
+        owned = [_owned(u) for u in urls]
+        return owned if all(owned) and sorted(owned[0] + owned[1]) == prefill else None
+
+    owned = control_plane.wait(split, "the prefill split between the replicas (found through Leases)", 30)
+    print(f"\nscheduler replicas own {owned}")
+    leases = kube.get(f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases")["items"]
+    holders = sorted(
+        lease["spec"]["holderIdentity"] for lease in leases if "sched" in lease["metadata"]["name"]
+    )
+    assert holders == sorted(p["metadata"]["name"] for p in pods)
+
+    async def burst(targets: list[str], n: int) -> list[tuple[int, str]]:
+        return await asyncio.gather(*(send(targets[i % len(targets)], 200, 8) for i in range(n)))
+
+    results = asyncio.run(burst(urls, 16))
+    assert all(s == 200 and "data: [DONE]" in t for s, t in results), results[:2]
+
+    victim = pods[0]
+    (survivor,) = [u for u in urls if f"//{victim['status']['podIP']}:" not in u]
+    t0 = time.monotonic()
+    kube.delete(f"{PODS.format(ns=namespace)}/{victim['metadata']['name']}", gracePeriodSeconds=0)
+    control_plane.wait(lambda: _owned(survivor) == prefill, "the survivor owns every prefill instance", 30)
+    took = time.monotonic() - t0
+    print(f"the survivor owned both prefill instances {took:.1f} s after the other replica's pod was deleted")
+    assert took < 5.0
+    results = asyncio.run(burst([survivor], 8))
+    assert all(s == 200 and "data: [DONE]" in t for s, t in results), results[:2]
