@@ -114,3 +114,26 @@ def test_cli_config_prints_effective_settings_and_exits_2_on_errors(tmp_path: Pa
     assert "field 'engines.prefill.0.dp_size'" in bad.output
     schema = runner.invoke(cli.main, ["config", "--schema"])
     assert schema.exit_code == 0 and "ServiceSettings" in schema.output
+
+
+def test_the_configuration_reference_in_the_docs_is_a_valid_config() -> None:
+    import yaml
+
+    text = (Path(__file__).parents[3] / "docs" / "service.md").read_text()
+    section = text[text.index("## Configuration reference") :]
+    start = section.index("```yaml") + len("```yaml")
+    settings = ServiceSettings.model_validate(yaml.safe_load(section[start : section.index("```", start)]))
+    assert settings.replicas is not None and settings.engines.kubernetes is not None
+
+
+@pytest.mark.parametrize(
+    ("replicas", "message"),
+    [
+        ({"backend": "directory"}, "needs 'directory'"),
+        ({"backend": "kubernetes"}, "needs engines.kubernetes"),
+        ({"backend": "directory", "directory": "/x", "renew_interval_s": 2}, "at most half"),
+    ],
+)
+def test_replica_settings_that_cannot_work_are_refused(replicas: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ServiceSettings.model_validate({"replicas": replicas})
