@@ -227,6 +227,12 @@ def h2h(**opts: Any) -> None:
 @click.option(
     "--systems", "systems_text", default="direct,sbs,least_load,sglang-router,smg-nodp", show_default=True
 )
+@click.option(
+    "--scheduler-config",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="YAML/JSON merged into our scheduler's settings (A/B runs, e.g. event_loop: asyncio).",
+)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None)
 @_cluster_options
 def overhead(**opts: Any) -> None:
@@ -253,6 +259,7 @@ def overhead(**opts: Any) -> None:
             concurrency=opts["concurrency"],
             duration_s=opts["duration"],
             log_dir=Path(opts["log_dir"]).resolve() / "overhead",
+            scheduler_overrides=_scheduler_overrides(opts.get("scheduler_config")),
         )
     )
     click.echo(mod.table(doc))
@@ -397,6 +404,18 @@ def _cluster(opts: dict[str, Any]) -> BenchCluster:
     )
 
 
+def _scheduler_overrides(path: str | None) -> dict[str, Any]:
+    """`--scheduler-config`'s settings, merged into our scheduler's (empty without it)."""
+    if not path:
+        return {}
+    from sbs.scheduler.service.config_file import SettingsError, read_config_file
+
+    try:
+        return read_config_file(path)
+    except SettingsError as exc:
+        raise BenchError(f"--scheduler-config: {exc}") from None
+
+
 def _run_options(opts: dict[str, Any]) -> Any:
     from sbs.bench.h2h import RunOptions
 
@@ -411,16 +430,8 @@ def _run_options(opts: dict[str, Any]) -> Any:
     _positive("--slo-ttft", opts["slo_ttft"])
     _positive("--slo-tpot", opts["slo_tpot"])
     _positive("--drain-timeout", opts["drain_timeout"])
-    overrides: dict[str, Any] = {}
-    if opts.get("scheduler_config"):
-        from sbs.scheduler.service.config_file import SettingsError, read_config_file
-
-        try:
-            overrides = read_config_file(opts["scheduler_config"])
-        except SettingsError as exc:
-            raise BenchError(f"--scheduler-config: {exc}") from None
     return RunOptions(
-        scheduler_overrides=overrides,
+        scheduler_overrides=_scheduler_overrides(opts.get("scheduler_config")),
         cluster=_cluster(opts),
         time_factor=tf,
         stream_interval=opts["stream_interval"],

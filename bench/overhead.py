@@ -198,6 +198,7 @@ async def run_overhead(
     concurrency: int,
     duration_s: float,
     log_dir: Path,
+    scheduler_overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Every system on one set of instant engines; returns the JSON document."""
     results: dict[str, Any] = {}
@@ -215,6 +216,7 @@ async def run_overhead(
                         cluster,
                         time_factor=0.0,
                         log_dir=log_dir / spec.name.replace(":", "-"),
+                        scheduler_overrides=scheduler_overrides,
                     )
                 except BenchError as exc:  # the others' results are kept
                     print(f"[{spec.name}] failed: {exc}", file=sys.stderr, flush=True)

@@ -235,6 +235,8 @@ class ServiceSettings(SettingsModel):
     auth: AuthSettings | None = None
     """None: the API is open (behind a NetworkPolicy, say); set: a token is required."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
+    """`auto`: uvloop where it is installed (a dependency on Linux), else asyncio's own loop."""
     replicas: ReplicasSettings | None = None
     """None: this process is the deployment's only scheduler."""
 

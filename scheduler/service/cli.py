@@ -105,7 +105,8 @@ def run(**flags: Any) -> None:
     if settings.engines.kubernetes is None and (not settings.engines.prefill or not settings.engines.decode):
         log.warning("no static prefill or decode engines configured: the service stays unready")
     try:
-        asyncio.run(serve(settings))
+        with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
+            runner.run(serve(settings))
     except CredentialsError as exc:
         click.echo(f"sbs-scheduler: engines.kubernetes: cannot load Kubernetes credentials: {exc}", err=True)
         sys.exit(2)
@@ -120,6 +121,20 @@ def config_cmd(schema: bool, **flags: Any) -> None:
         click.echo(json.dumps(ServiceSettings.model_json_schema(), indent=2))
         return
     click.echo(_settings_or_exit(flags).model_dump_json(indent=2))
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop `event_loop` names (None: asyncio's default)."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            click.echo("sbs-scheduler: event_loop: uvloop is not installed (pip install uvloop)", err=True)
+            sys.exit(2)
+        return None
+    return uvloop.new_event_loop
 
 
 def _settings_or_exit(flags: dict[str, Any]) -> ServiceSettings:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,14 @@ def test_the_configuration_reference_in_the_docs_is_a_valid_config() -> None:
 def test_replica_settings_that_cannot_work_are_refused(replicas: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         ServiceSettings.model_validate({"replicas": replicas})
+
+
+def test_the_event_loop_setting_picks_the_loop_and_a_missing_uvloop_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.loop_factory("asyncio") is None
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # not installed
+    assert cli.loop_factory("auto") is None
+    with pytest.raises(SystemExit) as exit_info:
+        cli.loop_factory("uvloop")
+    assert exit_info.value.code == 2 and "event_loop: uvloop is not installed" in capsys.readouterr().err
