@@ -4,6 +4,7 @@
                          [--systems sbs,least_load,sglang-router,smg,...] [--time-factor F] [--json OUT]
     sbs-bench overhead   [--requests N] [--concurrency C] [--systems direct,sbs,...] [--json OUT]
     sbs-bench crosscheck --trace FILE [--duration S] [--load X] [--time-factor F] [--json OUT]
+    sbs-bench operator-scale [--nodes 1000] [--deployments 20] [--idle-seconds 60] [--json OUT]
 
 Bad input prints one line naming the option and exits with status 2. docs/bench.md says what each
 system is, what is measured, and how the time factor is converted.
@@ -348,6 +349,42 @@ def failover(**opts: Any) -> None:
     )
     doc = asyncio.run(run)
     for line in mod.report_lines(doc):
+        click.echo(line)
+    _write_json(doc, opts["json_out"])
+
+
+@cli.command("operator-scale")
+@click.option("--nodes", type=int, default=1000, show_default=True, help="Fake 8×H800 kwok nodes.")
+@click.option("--deployments", type=int, default=20, show_default=True, help="SBSDeployments applied.")
+@click.option("--prefill-groups", default="4x4", show_default=True, help="Prefill groups × nodes each.")
+@click.option("--decode-groups", default="2x9", show_default=True, help="Decode groups × nodes each.")
+@click.option("--workers", type=int, default=8, show_default=True, help="The operator's --workers.")
+@click.option("--resync-seconds", type=float, default=30.0, show_default=True, help="The operator's resync.")
+@click.option("--idle-seconds", type=float, default=60.0, show_default=True, help="Watched after all Ready.")
+@click.option("--ready-timeout", type=float, default=1200.0, show_default=True, help="Seconds to all Ready.")
+@click.option("--log-dir", type=click.Path(file_okay=False), default="out/operator-scale", show_default=True)
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None)
+def operator_scale(**opts: Any) -> None:
+    """The operator on the e2e control plane: N kwok nodes, D sample-shaped deployments to Ready."""
+    import signal
+
+    from sbs.bench import operator_scale as mod
+
+    # SIGTERM stops the operator and the control plane too (the `finally` of `run_scale`).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    run = mod.ScaleRun(
+        nodes=opts["nodes"],
+        deployments=opts["deployments"],
+        prefill=mod.parse_groups(opts["prefill_groups"], "--prefill-groups"),
+        decode=mod.parse_groups(opts["decode_groups"], "--decode-groups"),
+        workers=opts["workers"],
+        resync_s=opts["resync_seconds"],
+        idle_s=opts["idle_seconds"],
+        ready_timeout_s=opts["ready_timeout"],
+        log_dir=Path(opts["log_dir"]),
+    )
+    doc = mod.run_scale(run, lambda line: click.echo(f"operator-scale: {line}", err=True))
+    for line in mod.summary_lines(doc):
         click.echo(line)
     _write_json(doc, opts["json_out"])
 

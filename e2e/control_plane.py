@@ -35,6 +35,7 @@ from sbs.e2e.waits import WaitTimeout, wait_until
 from sbs.kube.blocking import Kube
 
 _PR_SET_PDEATHSIG = 1
+NOT_READY_TAINTS = frozenset({"node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"})
 
 
 class ControlPlaneError(Exception):
@@ -54,7 +55,7 @@ class ClusterSettings:
     """How a control plane is laid out and how long it may take."""
 
     node_count: int = 64
-    """Fake GPU nodes (at most 256); 64 × 8 = 512 simulated H800s."""
+    """Fake GPU nodes (at most `nodes.MAX_NODES`, 4,096); 64 × 8 = 512 simulated H800s."""
     shape: nodes.NodeShape = dataclasses.field(default_factory=nodes.NodeShape)
     topology: nodes.Topology = dataclasses.field(default_factory=nodes.Topology)
     crd_paths: tuple[Path, ...] = ()
@@ -216,7 +217,12 @@ class ControlPlane:
         self._spawn("kube-scheduler", self._scheduler_args())
         config = self.dir / "kwok.yaml"
         config.write_text(
-            nodes.kwok_config(self.bins.stage_documents(), slot=self.slot, server_port=self.ports["kwok"])
+            nodes.kwok_config(
+                self.bins.stage_documents(),
+                slot=self.slot,
+                server_port=self.ports["kwok"],
+                node_count=s.node_count,
+            )
         )
         self._spawn("kwok", self._kwok_args(config))
         self._write_state()
@@ -293,12 +299,16 @@ class ControlPlane:
         return "\n".join(parts)
 
     def ready_nodes(self) -> int:
+        """Nodes Ready and free of the node lifecycle controller's not-ready/unreachable taints: a
+        node it first saw before kwok made it Ready keeps `not-ready:NoSchedule` until its taint
+        pass comes round, and the scheduler places nothing there until then."""
         items = self.kube.get("/api/v1/nodes")["items"]
         return sum(
             any(
                 c["type"] == "Ready" and c["status"] == "True"
                 for c in n.get("status", {}).get("conditions") or []
             )
+            and not any(t.get("key") in NOT_READY_TAINTS for t in n.get("spec", {}).get("taints") or [])
             for n in items
         )
 
@@ -431,6 +441,10 @@ class ControlPlane:
             f"--cluster-signing-cert-file={p.ca_crt}",
             f"--cluster-signing-key-file={p.ca_key}",
             "--controllers=*",
+            # Client-side rate limit (default 20/s, burst 30): the node lifecycle controller patches
+            # each new node's not-ready taint on and off, which took minutes for 1,000 nodes.
+            "--kube-api-qps=200",
+            "--kube-api-burst=400",
             # Its default, /usr/libexec/kubernetes/..., would be created on the host.
             f"--flex-volume-plugin-dir={self.dir / 'flexvolume'}",
             "--profiling=false",

@@ -6,9 +6,12 @@ devices, CPU, memory and 1 GiB hugepages. kwok marks them Ready, keeps their Lea
 their pods (Running and Ready at once, gone at once when deleted; Failed first when a finalizer
 holds them, see `POD_STOP_STAGE`).
 
-Pod IPs are in 127.0.0.0/8: node `i` of a cluster in slot `s` gets the pod CIDR
-`127.<POD_NET_BASE + s>.<i>.0/24`, so an emulator bound to a pod's IP is reachable from tests
-without leaving loopback, and two clusters on one machine never hand out the same pod IP.
+Pod IPs are in 127.0.0.0/8: a cluster in slot `s` owns `127.<POD_NET_BASE + s>.0.0/16`, cut
+into one subnet per node, so an emulator bound to a pod's IP is reachable from tests without
+leaving loopback, and two clusters on one machine never hand out the same pod IP. Up to 256 nodes
+node `i` gets `127.<POD_NET_BASE + s>.<i>.0/24`; a larger cluster gets smaller subnets (`/25` up to
+512 nodes, `/26` up to 1,024, ... `/28` up to `MAX_NODES`), and each node then offers at most as
+many pods as its subnet has addresses (as GKE sizes a node's range to its max pods).
 """
 
 from __future__ import annotations
@@ -35,8 +38,14 @@ GPU_RESOURCE = "nvidia.com/gpu"
 POD_NET_BASE = 100
 """Second octet of slot 0's pod network (127.100.0.0/16); slot s uses 127.(100+s).0.0/16."""
 MAX_SLOTS = 255 - POD_NET_BASE
-MAX_NODES = 256
-"""A pod network has one /24 per node in its third octet."""
+POD_NET_PREFIX = 16
+"""A slot's pod network is a /16."""
+NODE_PREFIX_MIN = 24
+"""A node's pod subnet is a /24 while every node can have one (up to 256 nodes)..."""
+NODE_PREFIX_MAX = 28
+"""... and never smaller than a /28 (14 pod addresses)."""
+MAX_NODES = 1 << (NODE_PREFIX_MAX - POD_NET_PREFIX)
+"""4,096 nodes, each with a /28 of the slot's /16."""
 SERVICE_CIDR = "127.96.0.0/16"
 """Service ClusterIPs, in loopback too (nothing proxies them here; they are only data)."""
 SERVICE_IP = "127.96.0.1"
@@ -94,19 +103,36 @@ def node_name(index: int) -> str:
     return f"h800-{index:03d}"
 
 
-def pod_cidr(slot: int, index: int) -> str:
+def node_prefix(node_count: int) -> int:
+    """The prefix length of each node's pod subnet in a cluster of `node_count` nodes: the largest
+    subnet, from a /24 down, of which the slot's /16 holds one per node."""
+    if not 0 <= node_count <= MAX_NODES:
+        raise ValueError(f"node count must be in [0, {MAX_NODES}], got {node_count}")
+    return NODE_PREFIX_MIN + max(0, (node_count - 1).bit_length() - (NODE_PREFIX_MIN - POD_NET_PREFIX))
+
+
+def pod_cidr(slot: int, index: int, prefix: int = NODE_PREFIX_MIN) -> str:
+    """Node `index`'s pod subnet (a /`prefix`) in slot `slot`'s pod network."""
     if not 0 <= slot < MAX_SLOTS:
         raise ValueError(f"slot must be in [0, {MAX_SLOTS}), got {slot}")
-    if not 0 <= index < MAX_NODES:
-        raise ValueError(f"node index must be in [0, {MAX_NODES}), got {index}")
-    return f"127.{POD_NET_BASE + slot}.{index}.0/24"
+    if not NODE_PREFIX_MIN <= prefix <= NODE_PREFIX_MAX:
+        raise ValueError(f"node prefix must be in [{NODE_PREFIX_MIN}, {NODE_PREFIX_MAX}], got {prefix}")
+    subnets = 1 << (prefix - POD_NET_PREFIX)
+    if not 0 <= index < subnets:
+        raise ValueError(f"node index must be in [0, {subnets}) for /{prefix} subnets, got {index}")
+    offset = index << (32 - prefix)
+    return f"127.{POD_NET_BASE + slot}.{offset >> 8}.{offset & 0xFF}/{prefix}"
 
 
-def build_node(index: int, *, slot: int, shape: NodeShape, topology: Topology) -> dict:
-    """One fake GPU node, with the status kwok keeps (capacity and allocatable)."""
+def build_node(
+    index: int, *, slot: int, shape: NodeShape, topology: Topology, prefix: int = NODE_PREFIX_MIN
+) -> dict:
+    """One fake GPU node, with the status kwok keeps (capacity and allocatable). Its pod subnet is a
+    /`prefix` (`node_prefix` of the cluster's size); it offers no more pods than that has addresses."""
     name = node_name(index)
     resources = shape.resources()
-    cidr = pod_cidr(slot, index)
+    resources["pods"] = str(min(shape.pods, (1 << (32 - prefix)) - 2))
+    cidr = pod_cidr(slot, index, prefix)
     return {
         "apiVersion": "v1",
         "kind": "Node",
@@ -134,9 +160,8 @@ def build_node(index: int, *, slot: int, shape: NodeShape, topology: Topology) -
 
 
 def build_nodes(count: int, *, slot: int, shape: NodeShape, topology: Topology) -> list[dict]:
-    if not 0 <= count <= MAX_NODES:
-        raise ValueError(f"node count must be in [0, {MAX_NODES}], got {count}")
-    return [build_node(i, slot=slot, shape=shape, topology=topology) for i in range(count)]
+    prefix = node_prefix(count)
+    return [build_node(i, slot=slot, shape=shape, topology=topology, prefix=prefix) for i in range(count)]
 
 
 # The harness's own kwok Stage, played after kwok's (see `binaries.Binaries.stage_documents`). kwok's
@@ -192,11 +217,19 @@ HARNESS_STAGES = (POD_STOP_STAGE,)
 """kwok Stage documents the harness adds to kwok's own."""
 
 
-def kwok_config(stages: list[str], *, slot: int, server_port: int) -> str:
+NODES_PER_LEASE_WORKER = 32
+"""kwok renews each node's Lease every ~10 s (a quarter of `nodeLeaseDurationSeconds`), one PUT per
+worker at a time. With 4 workers for 1,000 nodes on a loaded 2-core machine renewals fell ~40 s
+behind, the node lifecycle controller marked nodes NotReady and their pods not Ready (which kwok
+never sets back): one worker per 32 nodes, at least 4."""
+
+
+def kwok_config(stages: list[str], *, slot: int, server_port: int, node_count: int = 0) -> str:
     """kwok's `--config`: options (parallelism set, or kwok refuses to start) plus the stages.
 
     The node IP is 127.0.0.1 so the apiserver's kubelet calls (logs, exec) reach kwok's
-    server on loopback; `cidr` is only the fallback for nodes without a pod CIDR.
+    server on loopback; `cidr` is only the fallback for nodes without a pod CIDR. Lease renewal
+    workers scale with `node_count` (`NODES_PER_LEASE_WORKER`).
     """
     options = {
         "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
@@ -207,7 +240,7 @@ def kwok_config(stages: list[str], *, slot: int, server_port: int) -> str:
             "serverAddress": f"127.0.0.1:{server_port}",
             "nodePort": server_port,
             "nodeLeaseDurationSeconds": 40,
-            "nodeLeaseParallelism": 4,
+            "nodeLeaseParallelism": max(4, -(-node_count // NODES_PER_LEASE_WORKER)),
             "podPlayStageParallelism": 4,
             "nodePlayStageParallelism": 4,
             "podsOnNodeSyncParallelism": 1,

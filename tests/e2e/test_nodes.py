@@ -1,6 +1,7 @@
 """Fake H800 nodes and kwok's configuration."""
 
 import ipaddress
+import itertools
 
 import pytest
 import yaml
@@ -42,18 +43,36 @@ def test_racks_and_blocks_follow_the_node_index():
     assert len({lab[nodes.BLOCK_LABEL] for lab in labels}) == 4
 
 
-def test_pod_cidrs_are_loopback_and_unique_across_nodes_and_slots():
-    cidrs = [nodes.pod_cidr(slot, i) for slot in (0, 1, nodes.MAX_SLOTS - 1) for i in range(nodes.MAX_NODES)]
-    nets = [ipaddress.ip_network(c) for c in cidrs]
+@pytest.mark.parametrize("count", [256, 1000, nodes.MAX_NODES])
+def test_pod_cidrs_are_loopback_and_disjoint_across_nodes_and_slots(count):
+    prefix = nodes.node_prefix(count)
+    cidrs = [nodes.pod_cidr(slot, i, prefix) for slot in (0, 1, nodes.MAX_SLOTS - 1) for i in range(count)]
+    nets = sorted(ipaddress.ip_network(c) for c in cidrs)
     assert all(n.subnet_of(ipaddress.ip_network("127.0.0.0/8")) for n in nets)
-    assert len(set(nets)) == len(nets)
+    assert not any(a.overlaps(b) for a, b in itertools.pairwise(nets))
     assert not any(n.overlaps(ipaddress.ip_network(nodes.SERVICE_CIDR)) for n in nets)
 
 
-@pytest.mark.parametrize(("slot", "index"), [(-1, 0), (nodes.MAX_SLOTS, 0), (0, nodes.MAX_NODES)])
-def test_pod_cidr_rejects_out_of_range(slot, index):
+@pytest.mark.parametrize(
+    ("count", "prefix", "pods"), [(1, 24, "110"), (256, 24, "110"), (257, 25, "110"), (1000, 26, "62"),
+                                  (nodes.MAX_NODES, 28, "14")],
+)  # fmt: skip
+def test_large_clusters_get_smaller_subnets_and_as_many_pods_as_addresses(count, prefix, pods):
+    assert nodes.node_prefix(count) == prefix
+    last = nodes.build_nodes(count, slot=0, shape=nodes.NodeShape(), topology=nodes.Topology())[-1]
+    net = ipaddress.ip_network(last["spec"]["podCIDR"])
+    assert net.prefixlen == prefix and net.subnet_of(ipaddress.ip_network("127.100.0.0/16"))
+    assert last["status"]["allocatable"]["pods"] == pods
+    assert int(pods) <= net.num_addresses - 2
+
+
+@pytest.mark.parametrize(
+    ("slot", "index", "prefix"),
+    [(-1, 0, 24), (nodes.MAX_SLOTS, 0, 24), (0, 256, 24), (0, 1024, 26), (0, 0, 23), (0, 0, 29)],
+)
+def test_pod_cidr_rejects_out_of_range(slot, index, prefix):
     with pytest.raises(ValueError, match="must be in"):
-        nodes.pod_cidr(slot, index)
+        nodes.pod_cidr(slot, index, prefix)
 
 
 def test_node_spec_carries_its_pod_cidr():
@@ -81,3 +100,9 @@ def test_kwok_config_sets_parallelism_loopback_and_stages():
 def test_too_many_nodes_are_refused():
     with pytest.raises(ValueError, match="node count"):
         nodes.build_nodes(nodes.MAX_NODES + 1, slot=0, shape=nodes.NodeShape(), topology=nodes.Topology())
+
+
+@pytest.mark.parametrize(("count", "workers"), [(0, 4), (64, 4), (128, 4), (129, 5), (1000, 32)])
+def test_kwok_lease_workers_scale_with_the_node_count(count, workers):
+    (options, *_) = yaml.safe_load_all(nodes.kwok_config([], slot=0, server_port=1, node_count=count))
+    assert options["options"]["nodeLeaseParallelism"] == workers
