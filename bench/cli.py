@@ -5,6 +5,7 @@
     sbs-bench overhead   [--requests N] [--concurrency C] [--systems direct,sbs,...] [--json OUT]
     sbs-bench crosscheck --trace FILE [--duration S] [--load X] [--time-factor F] [--json OUT]
     sbs-bench operator-scale [--nodes 1000] [--deployments 20] [--idle-seconds 60] [--json OUT]
+    sbs-bench scale-table [--instances 4,16,64] [--replicas 1,2,4] [--load 0.7] [--duration S] [--json OUT]
 
 Bad input prints one line naming the option and exits with status 2. docs/bench.md says what each
 system is, what is measured, and how the time factor is converted.
@@ -404,6 +405,56 @@ def table(json_file: str) -> None:
         click.echo(mod.table(doc))
     else:
         click.echo(report.table(summaries, units="(engine time: s; tok/s and req/s per engine second)"))
+
+
+@cli.command("scale-table")
+@click.option("--trace", "trace_path", default=None, help="Azure CSV (default: the conversation trace).")
+@click.option("--instances", "instances_text", default="4,16,64", show_default=True)
+@click.option("--replicas", "replicas_text", default="1,2,4", show_default=True)
+@click.option("--replica-instances", type=int, default=16, show_default=True)
+@click.option("--load", type=float, default=0.7, show_default=True, help="Fraction of nominal capacity.")
+@click.option("--duration", type=float, default=120.0, show_default=True, help="Seconds of arrivals.")
+@click.option("--decode-per-prefill", type=float, default=0.25, show_default=True)
+@click.option(
+    "--spread", type=click.Choice(["round_robin", "random"]), default="round_robin", show_default=True
+)
+@click.option("--jobs", type=int, default=1, show_default=True, help="Simulations in parallel.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None)
+def scale_table(**opts: Any) -> None:
+    """Simulated SBS TTFT gain at 4/16/64 prefill instances and with 1/2/4 scheduler replicas."""
+    from sbs.bench import scale_table as mod
+
+    instances = _counts(opts["instances_text"], "--instances")
+    replicas = _counts(opts["replicas_text"], "--replicas")
+    if any(r > opts["replica_instances"] for r in replicas):
+        raise BenchError(f"--replicas: at most --replica-instances ({opts['replica_instances']}) replicas")
+    _positive("--load", opts["load"])
+    _positive("--duration", opts["duration"])
+    _positive("--decode-per-prefill", opts["decode_per_prefill"])
+    doc = mod.run_tables(
+        trace_path=opts["trace_path"] or mod.TRACE,
+        instances=instances,
+        replicas=replicas,
+        replica_instances=opts["replica_instances"],
+        load=opts["load"],
+        duration_s=opts["duration"],
+        decode_per_prefill=opts["decode_per_prefill"],
+        spread=opts["spread"],
+        jobs=max(1, opts["jobs"]),
+        echo=lambda line: click.echo(line, err=True),
+    )
+    click.echo(mod.format_tables(doc))
+    _write_json(doc, opts["json_out"])
+
+
+def _counts(text: str, option: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise BenchError(f"{option}: expected comma-separated positive integers, got {text!r}")
+    return values
 
 
 def _read_overhead(path: str | None) -> dict[str, dict[str, Any]]:

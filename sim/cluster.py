@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sbs.scheduler.core.types import InstanceSpec, Role
@@ -58,6 +59,10 @@ class ClusterConfig(_Model):
     loads_period_s: float = Field(1.0, gt=0.0)
     """Period of `/v1/loads` snapshots polled by the scheduler."""
     seed: int = 0
+    scheduler_replicas: int = Field(1, ge=1)
+    """Scheduler replicas, each owning a partition of the prefill instances (`sim/replicas.py`)."""
+    replica_spread: Literal["round_robin", "random"] = "round_robin"
+    """How arrivals are spread over the replicas (a Kubernetes Service: round robin or random)."""
 
     def specs(self, role: Role, kv_capacity_tokens: int) -> list[InstanceSpec]:
         rc = self.prefill if role is Role.PREFILL else self.decode
@@ -78,6 +83,11 @@ PRESETS: dict[str, ClusterConfig] = {
         name="ds3-h800-dp72",
         prefill=RoleConfig(instances=3, nodes_per_instance=4, chunk_tokens=DEFAULT_CHUNK_PER_RANK),
         decode=RoleConfig(instances=2, nodes_per_instance=9, max_running_requests=256),
+    ),
+    "ds3-h800-3200": ClusterConfig(
+        name="ds3-h800-3200",
+        prefill=RoleConfig(instances=64, nodes_per_instance=4, chunk_tokens=DEFAULT_CHUNK_PER_RANK),
+        decode=RoleConfig(instances=8, nodes_per_instance=18, max_running_requests=256),
     ),
     "small": ClusterConfig(
         name="small",

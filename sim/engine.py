@@ -269,6 +269,8 @@ class DecodeEngine:
         self.kv = np.zeros(n, dtype=np.int64)
         self.waiting: list[deque[DecodeJob]] = [deque() for _ in range(n)]
         self.n_waiting = 0
+        self._waiting_ranks: set[int] = set()
+        """Ranks whose waiting queue may be non-empty (admission visits only these)."""
         self.reserved = [0] * n
         """Requests dispatched here whose KV is still being prefilled/transferred (prealloc queue)."""
         self.reserved_kv = [0] * n
@@ -299,6 +301,7 @@ class DecodeEngine:
         self.reserved[job.rank] -= 1
         self.reserved_kv[job.rank] -= job.kv_tokens
         self.waiting[job.rank].append(job)
+        self._waiting_ranks.add(job.rank)
         self.n_waiting += 1
 
     def unreserve(self, rank: int, kv_tokens: int) -> None:
@@ -328,7 +331,9 @@ class DecodeEngine:
     def _admit(self) -> None:
         cap = self.spec.kv_capacity_tokens
         max_run = self.spec.max_running_requests
-        for r, q in enumerate(self.waiting):
+        waiting = self.waiting
+        for r in sorted(self._waiting_ranks):
+            q = waiting[r]
             while q:
                 job = q[0]
                 if max_run and self.batch[r] >= max_run:
@@ -342,6 +347,8 @@ class DecodeEngine:
                 job.joined_step = self.step_index
                 heapq.heappush(self._finish_heap, (self.step_index + job.steps - 1, job.rid, job))
                 self._joined.append(job)
+            if not q:
+                self._waiting_ranks.discard(r)
 
     def start_step(self, now: float) -> float:
         if self.n_waiting:
@@ -373,14 +380,16 @@ class DecodeEngine:
 
     def loads(self) -> tuple[RankLoad, ...]:
         cap = self.spec.kv_capacity_tokens
+        batch, kv = self.batch.tolist(), self.kv.tolist()
+        reserved, reserved_kv = self.reserved, self.reserved_kv
         return tuple(
             RankLoad(
                 r,
-                int(self.batch[r]),
-                len(self.waiting[r]) + self.reserved[r],
+                batch[r],
+                len(q) + reserved[r],
                 0,
-                int(self.kv[r]) + self.reserved_kv[r] + sum(j.kv_tokens for j in self.waiting[r]),
+                kv[r] + reserved_kv[r] + (sum(j.kv_tokens for j in q) if q else 0),
                 cap,
             )
-            for r in range(self.spec.dp_size)
+            for r, q in enumerate(self.waiting)
         )

@@ -1,32 +1,36 @@
 """Discrete-event simulation of a P/D-disaggregated DP+EP cluster driving the real scheduling core.
 
-The loop pops (time, seq) from the heap of a `CoreLoop`, which owns the sequence counter, so ties break
-in the order events were created and a run is reproducible. The scheduler under test is the same
-`Scheduler` the live service runs, fed the same events (`RequestArrived`, `StepCompleted`,
-`LoadReported`, `RequestFinished`) with report delays, and woken at its own `next_deadline()`.
+The loop pops (time, seq) from an `EventHeap`, which owns the sequence counter, so ties break in the
+order events were created and a run is reproducible. Arrivals are not in the heap: they are merged
+from the trace, ahead of any heap event at the same time (as if pushed before all of them). The
+scheduler under test is the same `Scheduler` the live service runs, fed the same events
+(`RequestArrived`, `StepCompleted`, `LoadReported`, `RequestFinished`) with report delays, and woken at
+its own `next_deadline()`; with `scheduler_replicas` > 1 there is one per replica (`sim/replicas.py`).
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sbs.scheduler.core.capacity import PrefillCapacityModel
-from sbs.scheduler.core.events import LoadReported, RequestArrived, RequestFinished, StepCompleted
+from sbs.scheduler.core.events import LoadReported, RequestFinished, StepCompleted
 from sbs.scheduler.core.scheduler import Scheduler
-from sbs.scheduler.core.types import Decision, Dispatch, Reject, Request, Role
+from sbs.scheduler.core.types import Decision, Dispatch, InstanceSpec, Reject, Role
 from sbs.settings import scheduling
 from sbs.sim.cluster import ClusterConfig
-from sbs.sim.core_loop import DISPATCH, FIRST_FREE_KIND, TIMER, CoreLoop
+from sbs.sim.core_loop import DISPATCH, FIRST_FREE_KIND, TIMER
 from sbs.sim.costmodel import CostModel
 from sbs.sim.engine import DecodeEngine, DecodeJob, PrefillEngine, PrefillJob
 from sbs.sim.errors import ClusterConfigError
 from sbs.sim.recorder import Recorder
+from sbs.sim.replicas import Replicas
 from sbs.sim.trace import Trace
 
-_ARRIVAL, _P_END, _KV, _D_END, _REPORT, _POLL = range(FIRST_FREE_KIND, FIRST_FREE_KIND + 6)
+_P_END, _KV, _D_END, _REPORT, _POLL = range(FIRST_FREE_KIND, FIRST_FREE_KIND + 5)
 
 
 @dataclass(frozen=True)
@@ -73,13 +77,17 @@ class Simulation:
             )
         fixed, per_token, per_pair = self.cost.prefill_coefficients(ep_size=cluster.prefill.dp_size)
         self.capacity = PrefillCapacityModel(fixed, per_token, per_pair)
-        self.scheduler = Scheduler(
+        self.replicas = Replicas(
+            self._make_scheduler,
             self.prefill_specs,
-            self.decode_specs,
-            settings=scheduling.SchedulerSettings(policy=policy, seed=cluster.seed),
-            capacity=self.capacity,
-            block_tokens=trace.block_tokens,
+            count=cluster.scheduler_replicas,
+            spread=cluster.replica_spread,
+            transit_s=cluster.network_s,
+            seed=cluster.seed,
+            requests=len(trace.requests),
         )
+        self.scheduler = self.replicas.cores[0].scheduler
+        """The (first replica's) scheduling core."""
         balance = (
             policy.engine_balance if isinstance(policy, scheduling.SglangPolicy) else cluster.engine_balance
         )
@@ -102,34 +110,55 @@ class Simulation:
             for i, s in enumerate(self.decode_specs)
         ]
         self.rec = Recorder(len(trace.requests))
-        self.loop = CoreLoop(self.scheduler, cluster.network_s)
+        self.rec.prompt[:] = [r.prompt_tokens for r in trace.requests]
+        self.rec.output[:] = [r.output_tokens for r in trace.requests]
+        self.events = self.replicas.events
         self._decode_of: dict[int, tuple[int, int]] = {}
         self._requests = trace.requests
         self._open = 0
         self._arrived = 0
 
+    def _make_scheduler(self, prefill: Sequence[InstanceSpec], replica: int) -> Scheduler:
+        return Scheduler(
+            prefill,
+            self.decode_specs,
+            settings=scheduling.SchedulerSettings(policy=self.policy, seed=self.cluster.seed + replica),
+            capacity=self.capacity,
+            block_tokens=self.trace.block_tokens,
+        )
+
     def run(self) -> SimResult:
-        for req in self._requests:
-            self.loop.push(req.arrival_s, _ARRIVAL, req)
-        self.loop.push(0.0, _POLL)
-        n = len(self._requests)
+        requests = self._requests
+        n = len(requests)
+        self.events.push(0.0, _POLL)
         events = 0
         report_every = max(1, n // 100)
-        heap = self.loop.heap
-        while heap:
-            t, _, kind, payload = heapq.heappop(heap)
+        heap = self.events.heap
+        pop = heapq.heappop
+        replicas = self.replicas
+        rec = self.rec
+        record = self._record
+        nxt = 0
+        next_arrival = requests[0].arrival_s if n else math.inf
+        while True:
             events += 1
-            if kind == _ARRIVAL:
-                req: Request = payload  # type: ignore[assignment]
-                self.rec.arrival[req.rid] = t
-                self.rec.prompt[req.rid] = req.prompt_tokens
-                self.rec.output[req.rid] = req.output_tokens
+            if next_arrival <= (heap[0][0] if heap else math.inf):  # arrivals win ties (pushed first)
+                if nxt == n:  # no arrival left and an empty heap
+                    events -= 1
+                    break
+                req = requests[nxt]
+                t = next_arrival
+                nxt += 1
+                next_arrival = requests[nxt].arrival_s if nxt < n else math.inf
+                rec.arrival[req.rid] = t
                 self._open += 1
                 self._arrived += 1
                 if self.progress and self._arrived % report_every == 0:
                     self.progress(self._arrived / n)
-                self._record(self.loop.handle(RequestArrived(req), t), t)
-            elif kind == DISPATCH:
+                record(replicas.arrive(req, t), t)
+                continue
+            t, _, kind, payload = pop(heap)
+            if kind == DISPATCH:
                 self._on_dispatch(payload, t)  # type: ignore[arg-type]
             elif kind == _P_END:
                 self._on_prefill_end(payload, t)  # type: ignore[arg-type]
@@ -138,17 +167,15 @@ class Simulation:
             elif kind == _D_END:
                 self._on_decode_end(payload, t)  # type: ignore[arg-type]
             elif kind == TIMER:
-                self._record(self.loop.on_timer(t), t)
+                record(replicas.on_timer(payload, t), t)
             elif kind == _REPORT:
                 for ev in payload:  # type: ignore[attr-defined]
-                    self._record(self.loop.handle(ev, t), t)
+                    record(replicas.deliver(ev, t), t)
             elif kind == _POLL:
                 self._on_poll(t)
         if self.progress:
             self.progress(1.0)
-        st = self.scheduler.stats
-        stats = {k: getattr(st, k) for k in st.__slots__}  # type: ignore[attr-defined]
-        return SimResult(self.policy.type, self.rec, events, stats)
+        return SimResult(self.policy.type, self.rec, events, replicas.stats())
 
     def _record(self, decisions: list[Decision], t: float) -> None:
         for d in decisions:
@@ -174,7 +201,7 @@ class Simulation:
     def _start_prefill(self, i: int, t: float) -> None:
         dur = self.prefill[i].start_step(t)
         if dur > 0:
-            self.loop.push(t + dur, _P_END, i)
+            self.events.push(t + dur, _P_END, i)
 
     def _on_prefill_end(self, i: int, t: float) -> None:
         eng = self.prefill[i]
@@ -182,10 +209,10 @@ class Simulation:
         self.rec.on_prefill_step(rec.rank_tokens, eng.spec.chunk_tokens, rec.duration_s)
         for job in rec.finished:
             self.rec.cached[job.rid] = job.cached
-            self.loop.push(t + self.cost.kv_transfer_s(job.prompt_tokens), _KV, job.rid)
+            self.events.push(t + self.cost.kv_transfer_s(job.prompt_tokens), _KV, job.rid)
         queued = eng.has_work()
         report = StepCompleted(i, rec.started_s, rec.duration_s, tuple(j.rid for j in rec.finished), queued)
-        self.loop.push(t + self.cluster.report_delay_s, _REPORT, (report,))
+        self.events.push(t + self.cluster.report_delay_s, _REPORT, (report,))
         if queued:
             self._start_prefill(i, t)
 
@@ -200,7 +227,7 @@ class Simulation:
     def _start_decode(self, i: int, t: float) -> None:
         dur = self.decode[i].start_step(t)
         if dur > 0:
-            self.loop.push(t + dur, _D_END, i)
+            self.events.push(t + dur, _D_END, i)
 
     def _on_decode_end(self, i: int, t: float) -> None:
         dec = self.decode[i]
@@ -213,7 +240,7 @@ class Simulation:
                 self.rec.finished[rid] = t
             self._open -= len(rec.finished)
             reports = tuple(RequestFinished(rid, t) for rid in rec.finished)
-            self.loop.push(t + self.cluster.report_delay_s, _REPORT, reports)
+            self.events.push(t + self.cluster.report_delay_s, _REPORT, reports)
         if dec.has_work():
             self._start_decode(i, t)
 
@@ -221,6 +248,6 @@ class Simulation:
         delay = self.cluster.report_delay_s
         reports = [LoadReported(Role.PREFILL, i, t, e.loads()) for i, e in enumerate(self.prefill)]
         reports += [LoadReported(Role.DECODE, i, t, e.loads()) for i, e in enumerate(self.decode)]
-        self.loop.push(t + delay, _REPORT, tuple(reports))
+        self.events.push(t + delay, _REPORT, tuple(reports))
         if self._open > 0 or self._arrived < len(self._requests):
-            self.loop.push(t + self.cluster.loads_period_s, _POLL)
+            self.events.push(t + self.cluster.loads_period_s, _POLL)
