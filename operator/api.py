@@ -36,7 +36,9 @@ SBS_IMAGE = "ghcr.io/sbs-project/sbs:0.1.0"
 TransferBackend = Literal["mooncake", "nixl", "mori", "mooncake_tcp", "fake"]
 A2ABackend = Literal["none", "deepep", "mooncake", "nixl", "mori", "flashinfer"]
 DeepEPMode = Literal["auto", "normal", "low_latency"]
-PolicyName = Literal["sbs", "round_robin", "random", "least_load", "power_of_two", "sglang"]
+PolicyName = Literal[
+    "sbs", "sbs-fcfs", "eft", "round_robin", "random", "least_load", "power_of_two", "sglang"
+]
 
 
 class ModelSource(ApiModel):

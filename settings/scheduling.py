@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class SettingsModel(BaseModel):
@@ -54,9 +54,15 @@ class BatchingSettings(SettingsModel):
     bounded unfairness: a long prompt's TTFT grows by at most this under a sustained burst)."""
 
     level_fill: bool = True
-    """Straggler-aware release: a step's level is set by its oldest request (or by the buffered work
-    spread over the ranks); every rank is filled up to that level and longer requests wait for a step
-    whose level they set, so short prompts do not wait behind a long one in the same lockstep step."""
+    """Straggler-aware release: a step's level is the predicted time of its slowest rank (its oldest
+    request, the chunks committed by prompts in progress, or the buffered work spread over the ranks);
+    every rank is filled up to that time and requests costing more wait for a step whose level they
+    set, so short prompts do not wait behind a long one in the same lockstep step."""
+
+    isolate_slow_steps: bool = True
+    """A step whose committed chunks (a late chunk of a long prompt, attending to its whole prefix) take
+    longer than a full fresh chunk gets no prompt of a chunk or less while another instance is predicted
+    to end a step sooner: short prompts do not ride a step many times their own length."""
 
 
 class DecodeSettings(SettingsModel):
@@ -83,14 +89,53 @@ class SyncSettings(SettingsModel):
     skipped until it reports again."""
 
 
-class SbsPolicy(SettingsModel):
-    """Staggered Batch Scheduling: buffer, release just in time, water-fill prefill ranks, IQR decode."""
+class StaggeredPolicy(SettingsModel):
+    """What both staggered policies (`sbs`, `sbs-fcfs`) share: buffer, release just in time, water-fill
+    prefill ranks, IQR decode."""
 
-    type: Literal["sbs"] = "sbs"
     batching: BatchingSettings = BatchingSettings()
     decode: DecodeSettings = DecodeSettings()
     prefix_credit: bool = True
     """Credit prefix-cache hits (from the requests' `hash_ids`) in the prefill capacity model."""
+
+    @property
+    def fcfs(self) -> bool:
+        """Releases in arrival order, no request skipping a step's level (`sbs-fcfs`)."""
+        return False
+
+
+class SbsPolicy(StaggeredPolicy):
+    """Staggered Batch Scheduling with the size-aware release order (`batching.size_priority`)."""
+
+    type: Literal["sbs"] = "sbs"
+
+
+class SbsFcfsPolicy(StaggeredPolicy):
+    """Staggered Batch Scheduling with the paper's FCFS release order: buffered requests go in arrival
+    order (carries first), and none skips a step's level; everything else as `sbs`. Beside `sbs` it
+    shows what the size-aware order is worth."""
+
+    type: Literal["sbs-fcfs"] = "sbs-fcfs"
+    batching: BatchingSettings = BatchingSettings(size_priority=0.0)
+
+    @field_validator("batching", mode="before")
+    @classmethod
+    def _arrival_order(cls, value: object) -> object:
+        """`size_priority` defaults to 0 here; any other value contradicts the policy and is refused."""
+        if isinstance(value, dict) and "size_priority" not in value:
+            return {**value, "size_priority": 0.0}
+        return value
+
+    @field_validator("batching")
+    @classmethod
+    def _no_size_priority(cls, value: BatchingSettings) -> BatchingSettings:
+        if value.size_priority:
+            raise ValueError("sbs-fcfs releases in arrival order: batching.size_priority must be 0")
+        return value
+
+    @property
+    def fcfs(self) -> bool:
+        return True
 
 
 class RoundRobinPolicy(SettingsModel):
@@ -129,12 +174,46 @@ class SglangPolicy(SettingsModel):
     """SGLang `--load-balance-method` on the engines (`total_tokens` is the strongest)."""
 
 
-PolicySettings = Annotated[
-    SbsPolicy | RoundRobinPolicy | RandomPolicy | LeastLoadPolicy | PowerOfTwoPolicy | SglangPolicy,
-    Field(discriminator="type"),
-]
+DecodeRule = Literal["lexicographic", "round_robin", "random", "least_load", "power_of_two"]
+"""How an immediate policy picks a decode rank: SBS's IQR-masked (batch, KV) rule, or a rank picker."""
 
-POLICY_NAMES: tuple[str, ...] = ("sbs", "round_robin", "random", "least_load", "power_of_two", "sglang")
+
+class EftPolicy(SettingsModel):
+    """Immediate dispatch, earliest finish: each request, in arrival order, to the prefill instance and
+    DP rank whose lockstep steps are predicted (capacity model, step reports) to finish it first."""
+
+    type: Literal["eft"] = "eft"
+    decode_rule: DecodeRule = "lexicographic"
+    """The decode rank's rule (`lexicographic` measured best for it: docs/scheduling.md)."""
+    decode: DecodeSettings = DecodeSettings()
+    """The lexicographic rule's IQR mask."""
+
+
+AnyPolicy = (
+    SbsPolicy
+    | SbsFcfsPolicy
+    | EftPolicy
+    | RoundRobinPolicy
+    | RandomPolicy
+    | LeastLoadPolicy
+    | PowerOfTwoPolicy
+    | SglangPolicy
+)
+
+PolicySettings = Annotated[AnyPolicy, Field(discriminator="type")]
+
+_CLASSES: dict[str, type[AnyPolicy]] = {
+    "sbs": SbsPolicy,
+    "sbs-fcfs": SbsFcfsPolicy,
+    "eft": EftPolicy,
+    "round_robin": RoundRobinPolicy,
+    "random": RandomPolicy,
+    "least_load": LeastLoadPolicy,
+    "power_of_two": PowerOfTwoPolicy,
+    "sglang": SglangPolicy,
+}
+
+POLICY_NAMES: tuple[str, ...] = tuple(_CLASSES)
 
 
 class SchedulerSettings(SettingsModel):
@@ -146,18 +225,9 @@ class SchedulerSettings(SettingsModel):
     """Seed of the scheduler's own RNG (random and power-of-two baselines)."""
 
 
-def policy_settings(
-    name: str,
-) -> SbsPolicy | RoundRobinPolicy | RandomPolicy | LeastLoadPolicy | PowerOfTwoPolicy | SglangPolicy:
+def policy_settings(name: str) -> AnyPolicy:
     """Default settings of a policy by name; unknown names list the valid ones."""
-    classes = {
-        "sbs": SbsPolicy,
-        "round_robin": RoundRobinPolicy,
-        "random": RandomPolicy,
-        "least_load": LeastLoadPolicy,
-        "power_of_two": PowerOfTwoPolicy,
-        "sglang": SglangPolicy,
-    }
-    if name not in classes:
+    cls = _CLASSES.get(name)
+    if cls is None:
         raise ValueError(f"unknown policy {name!r}; valid: {', '.join(POLICY_NAMES)}")
-    return classes[name]()
+    return cls()

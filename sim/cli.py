@@ -2,8 +2,8 @@
 
     sbs-sim compare --trace FILE [--format azure|mooncake|servegen]
                     [--arrivals trace|poisson|gamma:CV|bursty:F] [--rate-scale X | --load L]
-                    [--cluster NAME|FILE] [--policies sbs,round_robin,...]
-                    [--duration S] [--json OUT] [--plot OUT.png]
+                    [--cluster NAME|FILE] [--policies sbs,sbs-fcfs,eft,round_robin,...]
+                    [--duration S] [--long-prompts COUNT:TOKENS] [--json OUT] [--plot OUT.png]
     sbs-sim sweep   --trace FILE --loads 0.3,0.5,0.7,0.9 --slo-ttft-p90 S [...]
     sbs-sim plan    --trace FILE --slo-ttft-p90 S --slo-tpot-p90 S [--policy sbs] [--cluster NAME|FILE]
                     [--max-prefill-groups N] [--max-decode-groups N] [--json OUT] [...]
@@ -30,12 +30,13 @@ from sbs.sim.cluster import PRESETS, ClusterConfig, load_cluster
 from sbs.sim.costmodel import CostModel
 from sbs.sim.errors import SimInputError
 from sbs.sim.loaders import load_trace, servegen
+from sbs.sim.long_prompts import parse_long_prompts, with_long_prompts
 from sbs.sim.nominal_capacity import nominal_prefill_tok_s
 from sbs.sim.runner import RunSpec, run_many
 from sbs.sim.trace import Trace
 from sbs.sim.workload import bursty, load_scaled, rate_scaled, synthetic, tiled, truncated
 
-DEFAULT_POLICIES = "sbs,round_robin,random,least_load,power_of_two,sglang"
+DEFAULT_POLICIES = "sbs,sbs-fcfs,eft,round_robin,random,least_load,power_of_two,sglang"
 SERVEGEN_DEFAULT_S = 600.0
 MAX_REQUESTS = 5_000_000
 """Most requests a --duration may repeat a trace to (memory: about 1 KiB each)."""
@@ -77,6 +78,8 @@ class Workload:
             trace = tiled(trace, duration)
         elif duration is not None:
             trace = truncated(trace, duration)
+        if (long := parse_long_prompts(self.opts.get("long_prompts"))) is not None:
+            trace = with_long_prompts(trace, *long)
         if len(trace) == 0:
             raise SimInputError("the workload is empty after scaling and --duration")
         polls = trace.duration_s / self.cluster.loads_period_s
@@ -109,6 +112,12 @@ _OPTIONS: dict[str, Callable[[Callable], Callable]] = {
     ),
     "seed": click.option(
         "--seed", type=int, default=0, show_default=True, help="Seed of synthetic workloads."
+    ),
+    "long-prompts": click.option(
+        "--long-prompts",
+        default=None,
+        metavar="COUNT:TOKENS",
+        help="Add COUNT prompts of TOKENS tokens, evenly spread over the (scaled, cut) trace.",
     ),
     "cluster": click.option(
         "--cluster",

@@ -19,7 +19,7 @@ CLUSTER = PRESETS["small"]
 COST = CostModel()
 REQUESTS = 300
 SLO = {"slo_ttft_s": 2.0, "slo_tpot_s": 0.1}
-BASELINES = tuple(p for p in scheduling.POLICY_NAMES if p != "sbs")
+BASELINES = tuple(p for p in scheduling.POLICY_NAMES if p not in ("sbs", "sbs-fcfs"))  # the immediate ones
 
 # A mix of short and long prompts (some longer than a rank's 8192-token chunk).
 MIX: Trace = build_trace("mix", [0.0] * 6, [300, 1200, 2500, 4000, 9000, 600], [40, 120, 60, 200, 30, 80])

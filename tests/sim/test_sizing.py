@@ -45,14 +45,19 @@ def workload(output_tokens: int) -> Trace:
     return synthetic(rate_rps=100.0, duration_s=20.0, seed=1, lengths=(2000, output_tokens))
 
 
+PREFILL_SLO = sizing.Slo(0.8, 0.1)
+"""Met by 3 prefill groups (TTFT p90 about 0.65 s), missed by 2 (about 0.93 s; 1.04 s before SBS's step
+level became a time, issue 11, when a TTFT p90 SLO of 1.0 s still needed 3)."""
+
+
 @pytest.fixture(scope="module")
 def prefill_bound() -> sizing.PlanResult:
-    return sizing.plan_groups(workload(50), SMALL, sizing.Slo(1.0, 0.1), limits=LIMITS)
+    return sizing.plan_groups(workload(50), SMALL, PREFILL_SLO, limits=LIMITS)
 
 
 @pytest.fixture(scope="module")
 def decode_bound() -> sizing.PlanResult:
-    return sizing.plan_groups(workload(400), SMALL, sizing.Slo(1.0, 0.05), limits=LIMITS)
+    return sizing.plan_groups(workload(400), SMALL, sizing.Slo(PREFILL_SLO.ttft_p90_s, 0.05), limits=LIMITS)
 
 
 def tried(result: sizing.PlanResult) -> dict[tuple[int, int], sizing.Candidate]:
@@ -112,7 +117,7 @@ def test_slo_attainment_is_the_fraction_of_all_requests_meeting_both_bounds(
 
 
 def test_same_answer_with_parallel_prefetch(prefill_bound: sizing.PlanResult) -> None:
-    par = sizing.plan_groups(workload(50), SMALL, sizing.Slo(1.0, 0.1), limits=LIMITS, jobs=2)
+    par = sizing.plan_groups(workload(50), SMALL, PREFILL_SLO, limits=LIMITS, jobs=2)
     assert (par.prefill_groups, par.decode_groups, par.reason) == (3, 1, prefill_bound.reason)
     par_seen = tried(par)
     for key, cand in tried(prefill_bound).items():
@@ -120,7 +125,7 @@ def test_same_answer_with_parallel_prefetch(prefill_bound: sizing.PlanResult) ->
 
 
 def test_runs_are_deterministic(prefill_bound: sizing.PlanResult) -> None:
-    again = sizing.plan_groups(workload(50), SMALL, sizing.Slo(1.0, 0.1), limits=LIMITS)
+    again = sizing.plan_groups(workload(50), SMALL, PREFILL_SLO, limits=LIMITS)
     assert again == prefill_bound
     strip = [{k: v for k, v in c.items() if k != "sim_cpu_s"} for c in again.to_dict()["evaluated"]]
     assert strip == [
@@ -131,7 +136,7 @@ def test_runs_are_deterministic(prefill_bound: sizing.PlanResult) -> None:
 @pytest.mark.parametrize(
     ("slo", "limits", "fragment"),
     [
-        (sizing.Slo(1.0, 0.1), sizing.PlanLimits(max_prefill_groups=2, max_decode_groups=2), "TTFT p90"),
+        (PREFILL_SLO, sizing.PlanLimits(max_prefill_groups=2, max_decode_groups=2), "TTFT p90"),
         (sizing.Slo(1.0, 0.045), LIMITS, "TPOT p90"),
         (
             sizing.Slo(1.0, 0.1),
@@ -188,7 +193,7 @@ def test_smallest_finds_the_threshold_testing_the_same_points_for_any_jobs(
 
 def test_plan_on_observed_statistics() -> None:
     trace = synthetic_from_observed(100.0, [2000] * 4, [50] * 4, duration_s=20.0, seed=1)
-    r = sizing.plan_groups(trace, SMALL, sizing.Slo(1.0, 0.1), limits=LIMITS)
+    r = sizing.plan_groups(trace, SMALL, PREFILL_SLO, limits=LIMITS)
     assert r.feasible and r.prefill_groups == 3
 
 

@@ -1,35 +1,43 @@
 """Staggered Batch Scheduling: requests are buffered and released per prefill instance just before the
-instance's predicted free time (timing rules in `sbs_timing`), in a size-aware order, water-filled
-over its DP ranks (`prefill_alloc`), each paired with a decode rank by the IQR-masked lexicographic
-rule (`decode_alloc`). An idle instance gets work at once (low-load bypass). A request held past the
-hold time is forced out to the instance that frees first, or, when no instance is usable at all,
-gets an explicit retryable `Reject`. Prefix-cache credit (`prefix_index`) may make a request wait for
-the instance that caches its prefix, never longer than the recompute it saves.
-"""
+instance's predicted free time (timing rules in `sbs_timing`), in a size-aware order (`sbs`) or in
+arrival order (`sbs-fcfs`), up to the step's level in predicted time, water-filled over its DP ranks
+(`prefill_alloc`), each paired with a decode rank by the IQR-masked lexicographic rule
+(`decode_choice`). An idle instance gets work at once (low-load bypass). Short prompts do not ride a
+slow continuation step (a late chunk of a long prompt) when another instance frees sooner, and prompts
+longer than a chunk gather on such a step (a long-prompt lane). A request held past the hold time is
+forced out to the instance that frees first (a long one to a lane), or, when no instance is usable at
+all, gets an explicit retryable `Reject`. Prefix-cache credit (`prefix_index`) may make a request wait
+for the instance that caches its prefix, never longer than the recompute it saves."""
 
 from __future__ import annotations
 
 import math
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
+from dataclasses import replace
 from itertools import accumulate, compress, islice, repeat
-from operator import add, itemgetter, le
+from operator import add, itemgetter, le, mul
 
 from sbs.scheduler.core.capacity import PrefillCapacityModel
-from sbs.scheduler.core.decode_alloc import assign_decode_ranks
 from sbs.scheduler.core.policies import sbs_timing
+from sbs.scheduler.core.policies.decode_choice import lexicographic_ranks
 from sbs.scheduler.core.prefill_alloc import water_fill_lists
 from sbs.scheduler.core.prefix_index import PrefixIndex
 from sbs.scheduler.core.state import Carry, ClusterState, Flight
 from sbs.scheduler.core.types import Decision, Reject, Request, dispatches
-from sbs.settings.scheduling import SbsPolicy
+from sbs.settings.scheduling import StaggeredPolicy
 
 
 class StaggeredBatching:
     """The SBS policy over one cluster state."""
 
     def __init__(
-        self, state: ClusterState, settings: SbsPolicy, *, block_tokens: int | None, suspect_overrun: float
+        self,
+        state: ClusterState,
+        settings: StaggeredPolicy,
+        *,
+        block_tokens: int | None,
+        suspect_overrun: float,
     ) -> None:
         self.state = state
         self.settings = settings
@@ -43,8 +51,12 @@ class StaggeredBatching:
         self._queue_tokens: list[int] = []
         """The prompt tokens of `_queue`'s requests, position by position."""
         self._buffer_tokens = 0
+        self._buffer_sq = 0
+        """Σ prompt_tokens² over the buffer (its attention work, for the step level)."""
         self._hashed = 0
         """Buffered requests with prefix hashes (with none, a release needs no look at the prefix index)."""
+        self._lane_deferred: set[int] = set()
+        """Instances deferred because everything buffered waited for a long-prompt lane."""
         self.prefix: PrefixIndex | None = None
         if settings.prefix_credit and block_tokens:
             caps = [
@@ -61,14 +73,25 @@ class StaggeredBatching:
         self._queue.insert(i, (key, req.rid))
         self._queue_tokens.insert(i, req.prompt_tokens)
         self._buffer_tokens += req.prompt_tokens
+        self._buffer_sq += req.prompt_tokens * req.prompt_tokens
         self._hashed += bool(req.hash_ids)
+        if self._lane_deferred:
+            self._undefer(req.prompt_tokens)
         return []
+
+    def _undefer(self, tokens: int) -> None:
+        """A prompt of `tokens` arrived: instances deferred only because everything buffered was long
+        (and waited for a lane) may take it now."""
+        for p in [p for p in self._lane_deferred if tokens <= self.state.prefill_specs[p].chunk_tokens]:
+            self.state.instances[p].deferred_until_s = 0.0
+            self._lane_deferred.discard(p)
 
     def cancel(self, rid: int) -> bool:
         req = self.buffer.pop(rid, None)
         if req is None:
             return False
         self._buffer_tokens -= req.prompt_tokens
+        self._buffer_sq -= req.prompt_tokens * req.prompt_tokens
         self._hashed -= bool(req.hash_ids)
         self._sync_queue()
         return True
@@ -114,6 +137,10 @@ class StaggeredBatching:
             if not live:
                 out.extend(self._reject_stale(now, "no healthy prefill instance within the hold time"))
                 break
+            if self.batching.isolate_slow_steps and oldest.prompt_tokens > min(
+                state.instances[i].spec.chunk_tokens for i in live
+            ):  # a long prompt is forced into a long-prompt lane when there is one
+                live = [i for i in live if sbs_timing.is_lane(state.instances[i], state.capacity)] or live
             first = min(live, key=lambda i: (state.instances[i].busy_until_s, i))
             sent = self._release_to(first, now, "max_hold")
             if not sent:
@@ -158,6 +185,7 @@ class StaggeredBatching:
                 break
             del self.buffer[oldest.rid]
             self._buffer_tokens -= oldest.prompt_tokens
+            self._buffer_sq -= oldest.prompt_tokens * oldest.prompt_tokens
             self._hashed -= bool(oldest.hash_ids)
             self.state.stats.rejected += 1
             out.append(Reject(oldest.rid, why, retryable=True))
@@ -179,12 +207,7 @@ class StaggeredBatching:
         spec = st.spec
         chunk = max(1, int(spec.chunk_tokens * self.batching.fill_target))
         committed = st.committed_next()
-        ctok = [0] * spec.dp_size
-        cpairs = [0.0] * spec.dp_size
-        for r, (tok, done, _) in committed.items():
-            ctok[r] = tok
-            cpairs[r] = PrefillCapacityModel.pairs(int(done), tok)
-        full = chunk
+        ctok, cpairs = sbs_timing.committed_loads(st)
         buffer = self.buffer
         queue, qtok = self._queue, self._queue_tokens
         if reason == "max_hold":  # the requests over the hold go first, whatever their size
@@ -192,23 +215,30 @@ class StaggeredBatching:
             by = sorted(range(len(queue)), key=lambda i: buffer[queue[i][1]].arrival_s > late)
             queue = [queue[i] for i in by]
             qtok = [qtok[i] for i in by]
-        if self.batching.level_fill:
-            chunk = sbs_timing.fill_level(
-                chunk, head_tokens=qtok[0], committed=ctok, buffered_tokens=self._buffer_tokens
-            )
-        room = sum(max(chunk - t, 0) for t in ctok)
-        # A request above the step's level waits for a step whose level it sets (never once oldest).
-        level = chunk if chunk < full else None
+        isolate = reason != "max_hold" and self.batching.isolate_slow_steps
+        slow = state.capacity.step_s(ctok, cpairs) if isolate and committed else 0.0
+        if slow > sbs_timing.full_chunk_s(state.capacity, chunk) and max(qtok) > chunk:
+            # A long-prompt lane: the prompts longer than a chunk, which wait for it, go first.
+            by = sorted(range(len(queue)), key=lambda i: qtok[i] <= chunk)
+            queue = [queue[i] for i in by]
+            qtok = [qtok[i] for i in by]
+        budget = self._budget(p, now, chunk, ctok, cpairs, qtok[0], slow_s=slow if isolate else None)
         credits: list[dict[int, int] | None] | None = None
         if self.prefix is None or not self._hashed:
-            take: Sequence[int] = take_in_order(qtok, room, spec.dp_size, level)
+            take: Sequence[int] = take_in_order(qtok, budget, spec.dp_size, state.capacity, chunk)
         else:
-            take, credits, wake = self._take_with_credit(p, now, queue, qtok, room, level)
-            if not take:
+            take, credits, wake = self._take_with_credit(p, now, queue, qtok, budget, chunk)
+            if not take and wake < math.inf:
                 # Everything buffered waits for the instances caching its prefixes: look again when the
                 # first of them is due (or a new request arrives), not in a loop.
                 st.deferred_until_s = max(wake, now + self.batching.min_interval_s)
                 return []
+        if not take and budget.wake_s < math.inf:
+            # Everything buffered is long and waits for a lane: look again when it is due, or when a
+            # prompt this instance may take arrives (`arrive`).
+            st.deferred_until_s = max(budget.wake_s, now + self.batching.min_interval_s)
+            self._lane_deferred.add(p)
+            return []
         rids = list(map(itemgetter(1), map(queue.__getitem__, take)))
         tokens = list(map(qtok.__getitem__, take))
         plan = water_fill_lists(
@@ -240,12 +270,13 @@ class StaggeredBatching:
             self._sync_queue()
             prompts = [r.prompt_tokens for r in reqs]
         self._buffer_tokens -= sum(prompts)
+        self._buffer_sq -= sum(map(mul, prompts, prompts))
         frac = self.settings.decode.output_kv_fraction
         if frac:
             kvs = [r.prompt_tokens + 1 + int(frac * r.output_tokens) for r in reqs]
         else:
             kvs = list(map(add, prompts, repeat(1)))
-        flat = self._decode_plan(placed, kvs)
+        flat = lexicographic_ranks(state, self.settings.decode, placed, kvs)
         d_instances = list(map(state.decode.instance_of.__getitem__, flat))
         d_ranks = list(map(state.decode.rank_of.__getitem__, flat))
         ranks = plan.ranks
@@ -269,14 +300,52 @@ class StaggeredBatching:
         state.stats.released_requests += len(placed)
         return dispatches(placed, p, ranks, d_instances, d_ranks, reason)
 
+    def _budget(
+        self,
+        p: int,
+        now: float,
+        chunk: int,
+        ctok: list[int],
+        cpairs: list[float],
+        head: int,
+        *,
+        slow_s: float | None,
+    ) -> sbs_timing.StepBudget:
+        """The step's budget (`sbs_timing.step_budget`). With `slow_s` (the committed chunks' time; None:
+        no lanes, as in a forced release): prompts of at most a chunk wait when the step is a slow
+        continuation another instance beats (`sbs_timing.isolate_slow_step`), and longer ones wait for
+        a long-prompt lane while one is due (`sbs_timing.lane_due`)."""
+        b = self.batching
+        model = self.state.capacity
+        budget = sbs_timing.step_budget(
+            model,
+            chunk,
+            ctok,
+            cpairs,
+            head_tokens=head,
+            buffered_tokens=self._buffer_tokens,
+            buffered_sq=self._buffer_sq,
+            level_fill=b.level_fill,
+            skip_above_level=not self.settings.fcfs,
+        )
+        if slow_s is None:
+            return budget
+        instances = self.state.instances
+        if sbs_timing.isolate_slow_step(instances, p, now, model=model, chunk=chunk, committed_s=slow_s):
+            return replace(budget, min_tokens=chunk)
+        if slow_s > sbs_timing.full_chunk_s(model, chunk):
+            return budget
+        lane = sbs_timing.lane_due(instances, p, model=model, lead_s=b.lead_s)
+        return budget if lane is None else replace(budget, max_tokens=chunk, wake_s=lane)
+
     def _take_with_credit(
         self,
         p: int,
         now: float,
         queue: list[tuple[float, int]],
         qtok: list[int],
-        room: int,
-        level: int | None,
+        budget: sbs_timing.StepBudget,
+        chunk: int,
     ) -> tuple[list[int], list[dict[int, int] | None] | None, float]:
         """`take_in_order` where requests carry prefix hashes: a request whose prefix another instance
         caches may wait for it (`_cached_elsewhere`; the earliest such wait is returned), and the others
@@ -289,12 +358,15 @@ class StaggeredBatching:
         credits: list[dict[int, int] | None] = []
         any_credit = False
         taken = 0
+        cost = 0.0
         wake = math.inf
+        model = self.state.capacity
         for i, (_, rid) in enumerate(queue):
-            if taken >= room and len(take) >= st.spec.dp_size:
+            if budget.full(taken, cost) and len(take) >= st.spec.dp_size:
                 break
             tokens = qtok[i]
-            if take and level is not None and tokens > level:
+            c = sbs_timing.item_cost_s(model, tokens, chunk)
+            if not budget.admits(tokens, c, not take):
                 continue
             req = self.buffer[rid]
             credit = None
@@ -312,7 +384,8 @@ class StaggeredBatching:
                     any_credit = True
             take.append(i)
             credits.append(credit)
-            taken += tokens
+            taken += min(tokens, chunk)
+            cost += c
         return take, credits if any_credit else None, wake
 
     def _cached_elsewhere(self, req: Request, p: int, now: float) -> float | None:
@@ -348,45 +421,53 @@ class StaggeredBatching:
         due = max(other.busy_until_s - self.batching.lead_s, other.deferred_until_s, now)
         return due if due - now < saved else None
 
-    def _decode_plan(self, rids: list[int], kvs: list[int]) -> list[int]:
-        """Each request's decode rank (flat index)."""
-        state = self.state
-        d = self.settings.decode
-        counters = state.decode
-        flat, masked = assign_decode_ranks(
-            rids,
-            kvs,
-            counters.count,
-            counters.tokens,
-            state.decode_cap,
-            state.decode_max_running,
-            state.decode_available(),
-            iqr_k=d.iqr_k,
-            min_candidates=d.min_candidates,
-        )
-        state.stats.masked_ranks += masked
-        if min(flat) < 0:  # decode is full: wait in the emptiest healthy rank's queue, as SGLang does
-            tokens = list(counters.tokens)
-            for f, kv in zip(flat, kvs, strict=True):
-                if f >= 0:
-                    tokens[f] += kv
-            live = state.decode_live()
-            for i in sorted((i for i, f in enumerate(flat) if f < 0), key=lambda i: (-kvs[i], rids[i])):
-                f = min(live, key=lambda j: (tokens[j], j))
-                tokens[f] += kvs[i]
-                flat[i] = f
-        return flat
 
-
-def take_in_order(tokens: Sequence[int], room: int, min_count: int, level: int | None) -> Sequence[int]:
+def take_in_order(
+    tokens: Sequence[int],
+    budget: sbs_timing.StepBudget,
+    min_count: int,
+    model: PrefillCapacityModel,
+    chunk: int,
+) -> Sequence[int]:
     """Queue positions a release takes, in order, when no request waits for another instance's cache:
-    requests (their prompt `tokens`, in release order) until the taken tokens reach `room` and there
-    are at least `min_count` of them; with a `level`, the ones above it are skipped, except the first."""
-    n = len(tokens)
-    take: Sequence[int] = range(n)
-    sizes = tokens
-    if level is not None:
-        take = [0, *compress(range(1, n), map(le, islice(tokens, 1, None), repeat(level)))]
-        sizes = list(map(tokens.__getitem__, take))
-    reached = bisect_left(list(accumulate(sizes)), room) + 1 if room > 0 else 0
-    return take[: max(reached, min_count)]
+    requests (their prompt `tokens`, in release order) that `budget` admits, until they fill it and
+    there are at least `min_count` of them. A prefix of the queue comes back as a `range`.
+
+    The same as asking `budget.admits` and `budget.full` request by request, in whole-list passes."""
+    a, b = model.per_token_s, model.per_pair_s
+    lo, hi = budget.min_tokens, budget.max_tokens
+    take: Sequence[int] = range(len(tokens))
+    if lo or hi is not None:
+        take = [i for i, t in enumerate(tokens) if lo < t and (hi is None or t <= hi)]
+        tokens = [tokens[i] for i in take]
+    sizes = tokens if max(tokens, default=0) < chunk else list(map(min, tokens, repeat(chunk)))
+    if budget.level_s is not None and len(sizes) > 1:
+        # cost(x) = a·x + b·x² is non-decreasing in x, so "cost <= level" is "x <= the largest such x".
+        top = _largest_within(a, b, budget.level_s, chunk)
+        keep = [0, *compress(range(1, len(sizes)), map(le, islice(sizes, 1, None), repeat(top)))]
+        if len(keep) < len(sizes):
+            take = [take[k] for k in keep]
+            sizes = [sizes[k] for k in keep]
+    reached = len(take)
+    if budget.token_room <= 0 or budget.cost_room_s <= 0:
+        reached = 0
+    elif reached:
+        reached = min(reached, bisect_left(list(accumulate(sizes)), budget.token_room) + 1)
+        if budget.cost_room_s < math.inf:
+            costs = accumulate(a * x + b * x * x for x in islice(sizes, reached))
+            reached = min(reached, bisect_left(list(costs), budget.cost_room_s) + 1)
+    return take[: max(reached, min(min_count, len(take)))]
+
+
+def _largest_within(a: float, b: float, level: float, chunk: int) -> int:
+    """The largest x in [0, chunk] with a·x + b·x² <= level (-1 if none), exactly as evaluated in floats."""
+    if b > 0:
+        x = int((-a + math.sqrt(a * a + 4.0 * b * level)) / (2.0 * b))
+    else:
+        x = int(level / a) if a > 0 else chunk
+    x = max(-1, min(x, chunk))
+    while x >= 0 and a * x + b * x * x > level:
+        x -= 1
+    while x < chunk and a * (x + 1) + b * (x + 1) * (x + 1) <= level:
+        x += 1
+    return x

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from sbs.scheduler.core.capacity import PrefillCapacityModel
 from sbs.scheduler.core.state import PrefillInstanceState
@@ -35,16 +36,151 @@ def release_time(st: PrefillInstanceState, *, lead_s: float, idle_from: float) -
     return max(start, st.deferred_until_s)
 
 
-def fill_level(chunk: int, *, head_tokens: int, committed: Sequence[int], buffered_tokens: int) -> int:
-    """Straggler-aware level of one step, in tokens per rank (at most `chunk`).
+@dataclass(frozen=True, slots=True)
+class StepBudget:
+    """What one release may take, in release order (`admits`, `full`).
 
-    A lockstep step lasts as long as its fullest rank, so its level is what it must carry anyway: the
-    head of the release order, the chunks committed by prompts in progress, or the buffered work
-    spread over the ranks when there is much of it. Ranks are filled up to that level; a request above
-    it waits for a step whose level it sets.
+    Costs are a rank's predicted compute *increment* (`per_token·n + per_pair·n²` for a fresh prompt of
+    n tokens, at most one chunk of it this step; the fixed cost every busy rank pays once left out).
     """
-    spread = -(-buffered_tokens // max(len(committed), 1))
-    return min(chunk, max(head_tokens, max(committed, default=0), spread))
+
+    token_room: int
+    """Tokens the step's ranks can still take (chunk minus committed, summed)."""
+    cost_room_s: float
+    """Compute the ranks can still take below the level, summed (inf without a level)."""
+    level_s: float | None
+    """A request costing more than this waits for a step whose level it sets (None: nothing waits)."""
+    min_tokens: int = 0
+    """Requests of at most this many tokens wait for another instance (an isolated slow step)."""
+    max_tokens: int | None = None
+    """Requests of more tokens wait for another instance (a long-prompt lane due soon)."""
+    wake_s: float = math.inf
+    """When that lane is due (inf: none)."""
+
+    def admits(self, tokens: int, cost_s: float, first: bool) -> bool:
+        """Whether a request of `tokens` (costing `cost_s`) may join; the first one always may, unless
+        it waits for another instance."""
+        if tokens <= self.min_tokens or (self.max_tokens is not None and tokens > self.max_tokens):
+            return False
+        return first or self.level_s is None or cost_s <= self.level_s
+
+    def full(self, tokens: int, cost_s: float) -> bool:
+        """Whether requests taken so far (`tokens`, `cost_s`) fill the step."""
+        return tokens >= self.token_room or cost_s >= self.cost_room_s
+
+
+def item_cost_s(model: PrefillCapacityModel, tokens: int, chunk: int) -> float:
+    """Predicted compute increment of a fresh prompt on one rank this step (its first chunk at most)."""
+    n = tokens if tokens < chunk else chunk
+    return model.per_token_s * n + model.per_pair_s * n * n
+
+
+def step_budget(
+    model: PrefillCapacityModel,
+    chunk: int,
+    committed_tokens: Sequence[int],
+    committed_pairs: Sequence[float],
+    *,
+    head_tokens: int,
+    buffered_tokens: int,
+    buffered_sq: int,
+    level_fill: bool,
+    skip_above_level: bool = True,
+) -> StepBudget:
+    """Straggler-aware budget of one step, its level a predicted time.
+
+    A lockstep step lasts as long as its slowest rank, so its level is the compute it must carry
+    anyway: the head of the release order, the costliest rank's committed chunks (a late chunk of a long
+    prompt attends to its whole prefix), or the buffered work (`buffered_tokens`, `buffered_sq` = Σn²)
+    spread over the ranks when there is much of it. Every rank is filled up to that level in time, and
+    never past `chunk` tokens; a request costing more than the level waits for a step whose level it
+    sets (unless not `skip_above_level`: then requests go strictly in order, and one above the level
+    makes the step longer). Without `level_fill` the step is filled to `chunk` tokens per rank.
+    """
+    token_room = sum(chunk - t for t in committed_tokens if t < chunk)
+    if not level_fill:
+        return StepBudget(token_room, math.inf, None)
+    a, b = model.per_token_s, model.per_pair_s
+    loads = [a * t + b * p for t, p in zip(committed_tokens, committed_pairs, strict=True)]
+    spread = (a * buffered_tokens + b * buffered_sq) / max(len(loads), 1)
+    level = max(item_cost_s(model, head_tokens, chunk), max(loads, default=0.0), spread)
+    if level >= item_cost_s(model, chunk, chunk):  # no request costs more: only the tokens bound the step
+        return StepBudget(token_room, math.inf, None)
+    room = sum(level - x for x in loads if x < level)
+    return StepBudget(token_room, room, level if skip_above_level else None)
+
+
+def full_chunk_s(model: PrefillCapacityModel, chunk: int) -> float:
+    """Predicted time of a rank with a full chunk of one fresh prompt: the slowest fresh step."""
+    return model.fixed_s + item_cost_s(model, chunk, chunk)
+
+
+def slow_step_s(st: PrefillInstanceState, model: PrefillCapacityModel) -> float:
+    """Predicted time of `st`'s committed chunks alone (0.0 without carries)."""
+    if not st.carries:
+        return 0.0
+    return model.step_s(*committed_loads(st))
+
+
+def isolate_slow_step(
+    instances: Sequence[PrefillInstanceState],
+    p: int,
+    now: float,
+    *,
+    model: PrefillCapacityModel,
+    chunk: int,
+    committed_s: float,
+) -> bool:
+    """Whether instance `p`'s next step is a slow continuation that prompts of at most `chunk` tokens
+    should not ride: its committed chunks alone (`committed_s`) take longer than a full fresh chunk,
+    and another available instance is predicted to end a step of its own next work before it."""
+    full = full_chunk_s(model, chunk)
+    if committed_s <= full:
+        return False
+    st = instances[p]
+    end_here = max(st.busy_until_s, now) + committed_s * st.error_ewma
+    for i, other in enumerate(instances):
+        if i == p or not other.available or len(other.planned) > 1:
+            continue
+        nxt = max(full, slow_step_s(other, model))
+        if max(other.busy_until_s, now) + nxt * other.error_ewma < end_here:
+            return True
+    return False
+
+
+def is_lane(st: PrefillInstanceState, model: PrefillCapacityModel) -> bool:
+    """Whether `st` is a long-prompt lane: available, its next step a slow continuation anyway (its
+    committed chunks take longer than a full fresh chunk), and a rank free of carries."""
+    return (
+        st.available
+        and len(st.carries) < st.spec.dp_size
+        and slow_step_s(st, model) > full_chunk_s(model, st.spec.chunk_tokens)
+    )
+
+
+def lane_due(
+    instances: Sequence[PrefillInstanceState], p: int, *, model: PrefillCapacityModel, lead_s: float
+) -> float | None:
+    """When the first long-prompt lane other than `p` is next offered work (None: no lane with a step
+    to offer). A prompt longer than a chunk started there hides its first chunk in a step that is slow
+    anyway, instead of holding another instance in slow lockstep steps for its whole prefill."""
+    best: float | None = None
+    for i, st in enumerate(instances):
+        if i != p and is_lane(st, model):
+            due = release_time(st, lead_s=lead_s, idle_from=-math.inf)
+            if due < math.inf and (best is None or due < best):
+                best = due
+    return best
+
+
+def committed_loads(st: PrefillInstanceState) -> tuple[list[int], list[float]]:
+    """Per rank, the tokens and attention pairs the carries put into `st`'s next step."""
+    tokens = [0] * st.spec.dp_size
+    pairs = [0.0] * st.spec.dp_size
+    for r, (tok, done, _) in st.committed_next().items():
+        tokens[r] = tok
+        pairs[r] = PrefillCapacityModel.pairs(int(done), tok)
+    return tokens, pairs
 
 
 def priority_key(

@@ -41,11 +41,77 @@ def test_deferral_pushes_the_release_back() -> None:
     assert sbs_timing.release_time(st, lead_s=0.0, idle_from=-math.inf) == 3.0
 
 
-def test_fill_level_is_set_by_head_carry_or_spread_and_capped_by_the_chunk() -> None:
-    assert sbs_timing.fill_level(1000, head_tokens=300, committed=[0, 0, 0, 0], buffered_tokens=400) == 300
-    assert sbs_timing.fill_level(1000, head_tokens=300, committed=[0, 700, 0, 0], buffered_tokens=400) == 700
-    assert sbs_timing.fill_level(1000, head_tokens=300, committed=[0, 0, 0, 0], buffered_tokens=2000) == 500
-    assert sbs_timing.fill_level(1000, head_tokens=5000, committed=[0, 0, 0, 0], buffered_tokens=5000) == 1000
+def budget(
+    head: int, committed: list[tuple[int, int]], buffered: list[int], **kw: bool
+) -> sbs_timing.StepBudget:
+    """The step budget on SPEC's 4 ranks; `committed` holds (tokens, prefix done) per rank."""
+    tokens = [t for t, _ in committed]
+    pairs = [PrefillCapacityModel.pairs(done, t) for t, done in committed]
+    return sbs_timing.step_budget(
+        MODEL,
+        SPEC.chunk_tokens,
+        tokens,
+        pairs,
+        head_tokens=head,
+        buffered_tokens=sum(buffered),
+        buffered_sq=sum(n * n for n in buffered),
+        level_fill=kw.get("level_fill", True),
+        skip_above_level=kw.get("skip_above_level", True),
+    )
+
+
+def cost(tokens: int) -> float:
+    return sbs_timing.item_cost_s(MODEL, tokens, SPEC.chunk_tokens)
+
+
+IDLE = [(0, 0)] * 4
+
+
+def test_step_level_is_the_time_of_the_head_a_carry_or_the_spread_work() -> None:
+    assert budget(300, IDLE, [300, 100]).level_s == cost(300)
+    carry = budget(300, [(0, 0), (700, 0), (0, 0), (0, 0)], [300, 100])
+    assert carry.level_s == MODEL.per_token_s * 700 + MODEL.per_pair_s * 700 * 700
+    spread = budget(300, IDLE, [300] + [500] * 7)
+    assert spread.level_s == (MODEL.per_token_s * 3800 + MODEL.per_pair_s * (300**2 + 7 * 500**2)) / 4
+
+
+def test_cost_room_fills_every_rank_up_to_the_level() -> None:
+    b = budget(300, [(0, 0), (700, 0), (0, 0), (0, 0)], [300])
+    assert b.level_s is not None
+    assert math.isclose(b.cost_room_s, 3 * b.level_s)
+    assert b.token_room == 4 * 1000 - 700
+
+
+def test_a_head_of_a_chunk_or_more_leaves_only_the_token_room() -> None:
+    b = budget(5000, IDLE, [5000])
+    assert (b.level_s, b.cost_room_s, b.token_room) == (None, math.inf, 4000)
+    assert budget(300, IDLE, [300], level_fill=False).level_s is None
+
+
+def test_a_late_chunk_of_a_long_prompt_sets_the_level_by_its_time_not_its_tokens() -> None:
+    # 200 tokens behind a 150k-token prefix cost more than a fresh 600-token prompt: a token level (200,
+    # or the head's 100) would have made that prompt wait and left the other ranks almost empty.
+    b = budget(100, [(200, 150_000), (0, 0), (0, 0), (0, 0)], [100, 600])
+    assert b.level_s is not None and b.level_s > cost(600)
+    assert b.admits(600, cost(600), first=False)
+    assert b.cost_room_s > 3 * cost(600)
+
+
+def test_without_skipping_the_level_only_sizes_the_step() -> None:
+    b = budget(300, IDLE, [300, 900], skip_above_level=False)
+    skipping = budget(300, IDLE, [300, 900])
+    assert b.level_s is None and b.cost_room_s == skipping.cost_room_s < math.inf
+    assert b.admits(900, cost(900), first=False)
+    assert not skipping.admits(900, cost(900), first=False)
+
+
+def test_the_first_request_is_always_admitted_unless_it_waits_for_another_instance() -> None:
+    b = budget(300, IDLE, [300])
+    assert b.admits(900, cost(900), first=True)
+    isolated = sbs_timing.StepBudget(4000, math.inf, None, min_tokens=1000)
+    assert not isolated.admits(900, cost(900), first=True) and isolated.admits(1500, cost(1000), first=True)
+    lane_waits = sbs_timing.StepBudget(4000, math.inf, None, max_tokens=1000)
+    assert not lane_waits.admits(1500, cost(1000), first=True) and lane_waits.admits(900, cost(900), True)
 
 
 def test_size_priority_puts_long_prompts_back_by_a_bounded_time() -> None:

@@ -1,0 +1,38 @@
+"""The decode rank of each request of one admission round by SBS's IQR-masked lexicographic rule
+(`decode_alloc`), over the scheduler's decode counters: shared by `sbs` (one round per release) and
+`eft` (one request per round)."""
+
+from __future__ import annotations
+
+from sbs.scheduler.core.decode_alloc import assign_decode_ranks
+from sbs.scheduler.core.state import ClusterState
+from sbs.settings.scheduling import DecodeSettings
+
+
+def lexicographic_ranks(state: ClusterState, d: DecodeSettings, rids: list[int], kvs: list[int]) -> list[int]:
+    """Each request's decode rank (flat index); when decode is full, the emptiest healthy rank's queue,
+    as SGLang does."""
+    counters = state.decode
+    flat, masked = assign_decode_ranks(
+        rids,
+        kvs,
+        counters.count,
+        counters.tokens,
+        state.decode_cap,
+        state.decode_max_running,
+        state.decode_available(),
+        iqr_k=d.iqr_k,
+        min_candidates=d.min_candidates,
+    )
+    state.stats.masked_ranks += masked
+    if min(flat) < 0:
+        tokens = list(counters.tokens)
+        for f, kv in zip(flat, kvs, strict=True):
+            if f >= 0:
+                tokens[f] += kv
+        live = state.decode_live()
+        for i in sorted((i for i, f in enumerate(flat) if f < 0), key=lambda i: (-kvs[i], rids[i])):
+            f = min(live, key=lambda j: (tokens[j], j))
+            tokens[f] += kvs[i]
+            flat[i] = f
+    return flat
