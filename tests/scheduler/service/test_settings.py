@@ -82,7 +82,7 @@ def test_flags_override_the_file_and_policy_keeps_its_tuning() -> None:
 
 
 def test_unknown_policy_flag_lists_the_valid_ones() -> None:
-    with pytest.raises(SettingsError, match="valid: sbs, round_robin"):
+    with pytest.raises(SettingsError, match="valid: sbs, sbs-fcfs, eft, round_robin"):
         build_settings({}, overrides={"policy": "fifo"})
 
 
