@@ -280,24 +280,12 @@ def overhead(**opts: Any) -> None:
 def crosscheck(**opts: Any) -> None:
     """TTFT mean of the emulated cluster against the simulator, same policy, trace slice and cluster."""
     from sbs.bench import crosscheck as mod
-    from sbs.bench import h2h as live
 
     specs = systems.parse_systems(opts["policies"], option="--policies")
     if bad := [s.name for s in specs if s.kind != "sbs-scheduler"]:
         raise BenchError(f"--policies: only our scheduler's policies have a simulated twin, got {bad[0]!r}")
     run_opts = _run_options(opts)
-    trace, nominal = live.shape_trace(
-        opts["trace_path"],
-        opts["fmt"],
-        load=opts["load"],
-        duration_s=opts["duration"],
-        cluster=run_opts.cluster,
-    )
-    click.echo(
-        f"trace {trace.name}: {len(trace)} requests over {trace.duration_s:.1f} s "
-        f"(= {trace.prompt_tokens_per_s / nominal:.2f} of nominal); cluster {run_opts.cluster.describe()}; "
-        f"time factor {run_opts.time_factor:g}"
-    )
+    trace, nominal = _slice(opts, run_opts)
 
     async def go() -> list[dict[str, Any]]:
         return [await mod.crosscheck(trace, run_opts, s.policy) for s in specs]
@@ -326,7 +314,6 @@ def crosscheck(**opts: Any) -> None:
 def failover(**opts: Any) -> None:
     """Several scheduler replicas; one gets SIGKILL mid-run: its clients, the survivors, the handover."""
     from sbs.bench import failover as mod
-    from sbs.bench import h2h
 
     if opts["replicas"] < 2 or opts["replicas"] > 16:
         raise BenchError(f"--replicas must be in 2..16, got {opts['replicas']}")
@@ -334,17 +321,7 @@ def failover(**opts: Any) -> None:
         raise BenchError(f"--kill-at must be in (0, 1), got {opts['kill_at']:g}")
     systems.parse_systems(opts["policy"], option="--policy")
     run_opts = _run_options(opts)
-    trace, nominal = h2h.shape_trace(
-        opts["trace_path"],
-        opts["fmt"],
-        load=opts["load"],
-        duration_s=opts["duration"],
-        cluster=run_opts.cluster,
-    )
-    click.echo(
-        f"trace {trace.name}: {len(trace)} requests over {trace.duration_s:.1f} s "
-        f"(= {trace.prompt_tokens_per_s / nominal:.2f} of nominal); cluster {run_opts.cluster.describe()}"
-    )
+    trace, _ = _slice(opts, run_opts)
     run = mod.run_failover(
         trace, run_opts, replicas=opts["replicas"], kill_at=opts["kill_at"], policy=opts["policy"]
     )
@@ -490,6 +467,25 @@ def _cluster(opts: dict[str, Any]) -> BenchCluster:
         decode_dp=d_dp,
         chunk_tokens=opts["chunk_tokens"],
     )
+
+
+def _slice(opts: dict[str, Any], run_opts: Any) -> tuple[Any, float]:
+    """The trace slice of `--trace/--load/--duration` and the cluster's nominal capacity, announced."""
+    from sbs.bench import h2h
+
+    trace, nominal = h2h.shape_trace(
+        opts["trace_path"],
+        opts["fmt"],
+        load=opts["load"],
+        duration_s=opts["duration"],
+        cluster=run_opts.cluster,
+    )
+    click.echo(
+        f"trace {trace.name}: {len(trace)} requests over {trace.duration_s:.1f} s "
+        f"(= {trace.prompt_tokens_per_s / nominal:.2f} of nominal); cluster {run_opts.cluster.describe()}; "
+        f"time factor {run_opts.time_factor:g}"
+    )
+    return trace, nominal
 
 
 def _scheduler_overrides(path: str | None) -> dict[str, Any]:

@@ -26,6 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -162,22 +163,6 @@ async def _one(
     m: Measurements,
     loop: asyncio.AbstractEventLoop,
 ) -> None:
-    try:
-        await _request(http, url, body, expect_tokens, i, m, loop)
-    finally:
-        if not m.ok[i]:
-            m.failed[i] = loop.time() - m.t0
-
-
-async def _request(
-    http: aiohttp.ClientSession,
-    url: str,
-    body: bytes,
-    expect_tokens: int,
-    i: int,
-    m: Measurements,
-    loop: asyncio.AbstractEventLoop,
-) -> None:
     t0 = m.t0
     m.sent[i] = loop.time() - t0
     last_t, last_n = math.nan, 0
@@ -224,6 +209,12 @@ async def _request(
         m.errors[f"wrong token count (expected {expect_tokens}, got {n_tokens})"] += 1
         return
     m.ok[i] = True
+
+
+def _note_failure(m: Measurements, i: int, loop: asyncio.AbstractEventLoop, _: asyncio.Task[None]) -> None:
+    """When a request that did not complete ended (its error reached the client)."""
+    if not m.ok[i]:
+        m.failed[i] = loop.time() - m.t0
 
 
 async def replay(
@@ -281,9 +272,9 @@ async def replay(
             live = [k for k in range(len(urls)) if k not in down] or list(range(len(urls)))
             m.target[i] = live[turn % len(live)]
             turn += 1
-            tasks.append(
-                asyncio.create_task(_one(http, urls[m.target[i]], bodies[i], r.output_tokens, i, m, loop))
-            )
+            task = asyncio.create_task(_one(http, urls[m.target[i]], bodies[i], r.output_tokens, i, m, loop))
+            task.add_done_callback(partial(_note_failure, m, i, loop))
+            tasks.append(task)
         _, pending = await asyncio.wait(tasks, timeout=drain_timeout_s)
         for t in pending:
             t.cancel()

@@ -339,6 +339,10 @@ async def _start_schedulers(
             running.config = {**cfg, "replicas": {**cfg["replicas"], "id": "r<i>", "advertise_url": "<url>"}}
     for proc, url in zip(running.procs, running.urls, strict=True):
         await proc.wait_http(f"{url}/readyz", timeout_s=60)
+        if spec.replicas > 1:  # every replica sees them all: the prefill is split before the trace
+            await proc.wait_http(
+                f"{url}/engines", timeout_s=30, check=lambda b: len(b["peers"]) == spec.replicas
+            )
     return running
 
 
