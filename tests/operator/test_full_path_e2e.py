@@ -144,6 +144,14 @@ def _owned(url: str) -> list[str]:
     return sorted(k for p in asyncio.run(_engines(url))["pools"] for k in p["prefill"])
 
 
+def _owned_or_none(url: str) -> list[str] | None:
+    """`_owned`, or None while the replica does not answer yet (a replacement starting)."""
+    try:
+        return _owned(url)
+    except (aiohttp.ClientError, OSError, KeyError, ValueError):
+        return None
+
+
 def test_two_scheduler_replicas_split_the_prefill_through_leases_and_take_over_from_a_deleted_one(
     control_plane: ControlPlane,
     kube: Kube,
@@ -180,9 +188,22 @@ def test_two_scheduler_replicas_split_the_prefill_through_leases_and_take_over_f
     (survivor,) = [u for u in urls if f"//{victim['status']['podIP']}:" not in u]
     t0 = time.monotonic()
     kube.delete(f"{PODS.format(ns=namespace)}/{victim['metadata']['name']}", gracePeriodSeconds=0)
-    control_plane.wait(lambda: _owned(survivor) == prefill, "the survivor owns every prefill instance", 30)
+
+    def owned_again() -> list[list[str]] | None:
+        """The live replicas (the survivor, and the Deployment's replacement once it serves) own every
+        prefill instance, each exactly once, the deleted one none."""
+        live = [
+            u
+            for u in ready_urls(kube, namespace, SCHEDULER, port)
+            if f"//{victim['status']['podIP']}:" not in u
+        ]
+        owned = [_owned_or_none(u) for u in live]
+        flat = sorted(k for o in owned for k in o or [])
+        return owned if flat == prefill else None
+
+    owned = control_plane.wait(owned_again, "every prefill instance owned again by the live replicas", 30)
     took = time.monotonic() - t0
-    print(f"the survivor owned both prefill instances {took:.1f} s after the other replica's pod was deleted")
+    print(f"every prefill instance owned again {took:.1f} s after a replica's pod was deleted: {owned}")
     assert took < 5.0
     results = asyncio.run(burst([survivor], 8))
     assert all(s == 200 and "data: [DONE]" in t for s, t in results), results[:2]
