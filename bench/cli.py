@@ -159,13 +159,7 @@ def h2h(**opts: Any) -> None:
     specs = systems.parse_systems(opts["systems_text"])
     run_opts = _run_options(opts)
     overhead = _read_overhead(opts["overhead_json"])
-    trace, nominal = mod.shape_trace(
-        opts["trace_path"],
-        opts["fmt"],
-        load=opts["load"],
-        duration_s=opts["duration"],
-        cluster=run_opts.cluster,
-    )
+    trace, nominal = _slice(opts, run_opts, announce=False)
     offered = trace.prompt_tokens_per_s
     click.echo(
         f"trace {trace.name}: {len(trace)} requests over {trace.duration_s:.1f} s "
@@ -469,8 +463,9 @@ def _cluster(opts: dict[str, Any]) -> BenchCluster:
     )
 
 
-def _slice(opts: dict[str, Any], run_opts: Any) -> tuple[Any, float]:
-    """The trace slice of `--trace/--load/--duration` and the cluster's nominal capacity, announced."""
+def _slice(opts: dict[str, Any], run_opts: Any, *, announce: bool = True) -> tuple[Any, float]:
+    """The trace slice of `--trace/--load/--duration` and the cluster's nominal capacity (announced
+    in one line unless the caller prints its own)."""
     from sbs.bench import h2h
 
     trace, nominal = h2h.shape_trace(
@@ -480,11 +475,12 @@ def _slice(opts: dict[str, Any], run_opts: Any) -> tuple[Any, float]:
         duration_s=opts["duration"],
         cluster=run_opts.cluster,
     )
-    click.echo(
-        f"trace {trace.name}: {len(trace)} requests over {trace.duration_s:.1f} s "
-        f"(= {trace.prompt_tokens_per_s / nominal:.2f} of nominal); cluster {run_opts.cluster.describe()}; "
-        f"time factor {run_opts.time_factor:g}"
-    )
+    if announce:
+        click.echo(
+            f"trace {trace.name}: {len(trace)} requests over {trace.duration_s:.1f} s "
+            f"(= {trace.prompt_tokens_per_s / nominal:.2f} of nominal); "
+            f"cluster {run_opts.cluster.describe()}; time factor {run_opts.time_factor:g}"
+        )
     return trace, nominal
 
 

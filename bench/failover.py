@@ -24,7 +24,7 @@ import aiohttp
 import numpy as np
 from sbs.bench import systems
 from sbs.bench.client import Measurements, replay
-from sbs.bench.h2h import RunOptions
+from sbs.bench.h2h import RunOptions, start_stack
 from sbs.bench.procs import ProcGroup
 from sbs.sim.trace import Trace
 
@@ -59,16 +59,7 @@ async def run_failover(
     victim = replicas - 1
     log_dir = opts.log_dir / f"failover-{policy}-{replicas}"
     with ProcGroup() as group:
-        eng = await systems.start_engines(
-            group,
-            opts.cluster,
-            time_factor=opts.time_factor,
-            stream_interval=opts.stream_interval,
-            log_dir=log_dir,
-        )
-        running = await systems.start_system(
-            group, spec, eng, opts.cluster, time_factor=opts.time_factor, log_dir=log_dir
-        )
+        eng, running = await start_stack(group, spec, opts, log_dir)
         all_prefill = sorted(f"prefill-{i}" for i in range(len(eng.prefill)))
         survivors = [u for i, u in enumerate(running.urls) if i != victim]
         down: set[int] = set()

@@ -124,28 +124,36 @@ async def engine_lag(urls: list[str]) -> dict[str, dict[str, float]]:
     return out
 
 
+async def start_stack(
+    group: procs.ProcGroup, spec: systems.SystemSpec, opts: RunOptions, log_dir: Path
+) -> tuple[systems.Engines, systems.RunningSystem]:
+    """Fresh engines for `spec` and the system in front of them, routing."""
+    eng = await systems.start_engines(
+        group,
+        opts.cluster,
+        time_factor=opts.time_factor,
+        stream_interval=opts.stream_interval,
+        log_dir=log_dir,
+        prefill_flags=spec.prefill_flags,
+    )
+    running = await systems.start_system(
+        group,
+        spec,
+        eng,
+        opts.cluster,
+        time_factor=opts.time_factor,
+        log_dir=log_dir,
+        scheduler_overrides=opts.scheduler_overrides,
+    )
+    return eng, running
+
+
 async def run_system(spec: systems.SystemSpec, trace: Trace, opts: RunOptions) -> SystemRun:
     """Fresh engines, the system, the replay, the engines' lag; everything stopped on the way out."""
     log_dir = opts.log_dir / spec.name.replace(":", "-")
     started = time.monotonic()
     with procs.ProcGroup() as group:
-        eng = await systems.start_engines(
-            group,
-            opts.cluster,
-            time_factor=opts.time_factor,
-            stream_interval=opts.stream_interval,
-            log_dir=log_dir,
-            prefill_flags=spec.prefill_flags,
-        )
-        running = await systems.start_system(
-            group,
-            spec,
-            eng,
-            opts.cluster,
-            time_factor=opts.time_factor,
-            log_dir=log_dir,
-            scheduler_overrides=opts.scheduler_overrides,
-        )
+        eng, running = await start_stack(group, spec, opts, log_dir)
         _say(opts, f"[{spec.name}] {systems.command_line(running.argv)}")
         m = await replay(
             [f"{u}/generate" for u in running.urls] or f"{running.url}/generate",
