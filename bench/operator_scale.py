@@ -247,7 +247,7 @@ class Sampler:
         t0, wall0 = time.monotonic(), time.time()  # noqa: TID251
         text = self.plane.kube.request("GET", "/metrics", timeout_s=60)
         t1, wall1 = time.monotonic(), time.time()  # noqa: TID251
-        return sm.client_count(text, FLOW_PREFIX, (t0 + t1) / 2, (wall0 + wall1) / 2)
+        return sm.client_count(text, FLOW_PREFIX, (t0 + t1) / 2, (wall0 + wall1) / 2, (t1 - t0) / 2)
 
     def reconciles(self) -> dict[float, float]:
         return sm.histogram(self.op.metrics(), RECONCILE_HISTOGRAM)

@@ -88,6 +88,8 @@ class ClientCount:
     by_class: Mapping[str, float]
     rejected: float
     all_clients: float
+    spread: float = 0.0
+    """Half the time the read took: the counters were taken somewhere within `t` ± `spread`."""
 
     @property
     def total(self) -> float:
@@ -108,10 +110,11 @@ class ClientCount:
             "rejected_429": int(self.rejected - earlier.rejected),
             "all_clients_per_s": round(everyone / dt, 1),
             "window_unix": [earlier.wall, self.wall],
+            "edge_s": round(earlier.spread + self.spread, 3),
         }
 
 
-def client_count(text: str, prefix: str, t: float, wall: float) -> ClientCount:
+def client_count(text: str, prefix: str, t: float, wall: float, spread: float = 0.0) -> ClientCount:
     """The counts of FlowSchemas `<prefix>-*` and of `apiserver_request_total` in a metrics page."""
     by_class = dict.fromkeys(CLASSES, 0.0)
     rejected = everyone = 0.0
@@ -124,7 +127,7 @@ def client_count(text: str, prefix: str, t: float, wall: float) -> ClientCount:
             rejected += value
         elif name == ALL_REQUESTS:
             everyone += value
-    return ClientCount(t, wall, by_class, rejected, everyone)
+    return ClientCount(t, wall, by_class, rejected, everyone, spread)
 
 
 def histogram(text: str, name: str) -> dict[float, float]:

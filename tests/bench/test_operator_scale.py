@@ -90,10 +90,13 @@ def test_small_run_brings_every_deployment_to_ready_and_counts_the_operators_req
     # The operator created every engine pod itself: the API server counted them under its identity.
     assert during["audit_calls"]["create pods"] >= 26
     assert during["by_class"]["write"] >= 26 and during["per_s"] > 0
-    # Both of the API server's records of the operator agree (but for a request or two at a window's
-    # edge, which the audit log stamps on arrival and the counters count on dispatch).
+    # Both of the API server's records of the operator agree, but for the requests at a window's
+    # edges: the audit log stamps them on arrival, the counters count them on dispatch, and each
+    # counter read is stamped at its middle (`edge_s` sums the reads' half-durations). On a busy
+    # machine a short window at 100 requests/s moves by a dozen that way.
     for window in (during, after):
-        assert abs(window["audit_requests"] - window["requests"]) <= max(3, 0.05 * window["requests"]), window
+        slack = 3 + window["per_s"] * (window["edge_s"] + 0.05)
+        assert abs(window["audit_requests"] - window["requests"]) <= slack, window
     assert after["by_class"]["lease"] > 0  # it kept renewing its Lease
     rec = report["reconcile"]["convergence"]
     assert rec["reconciles"] >= 2 and 0 < rec["p50_s"] <= rec["p99_s"]
