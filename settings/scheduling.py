@@ -103,6 +103,11 @@ class StaggeredPolicy(SettingsModel):
         """Releases in arrival order, no request skipping a step's level (`sbs-fcfs`)."""
         return False
 
+    @property
+    def name(self) -> str:
+        """The policy's name, as `policy_settings` parses it."""
+        return self.type  # type: ignore[attr-defined]
+
 
 class SbsPolicy(StaggeredPolicy):
     """Staggered Batch Scheduling with the size-aware release order (`batching.size_priority`)."""
@@ -138,32 +143,49 @@ class SbsFcfsPolicy(StaggeredPolicy):
         return True
 
 
-class RoundRobinPolicy(SettingsModel):
+class ImmediatePolicy(SettingsModel):
+    """What every immediate-dispatch policy shares: the SGLang engine options a user of a plain router
+    would switch on instead of installing SBS (`+delayer`, `+prio` after the policy's name)."""
+
+    engine_delayer: bool = False
+    """The prefill engines run SGLang's `--enable-prefill-delayer` (`sbs.sim.prefill_delayer`)."""
+    engine_priority: bool = False
+    """The engines run `--enable-priority-scheduling` and each request carries SBS's size-aware
+    priority (arrival + `size_priority` × predicted prefill time, capped as SBS caps it)."""
+
+    @property
+    def name(self) -> str:
+        """The policy's name with its engine options, as `policy_settings` parses it."""
+        mods = [m for m, on in (("delayer", self.engine_delayer), ("prio", self.engine_priority)) if on]
+        return "+".join([self.type, *mods])  # type: ignore[attr-defined]
+
+
+class RoundRobinPolicy(ImmediatePolicy):
     """Immediate dispatch, cycling over all (instance, DP rank) pairs (router `--dp-aware`)."""
 
     type: Literal["round_robin"] = "round_robin"
 
 
-class RandomPolicy(SettingsModel):
+class RandomPolicy(ImmediatePolicy):
     """Immediate dispatch to a uniformly random (instance, DP rank)."""
 
     type: Literal["random"] = "random"
 
 
-class LeastLoadPolicy(SettingsModel):
+class LeastLoadPolicy(ImmediatePolicy):
     """Immediate dispatch to the rank with the fewest outstanding tokens (in-flight accounting +
     engine snapshots, as SMG's `least_load` and Dynamo's KV router do)."""
 
     type: Literal["least_load"] = "least_load"
 
 
-class PowerOfTwoPolicy(SettingsModel):
+class PowerOfTwoPolicy(ImmediatePolicy):
     """Immediate dispatch: sample two ranks, take the less loaded (outstanding tokens)."""
 
     type: Literal["power_of_two"] = "power_of_two"
 
 
-class SglangPolicy(SettingsModel):
+class SglangPolicy(ImmediatePolicy):
     """SGLang's own in-engine DP balancing: the router picks the instance (round robin, as
     sglang-router's PD mode without `--dp-aware`), the engine's DP controller picks the rank."""
 
@@ -178,7 +200,7 @@ DecodeRule = Literal["lexicographic", "round_robin", "random", "least_load", "po
 """How an immediate policy picks a decode rank: SBS's IQR-masked (batch, KV) rule, or a rank picker."""
 
 
-class EftPolicy(SettingsModel):
+class EftPolicy(ImmediatePolicy):
     """Immediate dispatch, earliest finish: each request, in arrival order, to the prefill instance and
     DP rank whose lockstep steps are predicted (capacity model, step reports) to finish it first."""
 
@@ -225,9 +247,23 @@ class SchedulerSettings(SettingsModel):
     """Seed of the scheduler's own RNG (random and power-of-two baselines)."""
 
 
+ENGINE_OPTIONS = {"delayer": "engine_delayer", "prio": "engine_priority"}
+"""Suffixes of an immediate policy's name (`sglang+delayer`, `eft+prio`) and the fields they set."""
+
+
 def policy_settings(name: str) -> AnyPolicy:
-    """Default settings of a policy by name; unknown names list the valid ones."""
-    cls = _CLASSES.get(name)
+    """Default settings of a policy by name, engine options after `+`; unknown names list the valid
+    ones."""
+    base, *mods = name.split("+")
+    cls = _CLASSES.get(base)
     if cls is None:
-        raise ValueError(f"unknown policy {name!r}; valid: {', '.join(POLICY_NAMES)}")
-    return cls()
+        raise ValueError(f"unknown policy {base!r}; valid: {', '.join(POLICY_NAMES)}")
+    bad = [m for m in mods if m not in ENGINE_OPTIONS]
+    if bad:
+        raise ValueError(f"policy {name!r}: unknown option {bad[0]!r} after '+'; options: delayer, prio")
+    if mods and not issubclass(cls, ImmediatePolicy):
+        raise ValueError(
+            f"policy {name!r}: engine options (+{'/+'.join(ENGINE_OPTIONS)}) are for the "
+            f"immediate policies; {base} decides the order and timing itself"
+        )
+    return cls(**{ENGINE_OPTIONS[m]: True for m in mods})

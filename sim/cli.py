@@ -300,7 +300,7 @@ def _plan(opts: dict[str, Any]) -> None:
     click.echo(
         f"groups of {c.name}: prefill {c.prefill.nodes_per_instance} nodes DP{c.prefill.dp_size} "
         f"(chunk {c.prefill.chunk_tokens}/rank), decode {c.decode.nodes_per_instance} nodes "
-        f"DP{c.decode.dp_size}; policy {policy.type}; SLO TTFT p90 <= {slo.ttft_p90_s:g} s, "
+        f"DP{c.decode.dp_size}; policy {policy.name}; SLO TTFT p90 <= {slo.ttft_p90_s:g} s, "
         f"TPOT p90 <= {slo.tpot_p90_s:g} s; trying 1-{limits.max_prefill_groups} prefill, "
         f"1-{limits.max_decode_groups} decode groups"
     )

@@ -30,7 +30,7 @@ def run_one(spec: RunSpec, slo_ttft_s: float, slo_tpot_s: float, progress=None) 
     summary = result.recorder.summary(slo_ttft_s=slo_ttft_s, slo_tpot_s=slo_tpot_s)
     summary["sim_cpu_s"] = cpu
     return {
-        "policy": spec.policy.type,
+        "policy": spec.policy.name,
         "load": spec.load,
         "summary": summary,
         "ttft": result.recorder.ttft().tolist(),
@@ -79,7 +79,7 @@ def _indexed(item: tuple[int, tuple[RunSpec, float, float]]) -> tuple[int, dict[
 
 
 def _name(spec: RunSpec) -> str:
-    return spec.policy.type if spec.load is None else f"{spec.policy.type}@{spec.load:g}"
+    return spec.policy.name if spec.load is None else f"{spec.policy.name}@{spec.load:g}"
 
 
 class _Bar:

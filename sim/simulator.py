@@ -66,6 +66,10 @@ class Simulation:
                     f"cluster {cluster.name!r}: field '{role}.nodes_per_instance' = {rc.nodes_per_instance} "
                     f"gives EP{rc.dp_size}, where the weights leave no GPU memory for KV; use more nodes"
                 )
+        if isinstance(policy, scheduling.ImmediatePolicy) and (
+            policy.engine_delayer or policy.engine_priority
+        ):
+            raise ClusterConfigError(f"policy {policy.name!r}: engine options are not modelled yet")
         self.prefill_specs = cluster.specs(Role.PREFILL, kv_p)
         self.decode_specs = cluster.specs(Role.DECODE, kv_d)
         longest = max((r.prompt_tokens + r.output_tokens for r in trace.requests), default=0)
@@ -175,7 +179,7 @@ class Simulation:
                 self._on_poll(t)
         if self.progress:
             self.progress(1.0)
-        return SimResult(self.policy.type, self.rec, events, replicas.stats())
+        return SimResult(self.policy.name, self.rec, events, replicas.stats())
 
     def _record(self, decisions: list[Decision], t: float) -> None:
         for d in decisions:

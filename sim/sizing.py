@@ -240,7 +240,7 @@ def _search(
             tpot_p90_s=best.tpot_p90_s if best else None,
             slo_attainment=best.slo_attainment if best else None,
             reason=reason,
-            policy=pol.type,
+            policy=pol.name,
             trace=trace.name,
             requests=len(trace),
             slo=slo,

@@ -90,6 +90,19 @@ def build_settings(
         merged["scheduler"] = sched
     merged.update({k: v for k, v in o.items() if v is not None})
     try:
-        return ServiceSettings.model_validate(merged)
+        settings = ServiceSettings.model_validate(merged)
     except ValidationError as exc:
         raise SettingsError(validation_message(exc, where)) from None
+    pol = settings.scheduler.policy
+    if isinstance(pol, scheduling.ImmediatePolicy) and pol.engine_delayer:
+        raise SettingsError(
+            f"{where}: scheduler.policy.engine_delayer: the prefill delayer is the engines' own flag "
+            "(--enable-prefill-delayer on the SGLang prefill servers), not the scheduler's; the field is "
+            "for the simulator"
+        )
+    if isinstance(pol, scheduling.ImmediatePolicy) and pol.engine_priority:
+        raise SettingsError(
+            f"{where}: scheduler.policy.engine_priority: the live scheduler sends no "
+            "request priorities yet; the field is for the simulator"
+        )
+    return settings

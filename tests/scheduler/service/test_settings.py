@@ -86,6 +86,22 @@ def test_unknown_policy_flag_lists_the_valid_ones() -> None:
         build_settings({}, overrides={"policy": "fifo"})
 
 
+def test_policy_names_carry_engine_options_after_a_plus() -> None:
+    p = scheduling.policy_settings("sglang+delayer+prio")
+    assert isinstance(p, scheduling.SglangPolicy) and p.engine_delayer and p.engine_priority
+    assert p.name == "sglang+delayer+prio" and scheduling.policy_settings("sbs").name == "sbs"
+    with pytest.raises(ValueError, match="unknown option 'fast' after"):
+        scheduling.policy_settings("eft+fast")
+    with pytest.raises(ValueError, match="are for the immediate policies; sbs-fcfs decides"):
+        scheduling.policy_settings("sbs-fcfs+prio")
+
+
+def test_the_live_service_refuses_the_engines_own_options_by_field() -> None:
+    data = {"scheduler": {"policy": {"type": "least_load", "engine_delayer": True}}}
+    with pytest.raises(SettingsError, match=r"scheduler\.policy\.engine_delayer: the prefill delayer is"):
+        build_settings(data, where="f.yaml")
+
+
 def test_engine_flag_parses_key_values() -> None:
     assert parse_engine_flag("http://p:30000,bootstrap_port=8998,dp_size=4", "--prefill") == {
         "url": "http://p:30000",
