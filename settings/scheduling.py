@@ -160,26 +160,41 @@ class ImmediatePolicy(SettingsModel):
         return "+".join([self.type, *mods])  # type: ignore[attr-defined]
 
 
-class RoundRobinPolicy(ImmediatePolicy):
+DecodeRule = Literal["lexicographic", "round_robin", "random", "least_load", "power_of_two"]
+"""How an immediate policy picks a decode rank: SBS's IQR-masked (batch, KV) rule, or a rank picker."""
+
+
+class PickerPolicy(ImmediatePolicy):
+    """An immediate policy that picks the decode rank itself (all but `sglang`, whose engines do).
+    Every one gets the best simple decode rule by default, so TTFT and TPOT compare like for like."""
+
+    decode_rule: DecodeRule = "lexicographic"
+    """The decode rank: SBS's IQR-masked (batch, KV) rule, measured best for every picker
+    (docs/scheduling.md), or a picker's own (`round_robin`, `random`, `least_load`, `power_of_two`)."""
+    decode: DecodeSettings = DecodeSettings()
+    """The lexicographic rule's IQR mask."""
+
+
+class RoundRobinPolicy(PickerPolicy):
     """Immediate dispatch, cycling over all (instance, DP rank) pairs (router `--dp-aware`)."""
 
     type: Literal["round_robin"] = "round_robin"
 
 
-class RandomPolicy(ImmediatePolicy):
+class RandomPolicy(PickerPolicy):
     """Immediate dispatch to a uniformly random (instance, DP rank)."""
 
     type: Literal["random"] = "random"
 
 
-class LeastLoadPolicy(ImmediatePolicy):
+class LeastLoadPolicy(PickerPolicy):
     """Immediate dispatch to the rank with the fewest outstanding tokens (in-flight accounting +
     engine snapshots, as SMG's `least_load` and Dynamo's KV router do)."""
 
     type: Literal["least_load"] = "least_load"
 
 
-class PowerOfTwoPolicy(ImmediatePolicy):
+class PowerOfTwoPolicy(PickerPolicy):
     """Immediate dispatch: sample two ranks, take the less loaded (outstanding tokens)."""
 
     type: Literal["power_of_two"] = "power_of_two"
@@ -196,19 +211,11 @@ class SglangPolicy(ImmediatePolicy):
     """SGLang `--load-balance-method` on the engines (`total_tokens` is the strongest)."""
 
 
-DecodeRule = Literal["lexicographic", "round_robin", "random", "least_load", "power_of_two"]
-"""How an immediate policy picks a decode rank: SBS's IQR-masked (batch, KV) rule, or a rank picker."""
-
-
-class EftPolicy(ImmediatePolicy):
+class EftPolicy(PickerPolicy):
     """Immediate dispatch, earliest finish: each request, in arrival order, to the prefill instance and
     DP rank whose lockstep steps are predicted (capacity model, step reports) to finish it first."""
 
     type: Literal["eft"] = "eft"
-    decode_rule: DecodeRule = "lexicographic"
-    """The decode rank's rule (`lexicographic` measured best for it: docs/scheduling.md)."""
-    decode: DecodeSettings = DecodeSettings()
-    """The lexicographic rule's IQR mask."""
 
 
 AnyPolicy = (

@@ -49,3 +49,16 @@ def test_sweep_table_is_unchanged() -> None:
     best = report.max_load_meeting(results, 1.0)
     got = report.sweep_table(results, [0.3, 0.5, 0.7, 0.9], 1.0, best)
     assert got + "\n" == (FIXTURES / "sweep_table.txt").read_text()
+
+
+def test_sbs_fcfs_is_compared_with_the_best_baseline_in_arrival_order() -> None:
+    results = [
+        {"policy": "sbs", "summary": summary(1.0)},
+        {"policy": "sbs-fcfs", "summary": summary(1.2)},
+        {"policy": "eft", "summary": summary(2.0)},
+        {"policy": "eft+prio", "summary": summary(1.5)},
+    ]
+    assert report.ratios_vs_best_baseline(results, "sbs")["base"] == "eft+prio"
+    assert report.ratios_vs_best_baseline(results, "sbs-fcfs")["base"] == "eft"
+    table = report.table(results, slo_ttft_s=2, slo_tpot_s=0.1)
+    assert "sbs-fcfs vs best FCFS immediate baseline (eft)" in table

@@ -64,7 +64,7 @@ def make_policy(
     if isinstance(p, scheduling.SglangPolicy):
         return EngineBalanced(state)
     rng = random.Random(settings.seed)  # prefill and decode legs are picked independently
+    decode_picker = None if p.decode_rule == "lexicographic" else picker_named(p.decode_rule, rng)
     if isinstance(p, scheduling.EftPolicy):
-        rule = p.decode_rule
-        return EarliestFinish(state, p, None if rule == "lexicographic" else picker_named(rule, rng))
-    return ImmediateDispatch(state, make_picker(p, rng), make_picker(p, rng))
+        return EarliestFinish(state, p, decode_picker)
+    return ImmediateDispatch(state, p, make_picker(p, rng), decode_picker)

@@ -1,12 +1,21 @@
 """The decode rank of each request of one admission round by SBS's IQR-masked lexicographic rule
 (`decode_alloc`), over the scheduler's decode counters: shared by `sbs` (one round per release) and
-`eft` (one request per round)."""
+the immediate policies (`decode_rank`: one request per round, unless a picker is configured)."""
 
 from __future__ import annotations
 
 from sbs.scheduler.core.decode_alloc import assign_decode_ranks
+from sbs.scheduler.core.policies.base import RankPicker
 from sbs.scheduler.core.state import ClusterState
 from sbs.settings.scheduling import DecodeSettings
+
+
+def decode_rank(state: ClusterState, d: DecodeSettings, picker: RankPicker | None, rid: int, kv: int) -> int:
+    """One immediately dispatched request's decode rank (flat index): by `picker`, or without one by
+    the lexicographic rule as a round of one."""
+    if picker is None:
+        return lexicographic_ranks(state, d, [rid], [kv])[0]
+    return picker.pick(state.decode_live(), state.decode.tokens)
 
 
 def lexicographic_ranks(state: ClusterState, d: DecodeSettings, rids: list[int], kvs: list[int]) -> list[int]:

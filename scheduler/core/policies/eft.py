@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from sbs.scheduler.core.capacity import PrefillCapacityModel
 from sbs.scheduler.core.policies.base import RankPicker
-from sbs.scheduler.core.policies.decode_choice import lexicographic_ranks
+from sbs.scheduler.core.policies.decode_choice import decode_rank
 from sbs.scheduler.core.policies.immediate import DispatchAtOnce, refuse_without_engines
 from sbs.scheduler.core.state import ClusterState, Flight, PrefillInstanceState
 from sbs.scheduler.core.types import Decision, Dispatch, Request
@@ -61,11 +61,7 @@ class EarliestFinish(DispatchAtOnce):
         else:
             self._since[inst.offset + rank] += n
         kv = n + 1
-        if self._decode_picker is None:
-            flat = lexicographic_ranks(st, self.settings.decode, [req.rid], [kv])[0]
-        else:
-            flat = self._decode_picker.pick(st.decode_live(), st.decode.tokens)
-        dref = st.decode_refs[flat]
+        dref = st.decode_refs[decode_rank(st, self.settings.decode, self._decode_picker, req.rid, kv)]
         st.prefill.add(p, rank, 1, n, now)
         st.decode.add(dref.instance, dref.rank, 1, kv, now)
         st.flights[req.rid] = Flight(p, rank, n, dref.instance, dref.rank, kv)

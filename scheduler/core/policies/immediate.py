@@ -6,8 +6,10 @@ queue what they cannot start."""
 from __future__ import annotations
 
 from sbs.scheduler.core.policies.base import RankPicker
+from sbs.scheduler.core.policies.decode_choice import decode_rank
 from sbs.scheduler.core.state import ClusterState, Flight
 from sbs.scheduler.core.types import Decision, Dispatch, Reject, Request
+from sbs.settings.scheduling import PickerPolicy
 
 
 def refuse_without_engines(state: ClusterState, req: Request) -> Reject | None:
@@ -38,10 +40,15 @@ class DispatchAtOnce:
 
 
 class ImmediateDispatch(DispatchAtOnce):
-    """Each leg goes to its picker's rank among the live ones, by outstanding tokens."""
+    """The prefill leg goes to its picker's rank among the live ones, by outstanding tokens; the decode
+    leg by the policy's `decode_rule` (`decode_choice.decode_rank`)."""
 
-    def __init__(self, state: ClusterState, prefill_picker: RankPicker, decode_picker: RankPicker) -> None:
+    def __init__(
+        self, state: ClusterState, settings: PickerPolicy, prefill_picker: RankPicker,
+        decode_picker: RankPicker | None,
+    ) -> None:  # fmt: skip
         super().__init__(state)
+        self.settings = settings
         self._prefill_picker = prefill_picker
         self._decode_picker = decode_picker
 
@@ -51,7 +58,7 @@ class ImmediateDispatch(DispatchAtOnce):
             return [refused]
         kv = req.prompt_tokens + 1
         pref = st.prefill_ref(self._prefill_picker.pick(st.prefill_live(), st.prefill.tokens))
-        dref = st.decode_refs[self._decode_picker.pick(st.decode_live(), st.decode.tokens)]
+        dref = st.decode_refs[decode_rank(st, self.settings.decode, self._decode_picker, req.rid, kv)]
         st.prefill.add(pref.instance, pref.rank, 1, req.prompt_tokens, now)
         st.decode.add(dref.instance, dref.rank, 1, kv, now)
         st.flights[req.rid] = Flight(
