@@ -1,6 +1,6 @@
 """`sbs-sim`: compare scheduling policies on a workload with the calibrated simulator.
 
-    sbs-sim compare --trace FILE [--format azure|mooncake|servegen]
+    sbs-sim compare --trace FILE [--format azure|mooncake|servegen|lengths]
                     [--arrivals trace|poisson|gamma:CV|bursty:F] [--rate-scale X | --load L]
                     [--cluster NAME|FILE] [--policies sbs,sbs-fcfs,eft,round_robin,...]
                     [--duration S] [--long-prompts COUNT:TOKENS] [--json OUT] [--plot OUT.png]
@@ -29,8 +29,8 @@ from sbs.sim import report, sizing
 from sbs.sim.cluster import PRESETS, ClusterConfig, load_cluster
 from sbs.sim.costmodel import CostModel
 from sbs.sim.errors import SimInputError
-from sbs.sim.loaders import load_trace, servegen
-from sbs.sim.long_prompts import parse_long_prompts, with_long_prompts
+from sbs.sim.loaders import lengths, load_trace, servegen
+from sbs.sim.long_prompts import parse_long_prompts
 from sbs.sim.nominal_capacity import nominal_prefill_tok_s
 from sbs.sim.runner import RunSpec, run_many
 from sbs.sim.trace import Trace
@@ -38,6 +38,9 @@ from sbs.sim.workload import bursty, load_scaled, rate_scaled, synthetic, tiled,
 
 DEFAULT_POLICIES = "sbs,sbs-fcfs,eft,round_robin,random,least_load,power_of_two,sglang"
 SERVEGEN_DEFAULT_S = 600.0
+"""Span generated for workloads without timestamps (ServeGen fits, length tables) without --duration."""
+LENGTHS_BASE_RPS = 10.0
+"""Poisson rate a length table is given before --load or --rate-scale rescales it."""
 MAX_REQUESTS = 5_000_000
 """Most requests a --duration may repeat a trace to (memory: about 1 KiB each)."""
 MAX_POLLS = 7 * 86_400
@@ -79,7 +82,7 @@ class Workload:
         elif duration is not None:
             trace = truncated(trace, duration)
         if (long := parse_long_prompts(self.opts.get("long_prompts"))) is not None:
-            trace = with_long_prompts(trace, *long)
+            trace = long.add_to(trace, seed=self.opts.get("seed", 0))
         if len(trace) == 0:
             raise SimInputError("the workload is empty after scaling and --duration")
         polls = trace.duration_s / self.cluster.loads_period_s
@@ -99,9 +102,10 @@ _OPTIONS: dict[str, Callable[[Callable], Callable]] = {
     "format": click.option(
         "--format",
         "fmt",
-        type=click.Choice(["azure", "mooncake", "servegen"]),
+        type=click.Choice(["azure", "mooncake", "servegen", "lengths"]),
         default=None,
-        help="Trace format (default: from the file). servegen: --trace is ServeGen's data folder.",
+        help="Trace format (default: from the file). servegen: --trace is ServeGen's data folder; "
+        "lengths: a prompt/output length table (ShareGPT, arXiv), given Poisson arrivals (see --arrivals).",
     ),
     "arrivals": click.option(
         "--arrivals",
@@ -117,7 +121,8 @@ _OPTIONS: dict[str, Callable[[Callable], Callable]] = {
         "--long-prompts",
         default=None,
         metavar="COUNT:TOKENS",
-        help="Add COUNT prompts of TOKENS tokens, evenly spread over the (scaled, cut) trace.",
+        help="Add COUNT prompts of TOKENS tokens, evenly spread over the (scaled, cut) trace; COUNT may be "
+        "a share of its requests (1%), TOKENS a range drawn uniformly (64000-128000).",
     ),
     "cluster": click.option(
         "--cluster",
@@ -352,6 +357,10 @@ def _workload(opts: dict[str, Any]) -> Workload:
             raise SimInputError(f"--trace {path}: --format servegen expects ServeGen's data folder")
         span = opts["duration"] or SERVEGEN_DEFAULT_S
         base = servegen.generate(path, span, seed=opts["seed"])
+    elif opts["fmt"] == "lengths":
+        table = lengths.load(opts["trace_path"])
+        span = opts["duration"] or SERVEGEN_DEFAULT_S
+        base = synthetic(rate_rps=LENGTHS_BASE_RPS, duration_s=span, seed=opts["seed"], lengths=table)
     else:
         base = load_trace(opts["trace_path"], opts["fmt"])
     cost = CostModel()

@@ -34,10 +34,24 @@ def test_hashed_traces_keep_their_hashes_and_the_long_prompts_get_none() -> None
     assert mixed.block_tokens == 512
 
 
-@pytest.mark.parametrize("spec", ["8", "8:", "x:100", "0:100", "3:-1", "2:1.5"])
+@pytest.mark.parametrize(
+    "spec", ["8", "8:", "x:100", "0:100", "3:-1", "2:1.5", "0%:100", "101%:100", "1%:9-3", "1%:5-", "%:5"]
+)
 def test_a_bad_spec_is_refused(spec: str) -> None:
     with pytest.raises(SimInputError, match="COUNT:TOKENS"):
         parse_long_prompts(spec)
+
+
+def test_a_share_of_the_trace_with_lengths_drawn_from_a_range() -> None:
+    spec = parse_long_prompts("50%:60000-70000")
+    assert spec is not None and spec.percent == 50 and (spec.tokens, spec.tokens_hi) == (60_000, 70_000)
+    mixed = spec.add_to(BASE, seed=3)
+    long = [r.prompt_tokens for r in mixed.requests if r.prompt_tokens >= 60_000]
+    assert len(long) == 2 and all(60_000 <= n <= 70_000 for n in long) and long[0] != long[1]
+    assert [r.prompt_tokens for r in spec.add_to(BASE, seed=3).requests] == [
+        r.prompt_tokens for r in mixed.requests
+    ]  # seeded: the same mix every time
+    assert parse_long_prompts("2:9000") == parse_long_prompts("2:9000-9000")
 
 
 def test_compare_adds_the_long_prompts(tmp_path: Path) -> None:
