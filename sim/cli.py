@@ -81,7 +81,8 @@ class Workload:
             trace = tiled(trace, duration)
         elif duration is not None:
             trace = truncated(trace, duration)
-        if (long := parse_long_prompts(self.opts.get("long_prompts"))) is not None:
+        long = parse_long_prompts(self.opts.get("long_prompts"))
+        if long is not None and long.count is not None:  # a share is in `base` already
             trace = long.add_to(trace, seed=self.opts.get("seed", 0))
         if len(trace) == 0:
             raise SimInputError("the workload is empty after scaling and --duration")
@@ -121,8 +122,9 @@ _OPTIONS: dict[str, Callable[[Callable], Callable]] = {
         "--long-prompts",
         default=None,
         metavar="COUNT:TOKENS",
-        help="Add COUNT prompts of TOKENS tokens, evenly spread over the (scaled, cut) trace; COUNT may be "
-        "a share of its requests (1%), TOKENS a range drawn uniformly (64000-128000).",
+        help="Add COUNT prompts of TOKENS tokens, evenly spread over the (scaled, cut) trace (--load does "
+        "not count them); COUNT may instead be a share of the trace's requests (1%), mixed in before "
+        "scaling (--load counts them); TOKENS may be a range drawn uniformly (64000-128000).",
     ),
     "cluster": click.option(
         "--cluster",
@@ -363,6 +365,9 @@ def _workload(opts: dict[str, Any]) -> Workload:
         base = synthetic(rate_rps=LENGTHS_BASE_RPS, duration_s=span, seed=opts["seed"], lengths=table)
     else:
         base = load_trace(opts["trace_path"], opts["fmt"])
+    long = parse_long_prompts(opts.get("long_prompts"))
+    if long is not None and long.percent is not None:  # part of the workload: --load counts them
+        base = long.add_to(base, seed=opts.get("seed", 0))
     cost = CostModel()
     return Workload(base, cluster, cost, nominal_prefill_tok_s(cluster, cost, base), opts)
 

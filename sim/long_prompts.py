@@ -4,7 +4,9 @@
 uniformly from [tokens, tokens_hi] by a seeded RNG), evenly spread over the trace's span (the k-th at
 (k + ½)/count of it), so the mix is deterministic and the long prompts never arrive together.
 `parse_long_prompts` reads the `sbs-sim --long-prompts COUNT:TOKENS` flag, where COUNT may be a share
-of the trace's requests (`1%`) and TOKENS a range (`64000-128000`).
+of the trace's requests (`1%`) and TOKENS a range (`64000-128000`). A count perturbs one run (added
+after scaling, outside `--load`); a share is part of the workload (mixed into the base trace before
+scaling, so `--load` and the nominal capacity count it).
 """
 
 from __future__ import annotations

@@ -65,6 +65,16 @@ def test_compare_adds_the_long_prompts(tmp_path: Path) -> None:
     assert_one_line_error(compare(trace, "--long-prompts", "two:9000"), "--long-prompts", "'two:9000'")
 
 
+def test_a_share_is_part_of_the_workload_and_counted_by_the_load(tmp_path: Path) -> None:
+    trace = azure_csv(tmp_path / "t.csv")
+    out = tmp_path / "out.json"
+    args = ("--policies", "eft", "--load", "0.4", "--json", str(out))
+    assert compare(trace, "--long-prompts", "10%:6000-8000", *args).exit_code == 0
+    doc = json.loads(out.read_text())
+    assert doc["requests"] == 44 and "4x6000-8000 tok" in doc["trace"]
+    assert doc["load_of_nominal"] == pytest.approx(0.4, rel=0.02)  # the long prompts inside the load
+
+
 def test_a_first_comparison_runs_sbs_fcfs_and_eft_beside_sbs() -> None:
     names = cli.DEFAULT_POLICIES.split(",")
     assert names[:3] == ["sbs", "sbs-fcfs", "eft"] and {"least_load", "sglang"} <= set(names)
