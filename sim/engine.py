@@ -14,6 +14,7 @@ Prefill instance (DP ranks in lockstep, SGLang chunked prefill with DP attention
   that arrive mid-step wait for the next step (device-side queueing).
 Decode instance: per-rank running batches; a request joins at a step boundary once its KV has arrived
 (and KV capacity / the running cap allow), produces one token per step, and leaves after its last one.
+With SGLang's priority scheduling on, both take waiting requests in priority order (`engine_priority`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from sbs.scheduler.core.types import InstanceSpec, RankLoad
 from sbs.sim.costmodel import CostModel
+from sbs.sim.engine_priority import PriorityOrder
 
 
 @dataclass(slots=True)
@@ -38,6 +40,8 @@ class PrefillJob:
     done: int = 0
     """Tokens already in KV (cache hit plus computed chunks): the prefix the next chunk attends to."""
     cached: int = 0
+    priority: int | None = None
+    """The request's SGLang `priority` (used only with priority scheduling on)."""
 
 
 @dataclass(slots=True)
@@ -91,11 +95,14 @@ class PrefillEngine:
         prefix_cache: bool = True,
         jitter_cv: float = 0.0,
         rng: random.Random | None = None,
+        priority: PriorityOrder | None = None,
     ) -> None:
         self.spec = spec
         self.cost = cost
         self.ep_size = spec.dp_size
         self.balance = balance
+        self.priority = priority
+        """SGLang `--enable-priority-scheduling` (None = off: FCFS queues)."""
         self.block_tokens = block_tokens or 0
         self.jitter_cv = jitter_cv
         self.rng = rng or random.Random(0)
@@ -119,7 +126,10 @@ class PrefillEngine:
         """Queue a job on `rank` (pinned) or on the rank the engine's DP balancer picks; returns it."""
         if rank is None:
             rank = self._balance(job)
-        self.queues[rank].append(job)
+        if self.priority is None:
+            self.queues[rank].append(job)
+        else:  # behind the started prompts (the chunked request is not in SGLang's waiting queue)
+            self.priority.insert(self.queues[rank], job, lambda j: j.remaining >= 0)
         self.queued_tokens[rank] += job.prompt_tokens
         return rank
 
@@ -241,6 +251,8 @@ class DecodeJob:
     steps: int
     """Decode steps the job runs (one token each)."""
     joined_step: int = -1
+    priority: int | None = None
+    """The request's SGLang `priority` (used only with priority scheduling on)."""
 
 
 @dataclass(slots=True)
@@ -257,12 +269,20 @@ class DecodeEngine:
     """One decode instance with per-rank batches; one token per running request per step."""
 
     def __init__(
-        self, spec: InstanceSpec, cost: CostModel, *, jitter_cv: float = 0.0, rng: random.Random | None = None
+        self,
+        spec: InstanceSpec,
+        cost: CostModel,
+        *,
+        jitter_cv: float = 0.0,
+        rng: random.Random | None = None,
+        priority: PriorityOrder | None = None,
     ) -> None:
         self.spec = spec
         self.cost = cost
         self.ep_size = spec.dp_size
         self.jitter_cv = jitter_cv
+        self.priority = priority
+        """SGLang `--enable-priority-scheduling` (None = off: FCFS admission)."""
         self.rng = rng or random.Random(0)
         n = spec.dp_size
         self.batch = np.zeros(n, dtype=np.int64)
@@ -300,7 +320,10 @@ class DecodeEngine:
         """The job's KV has arrived: it joins at the next step boundary when capacity allows."""
         self.reserved[job.rank] -= 1
         self.reserved_kv[job.rank] -= job.kv_tokens
-        self.waiting[job.rank].append(job)
+        if self.priority is None:
+            self.waiting[job.rank].append(job)
+        else:
+            self.priority.insert(self.waiting[job.rank], job)
         self._waiting_ranks.add(job.rank)
         self.n_waiting += 1
 

@@ -76,6 +76,8 @@ class Dispatch:
     `prefill.rank` / `decode.rank` are None when the engine's own DP balancer picks the rank
     (the `sglang` baseline); otherwise the request is pinned (`routed_dp_rank`).
     `reason` says which rule released it (for logs and metrics, never parsed).
+    `priority` is the SGLang request priority to send (engines run `--enable-priority-scheduling`;
+    higher values go first), or None to send none.
     """
 
     rid: int
@@ -84,6 +86,7 @@ class Dispatch:
     decode_instance: int
     decode_rank: int | None
     reason: str = ""
+    priority: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,14 +111,22 @@ def dispatches(
     decode_ranks: Sequence[int],
     reason: str,
 ) -> list[Dispatch]:
-    """`[Dispatch(rid, prefill_instance, pr, di, dr, reason) for ...]` for one release, built field by
-    field: a frozen dataclass's `__init__` sets each field through a generic `object.__setattr__`;
-    setting the slots directly builds the same values in about half the time."""
+    """`[Dispatch(rid, prefill_instance, pr, di, dr, reason) for ...]` for one release (no priority),
+    built field by field: a frozen dataclass's `__init__` sets each field through a generic
+    `object.__setattr__`; setting the slots directly builds the same values in about half the time."""
     n = len(rids)
     if not len(prefill_ranks) == len(decode_instances) == len(decode_ranks) == n:
         raise ValueError("dispatches: the columns differ in length")
     out = list(map(object.__new__, repeat(Dispatch, n)))
-    columns = (rids, repeat(prefill_instance), prefill_ranks, decode_instances, decode_ranks, repeat(reason))
+    columns = (
+        rids,
+        repeat(prefill_instance),
+        prefill_ranks,
+        decode_instances,
+        decode_ranks,
+        repeat(reason),
+        repeat(None),
+    )
     consume = deque(maxlen=0).extend
     for set_slot, column in zip(_DISPATCH_SLOTS, columns, strict=True):
         consume(map(set_slot, out, column))

@@ -27,6 +27,7 @@ from sbs.scheduler.service.connections import GUARD, ConnectionGuard, track
 from sbs.scheduler.service.discovery import EngineSource, StaticSource
 from sbs.scheduler.service.dispatcher import Dispatcher
 from sbs.scheduler.service.metrics import Metrics
+from sbs.settings import scheduling
 from sbs.settings.service import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,9 @@ def make_app(settings: ServiceSettings, *, sources: Iterable[EngineSource] | Non
     middlewares.append(_last_resort)
     app = web.Application(client_max_size=settings.limits.max_body_bytes, middlewares=middlewares)
     app[DISPATCHER] = dispatcher
-    app[PARSER] = parser = BodyParser(settings.estimate, settings.limits)
+    policy = settings.scheduler.policy
+    own_priority = isinstance(policy, scheduling.ImmediatePolicy) and policy.engine_priority
+    app[PARSER] = parser = BodyParser(settings.estimate, settings.limits, own_priority)
     app[GUARD] = guard
 
     async def lifecycle(_: web.Application) -> AsyncIterator[None]:

@@ -71,8 +71,11 @@ def _too_large(limits: LimitsSettings) -> protocol.InvalidRequest:
     )
 
 
-def decode(endpoint: str, raw: bytes, estimate: EstimateSettings, limits: LimitsSettings) -> Body:
-    """Bytes → a valid body (pure: runs in worker processes too). Raises `InvalidRequest`."""
+def decode(
+    endpoint: str, raw: bytes, estimate: EstimateSettings, limits: LimitsSettings, own_priority: bool = False
+) -> Body:
+    """Bytes → a valid body (pure: runs in worker processes too). Raises `InvalidRequest`.
+    `own_priority`: the service sends the engines its own `priority` (a `+prio` policy)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -87,7 +90,7 @@ def decode(endpoint: str, raw: bytes, estimate: EstimateSettings, limits: Limits
         raise protocol.InvalidRequest(f"the request body is not valid JSON: {message}{where}") from None
     check_structure(doc, limits.max_json_depth)
     parsed = protocol.parse(endpoint, doc, estimate)
-    return Body(parsed, engine_prefix(doc))
+    return Body(parsed, engine_prefix(doc, own_priority=own_priority))
 
 
 def _no_constant(name: str) -> Any:
@@ -137,14 +140,17 @@ def _check_text(text: str) -> None:
 class BodyParser:
     """`decode` on the loop for bodies up to `limits.inline_parse_bytes`, in processes above."""
 
-    def __init__(self, estimate: EstimateSettings, limits: LimitsSettings) -> None:
+    def __init__(
+        self, estimate: EstimateSettings, limits: LimitsSettings, own_priority: bool = False
+    ) -> None:
         self._estimate = estimate
         self._limits = limits
+        self._own_priority = own_priority
         self._pool: ProcessPoolExecutor | None = None
 
     async def parse(self, endpoint: str, raw: bytes) -> Body:
         if len(raw) <= self._limits.inline_parse_bytes:
-            return decode(endpoint, raw, self._estimate, self._limits)
+            return decode(endpoint, raw, self._estimate, self._limits, self._own_priority)
         if self._pool is None:
             self._pool = ProcessPoolExecutor(
                 self._limits.parse_workers, mp_context=multiprocessing.get_context("spawn")
@@ -152,7 +158,9 @@ class BodyParser:
         pool = self._pool
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(pool, decode, endpoint, raw, self._estimate, self._limits)
+            return await loop.run_in_executor(
+                pool, decode, endpoint, raw, self._estimate, self._limits, self._own_priority
+            )
         except BrokenProcessPool:
             if self._pool is pool:  # a worker was killed: start afresh for the next body
                 self._pool = None

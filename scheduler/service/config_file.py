@@ -100,9 +100,4 @@ def build_settings(
             "(--enable-prefill-delayer on the SGLang prefill servers), not the scheduler's; the field is "
             "for the simulator"
         )
-    if isinstance(pol, scheduling.ImmediatePolicy) and pol.engine_priority:
-        raise SettingsError(
-            f"{where}: scheduler.policy.engine_priority: the live scheduler sends no "
-            "request priorities yet; the field is for the simulator"
-        )
     return settings

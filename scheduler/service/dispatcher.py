@@ -18,10 +18,12 @@ import random
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 from sbs.scheduler.core.events import Event, RequestArrived, RequestCancelled, RequestFinished
+from sbs.scheduler.core.policies.immediate import PRIORITY_UNITS_PER_S
 from sbs.scheduler.core.types import Decision, Dispatch, Request, Role
 from sbs.scheduler.service import memory, protocol, replicas
 from sbs.scheduler.service import metrics as svc_metrics
@@ -73,6 +75,7 @@ class Dispatcher:
         """Set with `settings.replicas`: this replica's peers and the prefill instances it owns."""
         self.peer_session: aiohttp.ClientSession | None = None
         """Requests forwarded to peer replicas (no engine key on it)."""
+        self._priority_shift_us: int | None = None
         metrics.attach(self.snapshot)
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -83,6 +86,17 @@ class Dispatcher:
     def now(self) -> float:
         assert self._loop is not None
         return self._loop.time()
+
+    def engine_priority(self, d: Dispatch) -> int | None:
+        """The `priority` the engines get for `d`: the core's (SBS's release key in negated µs of the
+        loop's clock) moved to the wall clock, so that the priorities of several replicas compare on
+        an engine they share (to the hosts' clock sync). None when the policy sends none."""
+        if d.priority is None:
+            return None
+        if self._priority_shift_us is None:
+            shift_s = datetime.now(UTC).timestamp() - self.now()
+            self._priority_shift_us = round(shift_s * PRIORITY_UNITS_PER_S)
+        return d.priority - self._priority_shift_us
 
     def call_later(self, delay_s: float, callback: Callable[..., None], *args: Any) -> None:
         assert self._loop is not None

@@ -130,6 +130,7 @@ class Relay:
             room=room,
             prefill_rank=d.prefill_rank,
             decode_rank=d.decode_rank,
+            priority=dispatcher.engine_priority(d),
         )
         attempt = job.attempts
         dispatcher.steps.prefill_sent(job, pe)

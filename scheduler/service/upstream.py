@@ -10,6 +10,8 @@ both sides get the same body with the same `bootstrap_host`/`bootstrap_port`/`bo
 - the decode request carries `routed_dp_rank` = the decode rank and `disagg_prefill_dp_rank` = the
   prefill rank (where to pull the KV from; no bootstrap-server query).
 An unpinned side (the `sglang` baseline) gets none of the rank fields and a random room.
+With a `+prio` policy both sides also get the dispatch's `priority` (the engines run
+`--enable-priority-scheduling`), replacing the client's.
 """
 
 from __future__ import annotations
@@ -61,12 +63,15 @@ def _pd_fields(
     room: int,
     prefill_rank: int | None,
     decode_rank: int | None,
+    priority: int | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The PD fields of the (prefill, decode) bodies of one dispatch."""
+    """The PD fields of the (prefill, decode) bodies of one dispatch (and its SGLang priority)."""
     base: dict[str, Any] = {"rid": rid, "bootstrap_host": bootstrap_host}
     if bootstrap_port is not None:
         base["bootstrap_port"] = bootstrap_port
     base["bootstrap_room"] = room
+    if priority is not None:
+        base["priority"] = priority
     prefill, decode = dict(base), base
     if prefill_rank is not None:
         prefill["routed_dp_rank"] = prefill_rank
@@ -80,15 +85,18 @@ def _pd_fields(
 def pd_bodies(body: Mapping[str, Any], **pd: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """The (prefill, decode) bodies of one PD dispatch: the client's body plus the PD fields (the
     keyword arguments of `_pd_fields`)."""
-    base = {k: v for k, v in body.items() if k not in PD_FIELDS}
+    owned = PD_FIELDS | {"priority"} if pd.get("priority") is not None else PD_FIELDS
+    base = {k: v for k, v in body.items() if k not in owned}
     prefill, decode = _pd_fields(**pd)
     return base | prefill, base | decode
 
 
-def engine_prefix(body: Mapping[str, Any]) -> bytes:
-    """The client's body as JSON without the PD fields and without its closing brace: serialised once
-    (it may be large) and completed per side by `pd_payloads`."""
-    return json.dumps({k: v for k, v in body.items() if k not in PD_FIELDS}).encode()[:-1]
+def engine_prefix(body: Mapping[str, Any], *, own_priority: bool = False) -> bytes:
+    """The client's body as JSON without the PD fields (and without `priority` when the service sends
+    its own) and without its closing brace: serialised once (it may be large) and completed per side
+    by `pd_payloads`."""
+    owned = PD_FIELDS | {"priority"} if own_priority else PD_FIELDS
+    return json.dumps({k: v for k, v in body.items() if k not in owned}).encode()[:-1]
 
 
 def pd_payloads(prefix: bytes, **pd: Any) -> tuple[bytes, bytes]:

@@ -45,6 +45,7 @@ _IGNORED = """
     --tool-call-parser --speculative-algorithm --speculative-num-steps --speculative-eagle-topk
     --speculative-num-draft-tokens --dtype --random-seed --pp-size --enable-mixed-chunk
     --disable-shared-experts-fusion --enable-torch-compile --torch-compile-max-bs
+    --priority-scheduling-preemption-threshold --disable-priority-preemption --retraction-policy
 """
 IGNORED_FLAGS = frozenset(_IGNORED.split())
 """SGLang flags accepted and ignored: they configure kernels, memory, transports or features whose
@@ -205,6 +206,25 @@ _CTX = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_n
 @click.option("--prefill-delayer-token-usage-low-watermark", "delayer_watermark", type=float, hidden=True)
 @click.option("--prefill-delayer-queue-min-ratio", "delayer_queue_ratio", type=float, hidden=True)
 @click.option("--prefill-delayer-max-delay-ms", "delayer_max_ms", type=float, hidden=True)
+@click.option(
+    "--enable-priority-scheduling",
+    is_flag=True,
+    default=None,
+    help="Order waiting queues by the requests' priority, then arrival (sbs.sim.engine_priority).",
+)
+@click.option(
+    "--schedule-low-priority-values-first",
+    is_flag=True,
+    default=None,
+    help="With priority scheduling, lower priority values go first [higher first].",
+)
+@click.option("--default-priority-value", type=int, help="Priority of requests sent without one [lowest].")
+@click.option(
+    "--abort-on-priority-when-disabled",
+    is_flag=True,
+    default=None,
+    help="Without priority scheduling, refuse (503) requests that send a priority [ignore it].",
+)
 @click.option("--nnodes", type=int, help="Nodes of the engine group [1].")
 @click.option("--node-rank", type=int, help="This node's rank; > 0 serves only /health [0].")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))

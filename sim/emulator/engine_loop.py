@@ -3,8 +3,8 @@
 The loop starts a step whenever there is work (a prefill queue first, else the decode batch), sleeps
 the step's modelled duration × `time_factor`, then applies it: prefilled prompts go to the decode
 batch (colocated) or on the wire (PD prefill), decode tokens to their requests. With SGLang's prefill
-delayer on, each pass first asks it whether new prompts may start (`sbs.sim.prefill_delayer`); a
-held pass runs the decode batch, the started prompts' next chunks, or nothing (`idle_pass_ms`).
+delayer on, each pass goes through the `DelayerGate` shared with the simulator (`sbs.sim.prefill_delayer`);
+a held pass runs the decode batch, the started prompts' next chunks, or nothing (`idle_pass_ms`).
 Aborts of jobs inside a running step wait for its end (`drop`). Back-to-back steps keep the engine's
 timeline; when the loop's own work outlasts a step, the timeline stretches and the lag is counted.
 """
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from sbs.sim.emulator.request_state import Req
 from sbs.sim.engine import DecodeJob
-from sbs.sim.prefill_delayer import PrefillDelayer, RankPass, RecentPrefillBatches
+from sbs.sim.prefill_delayer import DelayerGate
 
 if TYPE_CHECKING:
     from sbs.sim.emulator.engine_runtime import Runtime
@@ -46,11 +46,10 @@ class EngineLoop:
         self._pending_aborts: list[tuple[str, int]] = []
         self._step_end: float | None = None
         s = runtime.settings
-        self.delayer: PrefillDelayer | None = None
+        self.delayer: DelayerGate | None = None
         if s.enable_prefill_delayer and runtime.prefill is not None:
-            self.delayer = PrefillDelayer(s.prefill_delayer_max_delay_passes,
-                                          max_running_per_rank=s.max_running_per_rank)  # fmt: skip
-        self._batches = [RecentPrefillBatches() for _ in range(s.dp_size)]
+            self.delayer = DelayerGate(s.dp_size, s.prefill_delayer_max_delay_passes,
+                                       max_running_per_rank=s.max_running_per_rank)  # fmt: skip
 
     async def run(self) -> None:
         rt = self.rt
@@ -114,36 +113,18 @@ class EngineLoop:
                 rt.lag_s,
             )
 
-    def _may_start_prompts(self) -> bool:
-        """The prefill delayer's verdict for this pass (True without a delayer)."""
-        rt, eng = self.rt, self.rt.prefill
-        if self.delayer is None or eng is None:
-            return True
-        running = rt.decode.batch.tolist() if rt.decode is not None else [0] * len(eng.queues)
-        reports = [
-            RankPass(can, running=running[r], max_prefill_bs=self._batches[r].largest)
-            for r, can in enumerate(eng.prefillable())
-        ]
-        allow = self.delayer.negotiate(reports).allow
-        if not allow:  # a held attempt counts as what it would have taken (SGLang's estimate)
-            cap = rt.settings.max_running_per_rank
-            for r, q in enumerate(eng.queues):
-                if q:
-                    free = max(cap - running[r], 1) if cap else len(q)
-                    self._batches[r].observe(min(len(q), free))
-        return allow
-
     async def _prefill_step(self) -> bool:
         """One prefill step; False when the prefill delayer held every queued prompt (no step)."""
         rt, book = self.rt, self.rt.book
         eng = rt.prefill
         assert eng is not None
-        modelled = eng.start_step(rt.now(), allow_new=self._may_start_prompts())
+        if self.delayer is None:
+            modelled = eng.start_step(rt.now())
+        else:  # a PD prefill has no decode batch: every rank reports none running
+            running = rt.decode.batch.tolist() if rt.decode is not None else None
+            modelled = self.delayer.start_step(eng, rt.now(), running)
         if modelled <= 0:
             return False
-        if self.delayer is not None:
-            for r, taken in enumerate(eng.step_batches()):
-                self._batches[r].observe(taken)
         book.busy = True
         book.publish()
         await self._sleep_step("prefill", modelled)
@@ -172,7 +153,7 @@ class EngineLoop:
             return
         req.stage = "decode"
         rt.decode.reserve(r, n + 1)
-        rt.decode.add(DecodeJob(req.num, r, n + 1, req.gen.max_new_tokens - 1))
+        rt.decode.add(DecodeJob(req.num, r, n + 1, req.gen.max_new_tokens - 1, priority=req.gen.priority))
 
     async def _decode_step(self) -> bool:
         rt, book = self.rt, self.rt.book

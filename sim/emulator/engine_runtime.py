@@ -33,6 +33,12 @@ from sbs.sim.engine import DecodeEngine, PrefillEngine, PrefillJob
 log = logging.getLogger(__name__)
 
 
+PRIORITY_DISABLED = (
+    "Using priority is disabled for this server. Please send a new request without a priority."
+)
+"""SGLang's answer (503) to a `priority` under `--abort-on-priority-when-disabled`."""
+
+
 class EngineConfigError(ValueError):
     """The settings are valid one by one but describe an engine that cannot exist."""
 
@@ -66,10 +72,17 @@ class Runtime:
                 prefix_cache=not s.disable_radix_cache,
                 jitter_cv=s.jitter_cv,
                 rng=random.Random(s.seed),
+                priority=s.priority_order,
             )
             self.prefill.ep_size = self.ep_size
         if s.mode != "prefill":
-            self.decode = DecodeEngine(spec, self.cost, jitter_cv=s.jitter_cv, rng=random.Random(s.seed + 1))
+            self.decode = DecodeEngine(
+                spec,
+                self.cost,
+                jitter_cv=s.jitter_cv,
+                rng=random.Random(s.seed + 1),
+                priority=s.priority_order,
+            )
             self.decode.ep_size = self.ep_size
         self.metrics = EngineMetrics(s)
         self.pd = PdTransfer(self)
@@ -146,6 +159,9 @@ class Runtime:
             raise RequestError(400, f"routed_dp_rank {routed} is out of range [0, {self.dp})")
         if self.dp == 1 and routed is not None:
             routed = 0  # SGLang ignores the rank when there is one
+        refuse_priority = s.abort_on_priority_when_disabled and not s.enable_priority_scheduling
+        if gen.priority is not None and refuse_priority:  # else an unused priority is ignored
+            raise RequestError(503, PRIORITY_DISABLED)
         self._num += 1
         req = Req(gen, rid, self._num, self.now())
         self.reqs[rid] = req
@@ -182,7 +198,7 @@ class Runtime:
         hashes = (
             () if s.disable_radix_cache else tokens.block_hashes(req.gen.prompt_ids, s.prefix_block_tokens)
         )
-        self.prefill.submit(PrefillJob(req.num, req.prompt_tokens, hashes), rank)
+        self.prefill.submit(PrefillJob(req.num, req.prompt_tokens, hashes, priority=req.gen.priority), rank)
         self.wake.set()
         self.book.changed()
 

@@ -207,7 +207,8 @@ class PdTransfer:
             rt.finish(req)
             return
         req.stage = "decode"
-        rt.decode.add(DecodeJob(req.num, req.rank, n + 1, req.gen.max_new_tokens - 1))
+        steps = req.gen.max_new_tokens - 1
+        rt.decode.add(DecodeJob(req.num, req.rank, n + 1, steps, priority=req.gen.priority))
         rt.wake.set()
         rt.book.changed()
 

@@ -1,9 +1,9 @@
 """Request bodies → `GenRequest`, the part of a request the emulated engine acts on.
 
 Parses SGLang's `GenerateReqInput` (`/generate`) and the OpenAI completion and chat requests
-(`/v1/completions`, `/v1/chat/completions`, which carry the same PD routing fields). Unknown keys are
-ignored, as SGLang ignores what it does not use; what is read is type-checked, and a bad value raises
-`RequestError(400, ...)` with a message naming the field, the way SGLang answers a bad request.
+(`/v1/completions`, `/v1/chat/completions`, which carry the same PD routing fields and `priority`).
+Unknown keys are ignored, as SGLang ignores what it does not use; what is read is type-checked, and a
+bad value raises `RequestError(400, ...)` with a message naming the field, as SGLang answers it.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from sbs.sim.emulator import tokens
+from sbs.sim.engine_priority import INT64_MAX, INT64_MIN
 
 Api = Literal["generate", "completions", "chat"]
 
@@ -48,6 +49,8 @@ class GenRequest:
     """OpenAI requests: the `model` asked for, echoed back."""
     include_usage: bool = False
     """OpenAI streams: `stream_options.include_usage`."""
+    priority: int | None = None
+    """SGLang's request `priority` (a signed 64-bit integer; used with `--enable-priority-scheduling`)."""
 
     @property
     def prompt_tokens(self) -> int:
@@ -92,6 +95,14 @@ def _max_new(value: object, key: str, default: int) -> int:
     if value < 0:
         raise _bad(f"field '{key}' must be at least 0, got {value}")
     return max(1, value)  # no EOS is modelled: a request always yields at least the prefill's token
+
+
+def _priority(body: Mapping[str, Any]) -> int | None:
+    """`priority`, on `/generate` and the OpenAI requests alike; SGLang refuses values outside int64."""
+    p = _opt_int(body, "priority")
+    if p is not None and not INT64_MIN <= p <= INT64_MAX:
+        raise _bad(f"priority must be a signed 64-bit integer between {INT64_MIN} and {INT64_MAX}")
+    return p
 
 
 def _pd_fields(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -157,6 +168,7 @@ def parse_generate(body: object) -> GenRequest:
             sp.get("max_new_tokens"), "sampling_params.max_new_tokens", DEFAULT_MAX_NEW_TOKENS
         ),
         stream=bool(body.get("stream", False)),
+        priority=_priority(body),
         **_pd_fields(body),
     )
 
@@ -171,6 +183,7 @@ def _openai_common(body: Mapping[str, Any]) -> dict[str, Any]:
         "stream": bool(body.get("stream", False)),
         "model": _opt_str(body, "model"),
         "include_usage": bool(isinstance(opts, dict) and opts.get("include_usage")),
+        "priority": _priority(body),
         **_pd_fields(body),
     }
 

@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from sbs.settings.engine_shape import DEFAULT_CHUNK_PER_RANK, per_rank
+from sbs.sim.engine_priority import INT64_MAX, INT64_MIN, PriorityOrder
+from sbs.sim.prefill_delayer import IDLE_PASS_MS, MAX_DELAY_PASSES
 
 Mode = Literal["null", "prefill", "decode"]
 BalanceMethod = Literal["auto", "round_robin", "follow_bootstrap_room", "total_requests", "total_tokens"]
@@ -96,13 +98,25 @@ class EngineSettings(BaseModel):
     """SGLang `--enable-prefill-delayer`: the DP ranks negotiate each pass and hold new prefills until
     all ranks have one, or `prefill_delayer_max_delay_passes` passes (`sbs.sim.prefill_delayer`).
     Ignored on a decode engine, as SGLang does."""
-    prefill_delayer_max_delay_passes: int = Field(30, ge=1)
+    prefill_delayer_max_delay_passes: int = Field(MAX_DELAY_PASSES, ge=1)
     """SGLang `--prefill-delayer-max-delay-passes` (default 30)."""
-    idle_pass_ms: float = Field(1.0, ge=0.0)
+    idle_pass_ms: float = Field(IDLE_PASS_MS, ge=0.0)
     """The emulator's own: modelled milliseconds of a scheduler pass that runs no forward (a pass the
-    delayer held with nothing else to do). SGLang's loop does not sleep then; the pass is its input
-    polling plus the delayer's all-gather over the TP group's CPU (gloo) group, across the group's
-    nodes: about a millisecond, an estimate (not measured on a GPU cluster)."""
+    delayer held with nothing else to do); the default is the simulator's held pass too
+    (`sbs.sim.prefill_delayer.IDLE_PASS_MS`: about a millisecond, an estimate, not a GPU measurement)."""
+
+    enable_priority_scheduling: bool = False
+    """SGLang `--enable-priority-scheduling`: waiting queues (each prefill rank's, each decode rank's
+    queue of transferred requests) are sorted by the requests' `priority`, then by arrival; a prompt
+    being chunked is finished first (`sbs.sim.engine_priority`). Off: `priority` is ignored."""
+    schedule_low_priority_values_first: bool = False
+    """SGLang `--schedule-low-priority-values-first`: lower `priority` values go first (default: higher)."""
+    default_priority_value: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
+    """SGLang `--default-priority-value`: the priority of a request sent without one (with priority
+    scheduling on). None: such a request gets the lowest priority, as in SGLang."""
+    abort_on_priority_when_disabled: bool = False
+    """SGLang `--abort-on-priority-when-disabled`: without priority scheduling, a request that sends a
+    `priority` is refused (503) instead of having it ignored."""
 
     api_key: str | None = Field(None, repr=False)
     """SGLang `--api-key`: every route but `/health*`, `/ready*` and `/metrics*` (and OPTIONS) wants
@@ -151,6 +165,13 @@ class EngineSettings(BaseModel):
         if self.load_balance_method != "auto":
             return self.load_balance_method
         return "follow_bootstrap_room" if self.mode == "prefill" else "round_robin"
+
+    @property
+    def priority_order(self) -> PriorityOrder | None:
+        """How the engine models order their queues; None without priority scheduling (FCFS)."""
+        if not self.enable_priority_scheduling:
+            return None
+        return PriorityOrder(self.schedule_low_priority_values_first, self.default_priority_value)
 
     @property
     def engine_type(self) -> str:

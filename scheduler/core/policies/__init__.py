@@ -62,7 +62,7 @@ def make_policy(
         overrun = settings.sync.suspect_overrun
         return StaggeredBatching(state, p, block_tokens=block_tokens, suspect_overrun=overrun)
     if isinstance(p, scheduling.SglangPolicy):
-        return EngineBalanced(state)
+        return EngineBalanced(state, p.engine_priority)
     rng = random.Random(settings.seed)  # prefill and decode legs are picked independently
     decode_picker = None if p.decode_rule == "lexicographic" else picker_named(p.decode_rule, rng)
     if isinstance(p, scheduling.EftPolicy):

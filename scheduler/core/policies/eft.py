@@ -31,7 +31,7 @@ class EarliestFinish(DispatchAtOnce):
     lexicographic rule or by `decode_picker`."""
 
     def __init__(self, state: ClusterState, settings: EftPolicy, decode_picker: RankPicker | None) -> None:
-        super().__init__(state)
+        super().__init__(state, settings.engine_priority)
         self.settings = settings
         self._decode_picker = decode_picker
         self._since = [0] * len(state.prefill.tokens)
@@ -65,7 +65,7 @@ class EarliestFinish(DispatchAtOnce):
         st.prefill.add(p, rank, 1, n, now)
         st.decode.add(dref.instance, dref.rank, 1, kv, now)
         st.flights[req.rid] = Flight(p, rank, n, dref.instance, dref.rank, kv)
-        return [Dispatch(req.rid, p, rank, dref.instance, dref.rank, "immediate")]
+        return [Dispatch(req.rid, p, rank, dref.instance, dref.rank, "immediate", self.priority(req))]
 
     def _track_steps(self) -> None:
         """Forget what was sent before each instance's running step started (it is in that step, or

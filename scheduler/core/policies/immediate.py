@@ -1,15 +1,31 @@
 """Immediate dispatch over rank pickers (the `round_robin`, `random`, `least_load` and
 `power_of_two` baselines, all DP-rank aware like SMG's `--dp-aware`): every request is dispatched the
 moment it arrives, its prefill and its decode leg each to the rank its picker chooses; the engines
-queue what they cannot start."""
+queue what they cannot start. With `engine_priority` (`+prio`) every dispatch carries SBS's release key
+as its SGLang priority (`engine_priority`), so the engines' queues take requests in SBS's order."""
 
 from __future__ import annotations
 
+from sbs.scheduler.core.capacity import PrefillCapacityModel
 from sbs.scheduler.core.policies.base import RankPicker
 from sbs.scheduler.core.policies.decode_choice import decode_rank
+from sbs.scheduler.core.policies.sbs_timing import priority_key
 from sbs.scheduler.core.state import ClusterState, Flight
 from sbs.scheduler.core.types import Decision, Dispatch, Reject, Request
-from sbs.settings.scheduling import PickerPolicy
+from sbs.settings.scheduling import BatchingSettings, PickerPolicy
+
+SBS_ORDER = BatchingSettings()
+"""SBS's default release order (`size_priority`, `size_priority_max_s`): the `+prio` priorities."""
+PRIORITY_UNITS_PER_S = 1_000_000
+"""An SGLang priority is an integer: the key is sent in microseconds."""
+
+
+def engine_priority(req: Request, model: PrefillCapacityModel) -> int:
+    """SBS's release key for `req` (`sbs_timing.priority_key`: arrival + size_priority × predicted
+    prefill time, capped) as an SGLang request priority: negated microseconds, so the engines' default
+    order (higher values first, without `--schedule-low-priority-values-first`) takes the smallest key
+    first, and requests of equal key in arrival order."""
+    return -round(priority_key(req.arrival_s, req.prompt_tokens, model, SBS_ORDER) * PRIORITY_UNITS_PER_S)
 
 
 def refuse_without_engines(state: ClusterState, req: Request) -> Reject | None:
@@ -25,9 +41,15 @@ def refuse_without_engines(state: ClusterState, req: Request) -> Reject | None:
 class DispatchAtOnce:
     """What every immediate policy shares: it holds nothing, so it has nothing to release later."""
 
-    def __init__(self, state: ClusterState) -> None:
+    def __init__(self, state: ClusterState, send_priority: bool = False) -> None:
         self.state = state
         self.buffer: dict[int, Request] = {}
+        self.send_priority = send_priority
+        """The policy's `engine_priority`: dispatches carry `engine_priority(req)`."""
+
+    def priority(self, req: Request) -> int | None:
+        """The SGLang priority a dispatch of `req` carries (None without `engine_priority`)."""
+        return engine_priority(req, self.state.capacity) if self.send_priority else None
 
     def cancel(self, rid: int) -> bool:
         return False
@@ -47,7 +69,7 @@ class ImmediateDispatch(DispatchAtOnce):
         self, state: ClusterState, settings: PickerPolicy, prefill_picker: RankPicker,
         decode_picker: RankPicker | None,
     ) -> None:  # fmt: skip
-        super().__init__(state)
+        super().__init__(state, settings.engine_priority)
         self.settings = settings
         self._prefill_picker = prefill_picker
         self._decode_picker = decode_picker
@@ -64,4 +86,8 @@ class ImmediateDispatch(DispatchAtOnce):
         st.flights[req.rid] = Flight(
             pref.instance, pref.rank, req.prompt_tokens, dref.instance, dref.rank, kv
         )
-        return [Dispatch(req.rid, pref.instance, pref.rank, dref.instance, dref.rank, "immediate")]
+        return [
+            Dispatch(
+                req.rid, pref.instance, pref.rank, dref.instance, dref.rank, "immediate", self.priority(req)
+            )
+        ]

@@ -1,6 +1,7 @@
 """SGLang's own DP balancing (the `sglang` baseline): the router picks the instance round robin, as
 sglang-router's PD mode without `--dp-aware` does, and the engine's DP controller picks the rank
-(`--load-balance-method`, modelled by the engines), so dispatches carry no rank."""
+(`--load-balance-method`, modelled by the engines), so dispatches carry no rank. `sglang+prio` sends
+SBS's release key as each request's priority (`immediate.engine_priority`)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from sbs.scheduler.core.types import Decision, Dispatch, Request
 class EngineBalanced(DispatchAtOnce):
     """Instances in turn, skipping unusable ones; ranks left to the engine."""
 
-    def __init__(self, state: ClusterState) -> None:
-        super().__init__(state)
+    def __init__(self, state: ClusterState, send_priority: bool = False) -> None:
+        super().__init__(state, send_priority)
         self._next_prefill = 0
         self._next_decode = 0
 
@@ -26,7 +27,7 @@ class EngineBalanced(DispatchAtOnce):
         d, self._next_decode = _round_robin(st.decode_healthy, self._next_decode)
         st.instances[p].unpinned_tokens += req.prompt_tokens
         st.flights[req.rid] = Flight(p, None, req.prompt_tokens, d, None, kv)
-        return [Dispatch(req.rid, p, None, d, None, "immediate")]
+        return [Dispatch(req.rid, p, None, d, None, "immediate", self.priority(req))]
 
 
 def _round_robin(available: list[bool], start: int) -> tuple[int, int]:
