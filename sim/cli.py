@@ -5,6 +5,9 @@
                     [--cluster NAME|FILE] [--policies sbs,sbs-fcfs,eft,round_robin,...]
                     [--duration S] [--long-prompts COUNT:TOKENS] [--json OUT] [--plot OUT.png]
     sbs-sim sweep   --trace FILE --loads 0.3,0.5,0.7,0.9 --slo-ttft-p90 S [...]
+    sbs-sim capacity --trace FILE [--policies ...] [--duration S (120)] [--precision 0.03] [--no-knee] [...]
+    compare|sweep ... [--load-basis nominal|capacity [--capacity-tok-s X]]: loads as fractions of nominal
+                    or of the best immediate baseline's measured capacity (or X prompt tok/s)
     sbs-sim plan    --trace FILE --slo-ttft-p90 S --slo-tpot-p90 S [--policy sbs] [--cluster NAME|FILE]
                     [--max-prefill-groups N] [--max-decode-groups N] [--json OUT] [...]
 
@@ -25,7 +28,7 @@ from typing import Any
 
 import click
 from sbs.settings import scheduling
-from sbs.sim import report, sizing
+from sbs.sim import capacity, capacity_report, load_basis, report, sizing
 from sbs.sim.cluster import PRESETS, ClusterConfig, load_cluster
 from sbs.sim.costmodel import CostModel
 from sbs.sim.errors import SimInputError
@@ -41,8 +44,10 @@ SERVEGEN_DEFAULT_S = 600.0
 """Span generated for workloads without timestamps (ServeGen fits, length tables) without --duration."""
 LENGTHS_BASE_RPS = 10.0
 """Poisson rate a length table is given before --load or --rate-scale rescales it."""
-MAX_REQUESTS = 5_000_000
-"""Most requests a --duration may repeat a trace to (memory: about 1 KiB each)."""
+CAPACITY_DEFAULT_S = 120.0
+MAX_REQUESTS = 10_000_000
+"""Most requests a --duration may repeat a trace to (memory: about 0.25 KiB each per simulation job; the
+3,200-rank target's 6.26 M requests peak at 1.4 GiB)."""
 MAX_POLLS = 7 * 86_400
 """Most load polls a run may simulate: the simulator polls through idle spans, so a trace spanning
 years (a mistyped timestamp) would otherwise run for days."""
@@ -150,6 +155,20 @@ _OPTIONS: dict[str, Callable[[Callable], Callable]] = {
     ),
     "json": click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None),
     "plot": click.option("--plot", "plot_out", type=click.Path(dir_okay=False), default=None),
+    "load-basis": click.option(
+        "--load-basis",
+        type=click.Choice(["nominal", "capacity"]),
+        default="nominal",
+        show_default=True,
+        help="What a load of 1.0 is: the nominal prefill capacity, or the best immediate baseline's "
+        "measured capacity (`sbs-sim capacity`; measured first on this workload).",
+    ),
+    "capacity-tok-s": click.option(
+        "--capacity-tok-s",
+        type=float,
+        default=None,
+        help="With --load-basis capacity: a capacity (prompt tok/s) measured before; skips the search.",
+    ),
 }
 
 
@@ -191,9 +210,13 @@ def _compare(opts: dict[str, Any]) -> None:
         raise SimInputError("--rate-scale and --load are exclusive; give one")
     _check_range("--rate-scale", opts["rate_scale"], 0.0, None)
     _check_range("--load", opts["load"], 0.0, 5.0)
+    if opts["load_basis"] == "capacity" and opts["load"] is None:
+        raise SimInputError("--load-basis capacity scales --load; give --load (not --rate-scale)")
     wl = _workload(opts)
     pols = _policies(opts["policies"])
-    trace = wl.at(load=opts["load"], rate_scale=opts["rate_scale"])
+    scale, basis = _load_basis(opts, wl, pols)
+    load = None if opts["load"] is None else opts["load"] * scale
+    trace = wl.at(load=load, rate_scale=opts["rate_scale"])
     offered = trace.prompt_tokens_per_s
     click.echo(
         f"trace {trace.name}: {len(trace)} requests over {trace.duration_s:.1f} s "
@@ -210,6 +233,7 @@ def _compare(opts: dict[str, Any]) -> None:
         "trace": trace.name,
         "requests": len(trace),
         "load_of_nominal": offered / wl.nominal_tok_s,
+        **basis,
         "cluster": wl.cluster.model_dump(),
         "slo": {"ttft_s": opts["slo_ttft"], "tpot_s": opts["slo_tpot"]},
         "policies": {r["policy"]: r["summary"] for r in results},
@@ -237,16 +261,20 @@ def _sweep(opts: dict[str, Any]) -> None:
         _check_range("--loads", lv, 0.0, 5.0)
     wl = _workload(opts)
     pols = _policies(opts["policies"])
-    specs = [RunSpec(wl.at(load=lv), wl.cluster, p, load=lv) for lv in grid for p in pols]
+    scale, basis = _load_basis(opts, wl, pols)
+    specs = [RunSpec(wl.at(load=lv * scale), wl.cluster, p, load=lv) for lv in grid for p in pols]
     slo = {"slo_ttft_s": opts["slo_ttft"], "slo_tpot_s": opts["slo_tpot"]}
     results = run_many(specs, jobs=opts["jobs"], label="sweep", **slo)
     slo_p90 = opts["slo_ttft_p90"]
     best = report.max_load_meeting(results, slo_p90)
-    click.echo(report.sweep_table(results, grid, slo_p90, best))
+    of = f"capacity {basis['capacity_tok_s']:.0f} tok/s" if "capacity_tok_s" in basis else None
+    of = of or "nominal prefill capacity"
+    click.echo(report.sweep_table(results, grid, slo_p90, best, basis=of))
     doc = {
         "trace": wl.base.name,
         "slo_ttft_p90_s": slo_p90,
         "nominal_prefill_tok_s": wl.nominal_tok_s,
+        **basis,
         "max_load": best,
         "runs": [{"policy": r["policy"], "load": r["load"], **r["summary"]} for r in results],
     }
@@ -347,6 +375,58 @@ def _candidate_printer(slo: sizing.Slo) -> Callable[[sizing.Candidate], None]:
         )
 
     return show
+
+
+@main.command("capacity")
+@_options("trace", "format", "arrivals", "seed", "long-prompts", "cluster", "policies", "duration", "jobs")
+@click.option("--precision", type=float, default=0.03, show_default=True, help="Bisection's relative step.")
+@click.option("--knee/--no-knee", default=True, show_default=True, help="Also find each TTFT p90 knee.")
+@_options("json")
+def capacity_command(**opts: Any) -> None:
+    """Each policy's capacity (highest prompt tok/s with a bounded queue) and TTFT knee; --duration
+    defaults to 120 s per run."""
+    _guard(lambda: _capacity(opts))
+
+
+def _capacity(opts: dict[str, Any]) -> None:
+    _check_range("--precision", opts["precision"], 0.0, 0.5)
+    opts["duration"] = opts["duration"] or CAPACITY_DEFAULT_S
+    wl, pols = _workload(opts), _policies(opts["policies"])
+    click.echo(f"trace {wl.base.name}: {opts['duration']:g} s per run; nominal {wl.nominal_tok_s:.0f} tok/s")
+    t0 = time.monotonic()
+    settings = capacity.CapacitySettings(precision=opts["precision"], knee=opts["knee"])
+
+    def show(r: capacity.PolicyCapacity) -> None:
+        click.echo(capacity_report.result_line(r, time.monotonic() - t0))
+
+    results = capacity.measure(*_measuring(wl, pols), settings=settings, **_progress(opts), on_done=show)
+    elapsed = time.monotonic() - t0
+    click.echo(capacity_report.table(results) + f"\n({elapsed:.0f} s; cluster {wl.cluster.name})")
+    doc = capacity_report.document(results, wl.base.name, wl.cluster, wl.nominal_tok_s, opts, elapsed)
+    _write_outputs(doc, {**opts, "plot_out": None}, lambda path: None)
+
+
+def _measuring(wl: Workload, pols: list) -> tuple[Callable[[float], Trace], ClusterConfig, list, float]:
+    """The workload arguments of `capacity.measure`: the trace at a multiplier x of nominal, the
+    cluster, the policies, nominal."""
+    return (lambda x: wl.at(load=x)), wl.cluster, pols, wl.nominal_tok_s
+
+
+def _progress(opts: dict[str, Any]) -> dict[str, Any]:
+    def show(name: str, probe: capacity.Probe) -> None:
+        click.echo(capacity_report.probe_line(name, probe), err=True)
+
+    return {"jobs": opts["jobs"], "on_probe": show}
+
+
+def _load_basis(opts: dict[str, Any], wl: Workload, pols: list) -> tuple[float, dict[str, Any]]:
+    """The load multiplier of nominal per 1.0 of --load/--loads, and the JSON fields recording it."""
+    given = opts["capacity_tok_s"]
+    basis = load_basis.capacity_basis(opts["load_basis"], given, *_measuring(wl, pols), **_progress(opts))
+    if "capacity_tok_s" not in basis:
+        return 1.0, basis
+    click.echo(capacity_report.basis_line(basis, wl.nominal_tok_s))
+    return basis["capacity_tok_s"] / wl.nominal_tok_s, basis
 
 
 def _workload(opts: dict[str, Any]) -> Workload:

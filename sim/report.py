@@ -97,7 +97,12 @@ def max_load_meeting(results: list[dict[str, Any]], slo_p90_s: float) -> dict[st
 
 
 def sweep_table(
-    results: list[dict[str, Any]], grid: list[float], slo_p90_s: float, best: dict[str, float]
+    results: list[dict[str, Any]],
+    grid: list[float],
+    slo_p90_s: float,
+    best: dict[str, float],
+    *,
+    basis: str = "nominal prefill capacity",
 ) -> str:
     policies = list(dict.fromkeys(r["policy"] for r in results))
     p90 = {(r["policy"], r["load"]): r["summary"]["ttft_p90_s"] for r in results}
@@ -106,7 +111,7 @@ def sweep_table(
         rows.append([f"{lv:g}"] + [cell("{:.3f}", p90.get((p, lv))) for p in policies])
     rows.append([f"max@{slo_p90_s:g}s"] + [f"{best[p]:.3f}" for p in policies])
     lines = align(rows)
-    lines.insert(0, f"TTFT p90 (s) by load (fraction of nominal prefill capacity); SLO {slo_p90_s:g} s")
+    lines.insert(0, f"TTFT p90 (s) by load (fraction of {basis}); SLO {slo_p90_s:g} s")
     return "\n".join(lines)
 
 
