@@ -71,7 +71,7 @@ class Workload:
         elif load is not None:
             if trace.duration_s <= 0:
                 raise SimInputError(f"--load: {_instant(trace)}, so it has no load to scale")
-            trace = load_scaled(trace, load * self.nominal_tok_s)
+            trace = load_scaled(trace, load * self.nominal_tok_s, window_s=self.opts["duration"])
         trace = _arrivals(trace, self.opts["arrivals"], self.opts["seed"])
         duration = self.opts["duration"]
         if duration is not None and duration > trace.duration_s:

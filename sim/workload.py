@@ -32,15 +32,32 @@ def rate_scaled(trace: Trace, factor: float) -> Trace:
     return Trace(f"{trace.name} rate x{factor:g}", requests, trace.block_tokens)
 
 
-def load_scaled(trace: Trace, target_prompt_tokens_per_s: float) -> Trace:
-    """Stretch or compress time so the mean offered prompt load is `target_prompt_tokens_per_s`."""
+def load_scaled(trace: Trace, target_prompt_tokens_per_s: float, *, window_s: float | None = None) -> Trace:
+    """Stretch or compress time so the mean offered prompt load is `target_prompt_tokens_per_s`.
+
+    With `window_s`, so that the first `window_s` seconds offer it (a run that keeps only the start
+    of a trace gets the load it asked for, though a trace's load varies along it); when the scaled
+    trace is shorter than the window (it will be repeated), its mean does."""
     _positive("target_prompt_tokens_per_s", target_prompt_tokens_per_s)
     if trace.prompt_tokens_per_s <= 0:
         raise ValueError(
             f"trace {trace.name!r} spans {trace.duration_s:g} s, so its load cannot be scaled "
             "(needs at least two distinct arrival times)"
         )
-    return rate_scaled(trace, target_prompt_tokens_per_s / trace.prompt_tokens_per_s)
+    plain = rate_scaled(trace, target_prompt_tokens_per_s / trace.prompt_tokens_per_s)
+    if window_s is None or plain.duration_s <= window_s:
+        return plain
+    _positive("window_s", window_s)
+    # The window keeps the requests arriving before window_s × f in the trace's own time (f: the rate
+    # factor); it offers the target when they carry target × window_s prompt tokens.
+    cumulative = np.cumsum([r.prompt_tokens for r in trace.requests], dtype=np.float64)
+    k = int(np.searchsorted(cumulative, target_prompt_tokens_per_s * window_s, side="left"))
+    arrivals = np.array([r.arrival_s for r in trace.requests])
+    after = int(np.searchsorted(arrivals, arrivals[min(k, len(arrivals) - 1)], side="right"))
+    if after >= len(arrivals):  # the whole trace is not enough: it will be repeated at its mean
+        return plain
+    cut = 0.5 * (arrivals[after - 1] + arrivals[after])  # keeps the requests before `after`
+    return rate_scaled(trace, cut / window_s)
 
 
 def truncated(trace: Trace, duration_s: float) -> Trace:

@@ -58,6 +58,21 @@ def test_load_scaled_hits_the_target_prompt_load():
     assert workload.load_scaled(trace, 50.0).prompt_tokens_per_s == pytest.approx(50.0)
 
 
+def test_load_scaled_gives_the_kept_window_its_load_on_an_uneven_trace():
+    # A light first half (one 100-token request a second), then a heavy one (ten a second).
+    arrivals = [float(i) for i in range(100)] + [100.0 + 0.1 * i for i in range(1000)]
+    trace = build_trace("uneven", arrivals, [100] * 1100, [1] * 1100)
+    target = 400.0  # the mean is 1100 / 2 = 550 tok/s before scaling
+    window = 40.0
+    whole = workload.truncated(workload.load_scaled(trace, target), window)
+    assert sum(r.prompt_tokens for r in whole.requests) / window < 0.5 * target  # the mean misleads
+    scaled = workload.load_scaled(trace, target, window_s=window)
+    kept = workload.truncated(scaled, window)
+    assert sum(r.prompt_tokens for r in kept.requests) / window == pytest.approx(target, rel=0.01)
+    # A window the scaled trace does not fill is repeated later: its mean is the load.
+    assert workload.load_scaled(trace, target, window_s=1e4).prompt_tokens_per_s == pytest.approx(target)
+
+
 def test_load_scaled_refuses_a_trace_without_a_span():
     with pytest.raises(ValueError, match="spans 0 s"):
         workload.load_scaled(build_trace("t", [5.0, 5.0], [1, 1], [1, 1]), 100.0)
