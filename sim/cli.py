@@ -71,7 +71,9 @@ class Workload:
         elif load is not None:
             if trace.duration_s <= 0:
                 raise SimInputError(f"--load: {_instant(trace)}, so it has no load to scale")
-            trace = load_scaled(trace, load * self.nominal_tok_s, window_s=self.opts["duration"])
+            own_times = self.opts["arrivals"] == "trace"  # synthetic arrivals are stationary: the mean
+            window = self.opts["duration"] if own_times else None
+            trace = load_scaled(trace, load * self.nominal_tok_s, window_s=window)
         trace = _arrivals(trace, self.opts["arrivals"], self.opts["seed"])
         duration = self.opts["duration"]
         if duration is not None and duration > trace.duration_s:
