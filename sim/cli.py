@@ -39,7 +39,13 @@ from sbs.sim.runner import RunSpec, run_many
 from sbs.sim.trace import Trace
 from sbs.sim.workload import bursty, load_scaled, rate_scaled, synthetic, tiled, truncated
 
-DEFAULT_POLICIES = "sbs,sbs-fcfs,eft,round_robin,random,least_load,power_of_two,sglang"
+DEFAULT_POLICIES = (
+    "sbs,sbs-fcfs,eft,eft+prio,sglang,sglang+prio,sglang+delayer,least_load,least_load+prio,"
+    "power_of_two,round_robin,random"
+)
+"""The whole field: SBS and its FCFS variant, the strongest immediate policy (eft), what SGLang's
+engines offer a plain router (priority scheduling fed SBS's key, the prefill delayer), and the
+routers' rank pickers; a first comparison is the honest one."""
 SERVEGEN_DEFAULT_S = 600.0
 """Span generated for workloads without timestamps (ServeGen fits, length tables) without --duration."""
 LENGTHS_BASE_RPS = 10.0

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from sbs.settings import scheduling
 from sbs.sim import cli
 from sbs.sim.errors import SimInputError
 from sbs.sim.long_prompts import parse_long_prompts, with_long_prompts
@@ -75,6 +76,8 @@ def test_a_share_is_part_of_the_workload_and_counted_by_the_load(tmp_path: Path)
     assert doc["load_of_nominal"] == pytest.approx(0.4, rel=0.02)  # the long prompts inside the load
 
 
-def test_a_first_comparison_runs_sbs_fcfs_and_eft_beside_sbs() -> None:
+def test_a_first_comparison_runs_the_whole_field() -> None:
     names = cli.DEFAULT_POLICIES.split(",")
     assert names[:3] == ["sbs", "sbs-fcfs", "eft"] and {"least_load", "sglang"} <= set(names)
+    assert {"eft+prio", "sglang+prio", "sglang+delayer"} <= set(names)  # what SGLang's engines offer
+    assert all(scheduling.policy_settings(n).name == n for n in names)
