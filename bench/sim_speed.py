@@ -11,8 +11,10 @@ instances × DP32 plus 8 decode × DP144), the trace at 0.7 of nominal repeated 
 sbs, in at most 300 CPU seconds on one core. `--tile S` shortens that (the verdict then projects the
 CPU seconds linearly to the full 600 s and says so).
 
-Every run also reports the CPU seconds spent inside the scheduling core (`Scheduler.handle` and
-`next_deadline`, timed around each call) and the rest, the simulator's own share.
+Every run also reports the CPU seconds spent on the scheduler's side of the loop (each replica's
+`CoreLoop.handle`: the core's `handle` and `next_deadline`, and queuing what they return) and the rest,
+the simulator's own share. The side is timed by the cheap wall clock around each call and scaled by the
+run's CPU/wall ratio: reading the process CPU clock a million times would itself cost seconds.
 
 Run: `python -m sbs.bench.sim_speed [--policies sbs,least_load] [--cases own,load] [--duration S]`
 or `python -m sbs.bench.sim_speed --target 3200 [--tile S]`.
@@ -27,6 +29,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from sbs.scheduler.core.events import Event
+from sbs.scheduler.core.types import Decision
 from sbs.settings.scheduling import policy_settings
 from sbs.sim.cluster import PRESETS, ClusterConfig
 from sbs.sim.costmodel import CostModel
@@ -69,24 +73,21 @@ def _progress(label: str) -> Callable[[float], None]:
 
 
 def _time_core(sim: Simulation) -> list[float]:
-    """Wrap every replica's `Scheduler.handle` and `next_deadline` to sum their CPU seconds (one cell)."""
+    """Wrap every replica's `CoreLoop.handle` to sum its wall seconds (one cell)."""
     spent = [0.0]
-    clock = time.process_time
+    clock = time.perf_counter
 
-    def timed(fn: Callable[..., object]) -> Callable[..., object]:
-        def call(*args: object) -> object:
+    def timed(fn: Callable[[Event | None, float], list[Decision]]) -> Callable[..., list[Decision]]:
+        def call(event: Event | None, t: float) -> list[Decision]:
             c = clock()
-            try:
-                return fn(*args)
-            finally:
-                spent[0] += clock() - c
+            out = fn(event, t)
+            spent[0] += clock() - c
+            return out
 
         return call
 
     for core in sim.replicas.cores:
-        sched = core.scheduler
-        sched.handle = timed(sched.handle)  # type: ignore[method-assign]
-        sched.next_deadline = timed(sched.next_deadline)  # type: ignore[method-assign]
+        core.handle = timed(core.handle)  # type: ignore[method-assign]
     return spent
 
 
@@ -98,7 +99,8 @@ def run_case(trace: Trace, cluster: ClusterConfig, policy: str, label: str) -> R
     w0 = time.perf_counter()
     result = sim.run()
     cpu = time.process_time() - c0
-    return Run(label, trace.duration_s, len(trace), result.events, cpu, core[0], time.perf_counter() - w0)
+    wall = time.perf_counter() - w0
+    return Run(label, trace.duration_s, len(trace), result.events, cpu, core[0] * cpu / wall, wall)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -19,10 +19,10 @@ With SGLang's priority scheduling on, both take waiting requests in priority ord
 
 from __future__ import annotations
 
-import heapq
 import random
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 import numpy as np
 from sbs.scheduler.core.types import InstanceSpec, RankLoad
@@ -255,6 +255,9 @@ class DecodeJob:
     """The request's SGLang `priority` (used only with priority scheduling on)."""
 
 
+_rid = attrgetter("rid")
+
+
 @dataclass(slots=True)
 class DecodeStep:
     started_s: float
@@ -295,7 +298,9 @@ class DecodeEngine:
         """Requests dispatched here whose KV is still being prefilled/transferred (prealloc queue)."""
         self.reserved_kv = [0] * n
         self.step_index = 0
-        self._finish_heap: list[tuple[int, int, DecodeJob]] = []
+        self._finishing: dict[int, list[DecodeJob]] = {}
+        """Running jobs by the index of their last step."""
+        self._running = 0
         self.running: DecodeStep | None = None
         self._joined: list[DecodeJob] = []
         self._rr = 0
@@ -304,7 +309,7 @@ class DecodeEngine:
         return self.running is not None
 
     def has_work(self) -> bool:
-        return bool(self._finish_heap) or self.n_waiting > 0
+        return self._running > 0 or self.n_waiting > 0
 
     def pick_rank(self) -> int:
         """In-engine DP balancing for requests without a rank (SGLang decode default: round robin)."""
@@ -341,11 +346,13 @@ class DecodeEngine:
                     q.remove(job)
                     self.n_waiting -= 1
                     return True
-        for i, (_, heap_rid, job) in enumerate(self._finish_heap):
-            if heap_rid == rid:
-                self._finish_heap[i] = self._finish_heap[-1]
-                self._finish_heap.pop()
-                heapq.heapify(self._finish_heap)
+        for step, jobs in self._finishing.items():
+            job = next((j for j in jobs if j.rid == rid), None)
+            if job is not None:
+                jobs.remove(job)
+                if not jobs:
+                    del self._finishing[step]
+                self._running -= 1
                 self.batch[job.rank] -= 1
                 self.kv[job.rank] -= job.kv_tokens + (self.step_index - job.joined_step)
                 return True
@@ -368,7 +375,8 @@ class DecodeEngine:
                 self.batch[r] += 1
                 self.kv[r] += job.kv_tokens
                 job.joined_step = self.step_index
-                heapq.heappush(self._finish_heap, (self.step_index + job.steps - 1, job.rid, job))
+                self._finishing.setdefault(self.step_index + job.steps - 1, []).append(job)
+                self._running += 1
                 self._joined.append(job)
             if not q:
                 self._waiting_ranks.discard(r)
@@ -376,7 +384,7 @@ class DecodeEngine:
     def start_step(self, now: float) -> float:
         if self.n_waiting:
             self._admit()
-        if not self._finish_heap:
+        if not self._running:
             return 0.0
         duration = self.cost.decode_step_s(self.batch, self.kv, ep_size=self.ep_size)
         if self.jitter_cv > 0:
@@ -391,12 +399,15 @@ class DecodeEngine:
         rec = self.running
         assert rec is not None, "finish_step without a running step"
         self.kv += self.batch
-        heap = self._finish_heap
-        while heap and heap[0][0] <= self.step_index:
-            _, rid, job = heapq.heappop(heap)
-            self.batch[job.rank] -= 1
-            self.kv[job.rank] -= job.kv_tokens + job.steps
-            rec.finished.append(rid)
+        jobs = self._finishing.pop(self.step_index, None)  # a job's last step is never in the past
+        if jobs:
+            jobs.sort(key=_rid)
+            batch, kv = self.batch, self.kv
+            for job in jobs:
+                batch[job.rank] -= 1
+                kv[job.rank] -= job.kv_tokens + job.steps
+            rec.finished.extend(map(_rid, jobs))
+            self._running -= len(jobs)
         self.step_index += 1
         self.running = None
         return rec

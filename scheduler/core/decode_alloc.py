@@ -170,32 +170,59 @@ def _place(
     return order, chosen, masked
 
 
-def _packed(
-    lb: Sequence[int], lk: Sequence[int], top_k: int, top_need: int
-) -> tuple[list[int], int, int, type]:
+@dataclass(frozen=True, slots=True)
+class _Packed:
+    """The result of `_packed`."""
+
+    keys: list[int]
     """The ranks as one integer each, (B - min B, K - min K, pos) packed so that integer order is
-    (B, K, pos) order, in ascending order (so also a heap); the K field's and the B field's shift; and a
-    numpy dtype that holds the keys and the requests' key increments. `top_k` bounds every K of the round
-    (the largest capacity), `top_need` every request's KV; B and K only grow, and a placed K never
-    exceeds its capacity, so the K field never overflows into the B field."""
-    kmin, kmax, bmin, bmax = min(lk), max(lk), min(lb), max(lb)
-    sk = max(len(lb) - 1, 1).bit_length()
+    (B, K, pos) order, in ascending order (so also a heap)."""
+    sk: int
+    """The K field's shift."""
+    sb: int
+    """The B field's shift."""
+    dtype: type
+    """A numpy dtype that holds the keys and the requests' key increments."""
+    bmin: int
+    bmax: int
+    k_array: np.ndarray | None
+    """K as int64 (None where a value does not fit)."""
+
+    def sorted_k(self, lk: Sequence[int]) -> list[int]:
+        """`sorted(lk)`, `lk` the K the keys were packed from."""
+        return sorted(lk) if self.k_array is None else np.sort(self.k_array).tolist()
+
+
+def _packed(lb: Sequence[int], lk: Sequence[int], top_k: int, top_need: int) -> _Packed:
+    """The ranks packed (`_Packed`). `top_k` bounds every K of the round (the largest capacity),
+    `top_need` every request's KV; B and K only grow, and a placed K never exceeds its capacity, so the
+    K field never overflows into the B field."""
+    n = len(lb)
+    try:  # the extremes by numpy (a fraction of Python's min and max over long lists)
+        ab, ak = np.fromiter(lb, np.int64, n), np.fromiter(lk, np.int64, n)
+        kmin, kmax, bmin, bmax = int(ak.min()), int(ak.max()), int(ab.min()), int(ab.max())
+    except OverflowError:
+        ab = ak = None
+        kmin, kmax, bmin, bmax = min(lk), max(lk), min(lb), max(lb)
+    sk = max(n - 1, 1).bit_length()
     sb = sk + max(max(kmax, top_k) - kmin, 1).bit_length()
     top = max(kmax, -kmin, bmax, -bmin).bit_length()
     fits = top < 62 and (bmax - bmin).bit_length() + sb < 62 and top_need.bit_length() + sk < 62
     dtype = np.int64 if fits else object  # object: Python ints, for sizes int64 cannot hold
-    keys = ((np.fromiter(lb, dtype, len(lb)) - bmin) << sb) + ((np.fromiter(lk, dtype, len(lk)) - kmin) << sk)
-    keys += np.arange(len(lb))
+    if ab is None or ak is None or not fits:
+        ab, ak = np.fromiter(lb, dtype, n), np.fromiter(lk, dtype, n)
+    keys = ((ab - bmin) << sb) + ((ak - kmin) << sk)
+    keys += np.arange(n)
     keys.sort()
-    return keys.tolist(), sk, sb, dtype
+    return _Packed(keys.tolist(), sk, sb, dtype, bmin, bmax, ak if ak.dtype == np.int64 else None)
 
 
-def _full_at(lb: Sequence[int], lm: Sequence[int], n_items: int) -> list[int]:
+def _full_at(packed: _Packed, lm: Sequence[int], n_items: int) -> list[int]:
     """Per rank the B - min(B) at which it is full (max_running), or a bound it never reaches."""
-    bmin = min(lb)
-    never = max(lb) + n_items + 1
+    bmin = packed.bmin
+    never = packed.bmax + n_items + 1
     if lm.count(lm[0]) == len(lm):
-        return [(lm[0] if lm[0] > 0 else never) - bmin] * len(lb)
+        return [(lm[0] if lm[0] > 0 else never) - bmin] * len(lm)
     return [(r if r > 0 else never) - bmin for r in lm]
 
 
@@ -218,11 +245,13 @@ def _one_capacity(
     """
     n_items = len(needs)
     cap = lc[0]
-    rest, sk, sb, dtype = _packed(lb, lk, cap, needs[0] if needs else 0)  # needs: largest first
-    ks: list[int] | None = sorted(lk)  # the sorted K, kept exact while there are no windows
+    packed = _packed(lb, lk, cap, needs[0] if needs else 0)  # needs: largest first
+    rest, sk, sb, dtype = packed.keys, packed.sk, packed.sb, packed.dtype
+    ks: list[int] | None = packed.sorted_k(lk)  # the sorted K, kept exact while there are no windows
     pmask = (1 << sk) - 1
     incs = ((np.fromiter(needs, dtype, n_items) << sk) + (1 << sb)).tolist()  # a placement's key increment
-    full_at = _full_at(lb, lm, n_items)
+    full_at = _full_at(packed, lm, n_items)
+    gone = 0  # ranks that left the round (max_running reached)
     efull = (min(full_at) - 1) << sb  # a rank whose key is below this does not fill when placed
     kpos: list[float] = list(lk)  # K per rank; inf once it left the round
     kmax = ks[-1]
@@ -247,7 +276,7 @@ def _one_capacity(
         else:
             win = None
             if ks is None:
-                ks = sorted([k for k in kpos if k != INF])  # type: ignore[misc]
+                ks = sorted([k for k in kpos if k != INF] if gone else kpos)  # type: ignore[misc]
             n = bisect_right(ks, lim)
             if not n:
                 append(-1)
@@ -301,6 +330,7 @@ def _one_capacity(
         i += 1
         if (e >> sb) >= full_at[p]:  # max_running reached: the rank leaves the round
             kpos[p] = INF
+            gone += 1
             if ks is not None:
                 del ks[bisect_left(ks, k)]
             win = None
@@ -365,8 +395,9 @@ def _mixed_capacities(
     min_candidates: int,
 ) -> tuple[list[int], int]:
     """Mixed capacities: sorted K per capacity; ranks a request cannot use are set aside for it only."""
-    heap, sk, sb, _ = _packed(lb, lk, max(lc), needs[0] if needs else 0)  # needs: largest first
-    full_at = _full_at(lb, lm, len(needs))
+    packed = _packed(lb, lk, max(lc), needs[0] if needs else 0)  # needs: largest first
+    heap, sk, sb = packed.keys, packed.sk, packed.sb
+    full_at = _full_at(packed, lm, len(needs))
     pmask = (1 << sk) - 1
     kmask = (1 << (sb - sk)) - 1
     binc = 1 << sb

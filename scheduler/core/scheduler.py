@@ -115,7 +115,8 @@ class Scheduler:
                 state.set_health(role, i, ok)
             case None:
                 pass
-        return out + self.policy.tick(now)
+        released = self.policy.tick(now)
+        return out + released if out else released
 
     def next_deadline(self) -> float | None:
         """When the caller must call `handle(None, t)` next, or None if only events can help."""

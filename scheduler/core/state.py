@@ -13,7 +13,7 @@ A prefill instance that overruns its prediction by far, or an unhealthy one, is 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, repeat
 
@@ -35,9 +35,54 @@ class Carry:
     """Tokens of the prompt already prefilled (the prefix the next chunk attends to)."""
 
 
+class Revision:
+    """A counter of changes to the prefill instances' state, shared by a `ClusterState`'s instances, so
+    that a value derived from all of them (a policy's earliest release time) is recomputed only when one
+    changed (and then only from the instances that did: `PrefillInstanceState.take_changed`)."""
+
+    __slots__ = ("n",)
+
+    def __init__(self) -> None:
+        self.n = 0
+
+
+_LOOSE = Revision()
+"""Counts the changes of no `ClusterState` (a field set in `__init__`, before `revision` is)."""
+
+
+class _Steps(deque):  # type: ignore[type-arg]
+    """`PrefillInstanceState.planned`: a deque whose changes count in its instance's `Revision` and set
+    its own `changed`."""
+
+    revision = _LOOSE
+    changed = True
+
+
+def _counted(name: str) -> Callable[..., object]:
+    base = getattr(deque, name)
+
+    def method(self: _Steps, *args: object) -> object:
+        self.revision.n += 1
+        self.changed = True
+        return base(self, *args)
+
+    method.__name__ = name
+    return method
+
+
+_MUTATORS = (
+    "append appendleft extend extendleft pop popleft clear remove insert rotate __setitem__ __delitem__"
+)
+for _name in [*_MUTATORS.split(), "__iadd__"]:
+    setattr(_Steps, _name, _counted(_name))
+
+
 @dataclass(slots=True)
 class PrefillInstanceState:
-    """What the scheduler believes about one prefill instance."""
+    """What the scheduler believes about one prefill instance.
+
+    Every change of a field, or of `planned`, counts in `revision` and marks the instance changed
+    (`take_changed`); changes inside `carries` do not."""
 
     spec: InstanceSpec
     offset: int
@@ -57,6 +102,27 @@ class PrefillInstanceState:
     """Not offered buffered work before this time (everything waits for cache affinity elsewhere)."""
     unpinned_tokens: int = 0
     """Outstanding tokens sent without a rank (the engine's own DP balancer places them)."""
+    revision: Revision = field(default_factory=Revision, repr=False, compare=False)
+    changed: bool = field(default=True, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        steps = _Steps(self.planned)
+        steps.revision = self.revision
+        self.planned = steps
+
+    def __setattr__(self, name: str, value: object) -> None:
+        object.__setattr__(self, name, value)
+        if name != "changed":
+            object.__setattr__(self, "changed", True)
+            getattr(self, "revision", _LOOSE).n += 1
+
+    def take_changed(self) -> bool:
+        """Whether the instance changed since the last call (for one reader: its policy's cache)."""
+        steps = self.planned
+        if not (self.changed or steps.changed):  # type: ignore[attr-defined]
+            return False
+        self.changed = steps.changed = False  # type: ignore[attr-defined]
+        return True
 
     @property
     def available(self) -> bool:
@@ -212,8 +278,11 @@ class ClusterState:
         self.decode_specs = list(decode)
         self.prefill = RankCounters(self.prefill_specs, transit_s)
         self.decode = RankCounters(self.decode_specs, transit_s)
+        self.revision = Revision()
+        """Counts changes to `instances` (see `PrefillInstanceState`)."""
         self.instances = [
-            PrefillInstanceState(spec=s, offset=o) for s, o in zip(prefill, self.prefill.offsets, strict=True)
+            PrefillInstanceState(spec=s, offset=o, revision=self.revision)
+            for s, o in zip(prefill, self.prefill.offsets, strict=True)
         ]
         self.decode_healthy = [True] * len(self.decode_specs)
         self.decode_refs = [RankRef(i, r) for i, s in enumerate(self.decode_specs) for r in range(s.dp_size)]
@@ -225,6 +294,7 @@ class ClusterState:
         self.stats = SchedulerStats()
         self._live_cache: tuple[tuple[bool, ...], list[int]] = ((), [])
         self._decode_live_cache: tuple[tuple[bool, ...], list[int]] = ((), [])
+        self._decode_available: tuple[tuple[bool, ...], list[bool]] = ((), [])
 
     # -- views ------------------------------------------------------------------------------------
 
@@ -253,9 +323,13 @@ class ClusterState:
         return self._decode_live_cache[1]
 
     def decode_available(self) -> list[bool]:
-        """Per flat decode rank: its instance is healthy."""
-        healthy = zip(self.decode_healthy, self.decode_specs, strict=True)
-        return list(chain.from_iterable(repeat(ok, spec.dp_size) for ok, spec in healthy))
+        """Per flat decode rank: its instance is healthy (a list kept until the health changes: read only)."""
+        key = tuple(self.decode_healthy)
+        if self._decode_available[0] != key:
+            healthy = zip(key, self.decode_specs, strict=True)
+            available = list(chain.from_iterable(repeat(ok, spec.dp_size) for ok, spec in healthy))
+            self._decode_available = (key, available)
+        return self._decode_available[1]
 
     def prefill_ref(self, flat: int) -> RankRef:
         for i, st in enumerate(self.instances):

@@ -21,6 +21,7 @@ from operator import add, itemgetter, le, mul
 from sbs.scheduler.core.capacity import PrefillCapacityModel
 from sbs.scheduler.core.policies import sbs_timing
 from sbs.scheduler.core.policies.decode_choice import lexicographic_ranks
+from sbs.scheduler.core.policies.sbs_clock import ReleaseClock
 from sbs.scheduler.core.prefill_alloc import water_fill_lists
 from sbs.scheduler.core.prefix_index import PrefixIndex
 from sbs.scheduler.core.state import Carry, ClusterState, Flight
@@ -44,6 +45,8 @@ class StaggeredBatching:
         self.suspect_overrun = suspect_overrun
         self.batching = settings.batching
         self.block_tokens = block_tokens
+        self.clock = ReleaseClock(state, settings.batching, suspect_overrun)
+        """The timing rules folded over the instances, kept between changes of their state."""
         self.buffer: dict[int, Request] = {}
         """Buffered requests in arrival order (the hold guard looks at the oldest)."""
         self._queue: list[tuple[float, int]] = []
@@ -99,16 +102,12 @@ class StaggeredBatching:
     def next_deadline(self) -> float | None:
         if not self.buffer:
             return None
-        instances = self.state.instances
-        hold = sbs_timing.hold_s(instances, self.batching)
+        clock = self.clock.fresh()
+        hold = clock.hold_s
         deadline = next(iter(self.buffer.values())).arrival_s + hold
-        if self.state.unusable_side() is not None:
+        if not clock.prefill_usable or not any(self.state.decode_healthy):
             return deadline + hold  # then reject what is still held, retryable
-        idle_from = self._idle_from()
-        lead = self.batching.lead_s
-        return min(
-            deadline, *(sbs_timing.release_time(st, lead_s=lead, idle_from=idle_from) for st in instances)
-        )
+        return min(deadline, clock.release_min(self._idle_from()))
 
     def tick(self, now: float) -> list[Decision]:
         """Release to every instance that is due, then force out what was held too long."""
@@ -116,9 +115,15 @@ class StaggeredBatching:
         if not self.buffer:
             return out
         state = self.state
-        sbs_timing.mark_suspects(state.instances, now, self.suspect_overrun)
+        clock = self.clock.fresh()
+        if now > clock.suspect_at:
+            sbs_timing.mark_suspects(state.instances, now, self.suspect_overrun)
+            clock.fresh()
         if not any(state.decode_healthy):  # nowhere to decode: hold, then reject retryable
             return self._reject_stale(now, "no healthy decode instance within the hold time")
+        oldest_s = next(iter(self.buffer.values())).arrival_s
+        if clock.release_min(self._idle_from()) > now and oldest_s + clock.hold_s > now:
+            return out  # none is due, none is held too long (most events)
         tried: set[int] = set()
         while self.buffer:
             p = self._due_instance(now, tried)
@@ -131,7 +136,7 @@ class StaggeredBatching:
             out.extend(self._release_to(p, now, reason))
         while self.buffer:
             oldest = next(iter(self.buffer.values()))
-            if oldest.arrival_s + sbs_timing.hold_s(state.instances, self.batching) > now:
+            if oldest.arrival_s + self.clock.fresh().hold_s > now:
                 break
             live = [i for i, st in enumerate(state.instances) if st.available]
             if not live:
@@ -153,7 +158,7 @@ class StaggeredBatching:
 
     def interval_s(self) -> float:
         """Adaptive release interval: measured step time over the instances sharing the load."""
-        return sbs_timing.interval_s(self.state.instances, self.batching)
+        return self.clock.fresh().interval_s
 
     def _idle_from(self) -> float:
         """When idle instances may take work: at once under the bypass, else one interval after the
@@ -165,6 +170,8 @@ class StaggeredBatching:
     def _due_instance(self, now: float, tried: set[int]) -> int | None:
         """The instance due now whose step ends first (ties: lowest index), if any."""
         idle_from = self._idle_from()
+        if self.clock.fresh().release_min(idle_from) > now:
+            return None  # none is due
         lead = self.batching.lead_s
         best: tuple[float, int] | None = None
         for i, st in enumerate(self.state.instances):

@@ -212,7 +212,12 @@ def interval_s(instances: Sequence[PrefillInstanceState], b: BatchingSettings) -
 def mark_suspects(instances: Sequence[PrefillInstanceState], now: float, overrun: float) -> None:
     """An instance overrunning its predicted step by far (and 1 s) is suspect until it reports."""
     for st in instances:
-        if st.planned and not st.suspect:
-            grace = max(1.0, (overrun - 1.0) * max(st.step_ewma_s, st.planned[0][1]))
-            if now > st.busy_until_s + grace:
-                st.suspect = True
+        if now > suspect_after(st, overrun):
+            st.suspect = True
+
+
+def suspect_after(st: PrefillInstanceState, overrun: float) -> float:
+    """After when `st` is suspect (`mark_suspects`): inf when idle or suspect already."""
+    if not st.planned or st.suspect:
+        return math.inf
+    return st.busy_until_s + max(1.0, (overrun - 1.0) * max(st.step_ewma_s, st.planned[0][1]))
