@@ -1,0 +1,47 @@
+"""`python -m sbs.bench.field_table`: its tables from capacity and sweep JSON documents."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sbs.bench import field_table
+
+
+def cap(tok_s: float, status: str = "measured") -> dict:
+    return {"capacity_tok_s": tok_s, "capacity_of_nominal": tok_s / 1e6, "status": status}
+
+
+def run(policy: str, load: float, mean: float, p90: float) -> dict:
+    return {"policy": policy, "load": load, "ttft_mean_s": mean, "ttft_p90_s": p90}
+
+
+def test_sbs_is_compared_with_the_best_mean_and_the_best_p90_and_fcfs_with_arrival_order(tmp_path: Path):
+    caps = {
+        "sbs": cap(90e3),
+        "sbs-fcfs": cap(95e3),
+        "eft": cap(100e3),
+        "eft+prio": cap(120e3, "above max load"),
+    }
+    runs = [
+        run("sbs", 0.5, 1.0, 3.0), run("sbs-fcfs", 0.5, 1.5, 2.0),
+        run("eft", 0.5, 2.2, 2.5), run("eft+prio", 0.5, 2.0, 4.0),
+    ]  # fmt: skip
+    (tmp_path / "w-capacity.json").write_text(json.dumps({"policies": caps}))
+    (tmp_path / "w-sweep.json").write_text(json.dumps({"runs": runs}))
+    assert field_table.best_immediate(caps) == ("eft+prio", 120e3)
+    text = "\n".join(field_table.tables("w", tmp_path))
+    assert "eft+prio 120+ (0.120)" in text and "sbs capacity vs best immediate (eft+prio): -25.0%" in text
+    # sbs: mean vs eft+prio's 2.0 (-50 %), p90 vs eft's 2.5, the best of any (+20 %: a loss, shown)
+    # sbs-fcfs: only eft keeps arrival order (mean 1.5 / 2.2 - 1 = -32 %, p90 2.0 / 2.5 - 1 = -20 %)
+    assert (
+        "| 0.5 | 1.00/3.00 | eft+prio 2.00/4.00 | -50%, +20% | 1.50/2.00 | eft 2.20/2.50 | -32%, -20% |"
+        in text
+    )
+
+
+def test_an_unknown_workload_is_refused_by_name(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        field_table.main(["--workloads", "azure,nope", "--tables-only"])
+    assert "--workloads: unknown 'nope'" in capsys.readouterr().err
