@@ -47,7 +47,8 @@ def settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             "--policy",
             type=click.Choice(scheduling.POLICY_NAMES),
             default=None,
-            help="Scheduling policy (default sbs).",
+            help="Scheduling policy (default sbs); an immediate one may add +prio (send SBS's size-aware "
+            "priority to engines run with --enable-priority-scheduling).",
         ),
         click.option(
             "--prefill",

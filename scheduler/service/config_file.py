@@ -66,7 +66,8 @@ def build_settings(
     """Validate a config mapping with flag overrides applied on top (top-level keys, `policy`).
 
     `overrides` may hold `host`, `port`, `prefill`/`decode` (lists of engine dicts, replacing the
-    file's) and `policy` (a name: replaces the file's policy unless it is already of that type).
+    file's) and `policy` (a name, engine options after `+`: replaces the file's policy unless it is
+    already of that type, whose settings it then keeps).
     """
     merged: dict[str, Any] = {k: v for k, v in (data or {}).items()}
     o = dict(overrides or {})
@@ -79,14 +80,17 @@ def build_settings(
     if engines:
         merged["engines"] = engines
     if policy is not None:
-        if policy not in scheduling.POLICY_NAMES:
-            raise SettingsError(
-                f"--policy: unknown policy {policy!r}; valid: {', '.join(scheduling.POLICY_NAMES)}"
-            )
+        try:
+            named = scheduling.policy_settings(policy)  # `least_load+prio`: options after the name
+        except ValueError as exc:
+            raise SettingsError(f"--policy: {exc}") from None
         sched = dict(merged.get("scheduler") or {})
         current = sched.get("policy")
-        if not (isinstance(current, dict) and current.get("type", "sbs") == policy):
-            sched["policy"] = {"type": policy}
+        options = named.model_dump(exclude_defaults=True)
+        if isinstance(current, dict) and current.get("type", "sbs") == named.type:
+            sched["policy"] = {**current, **options}  # the file's settings of that policy, kept
+        else:
+            sched["policy"] = {"type": named.type, **options}
         merged["scheduler"] = sched
     merged.update({k: v for k, v in o.items() if v is not None})
     try:

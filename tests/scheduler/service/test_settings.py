@@ -102,6 +102,16 @@ def test_the_live_service_refuses_the_engines_own_options_by_field() -> None:
         build_settings(data, where="f.yaml")
 
 
+def test_the_policy_flag_takes_engine_options_and_keeps_the_files_settings_of_that_policy() -> None:
+    data = {"scheduler": {"policy": {"type": "eft", "decode_rule": "random"}}}
+    p = build_settings(data, overrides={"policy": "eft+prio"}).scheduler.policy
+    assert isinstance(p, scheduling.EftPolicy) and p.engine_priority and p.decode_rule == "random"
+    p = build_settings(data, overrides={"policy": "least_load+prio"}).scheduler.policy
+    assert isinstance(p, scheduling.LeastLoadPolicy) and p.engine_priority
+    with pytest.raises(SettingsError, match=r"--policy: policy 'eft\+fast': unknown option 'fast'"):
+        build_settings({}, overrides={"policy": "eft+fast"})
+
+
 def test_engine_flag_parses_key_values() -> None:
     assert parse_engine_flag("http://p:30000,bootstrap_port=8998,dp_size=4", "--prefill") == {
         "url": "http://p:30000",
