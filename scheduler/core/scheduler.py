@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from sbs.scheduler.core import policies
+from sbs.scheduler.core import carry, policies
 from sbs.scheduler.core.capacity import PrefillCapacityModel
 from sbs.scheduler.core.events import (
     EngineHealth,
@@ -42,6 +42,7 @@ class Scheduler:
         if not prefill or not decode:
             raise ValueError("a scheduler needs at least one prefill and one decode instance")
         self.settings = settings
+        self.block_tokens = block_tokens
         self.state = ClusterState(
             prefill,
             decode,
@@ -121,3 +122,24 @@ class Scheduler:
     def next_deadline(self) -> float | None:
         """When the caller must call `handle(None, t)` next, or None if only events can help."""
         return self.policy.next_deadline()
+
+    def rebuilt(
+        self, prefill: Sequence[InstanceSpec], decode: Sequence[InstanceSpec], now: float
+    ) -> Scheduler:
+        """A scheduler over a new membership that keeps what this one knows (`carry`): the beliefs about
+        the instances in both, the flights, and the buffered requests in their order, all but those now
+        longer than every decode rank's capacity (the caller submits those again to have them rejected).
+        Nothing is released before the caller's next `handle`; this scheduler is left as it was."""
+        new = Scheduler(
+            prefill,
+            decode,
+            settings=self.settings,
+            capacity=self.state.capacity,
+            block_tokens=self.block_tokens,
+        )
+        carry.carry_state(self.state, new.state)
+        for req in self.buffer.values():
+            if req.prompt_tokens <= new.max_prompt_tokens:
+                held = new.policy.arrive(req, now)
+                assert not held, "only a buffering policy holds requests, and it holds them again"
+        return new

@@ -221,6 +221,14 @@ class RankCounters:
             self.count[base + rank] += count
             self.tokens[base + rank] += tokens
 
+    def carry(self, old: RankCounters, old_instance: int, instance: int, ranks: int) -> None:
+        """Take over the counters of `old`'s instance `old_instance` (of `ranks` ranks, as `instance`
+        here) and the deltas a snapshot may not have seen yet (a rebuild: `carry`)."""
+        src, dst = old.offsets[old_instance], self.offsets[instance]
+        self.count[dst : dst + ranks] = old.count[src : src + ranks]
+        self.tokens[dst : dst + ranks] = old.tokens[src : src + ranks]
+        self._log[instance] = deque(old._log[old_instance], maxlen=_LOG_LIMIT)
+
 
 @dataclass(slots=True)
 class Flight:

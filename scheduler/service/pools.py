@@ -4,9 +4,10 @@ changes.
 Prefill and decode engines are paired only within a revision, so each revision's resolved engines
 form a `Pool` with its own `Scheduler`; with several scheduler replicas, only the prefill engines
 this replica owns (`replicas`). A change of membership (an engine added, removed or re-shaped, or a
-change of owners) builds a new core: buffered requests are fed to it, and the accounting of requests
-in flight is restored by the next load polls. A revision that loses its last prefill or decode hands
-its buffered requests to another pool, or fails them with a retryable error.
+change of owners) rebuilds the core from the old one (`Scheduler.rebuilt`): what it knows about the
+engines in both memberships, the requests in flight and the buffered requests move over, and the pool
+keeps its generation (the jobs' flights are in the new core). A revision that loses its last prefill
+or decode hands its buffered requests to another pool, or fails them with a retryable error.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from sbs.scheduler.core.capacity import PrefillCapacityModel
-from sbs.scheduler.core.events import EngineHealth, RequestArrived
+from sbs.scheduler.core.events import RequestArrived
 from sbs.scheduler.core.scheduler import Scheduler
 from sbs.scheduler.core.types import Reject, Role
 from sbs.scheduler.service.engine_registry import Engine
@@ -38,6 +39,8 @@ class Pool:
     decode: list[Engine]
     core: Scheduler
     generation: int
+    """Which core lineage accounts a job (`Job.generation`): kept across rebuilds, which carry the old
+    core's flights and buffer over; a new pool gets a new one."""
     index: dict[str, int] = field(default_factory=dict)
     """Engine key → instance index in its role's list."""
     outstanding: int = 0
@@ -120,20 +123,22 @@ class Pools:
                 del self.by_revision[revision]
                 self._rehome(pool)
             return
-        self._generation += 1
         s = d.settings
-        core = Scheduler(
-            [e.spec for e in prefill if e.spec],
-            [e.spec for e in decode if e.spec],
-            settings=s.scheduler,
-            capacity=self.capacity,
-            block_tokens=s.estimate.prefix_block_tokens or None,
-        )
+        specs = [e.spec for e in prefill if e.spec], [e.spec for e in decode if e.spec]
+        if pool is None:
+            self._generation += 1
+            generation = self._generation
+            core = Scheduler(
+                *specs,
+                settings=s.scheduler,
+                capacity=self.capacity,
+                block_tokens=s.estimate.prefix_block_tokens or None,
+            )
+        else:
+            generation = pool.generation  # the old core's flights and buffer are in the new one
+            core = pool.core.rebuilt(*specs, d.now())
         index = {e.key: i for i, e in enumerate(prefill)} | {e.key: i for i, e in enumerate(decode)}
-        new = Pool(revision, prefill, decode, core, self._generation, index)
-        if pool is not None:
-            new.outstanding = pool.outstanding
-            new.last_release_s = pool.last_release_s
+        new = Pool(revision, prefill, decode, core, generation, index)
         self.by_revision[revision] = new
         log.info(
             "pool %r: %d prefill, %d decode engines, policy %s (generation %d)",
@@ -141,19 +146,32 @@ class Pools:
             len(prefill),
             len(decode),
             s.scheduler.policy.type,
-            self._generation,
+            generation,
         )
         for role, members in ((Role.PREFILL, prefill), (Role.DECODE, decode)):
             for i, e in enumerate(members):
-                if not e.usable:
-                    core.handle(EngineHealth(role, i, False), d.now())
-        for job in list(d.jobs.values()):
-            if job.pool is pool:
-                job.pool = new
-                if job.state is JobState.BUFFERED:
-                    job.generation = new.generation
-                    d.feed(new, RequestArrived(job.request))
+                core.state.set_health(role, i, e.usable)  # the registry's word, set before any release
+        if pool is not None:
+            new.outstanding = pool.outstanding
+            new.last_release_s = pool.last_release_s
+            self._carry_jobs(pool, new)
+        d.feed(new, None)
         d.wake()
+
+    def _carry_jobs(self, old: Pool, new: Pool) -> None:
+        """The jobs of `old` belong to `new`, whose core carries their flights and buffered requests
+        (`Scheduler.rebuilt`); a buffered one it does not carry is submitted again."""
+        d = self._d
+        for job in list(d.jobs.values()):
+            if job.pool is not old:
+                continue
+            job.pool = new
+            if job.state is JobState.DISPATCHED and job.rid not in new.core.flights:
+                job.generation = -1  # both its engines left: its flight is in no core
+            elif (
+                job.state is JobState.BUFFERED and not job.decision.done() and job.rid not in new.core.buffer
+            ):
+                d.feed(new, RequestArrived(job.request))
 
     def _rehome(self, retired: Pool) -> None:
         """A pool lost its last prefill or decode: its buffered requests go to another pool, or fail."""

@@ -127,11 +127,16 @@ async def test_a_new_engine_rebuilds_the_core_and_buffered_requests_move_with_it
             await asyncio.sleep(0.001)
     new = dispatcher.pools.by_revision["static"]
     assert [e.key for e in new.prefill] == ["prefill-0", "prefill-9"]
-    # The buffered request was fed to the new core, which dispatched it (the in-flight accounting of
-    # the old core is not carried over: the next polls restore it).
+    # The buffered request moved to the new core, which sent it to the new, idle engine; prefill-0 is
+    # still busy with `first`, whose flight the new core carries.
     assert second.decision.done() and isinstance(second.decision.result(), Dispatch)
-    assert first.generation == old.generation and second.generation == new.generation
-    dispatcher.finish(first, None)  # its flight belonged to the old core: nothing to free in the new one
+    assert second.prefill_engine is new.prefill[1] and second.decision.result().reason == "bypass"
+    assert new.generation == old.generation == first.generation == second.generation
+    busy = new.core.instances[0]
+    assert busy.planned and busy.busy_until_s == old.core.instances[0].busy_until_s
+    assert set(new.core.flights) == {first.rid, second.rid} and sum(new.core.prefill.count[:2]) == 1
+    dispatcher.finish(first, None)  # the new core frees what it holds
+    assert set(new.core.flights) == {second.rid} and sum(new.core.prefill.count[:2]) == 0
     assert new.outstanding == 1
 
 
