@@ -32,6 +32,7 @@ from sbs.e2e import binaries
 from sbs.e2e.control_plane import ClusterSettings, ControlPlane, ControlPlaneError
 from sbs.e2e.crds import install_crds
 from sbs.e2e.procs import stop_group
+from sbs.e2e.tokens import service_account_kubeconfig
 from sbs.e2e.waits import WaitTimeout
 from sbs.kube import labels
 from sbs.kube.blocking import Kube
@@ -124,29 +125,6 @@ def install_operator_identity(k: Kube) -> None:
                 k.apply(collection_path(doc["apiVersion"], doc["kind"].lower() + "s", ns), doc)
     for fs in sm.flow_schemas(FLOW_PREFIX, OPERATOR_NS, OPERATOR_SA):
         k.apply(f"{sm.FLOWCONTROL}/flowschemas", fs)
-
-
-def operator_kubeconfig(plane: ControlPlane, k: Kube, path: Path) -> Path:
-    """A kubeconfig holding a TokenRequest token (2 h) of the operator's ServiceAccount, nothing else."""
-    review = k.create(
-        f"/api/v1/namespaces/{OPERATOR_NS}/serviceaccounts/{OPERATOR_SA}/token",
-        {
-            "apiVersion": "authentication.k8s.io/v1",
-            "kind": "TokenRequest",
-            "spec": {"expirationSeconds": 7200},
-        },
-    )
-    config = {
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "e2e", "cluster": {"server": plane.server,
-                                                 "certificate-authority": str(plane.pki.ca_crt)}}],
-        "users": [{"name": OPERATOR_SA, "user": {"token": review["status"]["token"]}}],
-        "contexts": [{"name": OPERATOR_SA, "context": {"cluster": "e2e", "user": OPERATOR_SA}}],
-        "current-context": OPERATOR_SA,
-    }  # fmt: skip
-    path.write_text(yaml.safe_dump(config))
-    path.chmod(0o600)
-    return path
 
 
 class OperatorProc:
@@ -325,7 +303,14 @@ def run_scale(run: ScaleRun, progress: Progress) -> dict[str, Any]:
         install_operator_identity(k)
         namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": run.namespace}}
         k.apply("/api/v1/namespaces", namespace)
-        kubeconfig = operator_kubeconfig(plane, k, run.log_dir / "operator.kubeconfig")
+        kubeconfig = service_account_kubeconfig(  # 2 h: longer than any run
+            plane,
+            k,
+            run.log_dir / "operator.kubeconfig",
+            namespace=OPERATOR_NS,
+            name=OPERATOR_SA,
+            expiration_s=7200,
+        )
         op = OperatorProc(run, kubeconfig, run.log_dir / "operator.log")
         plane.wait(op.leading, "sbs-operator to hold its Lease", 90)
         time.sleep(STARTUP_SETTLE_S)

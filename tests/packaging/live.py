@@ -11,7 +11,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
 from sbs.e2e.control_plane import ControlPlane
 from sbs.e2e.procs import stop_group
 from sbs.e2e.waits import wait_until
@@ -39,32 +38,6 @@ def kubectl(
     if check and result.returncode != 0:
         raise AssertionError(f"kubectl {' '.join(args)} exited {result.returncode}:\n{result.stderr}")
     return result
-
-
-def service_account_kubeconfig(
-    plane: ControlPlane, k: Kube, path: Path, *, namespace: str, name: str
-) -> Path:
-    """A kubeconfig holding a TokenRequest token of `namespace/name` (1 hour), nothing else."""
-    review = k.create(
-        f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token",
-        {
-            "apiVersion": "authentication.k8s.io/v1",
-            "kind": "TokenRequest",
-            "spec": {"expirationSeconds": 3600},
-        },
-    )
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "e2e", "cluster": {"server": plane.server,
-                                                 "certificate-authority": str(plane.pki.ca_crt)}}],
-        "users": [{"name": name, "user": {"token": review["status"]["token"]}}],
-        "contexts": [{"name": name, "context": {"cluster": "e2e", "user": name}}],
-        "current-context": name,
-    }  # fmt: skip
-    path.write_text(yaml.safe_dump(config))
-    path.chmod(0o600)
-    return path
 
 
 class OperatorProcess:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from sbs.e2e.control_plane import ControlPlane
+from sbs.e2e.tokens import service_account_kubeconfig
 from sbs.e2e.waits import WaitTimeout
 from sbs.kube.blocking import ApiError, Kube
 from sbs.operator import api
@@ -70,7 +71,7 @@ def sa_kubeconfig(
     control_plane: ControlPlane, installed: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
     path = tmp_path_factory.mktemp("sa") / "kubeconfig"
-    return live.service_account_kubeconfig(
+    return service_account_kubeconfig(
         control_plane, control_plane.kube, path, namespace=live.OPERATOR_NS, name=live.OPERATOR_SA
     )
 
@@ -229,7 +230,7 @@ def test_children_with_block_owner_deletion_need_the_finalizers_rule(
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "cm"},
         "subjects": [{"kind": "ServiceAccount", "name": "no-finalizers", "namespace": namespace}],
     })  # fmt: skip
-    other = Kube.from_kubeconfig(live.service_account_kubeconfig(
+    other = Kube.from_kubeconfig(service_account_kubeconfig(
         control_plane, kube, tmp_path / "kubeconfig", namespace=namespace, name="no-finalizers"))  # fmt: skip
     other.create(cms, owned_config_map(owner, "no-block", block=False))
     with pytest.raises(ApiError) as refused:

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 from sbs.e2e.control_plane import ControlPlane
+from sbs.e2e.tokens import service_account_kubeconfig
 from sbs.kube.blocking import Kube
 
 from tests.packaging import live
@@ -154,7 +155,7 @@ def test_operator_under_the_namespaced_role_brings_the_sample_to_ready(
     control_plane: ControlPlane, kube: Kube, team: str, tmp_path: Path
 ) -> None:
     apply(control_plane, built(control_plane, PLACEMENT, team), tmp_path)
-    kubeconfig = live.service_account_kubeconfig(
+    kubeconfig = service_account_kubeconfig(
         control_plane, kube, tmp_path / "kubeconfig", namespace=team, name="sbs-operator"
     )
     op = live.OperatorProcess(
