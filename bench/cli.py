@@ -5,6 +5,7 @@
     sbs-bench overhead   [--requests N] [--concurrency C] [--systems direct,sbs,...] [--json OUT]
     sbs-bench crosscheck --trace FILE [--duration S] [--load X] [--time-factor F] [--json OUT]
     sbs-bench operator-scale [--nodes 1000] [--deployments 20] [--idle-seconds 60] [--json OUT]
+    sbs-bench membership [--prefill 4x8 --decode 2x16] [--load 0.6] [--warmup S --steady S --out S ...]
     sbs-bench scale-table [--instances 4,16,64] [--replicas 1,2,4] [--load 0.7] [--duration S] [--json OUT]
 
 Bad input prints one line naming the option and exits with status 2. docs/bench.md says what each
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
-from sbs.bench import report, systems
+from sbs.bench import membership_cli, report, systems
 from sbs.bench.emulated_cluster import BenchCluster
 from sbs.bench.procs import BenchError
 from sbs.settings.engine_shape import DEFAULT_CHUNK_PER_RANK
@@ -546,6 +547,9 @@ def _jsonable(v: Any) -> Any:
 def _die(message: str) -> NoReturn:
     click.echo(f"sbs-bench: error: {message}", err=True)
     sys.exit(2)
+
+
+cli.add_command(membership_cli.command(DEFAULT_TIME_FACTOR, DEFAULT_STREAM_INTERVAL))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,10 +2,13 @@
 
     sbs-scheduler run    [--config FILE] [--host H] [--port N] [--policy NAME]
                          [--prefill URL[,bootstrap_port=N,dp_size=N,...]]... [--decode URL[,dp_size=N,...]]...
+                         [--engines-file FILE]
     sbs-scheduler config [--config FILE] [same flags] [--schema]
 
-`config` prints the effective settings (or their JSON schema) and exits. Bad configuration prints one
-line naming the file and field, and exits with status 2.
+`--engines-file` adds the engines of a file watched while the service runs (`file_discovery`):
+engines drained, removed and added outside Kubernetes. `config` prints the effective settings (or
+their JSON schema) and exits. Bad configuration prints one line naming the file and field, and exits
+with status 2.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from sbs.scheduler.service.config_file import (
     read_config_file,
 )
 from sbs.scheduler.service.connections import GuardedSite, make_runner, raise_fd_limit
+from sbs.scheduler.service.discovery import StaticSource
+from sbs.scheduler.service.file_discovery import FileSource, read_engines_file
 from sbs.settings import scheduling
 from sbs.settings.service import ServiceSettings
 
@@ -95,19 +100,36 @@ def main() -> None:
 
 @main.command()
 @settings_options
-def run(**flags: Any) -> None:
+@click.option(
+    "--engines-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="YAML/JSON file of prefill: and decode: engine lists, watched while running (engines drained, "
+    "removed and added outside Kubernetes; replace it atomically).",
+)
+def run(engines_file: str | None, **flags: Any) -> None:
     """Serve until SIGINT or SIGTERM."""
     settings = _settings_or_exit(flags)
+    if engines_file is not None:
+        if settings.engines.kubernetes is not None:
+            click.echo("sbs-scheduler: --engines-file and engines.kubernetes: use one of them", err=True)
+            sys.exit(2)
+        try:
+            read_engines_file(engines_file)
+        except SettingsError as exc:
+            click.echo(f"sbs-scheduler: --engines-file: {exc}", err=True)
+            sys.exit(2)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    if settings.engines.kubernetes is None and (not settings.engines.prefill or not settings.engines.decode):
+    static = settings.engines.prefill and settings.engines.decode
+    if settings.engines.kubernetes is None and engines_file is None and not static:
         log.warning("no static prefill or decode engines configured: the service stays unready")
     try:
         with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
-            runner.run(serve(settings))
+            runner.run(serve(settings, engines_file=engines_file))
     except CredentialsError as exc:
         click.echo(f"sbs-scheduler: engines.kubernetes: cannot load Kubernetes credentials: {exc}", err=True)
         sys.exit(2)
@@ -146,8 +168,11 @@ def _settings_or_exit(flags: dict[str, Any]) -> ServiceSettings:
         sys.exit(2)
 
 
-async def serve(settings: ServiceSettings, *, stop: asyncio.Event | None = None) -> None:
-    """Run the service until `stop` is set (or a termination signal arrives)."""
+async def serve(
+    settings: ServiceSettings, *, stop: asyncio.Event | None = None, engines_file: str | None = None
+) -> None:
+    """Run the service until `stop` is set (or a termination signal arrives); with `engines_file`,
+    its engines (watched) join the static ones."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = []
@@ -156,7 +181,10 @@ async def serve(settings: ServiceSettings, *, stop: asyncio.Event | None = None)
             loop.add_signal_handler(sig, stop.set)
             signals.append(sig)
     raise_fd_limit()  # before the app sizes its connection cap by it
-    runner = make_runner(make_app(settings))
+    sources = None
+    if engines_file is not None:
+        sources = [StaticSource(settings.engines), FileSource(engines_file)]
+    runner = make_runner(make_app(settings, sources=sources))
     try:
         await runner.setup()
         site = GuardedSite(runner, settings.host, settings.port)

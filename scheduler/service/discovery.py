@@ -1,15 +1,16 @@
 """Engine discovery: what sources report about engines, and the static source.
 
 Discovery sources produce `EngineChange`s (add, update, remove) of `EngineRecord`s behind one
-protocol, `EngineSource`: `StaticSource` (the engines of the config file or the command line) and
-`kube_discovery.KubernetesSource` (the Ready leader pods of one SBSDeployment). What the service
-knows at run time about each engine (resolved shape, health) is `engine_registry`'s.
+protocol, `EngineSource`: `StaticSource` (the engines of the config file or the command line),
+`file_discovery.FileSource` (a watched engines file) and `kube_discovery.KubernetesSource` (the Ready
+leader pods of one SBSDeployment); `diff` turns two snapshots into changes. What the service knows at
+run time about each engine (resolved shape, health) is `engine_registry`'s.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -99,4 +100,15 @@ def static_records(engines: service_settings.EnginesSettings) -> list[EngineReco
                     max_running_requests=e.max_running_requests,
                 )
             )
+    return out
+
+
+def diff(known: Mapping[str, EngineRecord], current: Mapping[str, EngineRecord]) -> list[EngineChange]:
+    """Changes that turn `known` into `current` (removes first)."""
+    out = [EngineChange(ChangeKind.REMOVE, rec) for key, rec in known.items() if key not in current]
+    for key, rec in current.items():
+        if key not in known:
+            out.append(EngineChange(ChangeKind.ADD, rec))
+        elif known[key] != rec:
+            out.append(EngineChange(ChangeKind.UPDATE, rec))
     return out

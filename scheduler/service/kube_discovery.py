@@ -19,7 +19,7 @@ from sbs.kube import credentials, labels
 from sbs.kube.client import ApiError, KubeClient
 from sbs.kube.credentials import CredentialsError
 from sbs.scheduler.core.types import Role
-from sbs.scheduler.service.discovery import ChangeKind, EngineChange, EngineRecord, EngineRecordError
+from sbs.scheduler.service.discovery import EngineChange, EngineRecord, EngineRecordError, diff
 from sbs.settings.service import KubernetesDiscovery
 
 log = logging.getLogger(__name__)
@@ -90,17 +90,6 @@ def _int_annotation(notes: Mapping[str, Any], key: str, name: str, *, hi: int | 
 
 def leader_selector(deployment: str) -> str:
     return labels.selector_string(labels.leader_selector(deployment))
-
-
-def diff(known: Mapping[str, EngineRecord], current: Mapping[str, EngineRecord]) -> list[EngineChange]:
-    """Changes that turn `known` into `current`."""
-    out = [EngineChange(ChangeKind.REMOVE, rec) for key, rec in known.items() if key not in current]
-    for key, rec in current.items():
-        if key not in known:
-            out.append(EngineChange(ChangeKind.ADD, rec))
-        elif known[key] != rec:
-            out.append(EngineChange(ChangeKind.UPDATE, rec))
-    return out
 
 
 class KubernetesSource:
