@@ -1,4 +1,4 @@
-"""SBS against the whole field on five workloads, at loads relative to measured capacity (issue 11).
+"""SBS against the whole field on six workloads, at loads relative to measured capacity (issue 11).
 
 For each workload: `sbs-sim capacity` measures every policy's saturation throughput; then
 `sbs-sim sweep --load-basis capacity` runs the field at 0.1–0.9 of the best immediate baseline's
@@ -9,7 +9,8 @@ in arrival order (no `+prio`), losses included.
     python -m sbs.bench.field_table [--workloads azure,sharegpt,...] [--out out/field] [--jobs 2]
     python -m sbs.bench.field_table --tables-only --out out/field   # re-print from the JSON files
 
-About 25 minutes on 2 cores for all five. Needs `../shared/traces`.
+About 25 minutes on 2 cores for the first five, 20 for mooncake and azure-long33 (validation of the
+lane costs, designed on mooncake). Needs `../shared/traces`.
 """
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ WORKLOADS: dict[str, list[str]] = {
         "--trace", f"{TRACES}/mooncake_fast25_synthetic/synthetic_trace.jsonl", "--format", "mooncake",
         "--duration", "600",  # its first tokens take 10-30 s: shorter runs overstate capacity
     ],
+    # Validation of the cost-based lanes (designed on mooncake): a third of the requests 16-64k tokens,
+    # on another trace's arrivals and short prompts, without prefix reuse.
+    "azure-long33": [
+        "--trace", AZURE, "--long-prompts", "33%:16000-64000", "--duration", "600",
+    ],
 }  # fmt: skip
 
 
@@ -60,7 +66,7 @@ def run(workload: str, out: Path, jobs: int) -> None:
 
 def best_immediate(capacities: dict[str, Any]) -> tuple[str, float]:
     """The immediate policy with the highest measured capacity, and that capacity (prompt tok/s)."""
-    imm = {k: v["capacity_tok_s"] for k, v in capacities.items() if not k.startswith("sbs")}
+    imm = {k: v["capacity_tok_s"] for k, v in capacities.items() if not k.startswith("sbs") and k != "oracle"}
     name = max(imm, key=imm.__getitem__)
     return name, imm[name]
 
@@ -88,7 +94,7 @@ def tables(workload: str, out: Path) -> list[str]:
               "| best FCFS | sbs-fcfs vs it: mean, p90 |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for load in sorted({r["load"] for r in runs}):
         at = {r["policy"]: r for r in runs if r["load"] == load}
-        imm = {k: v for k, v in at.items() if not k.startswith("sbs")}
+        imm = {k: v for k, v in at.items() if not k.startswith("sbs") and k != "oracle"}
         row = [f"{load:g}"]
         for me, pool in (("sbs", imm), ("sbs-fcfs", {k: v for k, v in imm.items() if "+prio" not in k})):
             b = min(pool, key=lambda k: pool[k]["ttft_mean_s"])

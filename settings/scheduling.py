@@ -62,7 +62,23 @@ class BatchingSettings(SettingsModel):
     isolate_slow_steps: bool = True
     """A step whose committed chunks (a late chunk of a long prompt, attending to its whole prefix) take
     longer than a full fresh chunk gets no prompt of a chunk or less while another instance is predicted
-    to end a step sooner: short prompts do not ride a step many times their own length."""
+    to end a step sooner: short prompts do not ride a step many times their own length. Prompts longer
+    than a chunk wait for a long-prompt lane (an instance whose next step is such a slow continuation
+    anyway), subject to `lane_cost`."""
+
+    lane_cost: bool = True
+    """A long prompt waits for (or is forced into) a lane only when the lane costs it less — its extra
+    wait plus, per chunk, the lane's step above this instance's mean step — than starting it here costs
+    the short prompts: `lane_short_weight` × their arrival rate ÷ the live instances × its own prefill
+    time × its mean step (prefill time ÷ chunks) (`policies/sbs_lanes.py`). Off: every long prompt
+    waits for a lane."""
+
+    lane_rate_window_s: float = Field(30.0, gt=0.0)
+    """The window over which `lane_cost` measures the short prompts' arrival rate."""
+
+    lane_short_weight: float = Field(1.0, ge=0.0)
+    """`lane_cost`'s weight (beta) of the short prompts' cost against the long prompt's own (0: no long
+    prompt waits for a lane)."""
 
 
 class DecodeSettings(SettingsModel):
@@ -218,6 +234,23 @@ class EftPolicy(PickerPolicy):
     type: Literal["eft"] = "eft"
 
 
+class OraclePolicy(StaggeredPolicy):
+    """The simulator's clairvoyant reference (`sbs.scheduler.core.policies.oracle`): SBS's staggered
+    batching fed exact step times and the arrivals of the next `horizon_s`, releasing shortest predicted
+    prefill first, and holding an instance for an imminent request when that lowers the summed TTFT.
+    Simulator only: the live service refuses it (it needs the future)."""
+
+    type: Literal["oracle"] = "oracle"
+    batching: BatchingSettings = BatchingSettings(size_priority=1000.0, size_priority_max_s=1000.0)
+    """Shortest predicted prefill first (the order minimising the mean wait), in effect without a cap."""
+    horizon_s: float = Field(2.0, ge=0.0)
+    """How far ahead the simulator shows it the arrivals (0: exact step times only)."""
+    fill_targets: tuple[Annotated[float, Field(gt=0.0, le=1.0)], ...] = (1.0, 0.5, 0.25)
+    """Step caps (`batching.fill_target`) the simulator tries, keeping the run of lowest TTFT mean (a
+    choice made in hindsight: small steps suit short prompts, full chunks long ones); empty: only
+    `batching.fill_target`."""
+
+
 AnyPolicy = (
     SbsPolicy
     | SbsFcfsPolicy
@@ -227,6 +260,7 @@ AnyPolicy = (
     | LeastLoadPolicy
     | PowerOfTwoPolicy
     | SglangPolicy
+    | OraclePolicy
 )
 
 PolicySettings = Annotated[AnyPolicy, Field(discriminator="type")]
@@ -240,9 +274,15 @@ _CLASSES: dict[str, type[AnyPolicy]] = {
     "least_load": LeastLoadPolicy,
     "power_of_two": PowerOfTwoPolicy,
     "sglang": SglangPolicy,
+    "oracle": OraclePolicy,
 }
 
-POLICY_NAMES: tuple[str, ...] = tuple(_CLASSES)
+SIM_ONLY_POLICIES = ("oracle",)
+"""Policies only the simulator runs: `policy_settings` knows them, the live service refuses them."""
+POLICY_NAMES: tuple[str, ...] = tuple(n for n in _CLASSES if n not in SIM_ONLY_POLICIES)
+"""The policies the live service runs."""
+SIM_POLICY_NAMES: tuple[str, ...] = tuple(_CLASSES)
+"""Every policy the simulator runs."""
 
 
 class SchedulerSettings(SettingsModel):
@@ -264,7 +304,10 @@ def policy_settings(name: str) -> AnyPolicy:
     base, *mods = name.split("+")
     cls = _CLASSES.get(base)
     if cls is None:
-        raise ValueError(f"unknown policy {base!r}; valid: {', '.join(POLICY_NAMES)}")
+        raise ValueError(
+            f"unknown policy {base!r}; valid: {', '.join(POLICY_NAMES)} (simulator only: "
+            f"{', '.join(SIM_ONLY_POLICIES)})"
+        )
     bad = [m for m in mods if m not in ENGINE_OPTIONS]
     if bad:
         raise ValueError(f"policy {name!r}: unknown option {bad[0]!r} after '+'; options: delayer, prio")

@@ -247,6 +247,17 @@ class ServiceSettings(SettingsModel):
             raise ValueError("replicas.backend 'kubernetes' needs engines.kubernetes (namespace, deployment)")
         return self
 
+    @model_validator(mode="after")
+    def _live_policy(self) -> ServiceSettings:
+        name = self.scheduler.policy.type
+        if name in scheduling.SIM_ONLY_POLICIES:
+            raise ValueError(
+                f"scheduler.policy {name!r} is the simulator's clairvoyant reference (it sees future "
+                f"arrivals and exact step times); the live service cannot run it: use one of "
+                f"{', '.join(scheduling.POLICY_NAMES)}"
+            )
+        return self
+
 
 def validation_message(exc: ValidationError, where: str = "") -> str:
     """One line naming the first offending field: ``<where>: field 'a.b': <msg>, got <input>``."""

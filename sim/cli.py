@@ -8,6 +8,7 @@
     sbs-sim capacity --trace FILE [--policies ...] [--duration S (120)] [--precision 0.03] [--no-knee] [...]
     compare|sweep ... [--load-basis nominal|capacity [--capacity-tok-s X]]: loads as fractions of nominal
                     or of the best immediate baseline's measured capacity (or X prompt tok/s)
+    compare|sweep|capacity|plan ... [--cost-override profile-max|NAME=VALUE,...]: change the cost model
     sbs-sim plan    --trace FILE --slo-ttft-p90 S --slo-tpot-p90 S [--policy sbs] [--cluster NAME|FILE]
                     [--max-prefill-groups N] [--max-decode-groups N] [--json OUT] [...]
 
@@ -28,7 +29,7 @@ from typing import Any
 
 import click
 from sbs.settings import scheduling
-from sbs.sim import capacity, capacity_report, load_basis, report, sizing
+from sbs.sim import capacity, capacity_report, cost_override, load_basis, oracle, report, sizing
 from sbs.sim.cluster import PRESETS, ClusterConfig, load_cluster
 from sbs.sim.costmodel import CostModel
 from sbs.sim.errors import SimInputError
@@ -41,11 +42,12 @@ from sbs.sim.workload import bursty, load_scaled, rate_scaled, synthetic, tiled,
 
 DEFAULT_POLICIES = (
     "sbs,sbs-fcfs,eft,eft+prio,sglang,sglang+prio,sglang+delayer,least_load,least_load+prio,"
-    "power_of_two,round_robin,random"
+    "power_of_two,round_robin,random,oracle"
 )
 """The whole field: SBS and its FCFS variant, the strongest immediate policy (eft), what SGLang's
-engines offer a plain router (priority scheduling fed SBS's key, the prefill delayer), and the
-routers' rank pickers; a first comparison is the honest one."""
+engines offer a plain router (priority scheduling fed SBS's key, the prefill delayer), the
+routers' rank pickers, and the clairvoyant `oracle` as the reference to beat; a first comparison is
+the honest one."""
 SERVEGEN_DEFAULT_S = 600.0
 """Span generated for workloads without timestamps (ServeGen fits, length tables) without --duration."""
 LENGTHS_BASE_RPS = 10.0
@@ -145,6 +147,7 @@ _OPTIONS: dict[str, Callable[[Callable], Callable]] = {
         show_default=True,
         help=f"Preset ({', '.join(PRESETS)}) or JSON file.",
     ),
+    "cost-override": cost_override.OPTION,
     "policies": click.option("--policies", default=DEFAULT_POLICIES, show_default=True),
     "duration": click.option(
         "--duration",
@@ -236,7 +239,9 @@ def _compare(opts: dict[str, Any]) -> None:
     results = run_many(
         [RunSpec(trace, wl.cluster, p) for p in pols], jobs=opts["jobs"], label="compare", **slo
     )
-    click.echo(report.table(results, **slo))
+    staggered = {r["policy"] for r in results} & set(report.REFERENCES)
+    bound = oracle.bound_summary(trace, wl.cluster, wl.cost) if staggered else None
+    click.echo(report.table(results, **slo, bound=bound))
     doc = {
         "trace": trace.name,
         "requests": len(trace),
@@ -245,6 +250,7 @@ def _compare(opts: dict[str, Any]) -> None:
         "cluster": wl.cluster.model_dump(),
         "slo": {"ttft_s": opts["slo_ttft"], "tpot_s": opts["slo_tpot"]},
         "policies": {r["policy"]: r["summary"] for r in results},
+        **({"zero_queue_bound": bound} if bound is not None else {}),
     }
     _write_outputs(doc, opts, lambda path: report.plot_ttft_cdf(results, path))
 
@@ -290,7 +296,7 @@ def _sweep(opts: dict[str, Any]) -> None:
 
 
 @main.command()
-@_options("trace", "format", "arrivals", "seed", "cluster", "duration")
+@_options("trace", "format", "arrivals", "seed", "cluster", "cost-override", "duration")
 @click.option("--rate-scale", type=float, default=None, help="Multiply the trace's arrival rate.")
 @click.option(
     "--load",
@@ -386,7 +392,8 @@ def _candidate_printer(slo: sizing.Slo) -> Callable[[sizing.Candidate], None]:
 
 
 @main.command("capacity")
-@_options("trace", "format", "arrivals", "seed", "long-prompts", "cluster", "policies", "duration", "jobs")
+@_options("trace", "format", "arrivals", "seed", "long-prompts", "cluster", "cost-override", "policies")
+@_options("duration", "jobs")
 @click.option("--precision", type=float, default=0.03, show_default=True, help="Bisection's relative step.")
 @click.option("--knee/--no-knee", default=True, show_default=True, help="Also find each TTFT p90 knee.")
 @_options("json")
@@ -440,7 +447,7 @@ def _load_basis(opts: dict[str, Any], wl: Workload, pols: list) -> tuple[float, 
 def _workload(opts: dict[str, Any]) -> Workload:
     if opts["duration"] is not None and opts["duration"] <= 0:
         raise SimInputError(f"--duration must be > 0, got {opts['duration']}")
-    cluster = load_cluster(opts["cluster"])
+    cluster = cost_override.applied(load_cluster(opts["cluster"]), opts.get("cost_override"))
     if opts["fmt"] == "servegen":
         path = Path(opts["trace_path"])
         if not path.is_dir():
@@ -456,7 +463,7 @@ def _workload(opts: dict[str, Any]) -> Workload:
     long = parse_long_prompts(opts.get("long_prompts"))
     if long is not None and long.percent is not None:  # part of the workload: --load counts them
         base = long.add_to(base, seed=opts.get("seed", 0))
-    cost = CostModel()
+    cost = cluster.cost_model()
     return Workload(base, cluster, cost, nominal_prefill_tok_s(cluster, cost, base), opts)
 
 

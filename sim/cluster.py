@@ -12,10 +12,12 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sbs.scheduler.core.types import InstanceSpec, Role
 from sbs.settings.engine_shape import DEFAULT_CHUNK_PER_RANK
-from sbs.sim.errors import ClusterConfigError
+from sbs.sim import cost_override
+from sbs.sim.costmodel import CostModel
+from sbs.sim.errors import ClusterConfigError, SimInputError
 
 
 class _Model(BaseModel):
@@ -63,6 +65,21 @@ class ClusterConfig(_Model):
     """Scheduler replicas, each owning a partition of the prefill instances (`sim/replicas.py`)."""
     replica_spread: Literal["round_robin", "random"] = "round_robin"
     """How arrivals are spread over the replicas (a Kubernetes Service: round robin or random)."""
+    cost_overrides: dict[str, float] = Field(default_factory=dict)
+    """`CostParams` fields changed in this cluster's cost model (`sim/cost_override.py`, --cost-override)."""
+
+    @field_validator("cost_overrides")
+    @classmethod
+    def _check_cost_overrides(cls, value: dict[str, float]) -> dict[str, float]:
+        try:
+            cost_override.check(value)
+        except SimInputError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    def cost_model(self) -> CostModel:
+        """The step-cost model of this cluster's engines and of the policies' capacity model."""
+        return cost_override.cost_model(self.cost_overrides)
 
     def specs(self, role: Role, kv_capacity_tokens: int) -> list[InstanceSpec]:
         rc = self.prefill if role is Role.PREFILL else self.decode

@@ -346,6 +346,10 @@ class CostModel:
             a2a_floor_s=a2a * p.deepep_ll_floor,
         )
 
+    def decode_fixed_s(self, *, ep_size: int) -> float:
+        """Fixed cost of a decode step: overhead + weight-read intercepts (the all-to-all excluded)."""
+        return self._decode_consts(ep_size).fixed_s
+
     def decode_step_s(self, rank_batch: np.ndarray, rank_kv_tokens: np.ndarray, *, ep_size: int) -> float:
         """Duration of one lock-step decode step. rank_batch[r] = requests on rank r, rank_kv_tokens[r]
         = KV tokens they attend to. 0.0 when no rank has a request. Hot path: O(ranks) numpy."""

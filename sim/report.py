@@ -31,8 +31,15 @@ def describe_cluster(c: ClusterConfig) -> str:
     )
 
 
-def table(results: list[dict[str, Any]], *, slo_ttft_s: float, slo_tpot_s: float) -> str:
-    """Aligned table, one row per policy, times in seconds, then SBS's ratios to the best baseline."""
+def table(
+    results: list[dict[str, Any]],
+    *,
+    slo_ttft_s: float,
+    slo_tpot_s: float,
+    bound: dict[str, float] | None = None,
+) -> str:
+    """Aligned table, one row per policy, times in seconds, then SBS's ratios to the best baseline, and
+    where they ran to the oracle and the zero-queue `bound` (`sbs.sim.oracle.bound_summary`)."""
     lines = summary_lines("policy", ((r["policy"], r["summary"]) for r in results), _COMPARE_COLUMNS)
     lines.append(f"(times in s; goodput = req/s meeting TTFT ≤ {slo_ttft_s:g} s and TPOT ≤ {slo_tpot_s:g} s)")
     for policy in BUFFERING:
@@ -44,34 +51,62 @@ def table(results: list[dict[str, Any]], *, slo_ttft_s: float, slo_tpot_s: float
                 + "({base}): TTFT mean {ttft_mean:+.0%}, p90 {ttft_p90:+.0%}, "
                 "throughput {throughput:+.1%}, goodput {goodput:+.0%}".format(**ratio)
             )
-    return "\n".join(lines)
+    return "\n".join(lines + reference_lines(results, bound))
+
+
+def reference_lines(results: list[dict[str, Any]], bound: dict[str, float] | None) -> list[str]:
+    """SBS's (and sbs-fcfs's) distance to the oracle, and every staggered policy's to the bound."""
+    by = {r["policy"]: r["summary"] for r in results}
+    out: list[str] = []
+    oracle = by.get(ORACLE)
+    for policy in BUFFERING:
+        if oracle is not None and policy in by:
+            fill = oracle.get("oracle_fill_target")
+            kept = f" (oracle's step cap {fill:g})" if fill is not None else ""
+            out.append(
+                f"{policy} vs oracle: TTFT mean {_rel(by[policy], oracle, 'ttft_mean_s'):+.0%}, "
+                f"p90 {_rel(by[policy], oracle, 'ttft_p90_s'):+.0%}{kept}"
+            )
+    if bound is not None:
+        above = ", ".join(
+            f"{p} {_rel(by[p], bound, 'ttft_mean_s'):+.0%}" for p in (*BUFFERING, ORACLE) if p in by
+        )
+        out.append(
+            f"zero-queue bound (no policy beats it): TTFT mean {bound['ttft_mean_s']:.3f}, "
+            f"p90 {bound['ttft_p90_s']:.3f}" + (f"; mean above it: {above}" if above else "")
+        )
+    return out
+
+
+def _rel(s: dict[str, Any], b: dict[str, Any], key: str) -> float:
+    return s[key] / b[key] - 1.0 if b[key] else math.nan
 
 
 BUFFERING = ("sbs", "sbs-fcfs")
-"""The staggered policies; every other policy dispatches at once (the baselines)."""
+"""The staggered policies; every other policy but the oracle dispatches at once (the baselines)."""
+ORACLE = "oracle"
+"""The clairvoyant reference (`sbs.sim.oracle`): neither SBS nor a baseline."""
+REFERENCES = (*BUFFERING, ORACLE)
+"""The policies that are not immediate baselines."""
 
 
 def ratios_vs_best_baseline(results: list[dict[str, Any]], policy: str = "sbs") -> dict[str, Any] | None:
     """`policy` relative to the immediate baseline with the lowest TTFT mean (negative = lower). For
     `sbs-fcfs` only the baselines in arrival order count (no `+prio`: engine priority reorders)."""
     by = {r["policy"]: r["summary"] for r in results}
-    baselines = [p for p in by if p not in BUFFERING]
+    baselines = [p for p in by if p not in REFERENCES]
     if policy == "sbs-fcfs":
         baselines = [p for p in baselines if "+prio" not in p]
     if policy not in by or not baselines:
         return None
     base_name = min(baselines, key=lambda p: by[p]["ttft_mean_s"])
     s, b = by[policy], by[base_name]
-
-    def rel(key: str) -> float:
-        return s[key] / b[key] - 1.0 if b[key] else math.nan
-
     return {
         "base": base_name,
-        "ttft_mean": rel("ttft_mean_s"),
-        "ttft_p90": rel("ttft_p90_s"),
-        "throughput": rel("throughput_tok_s"),
-        "goodput": rel("goodput_rps"),
+        "ttft_mean": _rel(s, b, "ttft_mean_s"),
+        "ttft_p90": _rel(s, b, "ttft_p90_s"),
+        "throughput": _rel(s, b, "throughput_tok_s"),
+        "goodput": _rel(s, b, "goodput_rps"),
     }
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from sbs.settings import scheduling
 from sbs.sim.cluster import ClusterConfig
-from sbs.sim.simulator import Simulation
+from sbs.sim.oracle import simulate
 from sbs.sim.trace import Trace
 
 
@@ -25,10 +25,12 @@ class RunSpec:
 def run_one(spec: RunSpec, slo_ttft_s: float, slo_tpot_s: float, progress=None) -> dict[str, Any]:
     """One simulation; returns a plain dict (picklable) with the summary and the TTFT sample."""
     start = time.process_time()
-    result = Simulation(spec.trace, spec.cluster, spec.policy, progress=progress).run()
+    result, fill = simulate(spec.trace, spec.cluster, spec.policy, progress=progress)
     cpu = time.process_time() - start
     summary = result.recorder.summary(slo_ttft_s=slo_ttft_s, slo_tpot_s=slo_tpot_s)
     summary["sim_cpu_s"] = cpu
+    if fill is not None:
+        summary["oracle_fill_target"] = fill
     return {
         "policy": spec.policy.name,
         "load": spec.load,

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from sbs.scheduler.core.capacity import PrefillCapacityModel
 from sbs.scheduler.core.events import LoadReported, RequestFinished, StepCompleted
+from sbs.scheduler.core.policies.oracle import Clairvoyant, Foresight
 from sbs.scheduler.core.scheduler import Scheduler
 from sbs.scheduler.core.types import Decision, Dispatch, InstanceSpec, Reject, Role
 from sbs.settings import scheduling
@@ -58,7 +59,7 @@ class Simulation:
     ) -> None:
         self.trace = trace
         self.cluster = cluster
-        self.cost = cost or CostModel()
+        self.cost = cost or cluster.cost_model()
         self.policy = policy
         self.progress = progress
         kv_p = self.cost.kv_capacity_tokens_per_rank(ep_size=cluster.prefill.dp_size)
@@ -91,6 +92,10 @@ class Simulation:
         )
         self.scheduler = self.replicas.cores[0].scheduler
         """The (first replica's) scheduling core."""
+        self.oracle = self._attach_oracle(policy, cluster, trace)
+        """The `oracle` policy, fed the future and exact step times; None for any other policy."""
+        self.report_delay_s = 0.0 if self.oracle is not None else cluster.report_delay_s
+        """The oracle hears every report at once."""
         balance = (
             policy.engine_balance if isinstance(policy, scheduling.SglangPolicy) else cluster.engine_balance
         )
@@ -138,6 +143,22 @@ class Simulation:
         self._requests = trace.requests
         self._open = 0
         self._arrived = 0
+
+    def _attach_oracle(
+        self, policy: scheduling.PolicySettings, cluster: ClusterConfig, trace: Trace
+    ) -> Clairvoyant | None:
+        """The clairvoyant policy's hooks: the arrivals of its horizon and the true dispatch transit."""
+        if not isinstance(policy, scheduling.OraclePolicy):
+            return None
+        if cluster.scheduler_replicas != 1:
+            raise ClusterConfigError(
+                f"cluster {cluster.name!r}: the oracle policy is one clairvoyant scheduler; "
+                f"scheduler_replicas must be 1, got {cluster.scheduler_replicas}"
+            )
+        oracle = self.scheduler.policy
+        assert isinstance(oracle, Clairvoyant)
+        oracle.attach(Foresight(trace.requests, policy.horizon_s), cluster.network_s)
+        return oracle
 
     def _make_scheduler(self, prefill: Sequence[InstanceSpec], replica: int) -> Scheduler:
         return Scheduler(
@@ -239,6 +260,9 @@ class Simulation:
         dur = eng.start_step(t) if gate is None else gate.start_step(eng, t)  # PD prefill: no decode batch
         if dur > 0:
             self.events.push(t + dur, _P_END, i)
+            if self.oracle is not None:  # it knows the step's true duration at once
+                self.oracle.step_started(i, t, dur)
+                self._record(self.replicas.cores[0].handle(None, t), t)
         elif gate is not None and eng.has_work():  # held: SGLang's loop passes again
             self._in_pass[i] = True
             self.events.push(t + IDLE_PASS_MS / 1e3, _PASS, i)
@@ -252,7 +276,10 @@ class Simulation:
             self.events.push(t + self.cost.kv_transfer_s(job.prompt_tokens), _KV, job.rid)
         queued = eng.has_work()
         report = StepCompleted(i, rec.started_s, rec.duration_s, tuple(j.rid for j in rec.finished), queued)
-        self.events.push(t + self.cluster.report_delay_s, _REPORT, (report,))
+        if self.oracle is not None:  # heard before the next step starts
+            self._record(self.replicas.deliver(report, t), t)
+        else:
+            self.events.push(t + self.report_delay_s, _REPORT, (report,))
         if queued:
             self._start_prefill(i, t)
 
@@ -280,12 +307,12 @@ class Simulation:
                 self.rec.finished[rid] = t
             self._open -= len(rec.finished)
             reports = tuple(RequestFinished(rid, t) for rid in rec.finished)
-            self.events.push(t + self.cluster.report_delay_s, _REPORT, reports)
+            self.events.push(t + self.report_delay_s, _REPORT, reports)
         if dec.has_work():
             self._start_decode(i, t)
 
     def _on_poll(self, t: float) -> None:
-        delay = self.cluster.report_delay_s
+        delay = self.report_delay_s
         reports = [LoadReported(Role.PREFILL, i, t, e.loads()) for i, e in enumerate(self.prefill)]
         reports += [LoadReported(Role.DECODE, i, t, e.loads()) for i, e in enumerate(self.decode)]
         self.events.push(t + delay, _REPORT, tuple(reports))

@@ -142,4 +142,6 @@ class Scheduler:
             if req.prompt_tokens <= new.max_prompt_tokens:
                 held = new.policy.arrive(req, now)
                 assert not held, "only a buffering policy holds requests, and it holds them again"
+        if isinstance(self.policy, policies.StaggeredBatching) and isinstance(new.policy, type(self.policy)):
+            new.policy.short.adopt(self.policy.short)  # the lane costs' short-prompt arrival rate
         return new

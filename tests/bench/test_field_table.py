@@ -45,3 +45,10 @@ def test_an_unknown_workload_is_refused_by_name(capsys: pytest.CaptureFixture[st
     with pytest.raises(SystemExit):
         field_table.main(["--workloads", "azure,nope", "--tables-only"])
     assert "--workloads: unknown 'nope'" in capsys.readouterr().err
+
+
+def test_the_lane_cost_validation_workload_is_mooncakes_long_share_on_azure(tmp_path: Path) -> None:
+    args = field_table.WORKLOADS["azure-long33"]
+    assert args[args.index("--trace") + 1] == field_table.AZURE
+    assert args[args.index("--long-prompts") + 1] == "33%:16000-64000"
+    assert field_table.main(["--workloads", "azure-long33", "--tables-only", "--out", str(tmp_path)]) == 0

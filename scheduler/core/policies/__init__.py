@@ -5,7 +5,8 @@
 - `immediate`: immediate dispatch over a rank picker per leg, one module per picker:
   `round_robin`, `random_choice`, `least_load`, `power_of_two`;
 - `eft`: immediate dispatch to the rank predicted to finish the request first;
-- `sglang`: immediate dispatch to an instance, the engine's own DP balancer picking the rank.
+- `sglang`: immediate dispatch to an instance, the engine's own DP balancer picking the rank;
+- `oracle` (simulator only): SBS given exact step times and a look ahead at the arrivals.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from sbs.scheduler.core.policies.base import Policy, RankPicker
 from sbs.scheduler.core.policies.eft import EarliestFinish
 from sbs.scheduler.core.policies.immediate import ImmediateDispatch
 from sbs.scheduler.core.policies.least_load import LeastLoad
+from sbs.scheduler.core.policies.oracle import Clairvoyant
 from sbs.scheduler.core.policies.power_of_two import PowerOfTwo
 from sbs.scheduler.core.policies.random_choice import RandomChoice
 from sbs.scheduler.core.policies.round_robin import RoundRobin
@@ -58,8 +60,10 @@ def make_policy(
 ) -> Policy:
     """The policy `settings.policy` names, over `state`."""
     p = settings.policy
+    overrun = settings.sync.suspect_overrun
+    if isinstance(p, scheduling.OraclePolicy):
+        return Clairvoyant(state, p, block_tokens=block_tokens, suspect_overrun=overrun)
     if isinstance(p, scheduling.StaggeredPolicy):
-        overrun = settings.sync.suspect_overrun
         return StaggeredBatching(state, p, block_tokens=block_tokens, suspect_overrun=overrun)
     if isinstance(p, scheduling.SglangPolicy):
         return EngineBalanced(state, p.engine_priority)

@@ -4,8 +4,9 @@ arrival order (`sbs-fcfs`), up to the step's level in predicted time, water-fill
 (`prefill_alloc`), each paired with a decode rank by the IQR-masked lexicographic rule
 (`decode_choice`). An idle instance gets work at once (low-load bypass). Short prompts do not ride a
 slow continuation step (a late chunk of a long prompt) when another instance frees sooner, and prompts
-longer than a chunk gather on such a step (a long-prompt lane). A request held past the hold time is
-forced out to the instance that frees first (a long one to a lane), or, when no instance is usable at
+longer than a chunk gather on such a step (a long-prompt lane) when that costs them less than starting
+elsewhere costs the short prompts (`sbs_lanes`). A request held past the hold time is forced out to the
+instance that frees first (a long one to a lane, on the same cost), or, when no instance is usable at
 all, gets an explicit retryable `Reject`. Prefix-cache credit (`prefix_index`) may make a request wait
 for the instance that caches its prefix, never longer than the recompute it saves."""
 
@@ -19,7 +20,7 @@ from itertools import accumulate, compress, islice, repeat
 from operator import add, itemgetter, le, mul
 
 from sbs.scheduler.core.capacity import PrefillCapacityModel
-from sbs.scheduler.core.policies import sbs_timing
+from sbs.scheduler.core.policies import sbs_lanes, sbs_timing
 from sbs.scheduler.core.policies.decode_choice import lexicographic_ranks
 from sbs.scheduler.core.policies.sbs_clock import ReleaseClock
 from sbs.scheduler.core.prefill_alloc import water_fill_lists
@@ -60,6 +61,9 @@ class StaggeredBatching:
         """Buffered requests with prefix hashes (with none, a release needs no look at the prefix index)."""
         self._lane_deferred: set[int] = set()
         """Instances deferred because everything buffered waited for a long-prompt lane."""
+        short = min((s.chunk_tokens for s in state.prefill_specs), default=0)
+        self.short = sbs_lanes.ShortArrivals(short, settings.batching.lane_rate_window_s)
+        """Recent arrivals of prompts of at most a chunk: what a long prompt costs them (`sbs_lanes`)."""
         self.prefix: PrefixIndex | None = None
         if settings.prefix_credit and block_tokens:
             caps = [
@@ -71,6 +75,7 @@ class StaggeredBatching:
 
     def arrive(self, req: Request, now: float) -> list[Decision]:
         self.buffer[req.rid] = req
+        self.short.add(req.prompt_tokens, now)
         key = sbs_timing.priority_key(req.arrival_s, req.prompt_tokens, self.state.capacity, self.batching)
         i = bisect_right(self._queue, (key, req.rid))
         self._queue.insert(i, (key, req.rid))
@@ -142,11 +147,10 @@ class StaggeredBatching:
             if not live:
                 out.extend(self._reject_stale(now, "no healthy prefill instance within the hold time"))
                 break
-            if self.batching.isolate_slow_steps and oldest.prompt_tokens > min(
-                state.instances[i].spec.chunk_tokens for i in live
-            ):  # a long prompt is forced into a long-prompt lane when there is one
-                live = [i for i in live if sbs_timing.is_lane(state.instances[i], state.capacity)] or live
-            first = min(live, key=lambda i: (state.instances[i].busy_until_s, i))
+            rate = self.short.rate(now)
+            first = sbs_lanes.forced_target(
+                state.instances, live, oldest.prompt_tokens, rate, model=state.capacity, b=self.batching
+            )  # a long prompt may be forced into a long-prompt lane
             sent = self._release_to(first, now, "max_hold")
             if not sent:
                 break
@@ -321,7 +325,7 @@ class StaggeredBatching:
         """The step's budget (`sbs_timing.step_budget`). With `slow_s` (the committed chunks' time; None:
         no lanes, as in a forced release): prompts of at most a chunk wait when the step is a slow
         continuation another instance beats (`sbs_timing.isolate_slow_step`), and longer ones wait for
-        a long-prompt lane while one is due (`sbs_timing.lane_due`)."""
+        a long-prompt lane while one is due and costs them less (`sbs_lanes`)."""
         b = self.batching
         model = self.state.capacity
         budget = sbs_timing.step_budget(
@@ -342,8 +346,13 @@ class StaggeredBatching:
             return replace(budget, min_tokens=chunk)
         if slow_s > sbs_timing.full_chunk_s(model, chunk):
             return budget
-        lane = sbs_timing.lane_due(instances, p, model=model, lead_s=b.lead_s)
-        return budget if lane is None else replace(budget, max_tokens=chunk, wake_s=lane)
+        lane = sbs_lanes.first_lane(instances, p, model=model, lead_s=b.lead_s)
+        if lane is None:
+            return budget
+        due, i = lane
+        cost = sbs_lanes.lane_cost(instances, p, i, due - now, self.short.rate(now), model=model, b=b)
+        waits = None if cost is None else cost.waits
+        return replace(budget, max_tokens=chunk, lane_waits=waits, wake_s=due)
 
     def _take_with_credit(
         self,
@@ -442,10 +451,9 @@ def take_in_order(
 
     The same as asking `budget.admits` and `budget.full` request by request, in whole-list passes."""
     a, b = model.per_token_s, model.per_pair_s
-    lo, hi = budget.min_tokens, budget.max_tokens
     take: Sequence[int] = range(len(tokens))
-    if lo or hi is not None:
-        take = [i for i, t in enumerate(tokens) if lo < t and (hi is None or t <= hi)]
+    if budget.min_tokens or budget.max_tokens is not None:
+        take = [i for i, t in enumerate(tokens) if not budget.waits(t)]
         tokens = [tokens[i] for i in take]
     sizes = tokens if max(tokens, default=0) < chunk else list(map(min, tokens, repeat(chunk)))
     if budget.level_s is not None and len(sizes) > 1:

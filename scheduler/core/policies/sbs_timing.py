@@ -8,7 +8,7 @@ decided by `prefill_alloc.water_fill_lists` and `decode_alloc.assign_decode_list
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sbs.scheduler.core.capacity import PrefillCapacityModel
@@ -53,16 +53,25 @@ class StepBudget:
     min_tokens: int = 0
     """Requests of at most this many tokens wait for another instance (an isolated slow step)."""
     max_tokens: int | None = None
-    """Requests of more tokens wait for another instance (a long-prompt lane due soon)."""
+    """Requests of more tokens wait for another instance (a long-prompt lane due soon)..."""
+    lane_waits: Callable[[int], bool] | None = None
+    """...those of them for which this says so (None: all; `sbs_lanes.LaneCost.waits`)."""
     wake_s: float = math.inf
     """When that lane is due (inf: none)."""
 
     def admits(self, tokens: int, cost_s: float, first: bool) -> bool:
         """Whether a request of `tokens` (costing `cost_s`) may join; the first one always may, unless
         it waits for another instance."""
-        if tokens <= self.min_tokens or (self.max_tokens is not None and tokens > self.max_tokens):
+        if self.waits(tokens):
             return False
         return first or self.level_s is None or cost_s <= self.level_s
+
+    def waits(self, tokens: int) -> bool:
+        """Whether a request of `tokens` waits for another instance (a slow step, a lane)."""
+        if tokens <= self.min_tokens:
+            return True
+        hi = self.max_tokens
+        return hi is not None and tokens > hi and (self.lane_waits is None or self.lane_waits(tokens))
 
     def full(self, tokens: int, cost_s: float) -> bool:
         """Whether requests taken so far (`tokens`, `cost_s`) fill the step."""
@@ -156,21 +165,6 @@ def is_lane(st: PrefillInstanceState, model: PrefillCapacityModel) -> bool:
         and len(st.carries) < st.spec.dp_size
         and slow_step_s(st, model) > full_chunk_s(model, st.spec.chunk_tokens)
     )
-
-
-def lane_due(
-    instances: Sequence[PrefillInstanceState], p: int, *, model: PrefillCapacityModel, lead_s: float
-) -> float | None:
-    """When the first long-prompt lane other than `p` is next offered work (None: no lane with a step
-    to offer). A prompt longer than a chunk started there hides its first chunk in a step that is slow
-    anyway, instead of holding another instance in slow lockstep steps for its whole prefill."""
-    best: float | None = None
-    for i, st in enumerate(instances):
-        if i != p and is_lane(st, model):
-            due = release_time(st, lead_s=lead_s, idle_from=-math.inf)
-            if due < math.inf and (best is None or due < best):
-                best = due
-    return best
 
 
 def committed_loads(st: PrefillInstanceState) -> tuple[list[int], list[float]]:

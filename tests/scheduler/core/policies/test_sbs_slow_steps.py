@@ -16,7 +16,7 @@ MODEL = PrefillCapacityModel(fixed_s=0.01, per_token_s=1e-4, per_pair_s=1e-6)
 """Attention-heavy: a fresh full chunk costs 1.11 s, the last 100 tokens of a 4100-token prompt 0.82 s."""
 
 
-def scheduler(instances: int, **batching: bool) -> Scheduler:
+def scheduler(instances: int, **batching: bool | float) -> Scheduler:
     prefill = [InstanceSpec(f"p{i}", Role.PREFILL, 2, CHUNK, 1_000_000) for i in range(instances)]
     decode = [InstanceSpec("d0", Role.DECODE, 2, 0, 1_000_000)]
     policy = scheduling.SbsPolicy(batching=scheduling.BatchingSettings(**batching))
@@ -75,7 +75,9 @@ def test_without_isolation_short_prompts_ride_the_slow_step() -> None:
 
 
 def test_a_long_prompt_waits_for_the_lane_and_joins_it() -> None:
-    sched = scheduler(2)
+    # Without the lane costs (`lane_cost`) every prompt longer than a chunk waits for the lane, even
+    # among few short prompts (`test_sbs_lanes` has the cost rule).
+    sched = scheduler(2, lane_cost=False)
     running(sched, 0, until=1.5, carry=(500, 4000))  # the lane: slow anyway, rank 1 free
     running(sched, 1, until=1.0)
     first = sent(sched, [(1, 0.1, 300), (2, 0.2, 3000)], until=0.999)

@@ -1,0 +1,153 @@
+"""SBS's long-prompt lanes as a cost decision (issue 11).
+
+A prompt longer than a chunk may wait for a long-prompt lane (`sbs_timing.is_lane`: an instance whose
+next step is a slow continuation anyway) instead of starting on the instance at hand. It waits only when
+the lane costs it less than starting here costs the short prompts:
+
+- lane cost: its extra wait for the lane, plus, per chunk of the prompt, how much slower the lane's
+  steps are (its predicted step) than this instance's measured mean step;
+- short cost: `beta` × the arrival rate of prompts of at most a chunk (over the last `window_s`) × the
+  prompt's own prefill time ÷ the live instances × its mean step (prefill time ÷ chunks) — the short
+  prompts that arrive while it runs here and reach this instance, each delayed about one of its steps.
+
+With rare long prompts among many short ones the lane wins (the old rule); with long prompts a large
+share of the work and little short traffic each starts at once, so lanes no longer herd them. Pure
+functions of the instances' state and `now`, plus one deterministic arrival log (`ShortArrivals`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sbs.scheduler.core.capacity import PrefillCapacityModel
+from sbs.scheduler.core.policies import sbs_timing
+from sbs.scheduler.core.state import PrefillInstanceState
+from sbs.settings.scheduling import BatchingSettings
+
+
+class ShortArrivals:
+    """Arrival times of prompts of at most `tokens` over the last `window_s` (a rate estimate)."""
+
+    def __init__(self, tokens: int, window_s: float) -> None:
+        self.tokens = tokens
+        self.window_s = window_s
+        self.times: deque[float] = deque()
+
+    def add(self, prompt_tokens: int, now: float) -> None:
+        if prompt_tokens <= self.tokens:
+            self.times.append(now)
+            self._prune(now)  # the log stays one window long even when no lane asks for the rate
+
+    def rate(self, now: float) -> float:
+        """Short prompts per second over the window ending at `now`."""
+        self._prune(now)
+        return len(self.times) / self.window_s
+
+    def _prune(self, now: float) -> None:
+        times, start = self.times, now - self.window_s
+        while times and times[0] < start:
+            times.popleft()
+
+    def adopt(self, other: ShortArrivals) -> None:
+        """Take over `other`'s log (a rebuilt core goes on with the same estimate)."""
+        self.times = deque(other.times)
+
+
+def prefill_s(model: PrefillCapacityModel, tokens: int, chunk: int) -> float:
+    """Predicted prefill time of a prompt of `tokens` alone on one rank, in chunks of `chunk`: the
+    attention pairs of its chunks telescope to tokens²."""
+    steps = -(-tokens // chunk)
+    return steps * model.fixed_s + model.per_token_s * tokens + model.per_pair_s * tokens * tokens
+
+
+@dataclass(frozen=True, slots=True)
+class LaneCost:
+    """Which prompts longer than `chunk` should wait for a lane rather than start here."""
+
+    wait_s: float
+    """The prompt's extra wait for the lane."""
+    slower_s: float
+    """Per chunk of the prompt: the lane's predicted step minus this instance's mean step (>= 0)."""
+    short_s: float
+    """beta × short-prompt rate ÷ live instances: × the prompt's prefill time × its mean step is the
+    short cost."""
+    chunk: int
+    model: PrefillCapacityModel
+
+    def waits(self, tokens: int) -> bool:
+        """Whether a prompt of `tokens` (> chunk) costs less in the lane than the short prompts pay
+        for it here."""
+        chunks = tokens / self.chunk
+        lane = self.wait_s + self.slower_s * chunks
+        own = prefill_s(self.model, tokens, self.chunk)
+        return lane < self.short_s * own * own / max(chunks, 1.0)
+
+
+def mean_step_s(st: PrefillInstanceState, model: PrefillCapacityModel) -> float:
+    """`st`'s measured mean step; before any, a full fresh chunk's predicted step."""
+    return st.step_ewma_s or sbs_timing.full_chunk_s(model, st.spec.chunk_tokens)
+
+
+def lane_cost(
+    instances: Sequence[PrefillInstanceState],
+    here: int,
+    lane: int,
+    wait_s: float,
+    short_rate: float,
+    *,
+    model: PrefillCapacityModel,
+    b: BatchingSettings,
+) -> LaneCost | None:
+    """The cost rule for long prompts choosing between instance `here` and lane `lane` (after `wait_s`
+    more). None when the costs are off (`b.lane_cost`): every long prompt waits for the lane."""
+    if not b.lane_cost:
+        return None
+    st, ln = instances[here], instances[lane]
+    own = mean_step_s(st, model)
+    pace = sbs_timing.slow_step_s(ln, model) * ln.error_ewma
+    live = sum(1 for s in instances if s.available) or 1
+    short = b.lane_short_weight * short_rate / live
+    return LaneCost(max(wait_s, 0.0), max(pace - own, 0.0), short, st.spec.chunk_tokens, model)
+
+
+def first_lane(
+    instances: Sequence[PrefillInstanceState], p: int, *, model: PrefillCapacityModel, lead_s: float
+) -> tuple[float, int] | None:
+    """(when it is next offered work, index) of the first long-prompt lane other than `p` (None: no
+    lane with a step to offer). A prompt longer than a chunk started there hides its first chunk in a
+    step that is slow anyway, instead of holding another instance in slow lockstep steps."""
+    best: tuple[float, int] | None = None
+    for i, st in enumerate(instances):
+        if i != p and sbs_timing.is_lane(st, model):
+            due = sbs_timing.release_time(st, lead_s=lead_s, idle_from=-math.inf)
+            if due < math.inf and (best is None or due < best[0]):
+                best = (due, i)
+    return best
+
+
+def forced_target(
+    instances: Sequence[PrefillInstanceState],
+    live: Sequence[int],
+    tokens: int,
+    short_rate: float,
+    *,
+    model: PrefillCapacityModel,
+    b: BatchingSettings,
+) -> int:
+    """Where a request held too long goes: the live instance that frees first, or, for a prompt longer
+    than every live chunk, the lane that frees first when it costs less there (`LaneCost`)."""
+    first = min(live, key=lambda i: (instances[i].busy_until_s, i))
+    if not b.isolate_slow_steps or tokens <= min(instances[i].spec.chunk_tokens for i in live):
+        return first
+    lanes = [i for i in live if sbs_timing.is_lane(instances[i], model)]
+    if not lanes:
+        return first
+    lane = min(lanes, key=lambda i: (instances[i].busy_until_s, i))
+    if lane == first:
+        return lane
+    wait = instances[lane].busy_until_s - instances[first].busy_until_s
+    cost = lane_cost(instances, first, lane, wait, short_rate, model=model, b=b)
+    return lane if cost is None or cost.waits(tokens) else first
