@@ -39,8 +39,8 @@ async def _owners(http: aiohttp.ClientSession, urls: list[str]) -> dict[str, lis
     return out
 
 
-async def _scrape(http: aiohttp.ClientSession, url: str) -> dict[str, float]:
-    """Totals of the survivor's own request counters."""
+async def scrape_counters(http: aiohttp.ClientSession, url: str) -> dict[str, float]:
+    """Totals of a scheduler's own request counters (accepted, completed, errored) from its `/metrics`."""
     async with http.get(f"{url}/metrics") as resp:
         text = await resp.text()
     out = {"accepted": 0.0, "completed": 0.0, "errored": 0.0}
@@ -91,7 +91,7 @@ async def run_failover(
                 down=down,
             )
             await asyncio.wait_for(killer, 60)
-            counters = {u: await _scrape(http, u) for u in survivors}
+            counters = {u: await scrape_counters(http, u) for u in survivors}
     summary = m.summary(trace, opts.time_factor, slo_ttft_s=opts.slo_ttft_s, slo_tpot_s=opts.slo_tpot_s)
     return {
         "system": spec.name,

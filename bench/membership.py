@@ -30,7 +30,7 @@ import numpy as np
 from sbs.bench import procs, systems
 from sbs.bench.client import Measurements, replay
 from sbs.bench.emulated_cluster import BenchCluster
-from sbs.bench.failover import _scrape
+from sbs.bench.failover import scrape_counters
 from sbs.bench.h2h import RunOptions, engine_lag, shape_trace
 from sbs.bench.procs import BenchError, ProcGroup
 from sbs.sim.trace import Trace
@@ -233,7 +233,7 @@ async def run_membership(
                     opts, f"[membership] {key} re-added (usable {marks['readd_seen'] - marks['readd']:.2f} s)"
                 )
 
-            before = await _scrape(http, url)  # the warm-up's requests
+            before = await scrape_counters(http, url)  # the warm-up's requests
             start = loop.time()
             changer = asyncio.create_task(change())
             m = await replay(
@@ -244,7 +244,7 @@ async def run_membership(
                 drain_timeout_s=opts.drain_timeout_s,
             )
             await asyncio.wait_for(changer, 120)
-            counters = {k: v - before[k] for k, v in (await _scrape(http, url)).items()}
+            counters = {k: v - before[k] for k, v in (await scrape_counters(http, url)).items()}
         lag = await engine_lag([u for u, _ in eng.prefill] + eng.decode)
     wall_s = time.monotonic() - started
     at_s = {k: (v - m.t0) / tf for k, v in marks.items()}  # engine seconds after the first arrival's slot
