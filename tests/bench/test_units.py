@@ -125,6 +125,14 @@ def test_h2h_table_is_unchanged() -> None:
     assert got + "\n" == (FIXTURES / "h2h_table.txt").read_text()
 
 
+def test_h2h_target_needs_both_mean_and_p90_35_percent_lower() -> None:
+    summaries = {"sbs": {**summary(0.7), "errors": 0}, "smg": {**summary(1.0), "errors": 0}}
+    summaries["sbs"]["ttft_p90_s"] = summaries["smg"]["ttft_p90_s"] * 0.6
+    lines = report.table(summaries, units="").splitlines()[-2:]
+    assert lines[0].startswith("sbs TTFT mean 30% lower") and lines[0].endswith("NOT met)")
+    assert lines[1].startswith("sbs TTFT p90 40% lower") and lines[1].endswith(": met)")
+
+
 def test_overhead_table_is_unchanged() -> None:
     def system(*figures: float | None, errors: tuple[int, int] = (0, 0)) -> dict[str, float | None]:
         keys = (
