@@ -17,61 +17,21 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
-from sbs.bench import membership_cli, report, systems
-from sbs.bench.emulated_cluster import BenchCluster
+from sbs.bench import cli_options, membership_cli, report, systems
+from sbs.bench.cli_options import bench_cluster, positive, run_options, scheduler_overrides, write_json
 from sbs.bench.procs import BenchError
-from sbs.settings.engine_shape import DEFAULT_CHUNK_PER_RANK
 
 DEFAULT_SYSTEMS = "sbs,least_load,sglang-router,smg,sglang-router+delayer,smg+delayer"
-DEFAULT_TIME_FACTOR = 2.0
-"""Half speed: at load 0.85 the default cluster serves ~100 requests and ~21k output tokens per
-engine second, which one Python decode emulator, the client and a Python scheduler cannot all stream
-in real time on 2 cores (at 1.0 the decode emulator fell seconds behind, docs/bench.md); at 2.0
-they keep up (lag_s well under 1 % of the run). Routers' and schedulers' own timers stay wall time."""
-DEFAULT_STREAM_INTERVAL = 8
-
-
-def _cluster_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    options = [
-        click.option(
-            "--prefill",
-            "prefill_shape",
-            default="2x8",
-            show_default=True,
-            help="Prefill instances × DP ranks each.",
-        ),
-        click.option(
-            "--decode", "decode_shape", default="1x16", show_default=True, help="Decode instances × DP ranks."
-        ),
-        click.option(
-            "--chunk-tokens",
-            type=int,
-            default=DEFAULT_CHUNK_PER_RANK,
-            show_default=True,
-            help="Prefill tokens per rank and step.",
-        ),
-        click.option(
-            "--log-dir",
-            type=click.Path(file_okay=False),
-            default="out/bench-live",
-            show_default=True,
-            help="Logs and configs of every process started.",
-        ),
-    ]
-    for opt in reversed(options):
-        f = opt(f)
-    return f
 
 
 def _trace_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    options = [
+    return cli_options.stacked([
         click.option(
             "--trace", "trace_path", required=True, help="Trace file (Azure CSV or Mooncake JSONL)."
         ),
@@ -96,45 +56,11 @@ def _trace_options(f: Callable[..., Any]) -> Callable[..., Any]:
             help="Offered prompt tokens/s as a fraction of the cluster's nominal prefill capacity "
             "(default: the trace's own rate).",
         ),
-        click.option(
-            "--time-factor",
-            type=float,
-            default=DEFAULT_TIME_FACTOR,
-            show_default=True,
-            help="Wall seconds per engine second (engines and arrivals alike).",
-        ),
-        click.option(
-            "--stream-interval",
-            type=int,
-            default=DEFAULT_STREAM_INTERVAL,
-            show_default=True,
-            help="Decode engines stream every N tokens (SGLang --stream-interval; the first token at once).",
-        ),
-        click.option(
-            "--slo-ttft", type=float, default=2.0, show_default=True, help="TTFT SLO (s) for goodput."
-        ),
-        click.option(
-            "--slo-tpot", type=float, default=0.1, show_default=True, help="TPOT SLO (s) for goodput."
-        ),
-        click.option(
-            "--drain-timeout",
-            type=float,
-            default=300.0,
-            show_default=True,
-            help="Wall seconds to wait for open requests after the last send.",
-        ),
-        click.option(
-            "--scheduler-config",
-            type=click.Path(dir_okay=False),
-            default=None,
-            help="YAML/JSON merged into our scheduler's settings (A/B and diagnostic runs; "
-            "default: the service's defaults, time-scaled).",
-        ),
-        click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None),
-    ]
-    for opt in reversed(options):
-        f = opt(f)
-    return f
+        cli_options.run_flags,
+    ])(f)  # fmt: skip
+
+
+_cluster_options = cli_options.cluster_options()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -158,7 +84,7 @@ def h2h(**opts: Any) -> None:
     from sbs.bench import h2h as mod
 
     specs = systems.parse_systems(opts["systems_text"])
-    run_opts = _run_options(opts)
+    run_opts = run_options(opts)
     overhead = _read_overhead(opts["overhead_json"])
     trace, nominal = _slice(opts, run_opts, announce=False)
     offered = trace.prompt_tokens_per_s
@@ -202,7 +128,7 @@ def h2h(**opts: Any) -> None:
         "best_other": report.best_other(summaries),
         "runs": {r.spec.name: mod.run_details(r, run_opts.time_factor) for r in runs},
     }
-    _write_json(doc, opts["json_out"])
+    write_json(doc, opts["json_out"])
 
 
 @cli.command()
@@ -242,11 +168,11 @@ def overhead(**opts: Any) -> None:
     for option in ("requests", "concurrency"):
         if opts[option] < 1:
             raise BenchError(f"--{option} must be >= 1, got {opts[option]}")
-    _positive("--duration", opts["duration"])
+    positive("--duration", opts["duration"])
     # Engines follow the bootstrap room (SGLang's PD default): unpinned routers then need no room
     # lookup, which would hit the emulator's room-registry race (docs/bench.md); pinned systems
     # align the room with the rank. SMG --dp-aware does not, so `smg` errors here; use `smg-nodp`.
-    cluster = dataclasses.replace(_cluster(opts), engine_balance="auto")
+    cluster = dataclasses.replace(bench_cluster(opts), engine_balance="auto")
     click.echo(f"cluster: {cluster.describe()}; engines at time factor 0 (instant), balance auto")
     doc = asyncio.run(
         mod.run_overhead(
@@ -256,11 +182,11 @@ def overhead(**opts: Any) -> None:
             concurrency=opts["concurrency"],
             duration_s=opts["duration"],
             log_dir=Path(opts["log_dir"]).resolve() / "overhead",
-            scheduler_overrides=_scheduler_overrides(opts.get("scheduler_config")),
+            scheduler_overrides=scheduler_overrides(opts.get("scheduler_config")),
         )
     )
     click.echo(mod.table(doc))
-    _write_json(doc, opts["json_out"])
+    write_json(doc, opts["json_out"])
 
 
 @cli.command()
@@ -279,7 +205,7 @@ def crosscheck(**opts: Any) -> None:
     specs = systems.parse_systems(opts["policies"], option="--policies")
     if bad := [s.name for s in specs if s.kind != "sbs-scheduler"]:
         raise BenchError(f"--policies: only our scheduler's policies have a simulated twin, got {bad[0]!r}")
-    run_opts = _run_options(opts)
+    run_opts = run_options(opts)
     trace, nominal = _slice(opts, run_opts)
 
     async def go() -> list[dict[str, Any]]:
@@ -288,7 +214,7 @@ def crosscheck(**opts: Any) -> None:
     docs = asyncio.run(go())
     for d in docs:
         click.echo(mod.describe(d))
-    _write_json(
+    write_json(
         {
             "trace": trace.name,
             "requests": len(trace),
@@ -315,7 +241,7 @@ def failover(**opts: Any) -> None:
     if not 0 < opts["kill_at"] < 1:
         raise BenchError(f"--kill-at must be in (0, 1), got {opts['kill_at']:g}")
     systems.parse_systems(opts["policy"], option="--policy")
-    run_opts = _run_options(opts)
+    run_opts = run_options(opts)
     trace, _ = _slice(opts, run_opts)
     run = mod.run_failover(
         trace, run_opts, replicas=opts["replicas"], kill_at=opts["kill_at"], policy=opts["policy"]
@@ -323,7 +249,7 @@ def failover(**opts: Any) -> None:
     doc = asyncio.run(run)
     for line in mod.report_lines(doc):
         click.echo(line)
-    _write_json(doc, opts["json_out"])
+    write_json(doc, opts["json_out"])
 
 
 @cli.command("operator-scale")
@@ -359,7 +285,7 @@ def operator_scale(**opts: Any) -> None:
     doc = mod.run_scale(run, lambda line: click.echo(f"operator-scale: {line}", err=True))
     for line in mod.summary_lines(doc):
         click.echo(line)
-    _write_json(doc, opts["json_out"])
+    write_json(doc, opts["json_out"])
 
 
 @cli.command()
@@ -400,9 +326,9 @@ def scale_table(**opts: Any) -> None:
     replicas = _counts(opts["replicas_text"], "--replicas")
     if any(r > opts["replica_instances"] for r in replicas):
         raise BenchError(f"--replicas: at most --replica-instances ({opts['replica_instances']}) replicas")
-    _positive("--load", opts["load"])
-    _positive("--duration", opts["duration"])
-    _positive("--decode-per-prefill", opts["decode_per_prefill"])
+    positive("--load", opts["load"])
+    positive("--duration", opts["duration"])
+    positive("--decode-per-prefill", opts["decode_per_prefill"])
     doc = mod.run_tables(
         trace_path=opts["trace_path"] or mod.TRACE,
         instances=instances,
@@ -416,7 +342,7 @@ def scale_table(**opts: Any) -> None:
         echo=lambda line: click.echo(line, err=True),
     )
     click.echo(mod.format_tables(doc))
-    _write_json(doc, opts["json_out"])
+    write_json(doc, opts["json_out"])
 
 
 def _counts(text: str, option: str) -> list[int]:
@@ -437,31 +363,6 @@ def _read_overhead(path: str | None) -> dict[str, dict[str, Any]]:
         return {k: dict(v) for k, v in doc["systems"].items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise BenchError(f"--overhead {path}: not a `sbs-bench overhead` JSON ({exc})") from None
-
-
-def _shape(text: str, option: str) -> tuple[int, int]:
-    a, sep, b = text.lower().partition("x")
-    try:
-        n, dp = int(a), int(b)
-    except ValueError:
-        n = dp = 0
-    if not sep or n < 1 or dp < 1:
-        raise BenchError(f"{option}: expected INSTANCESxDP with positive integers (e.g. 2x8), got {text!r}")
-    return n, dp
-
-
-def _cluster(opts: dict[str, Any]) -> BenchCluster:
-    p_n, p_dp = _shape(opts["prefill_shape"], "--prefill")
-    d_n, d_dp = _shape(opts["decode_shape"], "--decode")
-    if opts["chunk_tokens"] < 64:
-        raise BenchError(f"--chunk-tokens must be >= 64, got {opts['chunk_tokens']}")
-    return BenchCluster(
-        prefill_instances=p_n,
-        prefill_dp=p_dp,
-        decode_instances=d_n,
-        decode_dp=d_dp,
-        chunk_tokens=opts["chunk_tokens"],
-    )
 
 
 def _slice(opts: dict[str, Any], run_opts: Any, *, announce: bool = True) -> tuple[Any, float]:
@@ -485,71 +386,12 @@ def _slice(opts: dict[str, Any], run_opts: Any, *, announce: bool = True) -> tup
     return trace, nominal
 
 
-def _scheduler_overrides(path: str | None) -> dict[str, Any]:
-    """`--scheduler-config`'s settings, merged into our scheduler's (empty without it)."""
-    if not path:
-        return {}
-    from sbs.scheduler.service.config_file import SettingsError, read_config_file
-
-    try:
-        return read_config_file(path)
-    except SettingsError as exc:
-        raise BenchError(f"--scheduler-config: {exc}") from None
-
-
-def _run_options(opts: dict[str, Any]) -> Any:
-    from sbs.bench.h2h import RunOptions
-
-    _positive("--duration", opts.get("duration"))
-    if opts.get("load") is not None and not (0 < opts["load"] <= 5):
-        raise BenchError(f"--load must be in (0, 5], got {opts['load']:g}")
-    tf = opts["time_factor"]
-    if not (math.isfinite(tf) and tf > 0):
-        raise BenchError(f"--time-factor must be > 0, got {tf:g}")
-    if opts["stream_interval"] < 1:
-        raise BenchError(f"--stream-interval must be >= 1, got {opts['stream_interval']}")
-    _positive("--slo-ttft", opts["slo_ttft"])
-    _positive("--slo-tpot", opts["slo_tpot"])
-    _positive("--drain-timeout", opts["drain_timeout"])
-    return RunOptions(
-        scheduler_overrides=_scheduler_overrides(opts.get("scheduler_config")),
-        cluster=_cluster(opts),
-        time_factor=tf,
-        stream_interval=opts["stream_interval"],
-        slo_ttft_s=opts["slo_ttft"],
-        slo_tpot_s=opts["slo_tpot"],
-        drain_timeout_s=opts["drain_timeout"],
-        log_dir=Path(opts["log_dir"]).resolve(),
-    )
-
-
-def _positive(option: str, value: float | None) -> None:
-    if value is not None and not (math.isfinite(value) and value > 0):
-        raise BenchError(f"{option} must be > 0, got {value:g}")
-
-
-def _write_json(doc: dict[str, Any], path: str | None) -> None:
-    if not path:
-        return
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2, default=_jsonable) + "\n")
-    click.echo(f"wrote {out}")
-
-
-def _jsonable(v: Any) -> Any:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return str(v)
-
-
 def _die(message: str) -> NoReturn:
     click.echo(f"sbs-bench: error: {message}", err=True)
     sys.exit(2)
 
 
-cli.add_command(membership_cli.command(DEFAULT_TIME_FACTOR, DEFAULT_STREAM_INTERVAL))
+cli.add_command(membership_cli.command())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import click
+from sbs.bench import cli_options, systems
 from sbs.bench import membership as mod
-from sbs.bench import systems
-from sbs.settings.engine_shape import DEFAULT_CHUNK_PER_RANK
 
 TRACE = str(
     Path(__file__).resolve().parents[1].parent
@@ -19,8 +18,8 @@ TRACE = str(
 """The Azure conversation trace in the shared data folder beside the repository."""
 
 
-def command(time_factor: float, stream_interval: int) -> click.Command:
-    """The `membership` subcommand, with sbs-bench's default time factor and stream interval."""
+def command() -> click.Command:
+    """The `membership` subcommand."""
     options: list[Callable[[Any], Any]] = [
         click.option("--trace", "trace_path", default=TRACE, show_default=True, help="Trace file."),
         click.option("--format", "fmt", type=click.Choice(["azure", "mooncake"]), default=None),
@@ -75,48 +74,12 @@ def command(time_factor: float, stream_interval: int) -> click.Command:
             show_default=True,
             help="Engine s measured after each change.",
         ),
-        click.option(
-            "--time-factor", type=float, default=time_factor, show_default=True, help="Wall s per engine s."
-        ),
-        click.option(
-            "--stream-interval",
-            type=int,
-            default=stream_interval,
-            show_default=True,
-            help="Decode streams every N.",
-        ),
-        click.option("--slo-ttft", type=float, default=2.0, show_default=True),
-        click.option("--slo-tpot", type=float, default=0.1, show_default=True),
-        click.option(
-            "--drain-timeout",
-            type=float,
-            default=300.0,
-            show_default=True,
-            help="Wall s after the last send.",
-        ),
-        click.option(
-            "--scheduler-config",
-            type=click.Path(dir_okay=False),
-            default=None,
-            help="Merged into its settings.",
-        ),
-        click.option(
-            "--prefill", "prefill_shape", default="4x8", show_default=True, help="Prefill instances × DP."
-        ),
-        click.option(
-            "--decode", "decode_shape", default="2x16", show_default=True, help="Decode instances × DP."
-        ),
-        click.option("--chunk-tokens", type=int, default=DEFAULT_CHUNK_PER_RANK, show_default=True),
-        click.option(
-            "--log-dir", type=click.Path(file_okay=False), default="out/bench-live", show_default=True
-        ),
-        click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None),
+        cli_options.run_flags,
+        cli_options.cluster_options(prefill="4x8", decode="2x16"),
     ]
 
     def membership(**opts: Any) -> None:
         """A prefill group drained and re-added under steady load: TTFT p90 after each change vs steady."""
-        from sbs.bench import cli as bench  # at call time: `cli` imports this module
-
         systems.parse_systems(opts["policy"], option="--policy")
         timeline = mod.Timeline(
             warmup_s=opts["warmup"],
@@ -127,8 +90,8 @@ def command(time_factor: float, stream_interval: int) -> click.Command:
             window_s=opts["window"],
         )
         timeline.check()
-        run_opts = bench._run_options({**opts, "duration": None})
-        bench._positive("--load", opts["load"])
+        run_opts = cli_options.run_options({**opts, "duration": None})
+        cli_options.positive("--load", opts["load"])
         trace, nominal, full = mod.make_trace(
             opts["trace_path"],
             opts["fmt"],
@@ -161,8 +124,6 @@ def command(time_factor: float, stream_interval: int) -> click.Command:
         )
         for line in mod.report_lines(doc):
             click.echo(line)
-        bench._write_json(doc, opts["json_out"])
+        cli_options.write_json(doc, opts["json_out"])
 
-    for option in reversed(options):
-        membership = option(membership)
-    return click.command("membership")(membership)
+    return click.command("membership")(cli_options.stacked(options)(membership))
