@@ -61,13 +61,18 @@ class FileSource:
     def __init__(self, path: str | Path, *, poll_s: float = 0.5) -> None:
         self.path, self.poll_s = Path(path), poll_s
         self.known: dict[str, EngineRecord] = {}
+        self._unreadable: str | None = None
+        """Why the file could not be looked at last time (logged once, not every poll)."""
 
     def _signature(self) -> tuple[int, int, int] | None:
         try:
             st = os.stat(self.path)
         except OSError as exc:
-            log.warning("engines file %s: %s; keeping the engines read before", self.path, exc.strerror)
+            if exc.strerror != self._unreadable:
+                log.warning("engines file %s: %s; keeping the engines read before", self.path, exc.strerror)
+            self._unreadable = exc.strerror
             return None
+        self._unreadable = None
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     async def changes(self) -> AsyncIterator[EngineChange]:

@@ -69,6 +69,29 @@ async def test_the_source_follows_a_drain_a_removal_and_a_readd(tmp_path: Path) 
     await changes.aclose()
 
 
+async def test_a_vanished_file_keeps_the_engines_and_is_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "engines.json"
+    write(path, {"prefill": [P0], "decode": [D0]})
+    changes = FileSource(path, poll_s=0.01).changes()
+    assert len([await asyncio.wait_for(anext(changes), 5) for _ in range(2)]) == 2
+    path.unlink()
+    with caplog.at_level("WARNING"):
+        pending = asyncio.ensure_future(anext(changes))
+        for _ in range(500):  # until the first poll of the missing file, then about ten more
+            if caplog.records:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)
+        assert not pending.done()  # no change: the engines read before are kept
+        assert sum("engines file" in r.getMessage() for r in caplog.records) == 1
+        write(path, {"prefill": [P0, P1], "decode": [D0]})
+        change = await asyncio.wait_for(pending, 5)
+    assert (change.kind, change.engine.key) == (ChangeKind.ADD, "prefill@http://p1:30000")
+    await changes.aclose()
+
+
 def test_run_refuses_a_bad_engines_file_or_one_beside_kubernetes_discovery(tmp_path: Path) -> None:
     bad = tmp_path / "engines.yaml"
     bad.write_text("prefill:\n  - url: p0:1\n")
