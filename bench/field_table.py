@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sbs.sim.report import REFERENCES
+
 TRACES = "../shared/traces"
 AZURE = f"{TRACES}/azure_llm_2023_conv/AzureLLMInferenceTrace_conv.csv"
 FIELD = "sbs,sbs-fcfs,eft,eft+prio,sglang,sglang+prio,sglang+delayer,least_load,least_load+prio"
@@ -66,7 +68,7 @@ def run(workload: str, out: Path, jobs: int) -> None:
 
 def best_immediate(capacities: dict[str, Any]) -> tuple[str, float]:
     """The immediate policy with the highest measured capacity, and that capacity (prompt tok/s)."""
-    imm = {k: v["capacity_tok_s"] for k, v in capacities.items() if not k.startswith("sbs") and k != "oracle"}
+    imm = {k: v["capacity_tok_s"] for k, v in capacities.items() if k not in REFERENCES}
     name = max(imm, key=imm.__getitem__)
     return name, imm[name]
 
@@ -94,7 +96,7 @@ def tables(workload: str, out: Path) -> list[str]:
               "| best FCFS | sbs-fcfs vs it: mean, p90 |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for load in sorted({r["load"] for r in runs}):
         at = {r["policy"]: r for r in runs if r["load"] == load}
-        imm = {k: v for k, v in at.items() if not k.startswith("sbs") and k != "oracle"}
+        imm = {k: v for k, v in at.items() if k not in REFERENCES}
         row = [f"{load:g}"]
         for me, pool in (("sbs", imm), ("sbs-fcfs", {k: v for k, v in imm.items() if "+prio" not in k})):
             b = min(pool, key=lambda k: pool[k]["ttft_mean_s"])
