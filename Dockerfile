@@ -6,8 +6,9 @@
 #
 # The builder turns the project and its dependencies into wheels; the runtime stage installs them
 # into a pip-less virtual environment and keeps no compiler, no pip cache and no source. It runs as
-# uid 65532 and needs no writable path but /tmp (HOME and MPLCONFIGDIR point there; bytecode is
-# compiled at install time), so it works with a read-only root filesystem.
+# uid 65532 and needs no writable path but /tmp (HOME, MPLCONFIGDIR and NUMBA_CACHE_DIR point there;
+# bytecode is compiled at install time), so it works with a read-only root filesystem; without a
+# writable /tmp the scheduler compiles its kernels once per process, at start.
 # `make docker-lint` lints this file; tests/packaging/test_dockerfile.py runs both RUN steps,
 # verbatim, into a fresh virtual environment (docs/packaging.md). Keep paths in SBS_* build args.
 
@@ -39,7 +40,8 @@ ENV PATH="/opt/sbs/bin:${PATH}" \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     HOME=/tmp \
-    MPLCONFIGDIR=/tmp/matplotlib
+    MPLCONFIGDIR=/tmp/matplotlib \
+    NUMBA_CACHE_DIR=/tmp/numba
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     python -m venv --without-pip "$SBS_VENV" \
     && python -m pip --python "$SBS_VENV/bin/python" install --no-cache-dir --no-index \

@@ -12,7 +12,6 @@ and tags its timer with its own index.
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 import math
 from collections.abc import Sequence
@@ -106,5 +105,5 @@ class CoreLoop:
 def _renumbered(d: Decision, ids: Sequence[int]) -> Decision:
     """A dispatch with its instance's cluster index; other decisions as they are."""
     if isinstance(d, Dispatch):
-        return dataclasses.replace(d, prefill_instance=ids[d.prefill_instance])
+        return d._replace(prefill_instance=ids[d.prefill_instance])
     return d

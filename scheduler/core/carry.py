@@ -60,14 +60,14 @@ def carry_state(old: ClusterState, new: ClusterState) -> None:
         p, d = p_now.get(f.prefill_instance), d_now.get(f.decode_instance)
         if p is None and d is None:
             continue
-        flight = replace(f)
         if p is None:  # its prefill instance left: nothing to free there
-            flight.prefill_instance, flight.prefill_rank, flight.prefill_tokens = -1, None, 0
-            flight.prefilled = True
+            f = f._replace(prefill_instance=-1, prefill_rank=None, prefill_tokens=0)
+            new.prefilled.add(rid)
         else:
-            flight.prefill_instance = p
-        if d is None:  # its decode instance left
-            flight.decode_instance, flight.decode_rank = -1, None
-        else:
-            flight.decode_instance = d
-        new.flights[rid] = flight
+            f = f._replace(prefill_instance=p)
+            if rid in old.prefilled:
+                new.prefilled.add(rid)
+        # its decode instance left: nothing to free there either
+        new.flights[rid] = (
+            f._replace(decode_instance=-1, decode_rank=None) if d is None else f._replace(decode_instance=d)
+        )

@@ -15,16 +15,13 @@ probability p, h = (n - 1) p and Q = x[floor h] + (h - floor h) (x[floor h + 1] 
 It takes plain per-rank and per-request lists (no objects), the shape the scheduler keeps its
 counters in.
 
-Complexity: a rank is one integer, (B, K, ref) packed so that integer order is (B, K, ref) order. With
-one capacity (the usual case) the candidates are a prefix of the sorted K. While every rank is a
-candidate, `iqr_fence.FenceWindows` keeps the fence (and so the masked count) exact from placement to
-placement at O(1) for a placement that leaves it unchanged, and the ranks are walked level by level
-(the lowest B's ranks in (K, ref) order, each lifted to the next level once placed): a request costs a
-few comparisons, a level one sort of the ranks it lifts. Otherwise the sorted K is kept exact and the
-fence recomputed per request by bisection. A rank that is ineligible for a request (masked, or too
-full) is parked, and returns only once some later request's threshold admits it, so a persistent
-outlier costs O(1) per request. Mixed capacities keep ranks in a heap, merge the groups' candidate
-prefixes per request and set ineligible ranks aside per request.
+Complexity: with one capacity (the usual case) the round runs compiled (`decode_kernel`): the
+candidates are a prefix of the sorted K, so a request's candidate count and quartiles are a bisection
+and four reads; the ranks sit in a heap keyed by (B, K, ref), and a rank that is ineligible for a
+request (masked, or too full) is parked until a later request's threshold admits it, so a persistent
+outlier costs nothing per request. Mixed capacities, and values beyond 2**53, take the pure-Python
+path: ranks in a heap of packed (B, K, ref) integers, the groups' candidate prefixes merged per
+request, ineligible ranks set aside per request. Both make the same choices (tested).
 """
 
 from __future__ import annotations
@@ -33,16 +30,16 @@ from bisect import bisect_left, bisect_right, insort
 from collections.abc import Sequence
 from dataclasses import dataclass
 from heapq import heappop, heappush, heapreplace
-from itertools import chain, compress, islice
+from itertools import chain, compress
 
 import numpy as np
-from sbs.scheduler.core.iqr_fence import INF, FenceWindows, fence_of, quartile_positions
+from sbs.scheduler.core import decode_kernel
 from sbs.scheduler.core.types import RankRef
 
 __all__ = ["DecodePlan", "assign_decode_lists", "assign_decode_ranks"]
 
-_WINDOWED = 16
-"""Fewest ranks for which `FenceWindows` keeps the fence (with fewer, it is recomputed per request)."""
+_EXACT = 1 << 53
+INF = float("inf")
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,9 +80,11 @@ def assign_decode_lists(
     if not refs_sorted:
         keys = [(r.instance, r.rank) for r in refs]
         by_ref = sorted(range(len(refs)), key=keys.__getitem__)
-    order, chosen, masked = _place(
+    by_input, masked = _place(
         rids, kv_tokens, batch, kv, capacity, max_running, available, by_ref, iqr_k, min_candidates
     )
+    order = _placement_order(rids, kv_tokens)
+    chosen = by_input[order].tolist()
     placed = [p >= 0 for p in chosen]
     assignments = zip(
         map(rids.__getitem__, compress(order, placed)),
@@ -110,13 +109,10 @@ def assign_decode_ranks(
 ) -> tuple[list[int], int]:
     """`assign_decode_lists` with the rank lists in ref order: per request (input order) the index of its
     rank, -1 if unplaced; and the masked-candidate count."""
-    order, chosen, masked = _place(
+    chosen, masked = _place(
         rids, kv_tokens, batch, kv, capacity, max_running, available, None, iqr_k, min_candidates
     )
-    out = [-1] * len(rids)
-    for i, p in zip(order, chosen, strict=True):
-        out[i] = p
-    return out, masked
+    return chosen.tolist(), masked
 
 
 def _place(
@@ -130,8 +126,8 @@ def _place(
     by_ref: Sequence[int] | None,
     iqr_k: float,
     min_candidates: int,
-) -> tuple[list[int], list[int], int]:
-    """Request indices in placement order, each one's rank index (-1: unplaced), and the masked count.
+) -> tuple[np.ndarray, int]:
+    """Per request (input order) its rank index (-1: unplaced), and the masked count.
     Ranks tie-break in `by_ref` order (None: list order)."""
     m = len(batch)
     n_items = len(rids)
@@ -142,12 +138,15 @@ def _place(
         )
     if len(kv_tokens) != n_items:
         raise ValueError(f"{n_items} rids but {len(kv_tokens)} kv_tokens")
-    if n_items and min(kv_tokens) < 0:
+    try:
+        rid_a, kv_a = np.fromiter(rids, np.int64, n_items), np.fromiter(kv_tokens, np.int64, n_items)
+        low = int(kv_a.min()) if n_items else 0
+    except OverflowError:  # ids or sizes beyond int64
+        rid_a = kv_a = None
+        low = min(kv_tokens, default=0)
+    if low < 0:
         i = next(i for i, k in enumerate(kv_tokens) if k < 0)
         raise ValueError(f"decode item {rids[i]}: kv_tokens must be >= 0, got {kv_tokens[i]}")
-
-    order = sorted(range(n_items), key=rids.__getitem__)
-    order.sort(key=kv_tokens.__getitem__, reverse=True)  # stable, so ties stay in rid order
     # Live ranks (available, with a free running slot) in tie-break order: by (ref, index).
     cap_lo = min(max_running, default=0)
     every = all(available) and ((cap_lo > 0 and max(batch) < cap_lo) or not any(max_running))
@@ -161,13 +160,46 @@ def _place(
         lc = [capacity[j] for j in live]
         lm = [max_running[j] for j in live]
     if not lb:
-        return order, [-1] * n_items, 0
-    needs = [kv_tokens[i] for i in order]
-    place = _one_capacity if lc.count(lc[0]) == len(lc) else _mixed_capacities
-    chosen, masked = place(needs, lb, lk, lc, lm, iqr_k, min_candidates)
+        return np.full(n_items, -1, np.int64), 0
+    chosen: np.ndarray | None = None
+    if rid_a is not None and kv_a is not None and lc.count(lc[0]) == len(lc):
+        lk_a = _exact_int64(lk)
+        if lk_a is not None and -_EXACT < lc[0] < _EXACT and (not n_items or kv_a.max() < _EXACT):
+            chosen, masked = decode_kernel.place(
+                np.lexsort((rid_a, -kv_a)),  # largest KV first, ties by rid then index (stable)
+                kv_a,
+                np.fromiter(lb, np.int64, len(lb)),
+                lk_a,
+                np.fromiter(lm, np.int64, len(lm)),
+                lc[0],
+                float(iqr_k),
+                min_candidates,
+            )
+    if chosen is None:
+        order = _placement_order(rids, kv_tokens)
+        needs = [kv_tokens[i] for i in order]
+        picks, masked = _mixed_capacities(needs, lb, lk, lc, lm, iqr_k, min_candidates)
+        chosen = np.empty(n_items, np.int64)
+        chosen[order] = picks
     if not isinstance(live, range):
-        chosen = [live[p] if p >= 0 else -1 for p in chosen]
-    return order, chosen, masked
+        chosen = np.where(chosen >= 0, np.array(live, np.int64)[chosen], -1)
+    return chosen, masked
+
+
+def _placement_order(rids: Sequence[int], kv_tokens: Sequence[int]) -> list[int]:
+    """Request indices largest KV first, ties by rid then index (as `decode_kernel.place` orders them)."""
+    order = sorted(range(len(rids)), key=rids.__getitem__)
+    order.sort(key=kv_tokens.__getitem__, reverse=True)  # stable, so ties stay in rid order
+    return order
+
+
+def _exact_int64(values: Sequence[int]) -> np.ndarray | None:
+    """`values` as int64 if each lies within +-2**53 (exact in float64, `decode_kernel`'s domain)."""
+    try:
+        a = np.fromiter(values, np.int64, len(values))
+    except OverflowError:
+        return None
+    return a if a.min() > -_EXACT and a.max() < _EXACT else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,16 +213,8 @@ class _Packed:
     """The K field's shift."""
     sb: int
     """The B field's shift."""
-    dtype: type
-    """A numpy dtype that holds the keys and the requests' key increments."""
     bmin: int
     bmax: int
-    k_array: np.ndarray | None
-    """K as int64 (None where a value does not fit)."""
-
-    def sorted_k(self, lk: Sequence[int]) -> list[int]:
-        """`sorted(lk)`, `lk` the K the keys were packed from."""
-        return sorted(lk) if self.k_array is None else np.sort(self.k_array).tolist()
 
 
 def _packed(lb: Sequence[int], lk: Sequence[int], top_k: int, top_need: int) -> _Packed:
@@ -214,7 +238,7 @@ def _packed(lb: Sequence[int], lk: Sequence[int], top_k: int, top_need: int) -> 
     keys = ((ab - bmin) << sb) + ((ak - kmin) << sk)
     keys += np.arange(n)
     keys.sort()
-    return _Packed(keys.tolist(), sk, sb, dtype, bmin, bmax, ak if ak.dtype == np.int64 else None)
+    return _Packed(keys.tolist(), sk, sb, bmin, bmax)
 
 
 def _full_at(packed: _Packed, lm: Sequence[int], n_items: int) -> list[int]:
@@ -224,165 +248,6 @@ def _full_at(packed: _Packed, lm: Sequence[int], n_items: int) -> list[int]:
     if lm.count(lm[0]) == len(lm):
         return [(lm[0] if lm[0] > 0 else never) - bmin] * len(lm)
     return [(r if r > 0 else never) - bmin for r in lm]
-
-
-def _one_capacity(
-    needs: Sequence[int],
-    lb: Sequence[int],
-    lk: Sequence[int],
-    lc: Sequence[int],
-    lm: Sequence[int],
-    iqr_k: float,
-    min_candidates: int,
-) -> tuple[list[int], int]:
-    """One capacity: per request (placement order) its live rank, -1 if none has room; masked count.
-
-    The candidates (K <= cap - need) are a prefix of the sorted K. While every rank is a candidate
-    (and there are at least `_WINDOWED`), `FenceWindows` keeps the fence and the ranks are taken level
-    by level: the ranks of the lowest B in (K, pos) order, each placement lifting its rank to the next
-    level. Otherwise the sorted K is kept exact and the fence recomputed per request. A rank that a
-    request cannot use is parked and comes back once a request's threshold admits it.
-    """
-    n_items = len(needs)
-    cap = lc[0]
-    packed = _packed(lb, lk, cap, needs[0] if needs else 0)  # needs: largest first
-    rest, sk, sb, dtype = packed.keys, packed.sk, packed.sb, packed.dtype
-    ks: list[int] | None = packed.sorted_k(lk)  # the sorted K, kept exact while there are no windows
-    pmask = (1 << sk) - 1
-    incs = ((np.fromiter(needs, dtype, n_items) << sk) + (1 << sb)).tolist()  # a placement's key increment
-    full_at = _full_at(packed, lm, n_items)
-    gone = 0  # ranks that left the round (max_running reached)
-    efull = (min(full_at) - 1) << sb  # a rank whose key is below this does not fill when placed
-    kpos: list[float] = list(lk)  # K per rank; inf once it left the round
-    kmax = ks[-1]
-    win: FenceWindows | None = None
-    # The ranks by level: cur[c:] those of the current level not taken yet, `promo` those lifted from
-    # it to the next, rest[r:] those above that no placement has touched; each list ascending.
-    cur: list[int] = []
-    c = r = 0
-    promo: list[int] = []
-    parked: list[int] = []
-    parked_k = INF  # the smallest K among the parked ranks
-    chosen: list[int] = []
-    append = chosen.append
-    masked = 0
-    i = 0
-    while i < n_items:
-        need = needs[i]
-        lim = cap - need
-        if win is not None and lim >= kmax:
-            thr = win.thr
-            masked += win.masked
-        else:
-            win = None
-            if ks is None:
-                ks = sorted([k for k in kpos if k != INF] if gone else kpos)  # type: ignore[misc]
-            n = bisect_right(ks, lim)
-            if not n:
-                append(-1)
-                i += 1
-                continue
-            kmax = ks[-1]
-            thr = lim
-            fence = INF
-            kept = n
-            if n >= min_candidates:
-                lo1, fr1, lo3, fr3 = quartile_positions(n)
-                v1, v3 = ks[lo1], ks[lo3]
-                v2 = ks[lo1 + 1] if lo1 + 1 < n else v1
-                v4 = ks[lo3 + 1] if lo3 + 1 < n else v3
-                fence = fence_of(v1, v2, v3, v4, fr1, fr3, iqr_k)
-                kept = bisect_right(ks, fence, 0, n)
-                if 0 < kept < n:
-                    masked += n - kept
-                    thr = min(lim, fence)
-            if n == len(ks) >= _WINDOWED:
-                win = FenceWindows(ks, iqr_k, fence, kept, active=n >= min_candidates)
-                ks = None
-        if parked and parked_k <= thr:
-            back = [e for e in parked if kpos[e & pmask] <= thr]
-            parked = [e for e in parked if kpos[e & pmask] > thr]
-            parked_k = min((kpos[e & pmask] for e in parked), default=INF)
-            rest = sorted(cur[c:] + promo + rest[r:] + back)
-            cur = promo = []
-            c = r = 0
-        # argmin (B, K, pos) over the eligible ranks (K <= thr): the current level's first, once the
-        # ineligible ones are parked; when the level is done, the next one is the lifted ranks and the
-        # untouched ones of their B (or, with none lifted, the lowest untouched B).
-        while True:
-            if c == len(cur):
-                end = bisect_left(rest, (((promo[0] if promo else rest[r]) >> sb) + 1) << sb, r)
-                cur = rest[r:end] + promo
-                cur.sort()
-                c = 0
-                r = end
-                promo = []
-            e = cur[c]
-            p = e & pmask
-            k = kpos[p]
-            c += 1
-            if k <= thr:
-                break
-            parked.append(e)
-            parked_k = min(parked_k, k)
-        append(p)
-        e += incs[i]
-        i += 1
-        if (e >> sb) >= full_at[p]:  # max_running reached: the rank leaves the round
-            kpos[p] = INF
-            gone += 1
-            if ks is not None:
-                del ks[bisect_left(ks, k)]
-            win = None
-            continue
-        promo.append(e)
-        k2 = k + need
-        kpos[p] = k2
-        kmax = max(kmax, k2)
-        if ks is not None:
-            del ks[bisect_left(ks, k)]
-            insort(ks, k2)
-            continue
-        assert win is not None
-        l1, h1, l2, h2, l3, h3 = win.touch
-        if (l1 if k <= h1 else l2 if k <= h2 else l3 if k <= h3 else INF) <= k2 and not win.move(k, k2):
-            win = None
-            continue
-        thr = win.thr
-        if parked and parked_k <= thr:  # the move raised the fence over a parked rank: next step unparks
-            continue
-        # While the fence holds, the next requests take the current level's ranks in turn: the steps
-        # above without the checks that cannot fail, until one of them needs the general step.
-        l1, h1, l2, h2, l3, h3 = win.touch
-        room = cap - kmax
-        start = len(chosen)
-        moved = False
-        for e, need, inc in zip(
-            islice(cur, c, None), islice(needs, i, None), islice(incs, i, None), strict=False
-        ):
-            if e >= efull or need > room:
-                break
-            p = e & pmask
-            k = kpos[p]
-            if k > thr:
-                break
-            promo.append(e + inc)
-            append(p)
-            k2 = k + need
-            kpos[p] = k2
-            if k2 > kmax:
-                kmax = k2
-                room = cap - k2
-            if (l1 if k <= h1 else l2 if k <= h2 else l3 if k <= h3 else INF) <= k2:
-                moved = True
-                break
-        done = len(chosen) - start
-        c += done
-        i += done
-        masked += done * win.masked
-        if moved and not win.move(k, k2):
-            win = None
-    return chosen, masked
 
 
 def _mixed_capacities(

@@ -40,9 +40,14 @@ from dataclasses import dataclass
 from heapq import heapify, heappop, heappush, heapreplace
 from itertools import accumulate, compress, repeat
 
+import numpy as np
+from sbs.scheduler.core import prefill_kernel
 from sbs.scheduler.core.capacity import PrefillCapacityModel
 
 __all__ = ["PrefillColumns", "water_fill_lists"]
+
+_SQUARE_SAFE = 1 << 31
+"""Token counts below this have squares (attention pairs) that int64 holds (`prefill_kernel`)."""
 
 
 def _credit(cache: Mapping[int, int], rank: int, tokens: int) -> int:
@@ -154,6 +159,77 @@ def water_fill_lists(
                 sel_c.append(c)
             k += 1
     n_sel = len(sel_t)
+    compiled = None if any_cache else _pack_compiled(sel_t, tok, prs, room, a, b, allow_chunking)
+    if compiled is not None:
+        p_rank, p_step, p_rem, tok, prs = compiled
+        p_cached = [0] * n_sel
+    else:
+        p_rank, p_step, p_rem, p_cached = _pack(
+            sel_idx, sel_t, sel_c, credits, tok, prs, room, avail, a, b, any_cache, allow_chunking
+        )
+
+    sel_rids = list(rids[:k]) if isinstance(sel_idx, range) else [rids[i] for i in sel_idx]
+    if n_sel == k and (not n_sel or min(p_rank) >= 0):
+        unplaced: list[int] = []
+    else:  # some considered items were not admitted or not placed
+        flag = bytearray(b"\x01") * k
+        placed = [r >= 0 for r in p_rank]
+        for i in compress(sel_idx, placed):
+            flag[i] = 0
+        unplaced = list(compress(rids[:k], flag))
+        sel_rids = list(compress(sel_rids, placed))
+        p_rank, p_step, p_rem, p_cached = (
+            list(compress(col, placed)) for col in (p_rank, p_step, p_rem, p_cached)
+        )
+    unplaced.extend(rids[k:])
+    rank_cost = list(map(model.rank_cost_s, tok, prs))
+    return PrefillColumns(sel_rids, p_rank, p_step, p_rem, p_cached, unplaced, tok, rank_cost, avail)
+
+
+def _pack_compiled(
+    sel_t: list[int],
+    tok: list[int],
+    prs: list[float],
+    room: list[int],
+    a: float,
+    b: float,
+    allow_chunking: bool,
+) -> tuple[list[int], list[int], list[int], list[int], list[float]] | None:
+    """Phase 2 without cache credit by `prefill_kernel.pack`: per item (rank, step tokens, carried tokens)
+    and the ranks' tokens and pairs after it; None if a value is beyond int64 (the caller packs in Python)."""
+    n, m = len(sel_t), len(tok)
+    try:
+        t = np.fromiter(sel_t, np.int64, n)
+        tok_a, room_a = np.fromiter(tok, np.int64, m), np.fromiter(room, np.int64, m)
+    except OverflowError:
+        return None
+    if (n and int(t.max()) >= _SQUARE_SAFE) or (m and int(room_a.max()) >= _SQUARE_SAFE):
+        return None
+    # LPT order: tokens descending, stable (ties keep priority order); any order when nothing costs.
+    order = np.argsort(-t, kind="stable") if a > 0 or b > 0 else np.arange(n)
+    prs_a = np.fromiter(prs, np.float64, m)
+    p_rank, p_step, p_rem = prefill_kernel.pack(t, order, tok_a, prs_a, room_a, a, b, allow_chunking)
+    return p_rank.tolist(), p_step.tolist(), p_rem.tolist(), tok_a.tolist(), prs_a.tolist()
+
+
+def _pack(
+    sel_idx: Sequence[int],
+    sel_t: list[int],
+    sel_c: list[int],
+    credits: Sequence[Mapping[int, int] | None] | None,
+    tok: list[int],
+    prs: list[float],
+    room: list[int],
+    avail: list[bool],
+    a: float,
+    b: float,
+    any_cache: bool,
+    allow_chunking: bool,
+) -> tuple[list[int], list[int], list[int], list[int]]:
+    """Phase 2 in Python, cache credit included: per item (rank, step tokens, carried tokens, credit).
+    Updates `tok`, `prs` and `room` in place."""
+    n_sel = len(sel_t)
+    m = len(tok)
     # LPT order: best-case cost increment, descending; the sort is stable, so ties keep priority order.
     # Without credit the cost is increasing in tokens, so the tokens themselves are the key.
     if any_cache:
@@ -256,19 +332,4 @@ def water_fill_lists(
             if ent[2] == ver[ent[1]]:
                 heappush(heap, ent)
 
-    sel_rids = list(rids[:k]) if isinstance(sel_idx, range) else [rids[i] for i in sel_idx]
-    if n_sel == k and (not n_sel or min(p_rank) >= 0):
-        unplaced: list[int] = []
-    else:  # some considered items were not admitted or not placed
-        flag = bytearray(b"\x01") * k
-        placed = [r >= 0 for r in p_rank]
-        for i in compress(sel_idx, placed):
-            flag[i] = 0
-        unplaced = list(compress(rids[:k], flag))
-        sel_rids = list(compress(sel_rids, placed))
-        p_rank, p_step, p_rem, p_cached = (
-            list(compress(col, placed)) for col in (p_rank, p_step, p_rem, p_cached)
-        )
-    unplaced.extend(rids[k:])
-    rank_cost = list(map(model.rank_cost_s, tok, prs))
-    return PrefillColumns(sel_rids, p_rank, p_step, p_rem, p_cached, unplaced, tok, rank_cost, avail)
+    return p_rank, p_step, p_rem, p_cached

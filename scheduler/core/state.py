@@ -15,8 +15,11 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import chain, repeat
+from typing import NamedTuple
 
+import numpy as np
 from sbs.scheduler.core.capacity import PrefillCapacityModel
 from sbs.scheduler.core.events import LoadReported, StepCompleted
 from sbs.scheduler.core.types import InstanceSpec, RankLoad, RankRef, Role
@@ -194,8 +197,19 @@ class RankCounters:
 
     def add_many(self, flat: Sequence[int], tokens: Sequence[int], now: float) -> None:
         """`add` of one request each (count 1, `tokens[i]` tokens) on flat ranks `flat`, sent at `now` (one
-        decision round)."""
+        decision round), summed per rank: one log entry per rank the round touched."""
         seen = now + self._transit_s
+        n = len(flat)
+        try:
+            f = np.fromiter(flat, np.int64, n)
+            per_rank = np.zeros(len(self.count), np.int64)
+            np.add.at(per_rank, f, np.fromiter(tokens, np.int64, n))
+        except OverflowError:  # sizes beyond int64: request by request
+            for i, t in zip(flat, tokens, strict=True):
+                self.add(self.instance_of[i], self.rank_of[i], 1, t, now)
+            return
+        per_count = np.bincount(f, minlength=len(self.count))
+        touched = np.flatnonzero(per_count)
         counts, toks, logs, instance_of, rank_of = (
             self.count,
             self.tokens,
@@ -203,10 +217,12 @@ class RankCounters:
             self.instance_of,
             self.rank_of,
         )
-        for i, t in zip(flat, tokens, strict=True):
-            counts[i] += 1
+        for i, c, t in zip(
+            touched.tolist(), per_count[touched].tolist(), per_rank[touched].tolist(), strict=True
+        ):
+            counts[i] += c
             toks[i] += t
-            logs[instance_of[i]].append((seen, rank_of[i], 1, t))
+            logs[instance_of[i]].append((seen, rank_of[i], c, t))
 
     def reconcile(self, instance: int, snapshot_s: float, loads: tuple[RankLoad, ...], tokens_of) -> None:
         """Replace the instance's counters with a snapshot plus the deltas it cannot have seen."""
@@ -230,9 +246,9 @@ class RankCounters:
         self._log[instance] = deque(old._log[old_instance], maxlen=_LOG_LIMIT)
 
 
-@dataclass(slots=True)
-class Flight:
-    """A dispatched request the scheduler still accounts for."""
+class Flight(NamedTuple):
+    """A dispatched request the scheduler still accounts for (whether its prefill has completed is
+    `ClusterState.prefilled`)."""
 
     prefill_instance: int
     prefill_rank: int | None
@@ -240,7 +256,10 @@ class Flight:
     decode_instance: int
     decode_rank: int | None
     kv_tokens: int
-    prefilled: bool = False
+
+
+new_flight = partial(tuple.__new__, Flight)
+"""A `Flight` from one tuple of its fields, built in C (a release builds hundreds at once)."""
 
 
 @dataclass(slots=True)
@@ -299,6 +318,8 @@ class ClusterState:
             s.max_running_requests for s in self.decode_specs for _ in range(s.dp_size)
         ]
         self.flights: dict[int, Flight] = {}
+        self.prefilled: set[int] = set()
+        """The flights whose prefill has completed (their prefill rank no longer holds them)."""
         self.stats = SchedulerStats()
         self._live_cache: tuple[tuple[bool, ...], list[int]] = ((), [])
         self._decode_live_cache: tuple[tuple[bool, ...], list[int]] = ((), [])
@@ -364,9 +385,9 @@ class ClusterState:
                 st.error_ewma = (1 - alpha) * st.error_ewma + alpha * ratio
         for rid in ev.finished_rids:
             flight = self.flights.get(rid)
-            if flight is None or flight.prefilled:
+            if flight is None or rid in self.prefilled:
                 continue
-            flight.prefilled = True
+            self.prefilled.add(rid)
             if flight.prefill_rank is None:
                 st.unpinned_tokens -= flight.prefill_tokens
             else:
@@ -410,7 +431,9 @@ class ClusterState:
         flight = self.flights.pop(rid, None)
         if flight is None:
             return
-        if not flight.prefilled:  # aborted before its prefill completed
+        if rid in self.prefilled:
+            self.prefilled.discard(rid)
+        else:  # aborted before its prefill completed
             if flight.prefill_rank is None:
                 self.instances[flight.prefill_instance].unpinned_tokens -= flight.prefill_tokens
             else:

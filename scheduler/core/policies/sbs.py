@@ -25,7 +25,7 @@ from sbs.scheduler.core.policies.decode_choice import lexicographic_ranks
 from sbs.scheduler.core.policies.sbs_clock import ReleaseClock
 from sbs.scheduler.core.prefill_alloc import water_fill_lists
 from sbs.scheduler.core.prefix_index import PrefixIndex
-from sbs.scheduler.core.state import Carry, ClusterState, Flight
+from sbs.scheduler.core.state import Carry, ClusterState, new_flight
 from sbs.scheduler.core.types import Decision, Reject, Request, dispatches
 from sbs.settings.scheduling import StaggeredPolicy
 
@@ -303,7 +303,11 @@ class StaggeredBatching:
                     if req.hash_ids:
                         self.prefix.insert(st.offset + rank, req.hash_ids)
         state.flights.update(
-            zip(placed, map(Flight, repeat(p), ranks, uncached, d_instances, d_ranks, kvs), strict=True)
+            zip(
+                placed,
+                map(new_flight, zip(repeat(p), ranks, uncached, d_instances, d_ranks, kvs)),
+                strict=True,
+            )
         )
         state.prefill.add_many(list(map(add, ranks, repeat(st.offset))), uncached, now)
         state.decode.add_many(flat, kvs, now)

@@ -115,7 +115,7 @@ def test_finishing_carried_flights_frees_the_new_core_and_legs_on_removed_instan
     old = busy_scheduler()
     # prefill-0 leaves (its request's decode leg stays on decode-0); prefill-1 and decode-0 stay.
     new = old.rebuilt(prefill_specs(2)[1:], decode_specs(1), 0.02)
-    assert new.flights[2].prefill_instance == 0 and new.flights[1].prefilled
+    assert new.flights[2].prefill_instance == 0 and 1 in new.state.prefilled
     assert new.prefill.count == old.prefill.count[4:8]
     for rid in (1, 2):
         new.state.on_finished(rid, 0.5, None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from collections.abc import Sequence
 
@@ -342,3 +343,35 @@ def test_loads_beyond_64_bits_match_naive_reference(offset: int) -> None:
     plan = assign_decode(items, ranks)
     assert len(plan.assignments) == len(items)
     assert plan == reference_assign_decode(items, ranks)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.randoms(use_true_random=False), st.sampled_from([0.0, 0.5, 1.5, -1.0]), st.integers(1, 30))
+def test_compiled_one_capacity_placement_is_the_python_placement(
+    rnd: random.Random, iqr_k: float, min_candidates: int
+) -> None:
+    """One capacity goes to `decode_kernel`; mixed capacities to the pure-Python heap placement, which
+    handles one capacity too: both choose the same ranks, ties and masks included."""
+    from sbs.scheduler.core import decode_alloc, decode_kernel
+
+    m = rnd.choice([1, 5, 64, 300])
+    cap = 10_000
+    batch = [rnd.randint(0, 8) for _ in range(m)]
+    kv = [rnd.choice([0, 100, 2_000, 9_000, rnd.randint(0, cap)]) for _ in range(m)]
+    max_running = [rnd.choice([0, 0, b + rnd.randint(1, 3)]) for b in batch]
+    needs = sorted(
+        (rnd.choice([0, 50, 500, rnd.randint(0, 3_000)]) for _ in range(rnd.randint(0, 400))), reverse=True
+    )
+    n = len(needs)
+    compiled, masked = decode_kernel.place(
+        np.arange(n),
+        np.array(needs, np.int64),
+        np.array(batch, np.int64),
+        np.array(kv, np.int64),
+        np.array(max_running, np.int64),
+        cap,
+        iqr_k,
+        min_candidates,
+    )
+    python = decode_alloc._mixed_capacities(needs, batch, kv, [cap] * m, max_running, iqr_k, min_candidates)
+    assert (compiled.tolist(), masked) == python

@@ -395,3 +395,33 @@ def test_lists_entry_matches_water_fill(case: dict) -> None:
 def test_lists_entry_rejects_bad_tokens() -> None:
     with pytest.raises(ValueError, match="prefill item 4: tokens must be >= 1, got 0"):
         water_fill_lists([4], [0], [0], [0.0], chunk_tokens=8, model=LINEAR)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.integers(1, 3000) | st.sampled_from([100, 4096]), max_size=120),
+    st.lists(st.integers(0, 5000) | st.sampled_from([0, 4096]), min_size=1, max_size=40),
+    st.sampled_from([LINEAR, REALISTIC, PrefillCapacityModel(0.0, 0.0, 0.0)]),
+    st.booleans(),
+    st.randoms(use_true_random=False),
+)
+def test_compiled_packing_is_the_python_packing(
+    sizes: list[int], committed: list[int], model: PrefillCapacityModel, chunking: bool, rnd: random.Random
+) -> None:
+    """Without cache credit `water_fill_lists` packs with `prefill_kernel`; its choices (ties included)
+    are those of the pure-Python packing, which handles credit."""
+    from sbs.scheduler.core.prefill_alloc import _pack, _pack_compiled
+
+    chunk = 4096
+    pairs_ = [float(t * t) for t in committed]
+    avail = [rnd.random() < 0.9 for _ in committed]
+    room = [max(chunk - t, 0) if ok else 0 for t, ok in zip(committed, avail, strict=True)]
+    a, b = model.per_token_s, model.per_pair_s
+    compiled = _pack_compiled(sizes, committed, pairs_, room, a, b, chunking)
+    assert compiled is not None
+    tok, prs = list(committed), list(pairs_)
+    python = _pack(
+        range(len(sizes)), sizes, [0] * len(sizes), None, tok, prs, list(room), avail, a, b, False, chunking
+    )
+    assert compiled[:3] == python[:3]
+    assert compiled[3] == tok and compiled[4] == prs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sbs.scheduler.core.state import Carry, PrefillInstanceState, RankCounters
@@ -134,13 +135,23 @@ def test_committed_next_is_one_chunk_per_carry() -> None:
     }
 
 
-def test_add_many_is_add_of_one_request_each_in_order() -> None:
+@pytest.mark.parametrize("big", [False, True])
+def test_add_many_is_add_of_one_request_each(big: bool) -> None:
+    """Summed per rank (or request by request beyond int64), with the same counters before and after
+    snapshots that have and have not seen the round."""
     many, one = RankCounters(specs(2, 3), TRANSIT_S), RankCounters(specs(2, 3), TRANSIT_S)
-    flat, tokens = [4, 0, 2, 4, 1], [10, 20, 30, 40, 50]
+    flat, tokens = [4, 0, 2, 4, 1], [10, 20, 30, 40, 50 + (1 << 70 if big else 0)]
     many.add_many(flat, tokens, now=1.0)
     for i, t in zip(flat, tokens, strict=True):
         instance = 0 if i < 2 else 1
         one.add(instance, i - many.offsets[instance], 1, t, now=1.0)
-    assert (many.count, many.tokens) == (one.count, one.tokens) == ([1, 1, 1, 0, 2], [20, 50, 30, 0, 50])
-    assert [list(log) for log in many._log] == [list(log) for log in one._log]
+    assert (many.count, many.tokens) == (one.count, one.tokens)
+    assert many.count == [1, 1, 1, 0, 2] and many.tokens[2:] == [30, 0, 50]
     assert many.instance_of == [0, 0, 1, 1, 1] and many.rank_of == [0, 1, 0, 1, 2]
+    assert len(many._log[1]) == (3 if big else 2)  # rank 2 of instance 1 (flat 4) once, summed
+    loads = tuple(RankLoad(r, 5, 0, 7, 100, 1000) for r in range(3))
+    for snapshot_s in (0.5, 1.0 + TRANSIT_S + 1e-9):  # before the round is seen, after
+        for c in (many, one):
+            c.reconcile(1, snapshot_s, loads, lambda load: load.num_used_tokens)
+        assert (many.count, many.tokens) == (one.count, one.tokens)
+    assert many.count[2:] == [5, 5, 5]

@@ -28,14 +28,14 @@ async def test_removing_an_engine_keeps_the_flights_on_the_others_and_the_buffer
         assert list(new.core.buffer) == [third.rid] and not third.decision.done()
         assert new.core.instances[0].busy_until_s == old.core.instances[1].busy_until_s
         # `first`'s prefill engine left; its decode leg is still accounted, and freed when it ends.
-        assert new.core.flights[first.rid].prefilled and first.generation == new.generation
+        assert first.rid in new.core.state.prefilled and first.generation == new.generation
         used = sum(new.core.decode.tokens)
         d.finish(first, None)
         assert sum(new.core.decode.tokens) == used - first.request.prompt_tokens - 1
         # The answer of a prefill sent before the rebuild completes an inferred step of the new core.
         d.steps.prefill_answered(second, pe1, 0, True)
         async with asyncio.timeout(2):
-            while not new.core.flights[second.rid].prefilled:
+            while second.rid not in new.core.state.prefilled:
                 await asyncio.sleep(0.005)
         # prefill-1 is free: `third` goes there, and is all it holds.
         assert third.state is JobState.DISPATCHED and third.prefill_engine is pe1

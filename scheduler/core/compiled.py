@@ -1,0 +1,38 @@
+"""The core's compiled hot loops (`decode_kernel`, `prefill_kernel`): how they are compiled, and a
+warm-up that compiles them before the first decision needs them.
+
+numba compiles a kernel at its first call (seconds) and keeps the machine code on disk where it may
+(next to the source, else `NUMBA_CACHE_DIR` or the user's cache directory); where no cache directory is
+writable, each process compiles once. A live service calls `warm_up` before it listens, so no request
+waits for a compilation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from numba import njit
+
+__all__ = ["jit", "warm_up"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def jit(fn: F) -> F:
+    """`numba.njit(nogil=True)`, with an on-disk cache where one can be written."""
+    try:
+        return njit(cache=True, nogil=True)(fn)
+    except RuntimeError:  # no writable cache location: compile per process
+        return njit(nogil=True)(fn)
+
+
+def warm_up() -> None:
+    """Compile (or load) every kernel by running each once on a tiny input."""
+    from sbs.scheduler.core.capacity import PrefillCapacityModel
+    from sbs.scheduler.core.decode_alloc import assign_decode_ranks
+    from sbs.scheduler.core.prefill_alloc import water_fill_lists
+
+    assign_decode_ranks([0, 1], [10, 20], [0] * 4, [0] * 4, [100] * 4, [0] * 4, [True] * 4)
+    model = PrefillCapacityModel(0.0, 1e-4, 1e-9)
+    water_fill_lists([0, 1], [10, 20], [0] * 2, [0.0] * 2, chunk_tokens=16, model=model)

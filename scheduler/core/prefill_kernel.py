@@ -1,0 +1,60 @@
+"""The packing phase of `prefill_alloc.water_fill_lists` without cache credit, compiled (numba).
+
+Each selected item, in LPT order, goes whole to the rank with the lowest cost `a * tokens + b * pairs`
+(ties: lowest index) among the ranks with room for it. If none has room and chunking is allowed, the
+rank with the most room (ties: lowest index) takes a chunk that fills it and the rest is carried on that
+rank. This is the choice the pure-Python packing makes through its heap; with at most a few dozen DP
+ranks per instance, a scan per item is cheaper than keeping a heap.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sbs.scheduler.core.compiled import jit
+
+__all__ = ["pack"]
+
+
+@jit
+def pack(
+    tokens: np.ndarray,
+    order: np.ndarray,
+    tok: np.ndarray,
+    prs: np.ndarray,
+    room: np.ndarray,
+    a: float,
+    b: float,
+    allow_chunking: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Place item `s` (`tokens[s]` tokens) for each s in `order`; per item its rank (-1: unplaced), its
+    tokens this step and the tokens carried. Updates the ranks' `tok`, `prs` and `room` in place."""
+    n = tokens.shape[0]
+    m = tok.shape[0]
+    p_rank = np.full(n, -1, np.int64)
+    p_step = tokens.copy()
+    p_rem = np.zeros(n, np.int64)
+    for s in order:
+        t = tokens[s]
+        best = -1
+        best_cost = np.inf
+        for j in range(m):
+            if room[j] >= t:
+                cost = a * tok[j] + b * prs[j]
+                if cost < best_cost:
+                    best, best_cost = j, cost
+        if best >= 0:
+            tok[best] += t
+            prs[best] += t * t
+            room[best] -= t
+            p_rank[s] = best
+        elif allow_chunking:
+            j = int(np.argmax(room))  # the first of the largest
+            mr = room[j]
+            if mr > 0:
+                tok[j] += mr
+                prs[j] += mr * mr
+                room[j] = 0
+                p_rank[s] = j
+                p_step[s] = mr
+                p_rem[s] = t - mr
+    return p_rank, p_step, p_rem
