@@ -56,18 +56,15 @@ def carry_state(old: ClusterState, new: ClusterState) -> None:
         new.decode.carry(old.decode, j, i, new.decode_specs[i].dp_size)
     p_now = {j: i for i, j in pmap.items()}
     d_now = {j: i for i, j in dmap.items()}
-    for rid, f in old.flights.items():
-        p, d = p_now.get(f.prefill_instance), d_now.get(f.decode_instance)
+    for rid, (p_old, p_rank, p_tokens, d_old, d_rank, kv) in old.flights.items():
+        p, d = p_now.get(p_old), d_now.get(d_old)
         if p is None and d is None:
             continue
         if p is None:  # its prefill instance left: nothing to free there
-            f = f._replace(prefill_instance=-1, prefill_rank=None, prefill_tokens=0)
+            p, p_rank, p_tokens = -1, None, 0
             new.prefilled.add(rid)
-        else:
-            f = f._replace(prefill_instance=p)
-            if rid in old.prefilled:
-                new.prefilled.add(rid)
-        # its decode instance left: nothing to free there either
-        new.flights[rid] = (
-            f._replace(decode_instance=-1, decode_rank=None) if d is None else f._replace(decode_instance=d)
-        )
+        elif rid in old.prefilled:
+            new.prefilled.add(rid)
+        if d is None:  # its decode instance left: nothing to free there either
+            d, d_rank = -1, None
+        new.flights[rid] = (p, p_rank, p_tokens, d, d_rank, kv)

@@ -175,6 +175,8 @@ def _place(
                 float(iqr_k),
                 min_candidates,
             )
+            if masked < 0:  # (B, K, pos) too wide to pack
+                chosen = None
     if chosen is None:
         order = _placement_order(rids, kv_tokens)
         needs = [kv_tokens[i] for i in order]

@@ -7,7 +7,8 @@ reference), and `argmin (B, K, pos)` over the ranks the fence keeps. It keeps:
 
 - `ks`, the sorted K of the ranks still in the round (a placement moves one value; a rank that reaches
   `max_running` leaves), so each request's candidate count and quartiles are a bisection and four reads;
-- a binary heap of ranks keyed by (B, K, pos), whose top after parking is the choice;
+- a binary heap of ranks, each packed into one integer whose order is (B, K, pos) order; its top after
+  parking is the choice;
 - the parked ranks: those found ineligible (masked, or too full) at the top of the heap. Their K does not
   change while parked, so they come back once a request's threshold admits them, and a persistent
   outlier costs nothing per request.
@@ -25,25 +26,15 @@ __all__ = ["place"]
 
 
 @jit
-def _before(b: np.ndarray, k: np.ndarray, x: int, y: int) -> bool:
-    """Rank x sorts before rank y in (B, K, pos) order."""
-    if b[x] != b[y]:
-        return b[x] < b[y]
-    if k[x] != k[y]:
-        return k[x] < k[y]
-    return x < y
-
-
-@jit
-def _sift_down(heap: np.ndarray, size: int, at: int, b: np.ndarray, k: np.ndarray) -> None:
+def _sift_down(heap: np.ndarray, size: int, at: int) -> None:
     x = heap[at]
     while True:
         child = 2 * at + 1
         if child >= size:
             break
-        if child + 1 < size and _before(b, k, heap[child + 1], heap[child]):
+        if child + 1 < size and heap[child + 1] < heap[child]:
             child += 1
-        if not _before(b, k, heap[child], x):
+        if heap[child] >= x:
             break
         heap[at] = heap[child]
         at = child
@@ -51,11 +42,11 @@ def _sift_down(heap: np.ndarray, size: int, at: int, b: np.ndarray, k: np.ndarra
 
 
 @jit
-def _push(heap: np.ndarray, size: int, x: int, b: np.ndarray, k: np.ndarray) -> None:
+def _push(heap: np.ndarray, size: int, x: int) -> None:
     at = size
     while at > 0:
         parent = (at - 1) // 2
-        if not _before(b, k, x, heap[parent]):
+        if heap[parent] <= x:
             break
         heap[at] = heap[parent]
         at = parent
@@ -63,16 +54,28 @@ def _push(heap: np.ndarray, size: int, x: int, b: np.ndarray, k: np.ndarray) -> 
 
 
 @jit
+def _bits(x: int) -> int:
+    """`int.bit_length` of x >= 0."""
+    n = 0
+    while x > 0:
+        x >>= 1
+        n += 1
+    return n
+
+
+@jit
 def _count_le(ks: np.ndarray, n: int, limit: float) -> int:
-    """How many of the ascending ks[:n] are <= limit."""
-    lo, hi = 0, n
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if ks[mid] <= limit:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
+    """How many of the ascending ks[:n] are <= limit (a branch-free bisection: the comparisons' outcomes
+    cannot be predicted, so none of them is a jump)."""
+    if n == 0 or ks[0] > limit:
+        return 0
+    lo = 0  # ks[lo] <= limit; the answer is in (lo, lo + size]
+    size = n
+    while size > 1:
+        half = size // 2
+        lo += half * (ks[lo + half] <= limit)
+        size -= half
+    return lo + 1
 
 
 @jit
@@ -96,21 +99,29 @@ def place(
     iqr_k: float,
     min_candidates: int,
 ) -> tuple[np.ndarray, int]:
-    """Per request (input order) the index of its rank (-1: none has room), and the masked-candidate count.
+    """Per request (input order) the index of its rank (-1: none has room), and the masked-candidate count
+    (-1, with no request placed, when (B, K, pos) cannot be packed into 62 bits: place in Python).
     Requests are placed in `order` (request indices, largest `kv_tokens` first). Ranks are the live ones
     in tie-break order; `max_running` 0 is no limit. The inputs are not modified."""
     needs = kv_tokens[order]
     n_items = needs.shape[0]
     m = batch.shape[0]
     chosen = np.full(n_items, -1, np.int64)
-    b = batch.copy()
     k = kv.copy()
     ks = np.sort(k)
     n_in = m  # ranks still in the round: ks[:n_in]
-    heap = np.arange(m)
+    # A rank is one integer, (B - min B, K - min K, pos) packed so that integer order is (B, K, pos)
+    # order; a placed K never exceeds cap, B grows by at most one per request.
+    bmin, kmin = batch.min(), ks[0]
+    sk = _bits(m - 1)
+    sb = sk + _bits(max(ks[m - 1], cap) - kmin)
+    if sb + _bits(batch.max() - bmin + n_items) > 62:
+        return chosen, -1  # too wide to pack: the caller places the round in Python
+    heap = ((batch - bmin) << sb) + ((k - kmin) << sk) + np.arange(m)
+    heap.sort()  # ascending: also a heap
     size = m
-    for at in range(m // 2 - 1, -1, -1):
-        _sift_down(heap, size, at, b, k)
+    pmask = (1 << sk) - 1
+    full = np.where(max_running > 0, max_running - bmin, 1 << 62)  # the packed B at which a rank is full
     parked = np.empty(m, np.int64)
     n_parked = 0
     parked_min = np.inf
@@ -118,7 +129,7 @@ def place(
     for i in range(n_items):
         need = needs[i]
         lim = cap - need
-        n = _count_le(ks, n_in, float(lim))
+        n = n_in if n_in and ks[n_in - 1] <= lim else _count_le(ks, n_in, float(lim))
         if n == 0:
             continue
         thr = float(lim)
@@ -126,7 +137,7 @@ def place(
             q1 = _quartile(ks, n, 0.25)
             q3 = _quartile(ks, n, 0.75)
             fence = q3 + iqr_k * (q3 - q1)
-            kept = _count_le(ks, n, fence)
+            kept = n if ks[n - 1] <= fence else _count_le(ks, n, fence)
             if 0 < kept < n:
                 masked += n - kept
                 thr = min(thr, fence)
@@ -134,31 +145,32 @@ def place(
             keep = 0
             parked_min = np.inf
             for j in range(n_parked):
-                p = parked[j]
-                if k[p] <= thr:
-                    _push(heap, size, p, b, k)
+                e = parked[j]
+                kp = k[e & pmask]
+                if kp <= thr:
+                    _push(heap, size, e)
                     size += 1
                 else:
-                    parked[keep] = p
+                    parked[keep] = e
                     keep += 1
-                    parked_min = min(parked_min, float(k[p]))
+                    parked_min = min(parked_min, float(kp))
             n_parked = keep
         # Some candidate (K <= thr) is in the heap: every one parked has just come back.
-        while k[heap[0]] > thr:
-            p = heap[0]
-            parked[n_parked] = p
+        while k[heap[0] & pmask] > thr:
+            e = heap[0]
+            parked[n_parked] = e
             n_parked += 1
-            parked_min = min(parked_min, float(k[p]))
+            parked_min = min(parked_min, float(k[e & pmask]))
             size -= 1
             heap[0] = heap[size]
-            _sift_down(heap, size, 0, b, k)
-        p = heap[0]
+            _sift_down(heap, size, 0)
+        e = heap[0] + (1 << sb) + (need << sk)
+        p = e & pmask
         chosen[order[i]] = p
         old = k[p]
         at = _count_le(ks, n_in, float(old)) - 1  # the last copy of `old`
-        b[p] += 1
         k[p] = old + need
-        if max_running[p] > 0 and b[p] >= max_running[p]:  # the rank leaves the round
+        if (e >> sb) >= full[p]:  # max_running reached: the rank leaves the round
             for j in range(at, n_in - 1):
                 ks[j] = ks[j + 1]
             n_in -= 1
@@ -170,5 +182,6 @@ def place(
                 ks[at] = ks[at + 1]
                 at += 1
             ks[at] = new
-        _sift_down(heap, size, 0, b, k)
+            heap[0] = e
+        _sift_down(heap, size, 0)
     return chosen, masked

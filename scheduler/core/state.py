@@ -15,9 +15,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from itertools import chain, repeat
-from typing import NamedTuple
 
 import numpy as np
 from sbs.scheduler.core.capacity import PrefillCapacityModel
@@ -246,20 +244,11 @@ class RankCounters:
         self._log[instance] = deque(old._log[old_instance], maxlen=_LOG_LIMIT)
 
 
-class Flight(NamedTuple):
-    """A dispatched request the scheduler still accounts for (whether its prefill has completed is
-    `ClusterState.prefilled`)."""
-
-    prefill_instance: int
-    prefill_rank: int | None
-    prefill_tokens: int
-    decode_instance: int
-    decode_rank: int | None
-    kv_tokens: int
-
-
-new_flight = partial(tuple.__new__, Flight)
-"""A `Flight` from one tuple of its fields, built in C (a release builds hundreds at once)."""
+Flight = tuple[int, int | None, int, int, int | None, int]
+"""A dispatched request the scheduler still accounts for: (prefill instance, prefill rank, prefill
+tokens, decode instance, decode rank, KV tokens); a rank None is the engine's own choice. A plain
+tuple, unpacked where it is read: a release builds hundreds at once, from zipped columns, and a named
+tuple costs three times as much to build. Whether its prefill has completed is `ClusterState.prefilled`."""
 
 
 @dataclass(slots=True)
@@ -388,12 +377,11 @@ class ClusterState:
             if flight is None or rid in self.prefilled:
                 continue
             self.prefilled.add(rid)
-            if flight.prefill_rank is None:
-                st.unpinned_tokens -= flight.prefill_tokens
+            p, rank, tokens = flight[:3]
+            if rank is None:
+                st.unpinned_tokens -= tokens
             else:
-                self.prefill.add(
-                    flight.prefill_instance, flight.prefill_rank, -1, -flight.prefill_tokens, now, seen_at=end
-                )
+                self.prefill.add(p, rank, -1, -tokens, now, seen_at=end)
         if not ev.next_step_queued:
             # The engine went idle. Steps sent after it ended (still in transit) will start on arrival.
             cutoff = end - self.transit_s
@@ -431,19 +419,15 @@ class ClusterState:
         flight = self.flights.pop(rid, None)
         if flight is None:
             return
+        p, p_rank, p_tokens, d, d_rank, kv = flight
         if rid in self.prefilled:
             self.prefilled.discard(rid)
-        else:  # aborted before its prefill completed
-            if flight.prefill_rank is None:
-                self.instances[flight.prefill_instance].unpinned_tokens -= flight.prefill_tokens
-            else:
-                self.prefill.add(
-                    flight.prefill_instance, flight.prefill_rank, -1, -flight.prefill_tokens, now, seen_at=at
-                )
-        if flight.decode_rank is not None:
-            self.decode.add(
-                flight.decode_instance, flight.decode_rank, -1, -flight.kv_tokens, now, seen_at=at
-            )
+        elif p_rank is None:  # aborted before its prefill completed
+            self.instances[p].unpinned_tokens -= p_tokens
+        else:
+            self.prefill.add(p, p_rank, -1, -p_tokens, now, seen_at=at)
+        if d_rank is not None:
+            self.decode.add(d, d_rank, -1, -kv, now, seen_at=at)
 
     def set_health(self, role: Role, instance: int, healthy: bool) -> None:
         if role is Role.PREFILL:

@@ -21,7 +21,7 @@ from sbs.scheduler.core.capacity import PrefillCapacityModel
 from sbs.scheduler.core.policies.base import RankPicker
 from sbs.scheduler.core.policies.decode_choice import decode_rank
 from sbs.scheduler.core.policies.immediate import DispatchAtOnce, refuse_without_engines
-from sbs.scheduler.core.state import ClusterState, Flight, PrefillInstanceState
+from sbs.scheduler.core.state import ClusterState, PrefillInstanceState
 from sbs.scheduler.core.types import Decision, Dispatch, Request
 from sbs.settings.scheduling import EftPolicy
 
@@ -64,7 +64,7 @@ class EarliestFinish(DispatchAtOnce):
         dref = st.decode_refs[decode_rank(st, self.settings.decode, self._decode_picker, req.rid, kv)]
         st.prefill.add(p, rank, 1, n, now)
         st.decode.add(dref.instance, dref.rank, 1, kv, now)
-        st.flights[req.rid] = Flight(p, rank, n, dref.instance, dref.rank, kv)
+        st.flights[req.rid] = (p, rank, n, dref.instance, dref.rank, kv)
         return [Dispatch(req.rid, p, rank, dref.instance, dref.rank, "immediate", self.priority(req))]
 
     def _track_steps(self) -> None:

@@ -10,7 +10,7 @@ from sbs.scheduler.core.capacity import PrefillCapacityModel
 from sbs.scheduler.core.policies.base import RankPicker
 from sbs.scheduler.core.policies.decode_choice import decode_rank
 from sbs.scheduler.core.policies.sbs_timing import priority_key
-from sbs.scheduler.core.state import ClusterState, Flight
+from sbs.scheduler.core.state import ClusterState
 from sbs.scheduler.core.types import Decision, Dispatch, Reject, Request
 from sbs.settings.scheduling import BatchingSettings, PickerPolicy
 
@@ -83,9 +83,7 @@ class ImmediateDispatch(DispatchAtOnce):
         dref = st.decode_refs[decode_rank(st, self.settings.decode, self._decode_picker, req.rid, kv)]
         st.prefill.add(pref.instance, pref.rank, 1, req.prompt_tokens, now)
         st.decode.add(dref.instance, dref.rank, 1, kv, now)
-        st.flights[req.rid] = Flight(
-            pref.instance, pref.rank, req.prompt_tokens, dref.instance, dref.rank, kv
-        )
+        st.flights[req.rid] = (pref.instance, pref.rank, req.prompt_tokens, dref.instance, dref.rank, kv)
         return [
             Dispatch(
                 req.rid, pref.instance, pref.rank, dref.instance, dref.rank, "immediate", self.priority(req)

@@ -25,7 +25,7 @@ from sbs.scheduler.core.policies.decode_choice import lexicographic_ranks
 from sbs.scheduler.core.policies.sbs_clock import ReleaseClock
 from sbs.scheduler.core.prefill_alloc import water_fill_lists
 from sbs.scheduler.core.prefix_index import PrefixIndex
-from sbs.scheduler.core.state import Carry, ClusterState, new_flight
+from sbs.scheduler.core.state import Carry, ClusterState
 from sbs.scheduler.core.types import Decision, Reject, Request, dispatches
 from sbs.settings.scheduling import StaggeredPolicy
 
@@ -305,7 +305,7 @@ class StaggeredBatching:
         state.flights.update(
             zip(
                 placed,
-                map(new_flight, zip(repeat(p), ranks, uncached, d_instances, d_ranks, kvs)),
+                zip(repeat(p), ranks, uncached, d_instances, d_ranks, kvs),
                 strict=True,
             )
         )

@@ -6,7 +6,7 @@ SBS's release key as each request's priority (`immediate.engine_priority`)."""
 from __future__ import annotations
 
 from sbs.scheduler.core.policies.immediate import DispatchAtOnce, refuse_without_engines
-from sbs.scheduler.core.state import ClusterState, Flight
+from sbs.scheduler.core.state import ClusterState
 from sbs.scheduler.core.types import Decision, Dispatch, Request
 
 
@@ -26,7 +26,7 @@ class EngineBalanced(DispatchAtOnce):
         p, self._next_prefill = _round_robin([s.available for s in st.instances], self._next_prefill)
         d, self._next_decode = _round_robin(st.decode_healthy, self._next_decode)
         st.instances[p].unpinned_tokens += req.prompt_tokens
-        st.flights[req.rid] = Flight(p, None, req.prompt_tokens, d, None, kv)
+        st.flights[req.rid] = (p, None, req.prompt_tokens, d, None, kv)
         return [Dispatch(req.rid, p, None, d, None, "immediate", self.priority(req))]
 
 

@@ -115,7 +115,7 @@ def test_finishing_carried_flights_frees_the_new_core_and_legs_on_removed_instan
     old = busy_scheduler()
     # prefill-0 leaves (its request's decode leg stays on decode-0); prefill-1 and decode-0 stay.
     new = old.rebuilt(prefill_specs(2)[1:], decode_specs(1), 0.02)
-    assert new.flights[2].prefill_instance == 0 and 1 in new.state.prefilled
+    assert new.flights[2][0] == 0 and 1 in new.state.prefilled
     assert new.prefill.count == old.prefill.count[4:8]
     for rid in (1, 2):
         new.state.on_finished(rid, 0.5, None)
@@ -123,7 +123,7 @@ def test_finishing_carried_flights_frees_the_new_core_and_legs_on_removed_instan
     assert sum(new.decode.count) == sum(new.decode.tokens) == 0
     # decode-0 leaves: no flight keeps a leg anywhere but prefill-0.
     moved = old.rebuilt(prefill_specs(2), [InstanceSpec("decode-1", Role.DECODE, 4, 0, 10_000)], 0.02)
-    assert {f.decode_rank for f in moved.flights.values()} == {None} and sum(moved.decode.count) == 0
+    assert {f[4] for f in moved.flights.values()} == {None} and sum(moved.decode.count) == 0
     moved.state.on_finished(1, 0.5, None)
     moved.state.on_finished(2, 0.5, None)
     assert sum(moved.prefill.count) == 0

@@ -363,7 +363,7 @@ def test_compiled_one_capacity_placement_is_the_python_placement(
         (rnd.choice([0, 50, 500, rnd.randint(0, 3_000)]) for _ in range(rnd.randint(0, 400))), reverse=True
     )
     n = len(needs)
-    compiled, masked = decode_kernel.place(
+    kernel_args = (
         np.arange(n),
         np.array(needs, np.int64),
         np.array(batch, np.int64),
@@ -373,5 +373,8 @@ def test_compiled_one_capacity_placement_is_the_python_placement(
         iqr_k,
         min_candidates,
     )
+    compiled, masked = decode_kernel.place(*kernel_args)
     python = decode_alloc._mixed_capacities(needs, batch, kv, [cap] * m, max_running, iqr_k, min_candidates)
     assert (compiled.tolist(), masked) == python
+    too_wide = 1 << 62  # the K field alone takes 63 bits
+    assert decode_kernel.place(*kernel_args[:5], too_wide, *kernel_args[6:])[1] == -1
