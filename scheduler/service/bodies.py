@@ -55,6 +55,8 @@ async def read_body(request: web.Request, limits: LimitsSettings) -> bytes:
     if size is not None and size > limits.max_body_bytes:
         raise _too_large(limits)
     try:
+        if request.content.is_eof():  # the whole body is in already: nothing to time
+            return await request.read()
         async with asyncio.timeout(limits.body_timeout_s):
             return await request.read()
     except web.HTTPRequestEntityTooLarge:
@@ -81,7 +83,7 @@ def decode(
     except UnicodeDecodeError as exc:
         raise protocol.InvalidRequest(f"the request body is not valid UTF-8 (byte {exc.start})") from None
     try:
-        doc = json.loads(text, parse_constant=_no_constant)
+        doc = _DECODER.decode(text)
     except RecursionError:
         raise _too_deep(limits.max_json_depth) from None
     except ValueError as exc:
@@ -95,6 +97,10 @@ def decode(
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+"""What `json.loads(text, parse_constant=_no_constant)` builds on every call."""
 
 
 def _too_deep(max_depth: int) -> protocol.InvalidRequest:

@@ -24,6 +24,8 @@ from typing import Any
 
 import click
 from sbs.kube.credentials import CredentialsError
+from sbs.scheduler.core import compiled
+from sbs.scheduler.service import memory
 from sbs.scheduler.service.app import make_app
 from sbs.scheduler.service.config_file import (
     SettingsError,
@@ -129,7 +131,7 @@ def run(engines_file: str | None, **flags: Any) -> None:
         log.warning("no static prefill or decode engines configured: the service stays unready")
     try:
         with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
-            runner.run(serve(settings, engines_file=engines_file))
+            runner.run(serve(settings, engines_file=engines_file, tune_gc=True))
     except CredentialsError as exc:
         click.echo(f"sbs-scheduler: engines.kubernetes: cannot load Kubernetes credentials: {exc}", err=True)
         sys.exit(2)
@@ -169,10 +171,15 @@ def _settings_or_exit(flags: dict[str, Any]) -> ServiceSettings:
 
 
 async def serve(
-    settings: ServiceSettings, *, stop: asyncio.Event | None = None, engines_file: str | None = None
+    settings: ServiceSettings,
+    *,
+    stop: asyncio.Event | None = None,
+    engines_file: str | None = None,
+    tune_gc: bool = False,
 ) -> None:
     """Run the service until `stop` is set (or a termination signal arrives); with `engines_file`,
-    its engines (watched) join the static ones."""
+    its engines (watched) join the static ones; `tune_gc` (the process is the service's own):
+    `memory.tune_gc` once it listens."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = []
@@ -181,6 +188,7 @@ async def serve(
             loop.add_signal_handler(sig, stop.set)
             signals.append(sig)
     raise_fd_limit()  # before the app sizes its connection cap by it
+    compiled.warm_up()  # the core's kernels compiled (or loaded) before the first request needs them
     sources = None
     if engines_file is not None:
         sources = [StaticSource(settings.engines), FileSource(engines_file)]
@@ -189,6 +197,8 @@ async def serve(
         await runner.setup()
         site = GuardedSite(runner, settings.host, settings.port)
         await site.start()
+        if tune_gc:
+            memory.tune_gc()
         where = ", ".join(f"{a[0]}:{a[1]}" for a in runner.addresses if isinstance(a, tuple))
         log.info("sbs-scheduler listening on %s, policy %s", where, settings.scheduler.policy.type)
         await stop.wait()

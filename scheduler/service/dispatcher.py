@@ -14,8 +14,8 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import random
-import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -29,6 +29,7 @@ from sbs.scheduler.service import memory, protocol, replicas
 from sbs.scheduler.service import metrics as svc_metrics
 from sbs.scheduler.service.auth import SecretFile
 from sbs.scheduler.service.discovery import EngineSource
+from sbs.scheduler.service.engine_http import EngineClient
 from sbs.scheduler.service.engine_registry import Engine, Registry
 from sbs.scheduler.service.engine_watch import EngineWatcher
 from sbs.scheduler.service.jobs import Job, JobState, Overloaded
@@ -40,6 +41,13 @@ log = logging.getLogger(__name__)
 
 _TIMER_FLOOR_S = 0.0005
 _TIMER_BACKOFF_MAX_S = 0.05
+
+
+def uuid4_hex(random_bytes: bytes | None = None) -> str:
+    """`uuid.uuid4().hex` (of `random_bytes`, else 16 from `os.urandom`) without a `UUID` object."""
+    n = int.from_bytes(os.urandom(16) if random_bytes is None else random_bytes, "big")
+    n = n & ~(0xC000 << 48) | 0x8000 << 48  # the RFC 4122 variant
+    return f"{n & ~(0xF000 << 64) | 0x4000 << 64:032x}"  # version 4
 
 
 class Dispatcher:
@@ -56,8 +64,9 @@ class Dispatcher:
         self.finished_count = 0
         """Jobs ended so far (completed or errored)."""
         self.rng = random.Random()
-        self.session: aiohttp.ClientSession | None = None
-        """The requests' engine calls (prefill and decode), pooled."""
+        self.session: EngineClient | None = None
+        """The requests' engine calls (prefill and decode), pooled (`engine_http`: a leaner client than
+        aiohttp's, which cost about a quarter of the CPU per request)."""
         self.poll_session: aiohttp.ClientSession | None = None
         """The engine watcher's polls and `/v1/models`. Its own pool: aiohttp reuses the oldest idle
         connection first, so polls every 0.5 s through the requests' pool would keep each engine's
@@ -76,12 +85,17 @@ class Dispatcher:
         self.peer_session: aiohttp.ClientSession | None = None
         """Requests forwarded to peer replicas (no engine key on it)."""
         self._priority_shift_us: int | None = None
+        self._accepted = svc_metrics.BoundLabels(metrics.accepted)
+        self._completed = svc_metrics.BoundLabels(metrics.completed)
+        self._errored = svc_metrics.BoundLabels(metrics.errored)
+        self._dispatched = svc_metrics.BoundLabels(metrics.dispatched)
+        self._e2e = svc_metrics.BoundLabels(metrics.e2e)
         metrics.attach(self.snapshot)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     def new_request_id(self) -> str:
-        return uuid.uuid4().hex
+        return uuid4_hex()
 
     def now(self) -> float:
         assert self._loop is not None
@@ -108,7 +122,11 @@ class Dispatcher:
 
     async def start(self, sources: Iterable[EngineSource]) -> None:
         self._loop = asyncio.get_running_loop()
-        self.session, self.poll_session = self._engine_session(), self._engine_session()
+        self.session = EngineClient(
+            connect_timeout_s=self.settings.admission.connect_timeout_s,
+            idle_s=self.settings.engines.idle_connection_s,
+        )
+        self.poll_session = self._engine_session()
         self._spawn(self._timer())
         self._spawn(memory.trim_when_idle(lambda: len(self.jobs), lambda: self.finished_count))
         if self.settings.engines.api_key_file is not None:
@@ -124,7 +142,7 @@ class Dispatcher:
             self._spawn(self.watcher.follow(source))
 
     def _engine_session(self) -> aiohttp.ClientSession:
-        """A pooled client for engine calls (connect timeouts; idle connections closed)."""
+        """A pooled aiohttp client for the polls (connect timeouts; idle connections closed)."""
         connect_s = self.settings.admission.connect_timeout_s
         return aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=None, connect=connect_s, sock_connect=connect_s),
@@ -227,7 +245,7 @@ class Dispatcher:
         job = Job(
             rid=self._next_rid,
             request_id=request_id,
-            engine_rid=uuid.uuid4().hex,
+            engine_rid=uuid4_hex(),
             endpoint=endpoint,
             payload=payload,
             parsed=parsed,
@@ -241,7 +259,7 @@ class Dispatcher:
         self.jobs[job.rid] = job
         pool.outstanding += 1
         self._buffered += 1
-        self.metrics.accepted.labels(endpoint).inc()
+        self._accepted(endpoint).inc()
         try:
             self.metrics.prompt_tokens.observe(parsed.prompt_tokens)  # the workload's shape, for sizing
             self.metrics.output_tokens.observe(parsed.output_tokens)
@@ -321,7 +339,7 @@ class Dispatcher:
                 job.dispatched_s = now
                 if job.attempts == 0:
                     self.metrics.queue_wait.observe(now - job.arrival_s)
-                self.metrics.dispatched.labels(d.reason or "unknown").inc()
+                self._dispatched(d.reason or "unknown").inc()
                 if not job.decision.done():
                     job.decision.set_result(d)
             elif current and job is not None and not job.decision.done():
@@ -335,12 +353,14 @@ class Dispatcher:
             pool.last_release_s = now
 
     def _set_state(self, job: Job, state: JobState) -> None:
+        buffered = self._buffered
         if job.state is JobState.BUFFERED:
             self._buffered -= 1
         if state is JobState.BUFFERED:
             self._buffered += 1
         job.state = state
-        self._gauges()
+        if self._buffered != buffered:
+            self.metrics.buffered.set(self._buffered)
 
     async def _timer(self) -> None:
         """Sleep until the earliest core deadline (or a wake-up), then let the due cores act."""
@@ -416,11 +436,11 @@ class Dispatcher:
             job.decision.cancel()
         elapsed = self.now() - job.arrival_s
         if error_reason is None:
-            self.metrics.completed.labels(job.endpoint).inc()
-            self.metrics.e2e.labels("completed").observe(elapsed)
+            self._completed(job.endpoint).inc()
+            self._e2e("completed").observe(elapsed)
         else:
-            self.metrics.errored.labels(job.endpoint, error_reason).inc()
-            self.metrics.e2e.labels("errored").observe(elapsed)
+            self._errored(job.endpoint, error_reason).inc()
+            self._e2e("errored").observe(elapsed)
         self._gauges()
         if job.generation != job.pool.generation:
             return

@@ -12,10 +12,26 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import gc
 import logging
 from collections.abc import Callable
 
 log = logging.getLogger(__name__)
+
+
+GC_YOUNG_THRESHOLD = 20_000
+"""Allocations between two collections of the youngest generation (Python's default: 700)."""
+
+
+def tune_gc(young_threshold: int = GC_YOUNG_THRESHOLD) -> None:
+    """Make the cyclic garbage collector cheaper per request, once the service has started: what
+    startup built (modules, settings, the app) moves out of the collected generations for good
+    (`gc.freeze`), and the youngest generation is collected every `young_threshold` allocations
+    instead of 700 (by then most of a request's objects are freed already by reference counting).
+    Profiled under load, the collector took 8-15 % of the scheduler's CPU."""
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(young_threshold, older, oldest)
 
 
 def glibc_trim() -> Callable[[], object] | None:

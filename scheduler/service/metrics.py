@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -72,6 +73,23 @@ class StateSnapshot:
     engines: list[EngineRow]
     core: dict[str, int]
     """The cores' cumulative `SchedulerStats` (summed over pools and their rebuilds)."""
+
+
+class BoundLabels:
+    """`metric.labels(*values)`, memoised: the child of given label values never changes, and
+    `labels` validates, locks and builds its key on every call (several times per request)."""
+
+    __slots__ = ("_children", "_metric")
+
+    def __init__(self, metric: Counter | Histogram) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
 
 
 class Metrics:

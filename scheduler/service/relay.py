@@ -26,6 +26,7 @@ from aiohttp import web
 from sbs.scheduler.core.types import Dispatch, Reject
 from sbs.scheduler.service import protocol, upstream
 from sbs.scheduler.service.dispatcher import Dispatcher
+from sbs.scheduler.service.engine_http import EngineResponse
 from sbs.scheduler.service.engine_registry import Engine
 from sbs.scheduler.service.jobs import Job
 from sbs.scheduler.service.output_timing import OutputTiming
@@ -62,8 +63,10 @@ class Relay:
         """The client has the engine's whole stream, up to its `[DONE]` and with no error event: a
         client that hangs up after it (cancelling the handler) has its answer, not an error."""
         self._tasks: list[asyncio.Task[Any]] = []
-        self._decode_resp: aiohttp.ClientResponse | None = None
+        self._decode_resp: EngineResponse | None = None
         self._tail = b""
+        self._ended = False
+        """The client's stream has its end (`write_eof`)."""
         self._lost: asyncio.Future[Engine] | None = None
         """Resolved with an engine of the current attempt found hung (`engine_lost`)."""
         self._hung: Engine | None = None
@@ -145,7 +148,7 @@ class Relay:
         lost = self._lost = asyncio.get_running_loop().create_future()
         pending: set[asyncio.Future[Any]] = {prefill, decode, lost}
         while decode in pending:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            done, pending = await _first_done(pending)
             if lost in done:
                 hung = lost.result()
                 if hung is pe and (job.prefilled or prefill.done()):
@@ -212,8 +215,8 @@ class Relay:
                 data = await resp.read()
                 resp.release()
                 return resp.status, data, resp.content_type or "application/json"
-            first = await resp.content.readany()
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            first = await resp.readany()
+        except (TimeoutError, OSError) as exc:
             resp.close()
             raise upstream.UpstreamError(engine, f"decode stream broke before any output: {exc!r}") from None
         if not first:
@@ -222,8 +225,8 @@ class Relay:
         if first.startswith(b'data: {"error"'):
             # A refusal or a failure before any token (SGLang streams those as an error event).
             rest = b""
-            with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
-                rest = await resp.content.read()
+            with contextlib.suppress(OSError, TimeoutError):
+                rest = await resp.read()
             resp.close()
             err = upstream.stream_error(first + rest) or {}
             raise upstream.UpstreamError(
@@ -235,9 +238,9 @@ class Relay:
             )
         return resp, first
 
-    async def _relay_stream(self, resp: aiohttp.ClientResponse, first: bytes) -> web.StreamResponse:
+    async def _relay_stream(self, resp: EngineResponse, first: bytes) -> web.StreamResponse:
         job, dispatcher = self.job, self.dispatcher
-        out = web.StreamResponse(
+        out = _EventStream(
             status=200,
             headers=self.headers(**{"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}),
         )
@@ -249,27 +252,29 @@ class Relay:
         dispatcher.metrics.ttft.observe(dispatcher.now() - job.arrival_s)
         timing = OutputTiming()
         timing.chunk(first, dispatcher.now())
-        await self._write(first)
         broke: str | None = None
         relayed: dict[str, Any] | None = None
         idle = dispatcher.settings.engines.stream_idle_timeout_s
+        chunk, later = first, False
         try:
             while True:
+                if later and relayed is None and b'"error"' in chunk:
+                    relayed = upstream.stream_error(self._tail + chunk)
+                # The engine's whole answer is in and ends the stream: the end goes with it (one write).
+                last = resp.at_eof() and (relayed is not None or b"[DONE]" in (self._tail + chunk)[-64:])
+                await self._write(chunk, last=last)
+                self.delivered = relayed is None and self._tail.rstrip().endswith(b"data: [DONE]")
+                later = True
                 try:
-                    async with asyncio.timeout(idle):
-                        chunk = await resp.content.readany()
+                    chunk = await resp.readany(timeout_s=idle)
                 except TimeoutError:
                     broke = f"decode stream sent nothing for {idle:g} s"
                     break
                 if not chunk:
                     break
-                if relayed is None and b'"error"' in chunk:
-                    relayed = upstream.stream_error(self._tail + chunk)
                 if (itl := timing.chunk(chunk, dispatcher.now())) is not None:
                     dispatcher.metrics.itl.observe(itl)
-                await self._write(chunk)
-                self.delivered = relayed is None and self._tail.rstrip().endswith(b"data: [DONE]")
-        except (aiohttp.ClientError, OSError) as exc:
+        except OSError as exc:
             broke = f"decode stream broke: {exc!r}"
         finally:
             resp.close()
@@ -293,16 +298,24 @@ class Relay:
             await out.write_eof()
         return out
 
-    async def _write(self, data: bytes) -> None:
+    async def _write(self, data: bytes, *, last: bool = False) -> None:
+        """Relay `data` to the client; `last`: it ends the stream (the end is sent with it)."""
         assert self.stream is not None
         try:
-            await self.stream.write(data)
+            if last:
+                self._ended = True
+                await self.stream.write_eof(data)
+            else:
+                await self.stream.write(data)
         except (ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
             raise ClientGone() from exc
         self._tail = (self._tail + data)[-64:]
 
     async def _stream_error(self, message: str, *, code: str, type: str, retryable: bool) -> None:
-        """An SGLang-style error event ending a started stream (after any partial event)."""
+        """An SGLang-style error event ending a started stream (after any partial event); none once
+        the stream has ended."""
+        if self._ended:
+            return
         event = json.dumps(protocol.error_body(message, type=type, code=code, retryable=retryable))
         sep = b"" if self._tail.endswith(b"\n\n") or not self._tail else b"\n\n"
         with contextlib.suppress(ClientGone):
@@ -357,6 +370,36 @@ class Relay:
         if self._decode_resp is not None:
             self._decode_resp.close()
             self._decode_resp = None
+
+
+class _EventStream(web.StreamResponse):
+    """A streamed answer whose head goes out with its first bytes (one write instead of two).
+    `_send_headers_immediately` is aiohttp's switch for it (3.12+; `web.Response` sets it too)."""
+
+    _send_headers_immediately = False
+
+
+async def _first_done(
+    futures: set[asyncio.Future[Any]],
+) -> tuple[set[asyncio.Future[Any]], set[asyncio.Future[Any]]]:
+    """(done, pending) once one of `futures` is done: `asyncio.wait(FIRST_COMPLETED)` without its
+    checks and bookkeeping (it runs once or twice per request)."""
+    if not any(f.done() for f in futures):
+        waiter = asyncio.get_running_loop().create_future()
+
+        def wake(_: asyncio.Future[Any]) -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        for f in futures:
+            f.add_done_callback(wake)
+        try:
+            await waiter
+        finally:
+            for f in futures:
+                f.remove_done_callback(wake)
+    done = {f for f in futures if f.done()}
+    return done, futures - done
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:

@@ -16,7 +16,6 @@ With a `+prio` policy both sides also get the dispatch's `priority` (the engines
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import random
@@ -28,6 +27,7 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 from sbs.scheduler.core.types import RankLoad
+from sbs.scheduler.service.engine_http import EngineClient, EngineResponse
 
 log = logging.getLogger(__name__)
 
@@ -135,40 +135,33 @@ def _connection_error(engine: str, exc: BaseException) -> UpstreamError:
     return UpstreamError(engine, f"{type(exc).__name__}: {exc}".rstrip(": "))
 
 
-_JSON = {"Content-Type": "application/json"}
-
-
-def _payload(body: bytes) -> io.BytesIO:
-    """A body aiohttp writes in chunks (raw bytes over 1 MiB would be written in one go)."""
-    return io.BytesIO(body)
-
-
-async def call_prefill(session: aiohttp.ClientSession, url: str, body: bytes, engine: str) -> None:
+async def call_prefill(client: EngineClient, url: str, body: bytes, engine: str) -> None:
     """POST the prefill side and read its whole answer (it ends when the prefill is done)."""
     try:
-        async with session.post(url, data=_payload(body), headers=_JSON) as resp:
+        resp = await client.post(url, body)
+        try:
             data = await resp.read()
-            if resp.status != 200:
-                raise UpstreamError(
-                    engine,
-                    f"prefill answered {resp.status}",
-                    status=resp.status,
-                    body=data,
-                    content_type=resp.content_type,
-                )
-            err = stream_error(data) if resp.content_type == "text/event-stream" else None
-            if err is not None:
-                raise UpstreamError(
-                    engine,
-                    f"prefill stream reported an error: {err.get('message')}",
-                    status=error_status(err),
-                    body=data,
-                    content_type=resp.content_type,
-                )
-    except UpstreamError:
-        raise
-    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        finally:
+            resp.close()
+    except (TimeoutError, OSError) as exc:
         raise _connection_error(engine, exc) from None
+    if resp.status != 200:
+        raise UpstreamError(
+            engine,
+            f"prefill answered {resp.status}",
+            status=resp.status,
+            body=data,
+            content_type=resp.content_type,
+        )
+    err = stream_error(data) if resp.content_type == "text/event-stream" else None
+    if err is not None:
+        raise UpstreamError(
+            engine,
+            f"prefill stream reported an error: {err.get('message')}",
+            status=error_status(err),
+            body=data,
+            content_type=resp.content_type,
+        )
 
 
 def stream_error(data: bytes) -> dict[str, Any] | None:
@@ -191,21 +184,19 @@ def error_status(err: dict[str, Any]) -> int:
     return code if isinstance(code, int) and 400 <= code <= 599 else 500
 
 
-async def open_decode(
-    session: aiohttp.ClientSession, url: str, body: bytes, engine: str
-) -> aiohttp.ClientResponse:
-    """POST the decode side and return the open response (status 200); the caller closes it."""
+async def open_decode(client: EngineClient, url: str, body: bytes, engine: str) -> EngineResponse:
+    """POST the decode side and return the open answer (status 200); the caller closes it."""
     try:
-        resp = await session.post(url, data=_payload(body), headers=_JSON)
-    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        resp = await client.post(url, body)
+    except (TimeoutError, OSError) as exc:
         raise _connection_error(engine, exc) from None
     if resp.status != 200:
         try:
             data = await resp.read()
-        except (TimeoutError, aiohttp.ClientError, OSError):
+        except (TimeoutError, OSError):
             data = b""
         finally:
-            resp.release()
+            resp.close()
         raise UpstreamError(
             engine,
             f"decode answered {resp.status}",
