@@ -28,8 +28,10 @@ schedule's slowest rank carries at least the mean (ΣL0 + Σc)/m. Hence
 and with no committed loads the LPT order gives Graham's step_s <= (4/3 - 1/(3m)) * OPT (the fixed term
 only loosens both). `tests/scheduler/core/test_prefill_alloc.py` checks both against brute force.
 
-Complexity: O(n log n + p log m) for n items of which p are admitted, using a heap of ranks keyed by
-their load; ranks too full for an item are set aside only for that item.
+Complexity: without cache credit (the usual case) the packing runs compiled (`prefill_kernel`, numba),
+a scan of the m ranks per admitted item: O(n log n + p m) for n items of which p are admitted, with m a
+few dozen DP ranks. With credit it runs in Python over a heap of ranks keyed by their load, ranks too
+full for an item set aside only for that item: O(n log n + p log m). Both make the same choices (tested).
 """
 
 from __future__ import annotations
