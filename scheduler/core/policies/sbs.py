@@ -20,7 +20,7 @@ from itertools import accumulate, compress, islice, repeat
 from operator import add, itemgetter, le, mul
 
 from sbs.scheduler.core.capacity import PrefillCapacityModel
-from sbs.scheduler.core.policies import sbs_lanes, sbs_timing
+from sbs.scheduler.core.policies import sbs_cap, sbs_lanes, sbs_timing
 from sbs.scheduler.core.policies.decode_choice import lexicographic_ranks
 from sbs.scheduler.core.policies.sbs_clock import ReleaseClock
 from sbs.scheduler.core.prefill_alloc import water_fill_lists
@@ -216,7 +216,7 @@ class StaggeredBatching:
         state = self.state
         st = state.instances[p]
         spec = st.spec
-        chunk = max(1, int(spec.chunk_tokens * self.batching.fill_target))
+        chunk = sbs_cap.release_chunk(spec, self.batching, self._queue_tokens)
         committed = st.committed_next()
         ctok, cpairs = sbs_timing.committed_loads(st)
         buffer = self.buffer
