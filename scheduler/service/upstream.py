@@ -146,13 +146,7 @@ async def call_prefill(client: EngineClient, url: str, body: bytes, engine: str)
     except (TimeoutError, OSError) as exc:
         raise _connection_error(engine, exc) from None
     if resp.status != 200:
-        raise UpstreamError(
-            engine,
-            f"prefill answered {resp.status}",
-            status=resp.status,
-            body=data,
-            content_type=resp.content_type,
-        )
+        raise _refused(engine, "prefill", resp, data)
     err = stream_error(data) if resp.content_type == "text/event-stream" else None
     if err is not None:
         raise UpstreamError(
@@ -197,14 +191,14 @@ async def open_decode(client: EngineClient, url: str, body: bytes, engine: str) 
             data = b""
         finally:
             resp.close()
-        raise UpstreamError(
-            engine,
-            f"decode answered {resp.status}",
-            status=resp.status,
-            body=data,
-            content_type=resp.content_type,
-        )
+        raise _refused(engine, "decode", resp, data)
     return resp
+
+
+def _refused(engine: str, side: str, resp: EngineResponse, data: bytes) -> UpstreamError:
+    """A side's answer other than 200, relayed with its status, body and content type."""
+    status, ctype = resp.status, resp.content_type
+    return UpstreamError(engine, f"{side} answered {status}", status=status, body=data, content_type=ctype)
 
 
 # ---------------------------------------------------------------------------------------------
