@@ -36,7 +36,7 @@ import numpy as np
 from sbs.scheduler.core import decode_kernel
 from sbs.scheduler.core.types import RankRef
 
-__all__ = ["DecodePlan", "assign_decode_lists", "assign_decode_ranks"]
+__all__ = ["DecodePlan", "assign_decode_lists", "assign_decode_ranks", "assign_decode_uniform"]
 
 _EXACT = 1 << 53
 INF = float("inf")
@@ -112,6 +112,39 @@ def assign_decode_ranks(
     chosen, masked = _place(
         rids, kv_tokens, batch, kv, capacity, max_running, available, None, iqr_k, min_candidates
     )
+    return chosen.tolist(), masked
+
+
+def assign_decode_uniform(
+    rids: Sequence[int],
+    kv_tokens: Sequence[int],
+    batch: Sequence[int],
+    kv: Sequence[int],
+    capacity: int,
+    max_running: np.ndarray,
+    *,
+    iqr_k: float = 1.5,
+    min_candidates: int = 4,
+) -> tuple[list[int], int] | None:
+    """`assign_decode_ranks` where every rank is available and has KV capacity `capacity`, `max_running`
+    its per-rank limits as int64: the same result where it takes the compiled path with every rank
+    live (no rank at its running limit), else None (then call `assign_decode_ranks`). It skips the
+    checks the caller's constant rank lists make (`ClusterState.decode_uniform_cap`)."""
+    n_items, m = len(rids), len(batch)
+    if not n_items or not m or len(kv_tokens) != n_items or len(kv) != m or len(max_running) != m:
+        return None
+    if not -_EXACT < capacity < _EXACT:
+        return None
+    try:
+        rid_a, kv_a = np.fromiter(rids, np.int64, n_items), np.fromiter(kv_tokens, np.int64, n_items)
+        batch_a, kv_ranks = np.fromiter(batch, np.int64, m), np.fromiter(kv, np.int64, m)
+    except OverflowError:
+        return None
+    chosen, masked = decode_kernel.place_sorted(
+        rid_a, kv_a, batch_a, kv_ranks, max_running, capacity, float(iqr_k), min_candidates
+    )
+    if masked < 0:  # outside the kernel's domain, or (B, K, pos) too wide to pack
+        return None
     return chosen.tolist(), masked
 
 

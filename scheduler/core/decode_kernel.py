@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 from sbs.scheduler.core.compiled import jit
 
-__all__ = ["place"]
+__all__ = ["place", "place_sorted"]
 
 
 @jit
@@ -185,3 +185,33 @@ def place(
             heap[0] = e
         _sift_down(heap, size, 0)
     return chosen, masked
+
+
+@jit
+def place_sorted(
+    rids: np.ndarray,
+    kv_tokens: np.ndarray,
+    batch: np.ndarray,
+    kv: np.ndarray,
+    max_running: np.ndarray,
+    cap: int,
+    iqr_k: float,
+    min_candidates: int,
+) -> tuple[np.ndarray, int]:
+    """`place` with every rank live, in its order `np.lexsort((rids, -kv_tokens))`: largest KV first,
+    ties by rid, then by index (two stable sorts, the minor key first). The masked count is -2, with no
+    request placed, where `place` does not apply as it stands: a request's KV negative or from 2**53, a
+    rank's K beyond +-2**53, or a rank at its `max_running` (0: no limit); -1 as from `place`."""
+    exact = 1 << 53
+    none = np.full(rids.shape[0], -1, np.int64)
+    if kv_tokens.shape[0] and (kv_tokens.min() < 0 or kv_tokens.max() >= exact):
+        return none, -2
+    if kv.shape[0] and (kv.min() <= -exact or kv.max() >= exact):
+        return none, -2
+    if max_running.shape[0] and max_running.any():
+        low = max_running.min()
+        if low <= 0 or batch.max() >= low:
+            return none, -2
+    by_rid = np.argsort(rids, kind="mergesort")
+    order = by_rid[np.argsort(-kv_tokens[by_rid], kind="mergesort")]
+    return place(order, kv_tokens, batch, kv, max_running, cap, iqr_k, min_candidates)

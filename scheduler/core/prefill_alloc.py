@@ -36,6 +36,7 @@ full for an item set aside only for that item: O(n log n + p log m). Both make t
 
 from __future__ import annotations
 
+import contextlib
 from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -102,6 +103,10 @@ def water_fill_lists(
     n_items = len(rids)
     if len(tokens) != n_items or (credits is not None and len(credits) != n_items):
         raise ValueError("rids, tokens and credits differ in length")
+    ta = None  # the tokens as int64, where the selection below runs in numpy
+    if credits is None and allow_chunking and chunk_tokens < _SQUARE_SAFE and n_items:
+        with contextlib.suppress(OverflowError):
+            ta = np.fromiter(tokens, np.int64, n_items)
     if n_items and min(tokens) < 1:
         i = next(i for i, t in enumerate(tokens) if t < 1)
         raise ValueError(f"prefill item {rids[i]}: tokens must be >= 1, got {tokens[i]}")
@@ -125,10 +130,16 @@ def water_fill_lists(
     if credits is None and allow_chunking:
         # Every considered item is admitted: the first k, up to the one that fills the room.
         # An item longer than a rank's room is chunked: this step it takes one rank's room at most.
-        need = accumulate(
-            tokens if max(tokens, default=0) < chunk_tokens else map(min, tokens, repeat(chunk_tokens))
-        )
-        k = min(bisect_left(list(need), total_room) + 1, n_items) if total_room > 0 else 0
+        if total_room <= 0:
+            k = 0
+        elif ta is not None:  # sizes below 2**31: the running sum stays within int64
+            need_a = np.minimum(ta, chunk_tokens).cumsum()
+            k = min(int(need_a.searchsorted(total_room, "left")) + 1, n_items)
+        else:
+            need = accumulate(
+                tokens if max(tokens, default=0) < chunk_tokens else map(min, tokens, repeat(chunk_tokens))
+            )
+            k = min(bisect_left(list(need), total_room) + 1, n_items)
         sel_idx: Sequence[int] = range(k)
         sel_t = list(tokens[:k])
         sel_c = [0] * k
@@ -161,7 +172,8 @@ def water_fill_lists(
                 sel_c.append(c)
             k += 1
     n_sel = len(sel_t)
-    compiled = None if any_cache else _pack_compiled(sel_t, tok, prs, room, a, b, allow_chunking)
+    sel_a = None if ta is None else ta[:n_sel]
+    compiled = None if any_cache else _pack_compiled(sel_t, tok, prs, room, a, b, allow_chunking, sel_a)
     if compiled is not None:
         p_rank, p_step, p_rem, tok, prs = compiled
         p_cached = [0] * n_sel
@@ -196,21 +208,24 @@ def _pack_compiled(
     a: float,
     b: float,
     allow_chunking: bool,
+    sel_a: np.ndarray | None = None,
 ) -> tuple[list[int], list[int], list[int], list[int], list[float]] | None:
     """Phase 2 without cache credit by `prefill_kernel.pack`: per item (rank, step tokens, carried tokens)
-    and the ranks' tokens and pairs after it; None if a value is beyond int64 (the caller packs in Python)."""
+    and the ranks' tokens and pairs after it; None if a value is beyond int64 (the caller packs in Python).
+    `sel_a`: `sel_t` as int64 already (not modified)."""
     n, m = len(sel_t), len(tok)
     try:
-        t = np.fromiter(sel_t, np.int64, n)
+        t = np.fromiter(sel_t, np.int64, n) if sel_a is None else sel_a
         tok_a, room_a = np.fromiter(tok, np.int64, m), np.fromiter(room, np.int64, m)
     except OverflowError:
         return None
-    if (n and int(t.max()) >= _SQUARE_SAFE) or (m and int(room_a.max()) >= _SQUARE_SAFE):
-        return None
     # LPT order: tokens descending, stable (ties keep priority order); any order when nothing costs.
-    order = np.argsort(-t, kind="stable") if a > 0 or b > 0 else np.arange(n)
     prs_a = np.fromiter(prs, np.float64, m)
-    p_rank, p_step, p_rem = prefill_kernel.pack(t, order, tok_a, prs_a, room_a, a, b, allow_chunking)
+    p_rank, p_step, p_rem, ok = prefill_kernel.pack_lpt(
+        t, tok_a, prs_a, room_a, a, b, allow_chunking, _SQUARE_SAFE
+    )
+    if not ok:
+        return None
     return p_rank.tolist(), p_step.tolist(), p_rem.tolist(), tok_a.tolist(), prs_a.tolist()
 
 

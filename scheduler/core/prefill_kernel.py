@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from sbs.scheduler.core.compiled import jit
 
-__all__ = ["pack"]
+__all__ = ["pack", "pack_lpt"]
 
 
 @jit
@@ -58,3 +58,25 @@ def pack(
                 p_step[s] = mr
                 p_rem[s] = t - mr
     return p_rank, p_step, p_rem
+
+
+@jit
+def pack_lpt(
+    tokens: np.ndarray,
+    tok: np.ndarray,
+    prs: np.ndarray,
+    room: np.ndarray,
+    a: float,
+    b: float,
+    allow_chunking: bool,
+    limit: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """`pack` in LPT order (tokens descending, ties in item order; item order when nothing costs), and
+    whether it ran: not when an item's tokens or a rank's room reach `limit` (nothing is changed then)."""
+    if (tokens.shape[0] and tokens.max() >= limit) or (room.shape[0] and room.max() >= limit):
+        empty = np.empty(0, np.int64)
+        return empty, empty, empty, False
+    # mergesort: stable
+    order = np.argsort(-tokens, kind="mergesort") if a > 0 or b > 0 else np.arange(tokens.shape[0])
+    p_rank, p_step, p_rem = pack(tokens, order, tok, prs, room, a, b, allow_chunking)
+    return p_rank, p_step, p_rem, True

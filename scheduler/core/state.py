@@ -19,6 +19,7 @@ from itertools import chain, repeat
 
 import numpy as np
 from sbs.scheduler.core.capacity import PrefillCapacityModel
+from sbs.scheduler.core.compiled import jit
 from sbs.scheduler.core.events import LoadReported, StepCompleted
 from sbs.scheduler.core.types import InstanceSpec, RankLoad, RankRef, Role
 
@@ -161,6 +162,26 @@ class PrefillInstanceState:
         return predicted if predicted > 0 else self.step_ewma_s
 
 
+@jit
+def _per_rank(
+    flat: np.ndarray, tokens: np.ndarray, offset: int, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The ranks `flat + offset` touch (ascending), with each one's request count and summed `tokens`;
+    and the position of the first rank outside 0..n-1 (-1: none; nothing is summed then)."""
+    for i in range(flat.shape[0]):
+        if not 0 <= flat[i] + offset < n:
+            empty = np.empty(0, np.int64)
+            return empty, empty, empty, i
+    count = np.zeros(n, np.int64)
+    total = np.zeros(n, np.int64)
+    for i in range(flat.shape[0]):
+        r = flat[i] + offset
+        count[r] += 1
+        total[r] += tokens[i]
+    touched = np.flatnonzero(count)
+    return touched, count[touched], total[touched], -1
+
+
 class RankCounters:
     """Per-rank (count, tokens) counters of one role, reconciled with engine snapshots."""
 
@@ -193,21 +214,22 @@ class RankCounters:
             (now + self._transit_s if seen_at is None else seen_at, rank, count, tokens)
         )
 
-    def add_many(self, flat: Sequence[int], tokens: Sequence[int], now: float) -> None:
-        """`add` of one request each (count 1, `tokens[i]` tokens) on flat ranks `flat`, sent at `now` (one
-        decision round), summed per rank: one log entry per rank the round touched."""
+    def add_many(self, flat: Sequence[int], tokens: Sequence[int], now: float, *, offset: int = 0) -> None:
+        """`add` of one request each (count 1, `tokens[i]` tokens) on flat ranks `flat` (each plus
+        `offset`), sent at `now` (one decision round), summed per rank (`_per_rank`): one log entry per
+        rank the round touched."""
         seen = now + self._transit_s
         n = len(flat)
         try:
             f = np.fromiter(flat, np.int64, n)
-            per_rank = np.zeros(len(self.count), np.int64)
-            np.add.at(per_rank, f, np.fromiter(tokens, np.int64, n))
+            t = np.fromiter(tokens, np.int64, n)
         except OverflowError:  # sizes beyond int64: request by request
-            for i, t in zip(flat, tokens, strict=True):
-                self.add(self.instance_of[i], self.rank_of[i], 1, t, now)
+            for i, tok in zip(flat, tokens, strict=True):
+                self.add(self.instance_of[i + offset], self.rank_of[i + offset], 1, tok, now)
             return
-        per_count = np.bincount(f, minlength=len(self.count))
-        touched = np.flatnonzero(per_count)
+        touched, per_count, per_tokens, bad = _per_rank(f, t, offset, len(self.count))
+        if bad >= 0:
+            raise IndexError(f"flat rank {int(f[bad]) + offset} out of range 0..{len(self.count) - 1}")
         counts, toks, logs, instance_of, rank_of = (
             self.count,
             self.tokens,
@@ -215,12 +237,10 @@ class RankCounters:
             self.instance_of,
             self.rank_of,
         )
-        for i, c, t in zip(
-            touched.tolist(), per_count[touched].tolist(), per_rank[touched].tolist(), strict=True
-        ):
+        for i, c, tok in zip(touched.tolist(), per_count.tolist(), per_tokens.tolist(), strict=True):
             counts[i] += c
-            toks[i] += t
-            logs[instance_of[i]].append((seen, rank_of[i], c, t))
+            toks[i] += tok
+            logs[instance_of[i]].append((seen, rank_of[i], c, tok))
 
     def reconcile(self, instance: int, snapshot_s: float, loads: tuple[RankLoad, ...], tokens_of) -> None:
         """Replace the instance's counters with a snapshot plus the deltas it cannot have seen."""
@@ -306,6 +326,14 @@ class ClusterState:
         self.decode_max_running = [
             s.max_running_requests for s in self.decode_specs for _ in range(s.dp_size)
         ]
+        caps = set(self.decode_cap)
+        self.decode_uniform_cap: int | None = caps.pop() if len(caps) == 1 else None
+        """The decode ranks' one KV capacity (None: mixed; see `decode_alloc.assign_decode_uniform`)."""
+        try:
+            self.decode_running_a: np.ndarray | None = np.array(self.decode_max_running, np.int64)
+        except OverflowError:
+            self.decode_running_a = None
+        """`decode_max_running` as int64 (None beyond it); both are constant."""
         self.flights: dict[int, Flight] = {}
         self.prefilled: set[int] = set()
         """The flights whose prefill has completed (their prefill rank no longer holds them)."""

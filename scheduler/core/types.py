@@ -11,7 +11,6 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from itertools import repeat
 from typing import NamedTuple
 
@@ -100,9 +99,6 @@ class Reject:
 
 Decision = Dispatch | Reject
 
-_new_dispatch = partial(tuple.__new__, Dispatch)
-"""A `Dispatch` from one tuple of all its fields, built in C without the Python-level `__new__`."""
-
 
 def dispatches(
     rids: Sequence[int],
@@ -126,7 +122,7 @@ def dispatches(
         repeat(reason),
         repeat(None),
     )
-    return list(map(_new_dispatch, rows))
+    return list(map(tuple.__new__, repeat(Dispatch), rows))  # in C, without the Python-level `__new__`
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,7 @@ the immediate policies (`decode_rank`: one request per round, unless a picker is
 
 from __future__ import annotations
 
-from sbs.scheduler.core.decode_alloc import assign_decode_ranks
+from sbs.scheduler.core.decode_alloc import assign_decode_ranks, assign_decode_uniform
 from sbs.scheduler.core.policies.base import RankPicker
 from sbs.scheduler.core.state import ClusterState
 from sbs.settings.scheduling import DecodeSettings
@@ -22,17 +22,32 @@ def lexicographic_ranks(state: ClusterState, d: DecodeSettings, rids: list[int],
     """Each request's decode rank (flat index); when decode is full, the emptiest healthy rank's queue,
     as SGLang does."""
     counters = state.decode
-    flat, masked = assign_decode_ranks(
-        rids,
-        kvs,
-        counters.count,
-        counters.tokens,
-        state.decode_cap,
-        state.decode_max_running,
-        state.decode_available(),
-        iqr_k=d.iqr_k,
-        min_candidates=d.min_candidates,
-    )
+    cap, running = state.decode_uniform_cap, state.decode_running_a
+    fast = None
+    if cap is not None and running is not None and all(state.decode_healthy):
+        fast = assign_decode_uniform(
+            rids,
+            kvs,
+            counters.count,
+            counters.tokens,
+            cap,
+            running,
+            iqr_k=d.iqr_k,
+            min_candidates=d.min_candidates,
+        )
+    if fast is None:
+        fast = assign_decode_ranks(
+            rids,
+            kvs,
+            counters.count,
+            counters.tokens,
+            state.decode_cap,
+            state.decode_max_running,
+            state.decode_available(),
+            iqr_k=d.iqr_k,
+            min_candidates=d.min_candidates,
+        )
+    flat, masked = fast
     state.stats.masked_ranks += masked
     if min(flat) < 0:
         tokens = list(counters.tokens)

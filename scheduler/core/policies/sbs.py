@@ -13,16 +13,17 @@ for the instance that caches its prefix, never longer than the recompute it save
 from __future__ import annotations
 
 import math
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import replace
-from itertools import accumulate, compress, islice, repeat
-from operator import add, itemgetter, le, mul
+from itertools import compress, repeat
+from operator import add, itemgetter, mul
 
-from sbs.scheduler.core.capacity import PrefillCapacityModel
+import numpy as np
 from sbs.scheduler.core.policies import sbs_cap, sbs_lanes, sbs_timing
 from sbs.scheduler.core.policies.decode_choice import lexicographic_ranks
 from sbs.scheduler.core.policies.sbs_clock import ReleaseClock
+from sbs.scheduler.core.policies.sbs_take import take_in_order
 from sbs.scheduler.core.prefill_alloc import water_fill_lists
 from sbs.scheduler.core.prefix_index import PrefixIndex
 from sbs.scheduler.core.state import Carry, ClusterState
@@ -216,7 +217,12 @@ class StaggeredBatching:
         state = self.state
         st = state.instances[p]
         spec = st.spec
-        chunk = sbs_cap.release_chunk(spec, self.batching, self._queue_tokens)
+        qtok = self._queue_tokens
+        try:  # the prompt sizes as one array, for the cap and the take (`take_in_order`)
+            qa: np.ndarray | None = np.fromiter(qtok, np.int64, len(qtok))
+        except OverflowError:
+            qa = None
+        chunk = sbs_cap.release_chunk(spec, self.batching, qtok if qa is None else qa)
         committed = st.committed_next()
         ctok, cpairs = sbs_timing.committed_loads(st)
         buffer = self.buffer
@@ -226,6 +232,7 @@ class StaggeredBatching:
             by = sorted(range(len(queue)), key=lambda i: buffer[queue[i][1]].arrival_s > late)
             queue = [queue[i] for i in by]
             qtok = [qtok[i] for i in by]
+            qa = None if qa is None else qa[by]
         isolate = reason != "max_hold" and self.batching.isolate_slow_steps
         slow = state.capacity.step_s(ctok, cpairs) if isolate and committed else 0.0
         if slow > sbs_timing.full_chunk_s(state.capacity, chunk) and max(qtok) > chunk:
@@ -233,10 +240,12 @@ class StaggeredBatching:
             by = sorted(range(len(queue)), key=lambda i: qtok[i] <= chunk)
             queue = [queue[i] for i in by]
             qtok = [qtok[i] for i in by]
+            qa = None if qa is None else qa[by]
         budget = self._budget(p, now, chunk, ctok, cpairs, qtok[0], slow_s=slow if isolate else None)
         credits: list[dict[int, int] | None] | None = None
         if self.prefix is None or not self._hashed:
-            take: Sequence[int] = take_in_order(qtok, budget, spec.dp_size, state.capacity, chunk)
+            sizes = qtok if qa is None else qa
+            take: Sequence[int] = take_in_order(sizes, budget, spec.dp_size, state.capacity, chunk)
         else:
             take, credits, wake = self._take_with_credit(p, now, queue, qtok, budget, chunk)
             if not take and wake < math.inf:
@@ -250,8 +259,12 @@ class StaggeredBatching:
             st.deferred_until_s = max(budget.wake_s, now + self.batching.min_interval_s)
             self._lane_deferred.add(p)
             return []
-        rids = list(map(itemgetter(1), map(queue.__getitem__, take)))
-        tokens = list(map(qtok.__getitem__, take))
+        if isinstance(take, range):  # the head of the release order
+            rids = list(map(itemgetter(1), queue[: len(take)]))
+            tokens = qtok[: len(take)]
+        else:
+            rids = list(map(itemgetter(1), map(queue.__getitem__, take)))
+            tokens = list(map(qtok.__getitem__, take))
         plan = water_fill_lists(
             rids,
             tokens,
@@ -309,7 +322,7 @@ class StaggeredBatching:
                 strict=True,
             )
         )
-        state.prefill.add_many(list(map(add, ranks, repeat(st.offset))), uncached, now)
+        state.prefill.add_many(ranks, uncached, now, offset=st.offset)
         state.decode.add_many(flat, kvs, now)
         state.stats.releases += 1
         state.stats.released_requests += len(placed)
@@ -440,53 +453,3 @@ class StaggeredBatching:
         )
         due = max(other.busy_until_s - self.batching.lead_s, other.deferred_until_s, now)
         return due if due - now < saved else None
-
-
-def take_in_order(
-    tokens: Sequence[int],
-    budget: sbs_timing.StepBudget,
-    min_count: int,
-    model: PrefillCapacityModel,
-    chunk: int,
-) -> Sequence[int]:
-    """Queue positions a release takes, in order, when no request waits for another instance's cache:
-    requests (their prompt `tokens`, in release order) that `budget` admits, until they fill it and
-    there are at least `min_count` of them. A prefix of the queue comes back as a `range`.
-
-    The same as asking `budget.admits` and `budget.full` request by request, in whole-list passes."""
-    a, b = model.per_token_s, model.per_pair_s
-    take: Sequence[int] = range(len(tokens))
-    if budget.min_tokens or budget.max_tokens is not None:
-        take = [i for i, t in enumerate(tokens) if not budget.waits(t)]
-        tokens = [tokens[i] for i in take]
-    sizes = tokens if max(tokens, default=0) < chunk else list(map(min, tokens, repeat(chunk)))
-    if budget.level_s is not None and len(sizes) > 1:
-        # cost(x) = a·x + b·x² is non-decreasing in x, so "cost <= level" is "x <= the largest such x".
-        top = _largest_within(a, b, budget.level_s, chunk)
-        keep = [0, *compress(range(1, len(sizes)), map(le, islice(sizes, 1, None), repeat(top)))]
-        if len(keep) < len(sizes):
-            take = [take[k] for k in keep]
-            sizes = [sizes[k] for k in keep]
-    reached = len(take)
-    if budget.token_room <= 0 or budget.cost_room_s <= 0:
-        reached = 0
-    elif reached:
-        reached = min(reached, bisect_left(list(accumulate(sizes)), budget.token_room) + 1)
-        if budget.cost_room_s < math.inf:
-            costs = accumulate(a * x + b * x * x for x in islice(sizes, reached))
-            reached = min(reached, bisect_left(list(costs), budget.cost_room_s) + 1)
-    return take[: max(reached, min(min_count, len(take)))]
-
-
-def _largest_within(a: float, b: float, level: float, chunk: int) -> int:
-    """The largest x in [0, chunk] with a·x + b·x² <= level (-1 if none), exactly as evaluated in floats."""
-    if b > 0:
-        x = int((-a + math.sqrt(a * a + 4.0 * b * level)) / (2.0 * b))
-    else:
-        x = int(level / a) if a > 0 else chunk
-    x = max(-1, min(x, chunk))
-    while x >= 0 and a * x + b * x * x > level:
-        x -= 1
-    while x < chunk and a * (x + 1) + b * (x + 1) * (x + 1) <= level:
-        x += 1
-    return x

@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from sbs.scheduler.core.compiled import jit
 from sbs.scheduler.core.types import InstanceSpec
 from sbs.settings.scheduling import BatchingSettings
 
@@ -44,9 +45,26 @@ BACKLOG_RELEASES = 10
 Azure's and ShareGPT's capacity: 10 keeps both within 0.2 % of full chunks')."""
 
 
-def release_chunk(spec: InstanceSpec, b: BatchingSettings, queue_tokens: Sequence[int]) -> int:
+def release_chunk(spec: InstanceSpec, b: BatchingSettings, queue_tokens: Sequence[int] | np.ndarray) -> int:
     """Per-rank token cap of one release to an instance of shape `spec`, given the buffered prompts'
-    sizes in release order (`queue_tokens`). In numpy: it runs on every release, over the whole buffer."""
+    sizes in release order (`queue_tokens`, a list or an int64 array). Compiled (`_cap_kernel`): it runs
+    on every release, over the whole buffer."""
+    chunk = spec.chunk_tokens
+    ceiling = max(1, int(chunk * b.fill_target))
+    n = len(queue_tokens)
+    if not b.adaptive_cap or not n:
+        return ceiling
+    q = queue_tokens if isinstance(queue_tokens, np.ndarray) else np.fromiter(queue_tokens, np.int64, n)
+    floor = int(chunk * CAP_FLOOR_FRACTION)
+    return int(
+        _cap_kernel(
+            q, chunk, ceiling, floor, CAP_MEDIAN_MULTIPLE, BACKLOG_RELEASES * spec.dp_size, spec.dp_size
+        )
+    )
+
+
+def release_chunk_numpy(spec: InstanceSpec, b: BatchingSettings, queue_tokens: Sequence[int]) -> int:
+    """`release_chunk` in plain numpy (the reference the kernel is tested against)."""
     chunk = spec.chunk_tokens
     ceiling = max(1, int(chunk * b.fill_target))
     n = len(queue_tokens)
@@ -67,3 +85,25 @@ def _head_fit(q: np.ndarray, cap: int, ranks: int) -> int:
     before = np.cumsum(np.minimum(q[:-1], cap))  # tokens of the prompts before prompt i + 1
     head = 1 + int(np.searchsorted(before, ranks * cap, "left"))
     return max(cap, int(q[:head].max()))
+
+
+@jit
+def _cap_kernel(
+    q: np.ndarray, chunk: int, ceiling: int, floor: int, multiple: float, backlog_div: int, ranks: int
+) -> int:
+    """`release_chunk_numpy` past its setting checks, for a non-empty `q`, in one pass plus a selection."""
+    n = q.shape[0]
+    top = q.max()
+    if top > chunk:
+        return ceiling
+    median = np.partition(q, n // 2)[n // 2]
+    cap = max(floor, int(multiple * median), q.sum() // backlog_div)
+    target = ranks * cap
+    head_max = q[0]  # the largest of the release head: prompt i joins while those before hold less
+    before = 0
+    for i in range(n - 1):
+        before += min(q[i], cap)
+        if before >= target:
+            break
+        head_max = max(head_max, q[i + 1])
+    return max(1, min(ceiling, max(cap, head_max)))

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sbs.scheduler.core import compiled, decode_kernel, prefill_kernel
+from sbs.scheduler.core import compiled, decode_kernel, prefill_kernel, state
+from sbs.scheduler.core.policies import sbs_cap
 
 
 def test_warm_up_compiles_every_kernel() -> None:
+    """Every kernel the core calls from Python (`pack` runs inside `pack_lpt`)."""
     compiled.warm_up()
-    assert decode_kernel.place.signatures and prefill_kernel.pack.signatures
+    kernels = (
+        decode_kernel.place,
+        decode_kernel.place_sorted,
+        prefill_kernel.pack_lpt,
+        sbs_cap._cap_kernel,
+        state._per_rank,
+    )
+    assert all(k.signatures for k in kernels)
 
 
 def test_without_a_writable_cache_the_kernel_is_compiled_per_process(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -376,5 +376,42 @@ def test_compiled_one_capacity_placement_is_the_python_placement(
     compiled, masked = decode_kernel.place(*kernel_args)
     python = decode_alloc._mixed_capacities(needs, batch, kv, [cap] * m, max_running, iqr_k, min_candidates)
     assert (compiled.tolist(), masked) == python
-    too_wide = 1 << 62  # the K field alone takes 63 bits
+    too_wide = (1 << 63) - 1  # the K field alone takes 63 bits (1 << 62 did not, with K > 0)
     assert decode_kernel.place(*kernel_args[:5], too_wide, *kernel_args[6:])[1] == -1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.randoms(use_true_random=False), st.sampled_from([0.0, 1.5, -1.0]), st.integers(1, 30))
+def test_uniform_ranks_fast_path_is_assign_decode_ranks(
+    rnd: random.Random, iqr_k: float, min_candidates: int
+) -> None:
+    """`assign_decode_uniform` (all ranks available, one capacity) gives `assign_decode_ranks`' answer,
+    or None where that would not place with every rank live (a rank at its running limit)."""
+    from sbs.scheduler.core.decode_alloc import assign_decode_uniform
+
+    m = rnd.choice([1, 5, 64, 300])
+    cap = 10_000
+    batch = [rnd.randint(0, 8) for _ in range(m)]
+    kv = [rnd.choice([0, 100, 2_000, 9_000, rnd.randint(0, cap)]) for _ in range(m)]
+    limit = rnd.choice([0, 9, 12, rnd.randint(1, 9)])
+    max_running = [limit if rnd.random() < 0.9 else rnd.choice([0, 20]) for _ in range(m)]
+    n = rnd.randint(1, 400)
+    rids = rnd.sample(range(10 * n), n)
+    kvs = [rnd.choice([0, 50, 500, rnd.randint(0, 3_000)]) for _ in range(n)]
+    kw = {"iqr_k": iqr_k, "min_candidates": min_candidates}
+    fast = assign_decode_uniform(rids, kvs, batch, kv, cap, np.array(max_running, np.int64), **kw)
+    expected = assign_decode_ranks(rids, kvs, batch, kv, [cap] * m, max_running, [True] * m, **kw)
+    every_live = (min(max_running) > 0 and max(batch) < min(max_running)) or not any(max_running)
+    assert fast == (expected if every_live else None)
+
+
+def test_uniform_fast_path_leaves_what_it_cannot_place_exactly() -> None:
+    """Outside the kernel's domain `assign_decode_uniform` answers None (`assign_decode_ranks` decides)."""
+    from sbs.scheduler.core.decode_alloc import assign_decode_uniform
+
+    limits = np.zeros(3, np.int64)
+    assert assign_decode_uniform([1, 2], [5, 6], [0, 1, 2], [0, 0, 0], 100, limits) == ([1, 0], 0)  # 6 first
+    assert assign_decode_uniform([1, 2], [5, -1], [0, 1, 2], [0, 0, 0], 100, limits) is None
+    assert assign_decode_uniform([1], [5], [0, 1, 2], [0, 1 << 53, 0], 1 << 54, limits) is None
+    assert assign_decode_uniform([1], [5], [0, 1, 2], [0, 0, 0], 1 << 60, limits) is None
+    assert assign_decode_uniform([1], [5], [0, 1, 2], [0, 0, 0], 100, np.array([3, 2, 3])) is None

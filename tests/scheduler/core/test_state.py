@@ -155,3 +155,17 @@ def test_add_many_is_add_of_one_request_each(big: bool) -> None:
             c.reconcile(1, snapshot_s, loads, lambda load: load.num_used_tokens)
         assert (many.count, many.tokens) == (one.count, one.tokens)
     assert many.count[2:] == [5, 5, 5]
+
+
+def test_add_many_with_an_offset_and_out_of_range_ranks() -> None:
+    """`offset` shifts every rank; a rank outside the counters raises before anything is counted."""
+    shifted, plain = RankCounters(specs(2, 3), TRANSIT_S), RankCounters(specs(2, 3), TRANSIT_S)
+    shifted.add_many([0, 2, 0], [5, 6, 7], now=1.0, offset=2)
+    plain.add_many([2, 4, 2], [5, 6, 7], now=1.0)
+    assert (
+        (shifted.count, shifted.tokens) == (plain.count, plain.tokens) == ([0, 0, 2, 0, 1], [0, 0, 12, 0, 6])
+    )
+    for flat, offset in (([1, 5], 0), ([0, 3], 2), ([-1], 0)):
+        with pytest.raises(IndexError):
+            shifted.add_many(flat, [1] * len(flat), now=2.0, offset=offset)
+    assert shifted.count == [0, 0, 2, 0, 1]

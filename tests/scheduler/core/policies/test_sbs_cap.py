@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import pydantic
 import pytest
 from hypothesis import given
@@ -96,3 +97,18 @@ def test_setting_defaults_and_validation() -> None:
     assert scheduling.OraclePolicy().batching.adaptive_cap is False  # picks its cap in hindsight
     with pytest.raises(pydantic.ValidationError):
         scheduling.BatchingSettings(adaptive_cap="sometimes")  # type: ignore[arg-type]
+
+
+@given(
+    st.lists(st.integers(1, 40_000) | st.integers(1, 3_000), min_size=1, max_size=400),
+    st.sampled_from([ON, scheduling.BatchingSettings(adaptive_cap=True, fill_target=0.5)]),
+    st.sampled_from([1, 4, 32]),
+)
+def test_the_compiled_cap_is_the_numpy_cap(queue: list[int], b: scheduling.BatchingSettings, dp: int) -> None:
+    """`release_chunk` (compiled, over a list or an int64 array) against `release_chunk_numpy`."""
+    from sbs.scheduler.core.policies.sbs_cap import release_chunk_numpy
+
+    spec = InstanceSpec("prefill-0", Role.PREFILL, dp, 16_384, 400_000)
+    expected = release_chunk_numpy(spec, b, queue)
+    assert release_chunk(spec, b, queue) == expected
+    assert release_chunk(spec, b, np.array(queue, np.int64)) == expected

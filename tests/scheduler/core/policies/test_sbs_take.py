@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 from sbs.scheduler.core.capacity import PrefillCapacityModel
@@ -59,3 +60,27 @@ def test_the_head_of_the_queue_comes_back_as_a_range() -> None:
 def test_a_request_above_the_level_is_skipped_but_never_the_first() -> None:
     level = StepBudget(token_room=10_000, cost_room_s=math.inf, level_s=item_cost_s(MODEL, 500, CHUNK))
     assert list(take_in_order([800, 400, 900, 500], level, 1, MODEL, CHUNK)) == [0, 1, 3]
+
+
+@given(st.lists(st.integers(1, 3000), max_size=200), budgets, st.integers(1, 64))
+def test_arrays_lists_and_python_ints_take_the_same(
+    tokens: list[int], budget: StepBudget, min_count: int
+) -> None:
+    """The numpy passes over a list or an int64 array, and the Python passes (`_take_lists`, for sizes
+    beyond int64), take the same positions, a prefix as a `range` in all three."""
+    from sbs.scheduler.core.policies.sbs_take import _take_lists
+
+    python = _take_lists(tokens, budget, min_count, MODEL, CHUNK)
+    for got in (
+        take_in_order(tokens, budget, min_count, MODEL, CHUNK),
+        take_in_order(np.array(tokens, np.int64), budget, min_count, MODEL, CHUNK),
+    ):
+        assert got == python and type(got) is type(python)
+        assert all(type(i) is int for i in got)
+
+
+def test_sizes_beyond_int64_take_in_python() -> None:
+    no_level = StepBudget(token_room=8, cost_room_s=math.inf, level_s=None)
+    tokens = [5, 1 << 70, 5]  # the long one counts as a chunk and fills the room
+    assert take_in_order(tokens, no_level, 1, MODEL, CHUNK) == range(2)
+    assert reference_take(tokens, no_level, 1) == [0, 1]
