@@ -5,9 +5,10 @@ relayed), `GET /v1/models` (from a usable decode engine), `GET /health` (livenes
 (a prefill and a decode of one revision are usable), `GET /metrics`, `GET /openapi.json`,
 `GET /engines` (what discovery and the health checks know).
 
-Middlewares, outermost first: connection tracking (`connections.track`), the token check when
-`auth` is set (`auth.TokenAuth`), and a last resort that turns an unexpected exception into a JSON
-500 (logged, never echoing it).
+One middleware (`_front`, one coroutine frame per request where three took one each) does, in this
+order: the connection is busy while its request is handled (`connections.ConnectionGuard`), the
+token check when `auth` is set (`auth.TokenAuth`), and a last resort that turns an unexpected
+exception into a JSON 500 (logged, never echoing it).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from sbs.scheduler.core.types import Role
 from sbs.scheduler.service import generation, openapi, protocol
 from sbs.scheduler.service.auth import TokenAuth
 from sbs.scheduler.service.bodies import BodyParser
-from sbs.scheduler.service.connections import GUARD, ConnectionGuard, track
+from sbs.scheduler.service.connections import GUARD, ConnectionGuard
 from sbs.scheduler.service.discovery import EngineSource, StaticSource
 from sbs.scheduler.service.dispatcher import Dispatcher
 from sbs.scheduler.service.metrics import Metrics
@@ -47,13 +48,9 @@ def make_app(settings: ServiceSettings, *, sources: Iterable[EngineSource] | Non
             metrics.rejected.labels("too_many_connections").inc()
 
     guard = ConnectionGuard(settings.limits, on_change=connections_changed)
-    middlewares = [track(guard)]
-    if settings.auth is not None:
-        middlewares.append(
-            TokenAuth(settings.auth.tokens_file).middleware(metrics.rejected.labels("unauthorized").inc)
-        )
-    middlewares.append(_last_resort)
-    app = web.Application(client_max_size=settings.limits.max_body_bytes, middlewares=middlewares)
+    auth = TokenAuth(settings.auth.tokens_file) if settings.auth is not None else None
+    front = _front(guard, auth, metrics.rejected.labels("unauthorized").inc)
+    app = web.Application(client_max_size=settings.limits.max_body_bytes, middlewares=[front])
     app[DISPATCHER] = dispatcher
     policy = settings.scheduler.policy
     own_priority = isinstance(policy, scheduling.ImmediatePolicy) and policy.engine_priority
@@ -88,18 +85,36 @@ def make_app(settings: ServiceSettings, *, sources: Iterable[EngineSource] | Non
     return app
 
 
-@web.middleware
-async def _last_resort(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except web.HTTPException:
-        raise
-    except Exception:
-        log.exception("%s %s failed", request.method, request.path)
-        body = protocol.error_body("internal error", type="internal_error", code="internal_error")
-        return web.json_response(body, status=500)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _front(
+    guard: ConnectionGuard, auth: TokenAuth | None, on_refused: Callable[[], None]
+) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """The app's middleware: connection tracking, the token check, the last resort."""
+
+    @web.middleware
+    async def front(request: web.Request, handler: Handler) -> web.StreamResponse:
+        conn = guard.lookup(request.transport)
+        if conn is not None:
+            guard.request_started(conn)
+        try:
+            if auth is not None and not auth.admits(request):
+                on_refused()
+                return auth.refusal()
+            try:
+                return await handler(request)
+            except web.HTTPException:
+                raise
+            except Exception:
+                log.exception("%s %s failed", request.method, request.path)
+                body = protocol.error_body("internal error", type="internal_error", code="internal_error")
+                return web.json_response(body, status=500)
+        finally:
+            if conn is not None:
+                guard.request_done(conn)
+
+    return front
 
 
 def _generation_handler(endpoint: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:

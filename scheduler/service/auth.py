@@ -13,7 +13,6 @@ import hmac
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from sbs.scheduler.service import protocol
@@ -89,23 +88,18 @@ class TokenAuth:
                 ok |= hmac.compare_digest(candidate, token)
         return ok
 
-    def middleware(self, on_refused: Callable[[], None]) -> Callable[..., Awaitable[web.StreamResponse]]:
-        """401 for a request to a protected path without an accepted token (before its body is read)."""
+    def admits(self, request: web.Request) -> bool:
+        """`request` needs no token (an open path) or carries an accepted one."""
+        return request.path in OPEN_PATHS or self.allows(request)
 
-        @web.middleware
-        async def check(
-            request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-        ) -> web.StreamResponse:
-            if request.path in OPEN_PATHS or self.allows(request):
-                return await handler(request)
-            on_refused()
-            body = protocol.error_body(
-                "a valid API token is required: send 'Authorization: Bearer <token>' or 'X-API-Key: <token>'",
-                type="authentication_error",
-                code="invalid_api_key",
-            )
-            return web.json_response(
-                body, status=401, headers={"WWW-Authenticate": "Bearer", "Connection": "close"}
-            )
-
-        return check
+    @staticmethod
+    def refusal() -> web.Response:
+        """The 401 for a request without an accepted token (sent before its body is read)."""
+        body = protocol.error_body(
+            "a valid API token is required: send 'Authorization: Bearer <token>' or 'X-API-Key: <token>'",
+            type="authentication_error",
+            code="invalid_api_key",
+        )
+        return web.json_response(
+            body, status=401, headers={"WWW-Authenticate": "Bearer", "Connection": "close"}
+        )

@@ -92,7 +92,7 @@ def decode(
         raise protocol.InvalidRequest(f"the request body is not valid JSON: {message}{where}") from None
     check_structure(doc, limits.max_json_depth)
     parsed = protocol.parse(endpoint, doc, estimate)
-    return Body(parsed, engine_prefix(doc, own_priority=own_priority))
+    return Body(parsed, engine_prefix(doc, own_priority=own_priority, raw=raw))
 
 
 def _no_constant(name: str) -> Any:

@@ -12,7 +12,8 @@ number of connections. `GuardedSite` listens with each aiohttp protocol wrapped 
   new one is answered 503 and closed. The cap is lowered to what the open-file limit allows.
 
 The body's own deadline (`limits.body_timeout_s`) is kept by the handler that reads it
-(`bodies.read_body`); `track` marks a connection busy while a handler runs.
+(`bodies.read_body`); the app's middleware marks a connection busy while a handler runs
+(`request_started`, `request_done`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import asyncio
 import json
 import logging
 import resource
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -217,25 +218,6 @@ class ConnectionGuard:
 
 
 GUARD = web.AppKey("connection_guard", ConnectionGuard)
-
-
-def track(guard: ConnectionGuard) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """The middleware marking a connection busy while its request is handled."""
-
-    @web.middleware
-    async def middleware(
-        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        conn = guard.lookup(request.transport)
-        if conn is None:
-            return await handler(request)
-        guard.request_started(conn)
-        try:
-            return await handler(request)
-        finally:
-            guard.request_done(conn)
-
-    return middleware
 
 
 def make_runner(app: web.Application) -> web.AppRunner:

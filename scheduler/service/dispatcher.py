@@ -91,6 +91,9 @@ class Dispatcher:
         self._dispatched = svc_metrics.BoundLabels(metrics.dispatched)
         self._e2e = svc_metrics.BoundLabels(metrics.e2e)
         metrics.attach(self.snapshot)
+        # Read when scraped, not set on every change (several times per request).
+        metrics.buffered.set_function(lambda: self._buffered)
+        metrics.outstanding.set_function(lambda: len(self.jobs))
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -263,7 +266,6 @@ class Dispatcher:
         try:
             self.metrics.prompt_tokens.observe(parsed.prompt_tokens)  # the workload's shape, for sizing
             self.metrics.output_tokens.observe(parsed.output_tokens)
-            self._gauges()
             self.feed(pool, RequestArrived(job.request))
         except BaseException:
             self.finish(job, "internal_error")
@@ -292,10 +294,6 @@ class Dispatcher:
 
     def _refuse(self, reason: str) -> None:
         self.metrics.rejected.labels(reason).inc()
-
-    def _gauges(self) -> None:
-        self.metrics.buffered.set(self._buffered)
-        self.metrics.outstanding.set(len(self.jobs))
 
     # -- the cores ------------------------------------------------------------------------------
 
@@ -353,14 +351,11 @@ class Dispatcher:
             pool.last_release_s = now
 
     def _set_state(self, job: Job, state: JobState) -> None:
-        buffered = self._buffered
         if job.state is JobState.BUFFERED:
             self._buffered -= 1
         if state is JobState.BUFFERED:
             self._buffered += 1
         job.state = state
-        if self._buffered != buffered:
-            self.metrics.buffered.set(self._buffered)
 
     async def _timer(self) -> None:
         """Sleep until the earliest core deadline (or a wake-up), then let the due cores act."""
@@ -441,7 +436,6 @@ class Dispatcher:
         else:
             self._errored(job.endpoint, error_reason).inc()
             self._e2e("errored").observe(elapsed)
-        self._gauges()
         if job.generation != job.pool.generation:
             return
         try:

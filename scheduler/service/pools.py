@@ -85,6 +85,9 @@ class Pools:
 
     def choose(self, exclude: Pool | None = None) -> Pool | None:
         """The usable pool with the fewest outstanding requests per usable prefill rank."""
+        if len(self.by_revision) == 1:  # the usual case: nothing to compare
+            pool = next(iter(self.by_revision.values()))
+            return None if pool is exclude or not pool.usable() else pool
         best: tuple[float, str] | None = None
         chosen = None
         for rev, pool in self.by_revision.items():

@@ -91,19 +91,41 @@ def pd_bodies(body: Mapping[str, Any], **pd: Any) -> tuple[dict[str, Any], dict[
     return base | prefill, base | decode
 
 
-def engine_prefix(body: Mapping[str, Any], *, own_priority: bool = False) -> bytes:
+def engine_prefix(body: Mapping[str, Any], *, own_priority: bool = False, raw: bytes | None = None) -> bytes:
     """The client's body as JSON without the PD fields (and without `priority` when the service sends
     its own) and without its closing brace: serialised once (it may be large) and completed per side
-    by `pd_payloads`."""
+    by `pd_payloads`. `raw`: the JSON text `body` was read from (checked valid), passed on as it is
+    when it holds none of those fields (nothing to drop: no second serialisation)."""
     owned = PD_FIELDS | {"priority"} if own_priority else PD_FIELDS
+    if raw is not None and owned.isdisjoint(body):
+        text = raw.rstrip()
+        if text.endswith(b"}"):
+            return text[:-1]
     return json.dumps({k: v for k, v in body.items() if k not in owned}).encode()[:-1]
+
+
+_encode_str = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+"""What `json.dumps` writes for a string (C)."""
+
+
+def _fields_json(fields: Mapping[str, Any]) -> bytes:
+    """`json.dumps(fields).encode()[1:]` for our PD fields, without the encoder's per-call setup."""
+    parts = []
+    for k, v in fields.items():
+        if type(v) is int:
+            parts.append(f'"{k}": {v}')
+        elif type(v) is str:
+            parts.append(f'"{k}": {_encode_str(v)}')
+        else:
+            parts.append(f'"{k}": {json.dumps(v)}')
+    return (", ".join(parts) + "}").encode()
 
 
 def pd_payloads(prefix: bytes, **pd: Any) -> tuple[bytes, bytes]:
     """`pd_bodies` as JSON bytes, from an `engine_prefix`."""
-    sep = b"," if prefix != b"{" else b""
+    sep = b"" if prefix.rstrip().endswith(b"{") else b","
     prefill, decode = _pd_fields(**pd)
-    return prefix + sep + json.dumps(prefill).encode()[1:], prefix + sep + json.dumps(decode).encode()[1:]
+    return prefix + sep + _fields_json(prefill), prefix + sep + _fields_json(decode)
 
 
 class UpstreamError(Exception):

@@ -82,7 +82,8 @@ async def test_an_idle_instance_gets_work_at_once_and_the_next_request_waits_in_
     assert first.state is JobState.DISPATCHED and isinstance(first.decision.result(), Dispatch)
     assert first.decision.result().reason == "bypass"
     assert second.state is JobState.BUFFERED and not second.decision.done()
-    assert dispatcher.metrics.buffered._value.get() == 1
+    assert dispatcher.metrics.registry.get_sample_value("sbs_buffered_requests") == 1
+    assert dispatcher.metrics.registry.get_sample_value("sbs_outstanding_requests") == 2
 
 
 async def test_admission_limits() -> None:

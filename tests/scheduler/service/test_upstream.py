@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -49,6 +50,37 @@ def test_pd_bodies_without_ranks_leave_the_choice_to_the_engines() -> None:
         decode_rank=None,
     )
     assert p == d == {"text": "hi", "rid": "r", "bootstrap_host": "h", "bootstrap_room": 7}
+
+
+PD = {"rid": "r1", "bootstrap_host": '10.0.0."1', "bootstrap_port": 7, "room": 2**62 + 3}
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        rb'{"text": "h\u00e9llo", "sampling_params": {"max_new_tokens": 4}}',
+        '{\n  "text": "héllo",\n  "input_ids": [1, 2]\n}\n '.encode(),  # as sent, not re-encoded
+        b"{ }",
+        b'{"text": "a", "bootstrap_room": 5, "rid": "client"}',  # PD fields: re-serialised without them
+    ],
+)
+@pytest.mark.parametrize(
+    "ranks",
+    [{"prefill_rank": None, "decode_rank": None}, {"prefill_rank": 1, "decode_rank": 3, "priority": -2}],
+)
+def test_pd_payloads_are_the_pd_bodies_whether_the_client_json_is_passed_on_or_not(
+    raw: bytes, ranks: dict[str, int]
+) -> None:
+    doc = json.loads(raw)
+    prefix = upstream.engine_prefix(doc, raw=raw)
+    assert prefix.startswith(raw.rstrip()[:-1]) == upstream.PD_FIELDS.isdisjoint(doc)
+    p, d = upstream.pd_payloads(prefix, **PD, **ranks)
+    assert (json.loads(p), json.loads(d)) == upstream.pd_bodies(doc, **PD, **ranks)
+
+
+def test_pd_fields_json_is_what_json_dumps_writes() -> None:
+    fields = {"rid": 'x"y\u00e9', "bootstrap_port": 5, "room": -1, "other": [True, None]}
+    assert upstream._fields_json(fields) == json.dumps(fields).encode()[1:]
 
 
 def test_parse_loads_reads_per_rank_core_fields_and_the_oldest_timestamp() -> None:
