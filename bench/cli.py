@@ -193,13 +193,13 @@ def overhead(**opts: Any) -> None:
 @_trace_options
 @click.option(
     "--policies",
-    default="sbs",
+    default="sbs,least_load,sglang",
     show_default=True,
     help="Our scheduler's policies to cross-check, comma-separated.",
 )
 @_cluster_options
 def crosscheck(**opts: Any) -> None:
-    """TTFT mean of the emulated cluster against the simulator, same policy, trace slice and cluster."""
+    """TTFT mean and p90 of the emulated cluster against the simulator: same policy, slice and cluster."""
     from sbs.bench import crosscheck as mod
 
     specs = systems.parse_systems(opts["policies"], option="--policies")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 from sbs.bench import procs, systems
 from sbs.bench.client import Measurements, replay
 from sbs.bench.emulated_cluster import BenchCluster
@@ -104,11 +105,18 @@ def _slice(base: Trace, tok_s: float | None, duration_s: float | None) -> Trace:
 
 async def engine_lag(urls: list[str]) -> dict[str, dict[str, float]]:
     """Per engine: `emulator.lag_s` and `lagged_steps` from `/server_info` (0 = it kept real time),
-    and the mean decode step in wall seconds from `/v1/loads` (`decode_moments`; NaN on a prefill)."""
+    the mean decode step in wall seconds from `/v1/loads` (`decode_moments`; NaN on a prefill), and
+    the mean PD bootstrap wait in wall seconds from SGLang's `sglang:per_stage_req_latency_seconds`
+    (stage `prefill_bootstrap`; NaN on a decode or before any)."""
     out: dict[str, dict[str, float]] = {}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
         for url in urls:
-            row = {"lag_s": math.nan, "lagged_steps": math.nan, "decode_step_mean_s": math.nan}
+            row = {
+                "lag_s": math.nan,
+                "lagged_steps": math.nan,
+                "decode_step_mean_s": math.nan,
+                "bootstrap_mean_s": math.nan,
+            }
             try:
                 async with http.get(f"{url}/server_info") as resp:
                     emu = (await resp.json())["emulator"]
@@ -118,10 +126,27 @@ async def engine_lag(urls: list[str]) -> dict[str, dict[str, float]]:
                 steps = max(moments, key=lambda m: m[0])
                 if steps[0] > 0:
                     row["decode_step_mean_s"] = steps[2] / steps[0] / 1e6
+                async with http.get(f"{url}/metrics") as resp:
+                    row["bootstrap_mean_s"] = _stage_mean(await resp.text(), "prefill_bootstrap")
             except (TimeoutError, aiohttp.ClientError, KeyError, ValueError, TypeError):
                 pass
             out[url] = row
     return out
+
+
+def _stage_mean(text: str, stage: str) -> float:
+    """Mean of one stage of `sglang:per_stage_req_latency_seconds` over its labels (NaN: none)."""
+    total = count = 0.0
+    for family in text_string_to_metric_families(text):
+        if family.name != "sglang:per_stage_req_latency_seconds":
+            continue
+        for s in family.samples:
+            if s.labels.get("stage") == stage:
+                if s.name.endswith("_sum"):
+                    total += s.value
+                elif s.name.endswith("_count"):
+                    count += s.value
+    return total / count if count else math.nan
 
 
 async def start_stack(

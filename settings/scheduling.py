@@ -22,7 +22,12 @@ class BatchingSettings(SettingsModel):
 
     lead_s: float = Field(0.002, ge=0.0)
     """Release a batch this long before the instance's predicted free time, so the batch is in the
-    engine when its current step ends (covers scheduler → engine transit; 2 ms on a LAN)."""
+    engine when its current step ends (covers scheduler → engine transit; 2 ms on a LAN), plus the
+    instance's measured admission lag (below)."""
+
+    admission_lead_max_s: float = Field(0.5, ge=0.0)
+    """Also release earlier by the instance's measured admission lag (dispatch → schedulable: transit
+    and SGLang's PD bootstrap handshake), at most this much; 0 = do not."""
 
     bypass: bool = True
     """Low-load bypass: an idle instance gets buffered work at once. Buffering must never add latency

@@ -56,6 +56,12 @@ class ClusterConfig(_Model):
     """Coefficient of variation of step time around the cost model (kernel noise, routing skew)."""
     network_s: float = Field(0.001, ge=0.0)
     """Scheduler → engine request transit."""
+    bootstrap_s: float = Field(0.0, ge=0.0)
+    """PD handshake: a request that reached its prefill instance is schedulable there this much later
+    (SGLang schedules only bootstrapped requests; 0 = at once)."""
+    prealloc_per_decode_step: bool = False
+    """The handshake also waits for its decode instance's next step boundary (SGLang's decode
+    pre-allocates KV for new requests once per scheduler iteration, i.e. per decode step)."""
     report_delay_s: float = Field(0.002, ge=0.0)
     """Engine → scheduler report transit (step completions, finished requests, snapshots)."""
     loads_period_s: float = Field(1.0, gt=0.0)

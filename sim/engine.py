@@ -42,6 +42,8 @@ class PrefillJob:
     cached: int = 0
     priority: int | None = None
     """The request's SGLang `priority` (used only with priority scheduling on)."""
+    entered_s: float = -1.0
+    """Start of the step that ran its first chunk (SGLang's `forward_entry_time`); -1 before."""
 
 
 @dataclass(slots=True)
@@ -169,6 +171,7 @@ class PrefillEngine:
                     if not allow_new:
                         break
                     self._start_job(job, r)
+                    job.entered_s = now
                 n = min(job.remaining, budget)
                 taken.append((job, n))
                 tokens[r] += n

@@ -34,7 +34,7 @@ from sbs.sim.recorder import Recorder
 from sbs.sim.replicas import Replicas
 from sbs.sim.trace import Trace
 
-_P_END, _KV, _D_END, _REPORT, _POLL, _PASS = range(FIRST_FREE_KIND, FIRST_FREE_KIND + 6)
+_P_END, _KV, _D_END, _REPORT, _POLL, _PASS, _ADMIT = range(FIRST_FREE_KIND, FIRST_FREE_KIND + 7)
 
 
 @dataclass(frozen=True)
@@ -138,6 +138,10 @@ class Simulation:
         ]
         """`+delayer`: each prefill instance's SGLang prefill delayer (a held pass re-checks a pass later)."""
         self._in_pass = [False] * len(self.prefill_specs)
+        self._decode_step_end = [0.0] * len(self.decode_specs)
+        self._admission: dict[int, float] = {}
+        """rid → its dispatch → schedulable lag, until its prefill completes (with a handshake model)."""
+        """End of each decode instance's current (or last) step: its next pre-allocation."""
         self._decode_of: dict[int, tuple[int, int, int | None]] = {}
         """rid → (decode instance, rank, priority) while its prefill and KV transfer run."""
         self._requests = trace.requests
@@ -230,6 +234,8 @@ class Simulation:
             elif kind == _PASS:
                 self._in_pass[payload] = False  # type: ignore[index]
                 self._start_prefill(payload, t)  # type: ignore[arg-type]
+            elif kind == _ADMIT:
+                self._admit(payload, t)  # type: ignore[arg-type]
         if self.progress:
             self.progress(1.0)
         return SimResult(self.policy.name, self.rec, events, replicas.stats())
@@ -242,16 +248,38 @@ class Simulation:
                 self._open -= 1
 
     def _on_dispatch(self, batch: list[Dispatch], t: float) -> None:
+        handshake = self.cluster.bootstrap_s > 0 or self.cluster.prealloc_per_decode_step
         for d in batch:
             req = self._requests[d.rid]
-            self.prefill[d.prefill_instance].submit(
-                PrefillJob(req.rid, req.prompt_tokens, req.hash_ids, priority=d.priority), d.prefill_rank
-            )
             dec = self.decode[d.decode_instance]
             rank = d.decode_rank if d.decode_rank is not None else dec.pick_rank()
             dec.reserve(rank, req.prompt_tokens + 1)
             self._decode_of[d.rid] = (d.decode_instance, rank, d.priority)
-        instance = batch[0].prefill_instance
+            if handshake:
+                self.events.push(self._admitted_at(d.decode_instance, t), _ADMIT, d)
+            else:
+                self._submit(d)
+        if not handshake:
+            self._start_if_idle(batch[0].prefill_instance, t)
+
+    def _admitted_at(self, decode: int, t: float) -> float:
+        """When a request that reached its prefill at `t` has bootstrapped."""
+        if self.cluster.prealloc_per_decode_step:
+            t = max(t, self._decode_step_end[decode])
+        return t + self.cluster.bootstrap_s
+
+    def _admit(self, d: Dispatch, t: float) -> None:
+        self._admission[d.rid] = t - self.rec.dispatched[d.rid]
+        self._submit(d)
+        self._start_if_idle(d.prefill_instance, t)
+
+    def _submit(self, d: Dispatch) -> None:
+        req = self._requests[d.rid]
+        self.prefill[d.prefill_instance].submit(
+            PrefillJob(req.rid, req.prompt_tokens, req.hash_ids, priority=d.priority), d.prefill_rank
+        )
+
+    def _start_if_idle(self, instance: int, t: float) -> None:
         if not self.prefill[instance].busy() and not self._in_pass[instance]:
             self._start_prefill(instance, t)
 
@@ -275,7 +303,10 @@ class Simulation:
             self.rec.cached[job.rid] = job.cached
             self.events.push(t + self.cost.kv_transfer_s(job.prompt_tokens), _KV, job.rid)
         queued = eng.has_work()
-        report = StepCompleted(i, rec.started_s, rec.duration_s, tuple(j.rid for j in rec.finished), queued)
+        lag = max((self._admission.pop(j.rid, 0.0) for j in rec.finished), default=0.0)
+        report = StepCompleted(
+            i, rec.started_s, rec.duration_s, tuple(j.rid for j in rec.finished), queued, admission_s=lag
+        )
         if self.oracle is not None:  # heard before the next step starts
             self._record(self.replicas.deliver(report, t), t)
         else:
@@ -295,6 +326,7 @@ class Simulation:
         dur = self.decode[i].start_step(t)
         if dur > 0:
             self.events.push(t + dur, _D_END, i)
+            self._decode_step_end[i] = t + dur
 
     def _on_decode_end(self, i: int, t: float) -> None:
         dec = self.decode[i]

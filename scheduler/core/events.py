@@ -27,6 +27,9 @@ class StepCompleted:
     duration_s: float
     finished_rids: tuple[int, ...] = ()
     next_step_queued: bool = False
+    admission_s: float = 0.0
+    """The longest dispatch → schedulable lag (transit and PD bootstrap) measured among these
+    requests (0: none measured)."""
 
 
 @dataclass(frozen=True, slots=True)

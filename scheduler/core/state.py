@@ -12,6 +12,7 @@ A prefill instance that overruns its prediction by far, or an unhealthy one, is 
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from sbs.scheduler.core.events import LoadReported, StepCompleted
 from sbs.scheduler.core.types import InstanceSpec, RankLoad, RankRef, Role
 
 _LOG_LIMIT = 4096
+_SAME_END_S = 1e-6
+"""Reports of one step end at the same time to float rounding."""
 
 
 @dataclass(slots=True)
@@ -100,6 +103,12 @@ class PrefillInstanceState:
     healthy: bool = True
     suspect: bool = False
     last_heard_s: float = 0.0
+    admission_s: float = 0.0
+    """Running estimate of the dispatch → schedulable lag (quick to rise, slow to fall)."""
+    step_dev_s: float = 0.0
+    """Running mean of |actual − predicted| step duration (how far off a predicted free time is)."""
+    reported_end_s: float = -math.inf
+    """End of the latest step reported complete (a report ending no later only adds requests)."""
     deferred_until_s: float = 0.0
     """Not offered buffered work before this time (everything waits for cache affinity elsewhere)."""
     unpinned_tokens: int = 0
@@ -390,26 +399,25 @@ class ClusterState:
         st = self.instances[ev.instance]
         st.last_heard_s = now
         st.suspect = False
+        end = ev.started_s + ev.duration_s
+        if ev.admission_s > 0:
+            gain = 0.5 if ev.admission_s > st.admission_s else self.step_alpha
+            st.admission_s += gain * (ev.admission_s - st.admission_s)
+        if end <= st.reported_end_s + _SAME_END_S:  # more of a step already heard of (the service's
+            self._prefilled(st, ev.instance, ev.finished_rids, now, end)  # answers come one by one)
+            return
+        st.reported_end_s = end
         alpha = self.step_alpha
         st.step_ewma_s = (
             ev.duration_s if st.step_ewma_s == 0.0 else ((1 - alpha) * st.step_ewma_s + alpha * ev.duration_s)
         )
-        end = ev.started_s + ev.duration_s
         if st.planned and st.planned[0][0] <= ev.started_s:
             _, predicted = st.planned.popleft()
             if predicted > 0:
                 ratio = min(max(ev.duration_s * st.error_ewma / predicted, 0.25), 4.0)
                 st.error_ewma = (1 - alpha) * st.error_ewma + alpha * ratio
-        for rid in ev.finished_rids:
-            flight = self.flights.get(rid)
-            if flight is None or rid in self.prefilled:
-                continue
-            self.prefilled.add(rid)
-            p, rank, tokens = flight[:3]
-            if rank is None:
-                st.unpinned_tokens -= tokens
-            else:
-                self.prefill.add(p, rank, -1, -tokens, now, seen_at=end)
+                st.step_dev_s += alpha * (abs(ev.duration_s - predicted) - st.step_dev_s)
+        self._prefilled(st, ev.instance, ev.finished_rids, now, end)
         if not ev.next_step_queued:
             # The engine went idle. Steps sent after it ended (still in transit) will start on arrival.
             cutoff = end - self.transit_s
@@ -423,6 +431,21 @@ class ClusterState:
             # The engine started a step nobody released (a chunked prompt continuing): predict it.
             st.planned.append((ev.started_s, st.plan_carry_only(self.capacity)))
         st.busy_until_s = end + st.planned_total_s()
+
+    def _prefilled(
+        self, st: PrefillInstanceState, instance: int, rids: tuple[int, ...], now: float, end: float
+    ) -> None:
+        """The prefills of `rids` completed on `instance` in the step ending at `end`."""
+        for rid in rids:
+            flight = self.flights.get(rid)
+            if flight is None or rid in self.prefilled:
+                continue
+            self.prefilled.add(rid)
+            p, rank, tokens = flight[:3]
+            if rank is None:
+                st.unpinned_tokens -= tokens
+            else:
+                self.prefill.add(p, rank, -1, -tokens, now, seen_at=end)
 
     def on_loads(self, ev: LoadReported, now: float) -> None:
         """Tier 3: a per-rank snapshot replaces the counters (plus what it cannot have seen)."""

@@ -140,7 +140,9 @@ class Relay:
         prefill = asyncio.ensure_future(
             upstream.call_prefill(dispatcher.session, pe.record.url + job.endpoint, pbody, pe.key)
         )
-        prefill.add_done_callback(lambda t: dispatcher.steps.prefill_answered(job, pe, attempt, _ok(t)))
+        prefill.add_done_callback(
+            lambda t: dispatcher.steps.prefill_answered(job, pe, attempt, _ok(t), _result(t))
+        )
         decode = asyncio.ensure_future(self._decode_head(de.record.url + job.endpoint, dbody, de.key))
         decode.add_done_callback(_retrieve)
         prefill.add_done_callback(_retrieve)
@@ -410,3 +412,7 @@ def _retrieve(task: asyncio.Task[Any]) -> None:
 
 def _ok(task: asyncio.Task[Any]) -> bool:
     return not task.cancelled() and task.exception() is None
+
+
+def _result(task: asyncio.Task[Any]) -> Any:
+    return task.result() if _ok(task) else None

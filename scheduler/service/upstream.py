@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -157,8 +158,11 @@ def _connection_error(engine: str, exc: BaseException) -> UpstreamError:
     return UpstreamError(engine, f"{type(exc).__name__}: {exc}".rstrip(": "))
 
 
-async def call_prefill(client: EngineClient, url: str, body: bytes, engine: str) -> None:
-    """POST the prefill side and read its whole answer (it ends when the prefill is done)."""
+async def call_prefill(
+    client: EngineClient, url: str, body: bytes, engine: str
+) -> tuple[float, float, float] | None:
+    """POST the prefill side and read its whole answer (it ends when the prefill is done); returns the
+    answer's step stamps (`prefill_stamps`)."""
     try:
         resp = await client.post(url, body)
         try:
@@ -178,6 +182,24 @@ async def call_prefill(client: EngineClient, url: str, body: bytes, engine: str)
             body=data,
             content_type=resp.content_type,
         )
+    return prefill_stamps(data)
+
+
+_STAMP = re.compile(rb'"(forward_entry_time|prefill_finished_time|queue_time)":\s*([0-9][0-9.eE+-]*)')
+
+
+def prefill_stamps(data: bytes) -> tuple[float, float, float] | None:
+    """`(forward_entry_time, prefill_finished_time, queue_time)` from a prefill answer's `meta_info`
+    (SGLang adds its scheduler's time stats with `--enable-metrics`; a stream's last values count):
+    the step that began the prompt and the one that finished it, Unix seconds, and the time it waited
+    schedulable before it began (-1 when absent). None without both stamps."""
+    found = dict(_STAMP.findall(data))
+    try:
+        entry, finished = float(found[b"forward_entry_time"]), float(found[b"prefill_finished_time"])
+        queued = float(found.get(b"queue_time", b"-1"))
+    except (KeyError, ValueError):
+        return None
+    return (entry, finished, queued) if 0 < entry <= finished else None
 
 
 def stream_error(data: bytes) -> dict[str, Any] | None:

@@ -22,11 +22,18 @@ class ResponseShapes:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
         self.served_name = runtime.settings.served_name
+        self._wall_shift_s: float | None = None
+
+    def _wall(self, t: float) -> float:
+        """The engine clock's `t` as Unix seconds (SGLang's `convert_time_to_realtime`)."""
+        if self._wall_shift_s is None:
+            self._wall_shift_s = unix_s() - self.rt.now()
+        return t + self._wall_shift_s
 
     # --- /generate --------------------------------------------------------------------------------
     def meta(self, req: Req) -> dict[str, Any]:
         end = req.finished_s if req.finished_s is not None else self.rt.now()
-        return {
+        meta = {
             "id": req.rid,
             "finish_reason": req.finish_reason,
             "prompt_tokens": req.prompt_tokens,
@@ -38,6 +45,11 @@ class ResponseShapes:
             "e2e_latency": end - req.arrival_s,
             "dp_rank": req.rank,
         }
+        if req.forward_entry_s:  # the scheduler's time stats (SGLang sends them with --enable-metrics)
+            meta["forward_entry_time"] = self._wall(req.forward_entry_s)
+            meta["prefill_finished_time"] = self._wall(req.prefill_finished_s)
+            meta["queue_time"] = max(0.0, req.forward_entry_s - req.waiting_s)
+        return meta
 
     def generate_out(self, req: Req) -> dict[str, Any]:
         n = req.output_tokens

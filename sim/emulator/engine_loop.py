@@ -132,9 +132,11 @@ class EngineLoop:
         rt.prefill_steps += 1
         book.prefill_step(rec.rank_tokens, modelled * self.time_factor * 1e6)
         self._apply_pending_aborts()
+        end = rt.now()  # one stamp per batch, as SGLang's
         for job in rec.finished:
             req = rt.by_num.get(job.rid)
             if req is not None and not req.finished:
+                req.forward_entry_s, req.prefill_finished_s = job.entered_s, end
                 self._prefill_done(req, job.cached)
         return True
 

@@ -195,6 +195,7 @@ class Runtime:
         s = self.settings
         req.rank = rank
         req.stage = "prefill"
+        req.waiting_s = self.now()
         hashes = (
             () if s.disable_radix_cache else tokens.block_hashes(req.gen.prompt_ids, s.prefix_block_tokens)
         )

@@ -107,6 +107,8 @@ class PdTransfer:
         if req.finished:  # aborted meanwhile (Python 3.11's wait_for may return the result of a wait
             return  # that finished as it was cancelled)
         if ok:
+            waited = rt.now() - req.arrival_s  # SGLang observes the bootstrap stage as it ends
+            rt.metrics.stage_latency.labels(**rt.metrics.rank(r), stage="prefill_bootstrap").observe(waited)
             rt.enqueue_prefill(req, r)
             return
         rt.metrics.bootstrap_failed.labels(**rt.metrics.rank(r)).inc()

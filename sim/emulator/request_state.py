@@ -35,6 +35,12 @@ class Req:
     error: RequestError | None = None
     task: asyncio.Task[None] | None = None
     transfer_start_s: float = 0.0
+    waiting_s: float = 0.0
+    """When it joined a rank's waiting queue (PD prefill: after the handshake)."""
+    forward_entry_s: float = 0.0
+    """Start of the step that ran its first prefill chunk (0 = not yet)."""
+    prefill_finished_s: float = 0.0
+    """End of the step that finished its prefill (0 = not yet)."""
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
 

@@ -37,6 +37,8 @@ ITL_BUCKETS = (
 E2E_BUCKETS = (0.1, 0.2, 0.4, 0.6, 0.8, 1, 2, 4, 6, 8, 10, 20, 40, 60, 80, 100, 200, 400, 800)
 KV_MS_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 
+STAGE_BUCKETS = tuple(0.001 * 1.62**k for k in range(30))
+"""SGLang's `exponential_buckets(start=0.001, width=1.62, length=30)`."""
 _RANK_LABELS = ("model_name", "engine_type", "tp_rank", "pp_rank", "moe_ep_rank", "dp_rank")
 _TOKENIZER_LABELS = ("model_name", "engine_type")
 
@@ -87,6 +89,13 @@ class EngineMetrics:
             "KV transfer latency (prefill side), ms.",
             _RANK_LABELS,
             buckets=KV_MS_BUCKETS,
+            registry=r,
+        )
+        self.stage_latency = Histogram(
+            "sglang:per_stage_req_latency_seconds",
+            "The latency of each stage of requests.",
+            (*_RANK_LABELS, "stage"),
+            buckets=STAGE_BUCKETS,
             registry=r,
         )
         tl = _TOKENIZER_LABELS

@@ -42,7 +42,7 @@ def test_crosscheck_reports_raw_and_corrected_differences(tiny_trace: Path, tmp_
     _run(
         [
             "crosscheck",
-            *("--trace", str(tiny_trace), "--duration", "4", "--load", "0.5"),
+            *("--trace", str(tiny_trace), "--duration", "4", "--load", "0.5", "--policies", "sbs"),
             *("--prefill", "1x2", "--decode", "1x2", "--time-factor", "0.05", "--stream-interval", "2"),
             *("--log-dir", str(tmp_path / "logs"), "--json", str(out)),
         ]
@@ -50,7 +50,11 @@ def test_crosscheck_reports_raw_and_corrected_differences(tiny_trace: Path, tmp_
     (check,) = json.loads(out.read_text())["checks"]
     assert check["policy"] == "sbs"
     assert check["emulated"]["errors"] == 0
-    t = check["ttft_mean_s"]
-    assert t["emulated_corrected"] == pytest.approx(t["emulated_raw"] + check["emulated_decode_step_mean_s"])
-    assert check["relative_difference"]["raw"] == pytest.approx(t["emulated_raw"] / t["simulated"] - 1)
+    for stat, diff in (("ttft_mean_s", "relative_difference"), ("ttft_p90_s", "relative_difference_p90")):
+        t = check[stat]
+        step = check["emulated_decode_step_mean_s"]
+        assert t["emulated_corrected"] == pytest.approx(t["emulated_raw"] + step)
+        assert check[diff]["raw"] == pytest.approx(t["emulated_raw"] / t["simulated"] - 1)
+        assert t["simulated"] == check["simulated"][stat]
     assert check["emulated_decode_step_mean_s"] > 0
+    assert check["simulated_bootstrap_s"] > 0  # the emulated prefills' own handshake wait

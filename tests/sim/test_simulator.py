@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 from sbs.scheduler.core.events import RequestArrived
+from sbs.scheduler.core.policies import sbs_timing
 from sbs.settings import scheduling
 from sbs.sim.cluster import PRESETS
 from sbs.sim.costmodel import CostModel
@@ -154,3 +155,35 @@ def test_sbs_prefix_affinity_raises_cache_hits_without_spinning() -> None:
     assert hits_sbs > hits_rr + 0.2
     # Waiting for a cache-holding instance must not turn into a timer loop.
     assert sbs.events < 40 * len(trace)
+
+
+def _with(policy: str, **batching: float) -> scheduling.PolicySettings:
+    p = scheduling.policy_settings(policy)
+    return p.model_copy(update={"batching": p.batching.model_copy(update=batching)})  # type: ignore[attr-defined]
+
+
+def test_the_pd_handshake_delays_prefill_and_sbs_learns_its_lag(half_load: Trace) -> None:
+    handshake = CLUSTER.model_copy(update={"bootstrap_s": 0.05})
+    plain = simulate(half_load, "least_load").recorder
+    least = scheduling.policy_settings("least_load")
+    shaken = Simulation(half_load, handshake, least, cost=COST).run().recorder
+    assert (shaken.first_token - shaken.dispatched).min() >= 0.05  # nobody prefills before bootstrapping
+    assert shaken.summary(**SLO)["ttft_mean_s"] > plain.summary(**SLO)["ttft_mean_s"]
+
+    sim = Simulation(half_load, handshake, _with("sbs"), cost=COST)
+    sim.run()
+    lags = [st.admission_s for st in sim.scheduler.instances]
+    assert all(0.05 < lag < 0.05 + 0.01 for lag in lags)  # the handshake plus the dispatch transit
+    off = Simulation(half_load, handshake, _with("sbs", admission_lead_max_s=0.0), cost=COST)
+    off.run()  # measured alike, not used for the release
+    st = off.scheduler.instances[0]
+    assert st.admission_s > 0.05 and sbs_timing.lead_s(st, off.policy.batching) == off.policy.batching.lead_s
+
+
+def test_decode_preallocation_waits_for_the_decode_step_boundary() -> None:
+    trace = build_trace("two", [0.0, 0.5], [2000, 300], [400, 20])
+    cadence = CLUSTER.model_copy(update={"prealloc_per_decode_step": True})
+    rec = Simulation(trace, cadence, scheduling.policy_settings("least_load"), cost=COST).run().recorder
+    free = Simulation(trace, CLUSTER, scheduling.policy_settings("least_load"), cost=COST).run().recorder
+    assert rec.first_token[0] == free.first_token[0]  # the decode was idle: pre-allocated at once
+    assert rec.first_token[1] > free.first_token[1]  # it waited for the running decode step to end

@@ -177,10 +177,10 @@ class StaggeredBatching:
         idle_from = self._idle_from()
         if self.clock.fresh().release_min(idle_from) > now:
             return None  # none is due
-        lead = self.batching.lead_s
+        b = self.batching
         best: tuple[float, int] | None = None
         for i, st in enumerate(self.state.instances):
-            if i not in tried and sbs_timing.release_time(st, lead_s=lead, idle_from=idle_from) <= now:
+            if i not in tried and sbs_timing.release_time(st, b=b, idle_from=idle_from) <= now:
                 key = (st.busy_until_s, i)
                 if best is None or key < best:
                     best = key
@@ -363,7 +363,7 @@ class StaggeredBatching:
             return replace(budget, min_tokens=chunk)
         if slow_s > sbs_timing.full_chunk_s(model, chunk):
             return budget
-        lane = sbs_lanes.first_lane(instances, p, model=model, lead_s=b.lead_s)
+        lane = sbs_lanes.first_lane(instances, p, model=model, b=b)
         if lane is None:
             return budget
         due, i = lane
@@ -451,5 +451,5 @@ class StaggeredBatching:
         saved = state.capacity.per_token_s * (c_there - c_here) + state.capacity.per_pair_s * (
             float(c_there) ** 2 - float(c_here) ** 2
         )
-        due = max(other.busy_until_s - self.batching.lead_s, other.deferred_until_s, now)
+        due = max(other.busy_until_s - sbs_timing.lead_s(other, self.batching), other.deferred_until_s, now)
         return due if due - now < saved else None

@@ -71,12 +71,11 @@ class ReleaseClock:
         self.hold_s = sbs_timing.hold_s(instances, b)
         self.interval_s = sbs_timing.interval_s(instances, b)
         self.prefill_usable = any(st.available for st in instances)
-        lead = b.lead_s
         every = self._rev < 0
         for i, st in enumerate(instances):
             if st.take_changed() or every:
                 self._suspect_at[i] = sbs_timing.suspect_after(st, self.overrun)
-                r = sbs_timing.release_time(st, lead_s=lead, idle_from=-math.inf)
+                r = sbs_timing.release_time(st, b=b, idle_from=-math.inf)
                 idle = st.available and not st.planned
                 self._busy_at[i] = math.inf if idle else r
                 self._idle_at[i] = r if idle else math.inf

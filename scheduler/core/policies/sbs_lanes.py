@@ -114,7 +114,7 @@ def lane_cost(
 
 
 def first_lane(
-    instances: Sequence[PrefillInstanceState], p: int, *, model: PrefillCapacityModel, lead_s: float
+    instances: Sequence[PrefillInstanceState], p: int, *, model: PrefillCapacityModel, b: BatchingSettings
 ) -> tuple[float, int] | None:
     """(when it is next offered work, index) of the first long-prompt lane other than `p` (None: no
     lane with a step to offer). A prompt longer than a chunk started there hides its first chunk in a
@@ -122,7 +122,7 @@ def first_lane(
     best: tuple[float, int] | None = None
     for i, st in enumerate(instances):
         if i != p and sbs_timing.is_lane(st, model):
-            due = sbs_timing.release_time(st, lead_s=lead_s, idle_from=-math.inf)
+            due = sbs_timing.release_time(st, b=b, idle_from=-math.inf)
             if due < math.inf and (best is None or due < best[0]):
                 best = (due, i)
     return best

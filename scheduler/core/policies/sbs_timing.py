@@ -16,11 +16,21 @@ from sbs.scheduler.core.state import PrefillInstanceState
 from sbs.settings.scheduling import BatchingSettings
 
 
-def release_time(st: PrefillInstanceState, *, lead_s: float, idle_from: float) -> float:
+def lead_s(st: PrefillInstanceState, b: BatchingSettings) -> float:
+    """How long before `st`'s predicted free time its next batch is released: the transit margin, and
+    where requests take time to become schedulable (PD bootstrap), that measured lag plus twice the
+    mean error of a predicted step (capped), so the whole batch is schedulable when the engine frees:
+    one request schedulable early would start a step alone and hold the rest back a whole step."""
+    if st.admission_s <= 0.0:
+        return b.lead_s
+    return b.lead_s + min(st.admission_s + 2.0 * st.step_dev_s, b.admission_lead_max_s)
+
+
+def release_time(st: PrefillInstanceState, *, b: BatchingSettings, idle_from: float) -> float:
     """When `st` is next offered buffered work (inf: not before an event changes its state).
 
-    - busy with one step: `lead_s` before that step's predicted end, so the next batch is in the
-      engine when it frees and no request waits inside it;
+    - busy with one step: `lead_s(st, b)` before that step's predicted end, so the next batch is in
+      the engine when it frees and no request waits inside it;
     - idle: at `idle_from` (the past under the low-load bypass: at once);
     - a step already queued ahead, or unavailable: inf.
     A deferral (everything buffered waits for another instance's cache) pushes it back.
@@ -30,7 +40,7 @@ def release_time(st: PrefillInstanceState, *, lead_s: float, idle_from: float) -
     if not st.planned:
         start = max(st.busy_until_s, idle_from)
     elif len(st.planned) == 1:
-        start = st.busy_until_s - lead_s
+        start = st.busy_until_s - lead_s(st, b)
     else:
         return math.inf
     return max(start, st.deferred_until_s)

@@ -18,6 +18,7 @@ from sbs.scheduler.core.events import (
     RequestFinished,
     StepCompleted,
 )
+from sbs.scheduler.core.policies import sbs_timing
 from sbs.scheduler.core.types import Dispatch, RankLoad, Reject, Role
 
 from tests.scheduler.core.fakes import (
@@ -537,3 +538,37 @@ def test_decisions_are_identical_for_the_same_seed(policy: str, seq: list[tuple[
     first, _ = play(policy, seq, seed=4)
     second, _ = play(policy, seq, seed=4)
     assert first.log == second.log
+
+
+def test_a_repeated_step_report_only_adds_its_requests() -> None:
+    sched = make_scheduler()
+    arrive(sched, 0, 0.0, 500)
+    arrive(sched, 1, 0.0, 500)
+    sched.handle(StepCompleted(0, 0.0, 0.12, (0,), next_step_queued=False), 0.121)
+    st0 = sched.instances[0]
+    before = (st0.step_ewma_s, st0.error_ewma, st0.busy_until_s, list(st0.planned))
+    assert 1 not in sched.state.prefilled
+    # the service heard the second answer of that step later: same end, its request completed too
+    sched.handle(StepCompleted(0, 0.05, 0.07, (1,), next_step_queued=False), 0.2)
+    assert 1 in sched.state.prefilled
+    assert (st0.step_ewma_s, st0.error_ewma, st0.busy_until_s, list(st0.planned)) == before
+    # a later step is a step of its own
+    sched.handle(StepCompleted(0, 0.3, 0.05, (), next_step_queued=False), 0.351)
+    assert st0.step_ewma_s != before[0] and st0.busy_until_s == pytest.approx(0.35)
+
+
+def test_admission_lag_estimate_rises_fast_falls_slowly_and_moves_the_release() -> None:
+    sched = make_scheduler()
+    st0 = sched.instances[0]
+    policy = sched.policy
+    b = policy.batching  # type: ignore[attr-defined]
+    assert sbs_timing.lead_s(st0, b) == b.lead_s  # nothing measured: the transit margin alone
+    sched.handle(StepCompleted(0, 0.0, 0.1, (), admission_s=0.04), 0.101)
+    assert st0.admission_s == pytest.approx(0.02)  # half way up
+    sched.handle(StepCompleted(0, 0.2, 0.1, (), admission_s=0.04), 0.301)
+    assert st0.admission_s == pytest.approx(0.03)
+    sched.handle(StepCompleted(0, 0.4, 0.1, (), admission_s=0.0), 0.501)  # none measured: unchanged
+    assert st0.admission_s == pytest.approx(0.03)
+    sched.handle(StepCompleted(0, 0.6, 0.1, (), admission_s=0.01), 0.701)
+    assert 0.03 - 0.5 * 0.02 < st0.admission_s < 0.03  # falls by the step weight: slower than it rose
+    assert sbs_timing.lead_s(st0, b) == pytest.approx(b.lead_s + st0.admission_s + 2 * st0.step_dev_s)

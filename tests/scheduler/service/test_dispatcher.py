@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from sbs.scheduler.core.events import StepCompleted
 from sbs.scheduler.core.types import Dispatch, Role
-from sbs.scheduler.service import protocol
+from sbs.scheduler.service import protocol, step_inference
 from sbs.scheduler.service.config_file import build_settings
 from sbs.scheduler.service.discovery import ChangeKind, EngineChange, EngineRecord, StaticSource
 from sbs.scheduler.service.dispatcher import Dispatcher
@@ -191,5 +191,81 @@ async def test_engine_failure_makes_it_unusable_to_the_core() -> None:
         d.watcher.engine_failed(d.registry.engines["prefill-0"])
         assert {e.engine: e.state for e in d.snapshot().engines}["prefill-0"] == "suspect"
         assert all(accept(d).decision.result().prefill_instance == 1 for _ in range(5))
+    finally:
+        await d.close()
+
+
+async def test_stamped_prefill_answers_time_their_steps_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
+    d = await make_dispatcher("round_robin")
+    try:
+        seen: list[StepCompleted] = []
+        feed = d.feed
+
+        def spy(pool: Any, event: Any) -> None:
+            if isinstance(event, StepCompleted):
+                seen.append(event)
+            feed(pool, event)
+
+        monkeypatch.setattr(d, "feed", spy)
+        shift = 1_000_000.0
+        monkeypatch.setattr(step_inference, "wall_clock", lambda: d.now() + shift)
+        jobs = [accept(d) for _ in range(5)]
+        pe = d.registry.engines["prefill-0"]
+        for j in jobs:
+            j.prefill_engine = pe
+            d.steps.prefill_sent(j, pe)
+        t0 = d.now() + shift  # Unix seconds of "now"
+        # step A ran jobs 0 and 1 (stamped a few µs apart, as two DP ranks do); job 2 was the last
+        # chunk of a prompt begun earlier and finished in step B
+        d.steps.prefill_answered(jobs[1], pe, 0, True, (t0 - 0.30, t0 - 0.2, -1.0))
+        d.steps.prefill_answered(jobs[0], pe, 0, True, (t0 - 0.30, t0 - 0.2 + 1e-5, -1.0))
+        d.steps.prefill_answered(jobs[2], pe, 0, True, (t0 - 0.9, t0 - 0.05, -1.0))
+        await asyncio.sleep(0.02)
+        assert [s.finished_rids for s in seen] == [(jobs[1].rid, jobs[0].rid), (jobs[2].rid,)]
+        a, b = seen
+        assert a.started_s == pytest.approx(t0 - 0.30 - shift) and a.duration_s == pytest.approx(0.1)
+        assert b.started_s == pytest.approx(a.started_s + a.duration_s)  # it went on after step A
+        assert b.duration_s == pytest.approx(0.15)
+        assert a.next_step_queued is False and b.next_step_queued is False  # jobs 3, 4 went earlier
+        # a late answer of step B: reported again with step B's end, adding only its request
+        d.steps.prefill_answered(jobs[3], pe, 0, True, (t0 - 0.2, t0 - 0.05 + 1e-4, -1.0))
+        await asyncio.sleep(0.02)
+        late = seen[-1]
+        assert late.finished_rids == (jobs[3].rid,)
+        assert late.started_s + late.duration_s == pytest.approx(b.started_s + b.duration_s, abs=1e-9)
+        assert jobs[3].prefilled
+    finally:
+        await d.close()
+
+
+async def test_stamped_answers_time_admission_unless_it_was_seen_at_a_poll(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    d = await make_dispatcher("round_robin")
+    try:
+        seen: list[StepCompleted] = []
+        feed = d.feed
+        monkeypatch.setattr(d, "feed", lambda pool, ev: (seen.append(ev), feed(pool, ev)))
+        shift = 1_000_000.0
+        monkeypatch.setattr(step_inference, "wall_clock", lambda: d.now() + shift)
+        jobs = [accept(d) for _ in range(4)]
+        pe = d.registry.engines["prefill-0"]
+        t0 = d.now() + shift  # the jobs are sent now
+        for j in jobs:
+            j.prefill_engine = pe
+            d.steps.prefill_sent(j, pe)
+        # one step from t0 + 0.1 to t0 + 0.2: job 0 was schedulable 30 ms before it, job 1 at its start
+        d.steps.prefill_answered(jobs[0], pe, 0, True, (t0 + 0.1, t0 + 0.2, 0.03))
+        d.steps.prefill_answered(jobs[1], pe, 0, True, (t0 + 0.1, t0 + 0.2, 0.0))
+        # the next step: job 2 became schedulable 5 ms after that step's end (a busy engine's poll),
+        # job 3's answer has no queue_time
+        d.steps.prefill_answered(jobs[2], pe, 0, True, (t0 + 0.205, t0 + 0.3, 0.0))
+        d.steps.prefill_answered(jobs[3], pe, 0, True, (t0 + 0.205, t0 + 0.3, -1.0))
+        await asyncio.sleep(0.02)
+        steps = [e for e in seen if isinstance(e, StepCompleted)]
+        assert [len(s.finished_rids) for s in steps] == [2, 2]
+        assert steps[0].admission_s == pytest.approx(0.1, abs=0.01)  # the later of 70 and 100 ms
+        assert steps[1].admission_s == 0.0  # nothing timed it
+        assert d.pools.of(pe)[0].core.instances[0].admission_s == pytest.approx(0.05, abs=0.005)
     finally:
         await d.close()

@@ -135,3 +135,31 @@ def test_engine_errors_say_whose_fault() -> None:
     assert upstream.UpstreamError("p", "refused").engine_failed
     assert upstream.UpstreamError("p", "boom", status=500).engine_failed
     assert not upstream.UpstreamError("p", "bad body", status=400).engine_failed
+
+
+def test_prefill_stamps_come_from_the_answers_meta_info() -> None:
+    body = (
+        b'{"text":"a","meta_info":{"id":"x","forward_entry_time":1765000000.25,'
+        b'"prefill_finished_time":1765000000.5}}'
+    )
+    assert upstream.prefill_stamps(body) == (1765000000.25, 1765000000.5, -1.0)  # no queue_time
+    stream = (
+        b'data: {"text":"a","meta_info":{"forward_entry_time": 10.0,"prefill_finished_time": 11.0}}\n\n'
+        b'data: {"text":"a","meta_info":{"forward_entry_time": 10.0,"prefill_finished_time": 12.5,'
+        b'"queue_time": 0.25}}\n\n'
+        b"data: [DONE]\n\n"
+    )
+    assert upstream.prefill_stamps(stream) == (10.0, 12.5, 0.25)  # a stream's last values
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"meta_info":{"id":"x"}}',  # metrics off: no time stats
+        b'{"meta_info":{"forward_entry_time":5.0}}',
+        b'{"meta_info":{"forward_entry_time":5.0,"prefill_finished_time":4.0}}',  # ends before it starts
+        b'{"meta_info":{"forward_entry_time":5.0.1,"prefill_finished_time":6.0}}',
+    ],
+)
+def test_prefill_stamps_are_none_unless_both_make_sense(body: bytes) -> None:
+    assert upstream.prefill_stamps(body) is None

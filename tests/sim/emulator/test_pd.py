@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Any
 
 from sbs.sim.emulator import RunningEngine, bootstrap, requests, tokens
@@ -36,6 +37,10 @@ async def test_pair_with_the_same_room_completes(start: Start, http) -> None:
     assert dout["text"] == tokens.output_text(4)
     assert dout["meta_info"]["completion_tokens"] == 4 and dout["meta_info"]["prompt_tokens"] == 500
     assert dout["meta_info"]["e2e_latency"] >= pout["meta_info"]["e2e_latency"]
+    # the scheduler's time stats (SGLang with --enable-metrics): the step that ran it, Unix seconds
+    meta = pout["meta_info"]
+    assert 0 < meta["forward_entry_time"] < meta["prefill_finished_time"] <= datetime.now(UTC).timestamp()
+    assert 0 <= meta["queue_time"] <= meta["prefill_finished_time"] - meta["forward_entry_time"] + 1
 
 
 async def test_decode_waits_for_its_prefill_and_prefill_for_its_decode(start: Start, http) -> None:
@@ -234,3 +239,15 @@ async def test_a_sweep_never_drops_a_room_whose_handshake_has_not_run() -> None:
     for room in range(256):
         stale.connect(room, 0)
     assert await stale.resolve_rank(9, 0.01) is None  # never handshaken, swept by age
+
+
+async def test_prompts_of_one_prefill_step_share_its_stamps(start: Start, http) -> None:
+    p = await start(mode="prefill")
+    d = await start(mode="decode")
+    bodies = [pd_body(p, room=r) for r in (10, 11)]  # ranks 0 and 1, sent together: one step
+    outs = await asyncio.gather(*(post(http, f"{e.url}/generate", b) for b in bodies for e in (p, d)))
+    (s0, p0), _, (s1, p1), _ = outs
+    assert s0 == s1 == 200
+    m0, m1 = p0["meta_info"], p1["meta_info"]
+    assert m0["prefill_finished_time"] == m1["prefill_finished_time"]
+    assert m0["forward_entry_time"] == m1["forward_entry_time"]

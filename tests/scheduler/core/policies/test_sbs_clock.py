@@ -56,7 +56,7 @@ def test_the_clock_equals_the_rules_over_every_instance() -> None:
         idle_from = rng.choice([-math.inf, rng.uniform(0.0, 5.0)])
         clock.fresh()
         instances = state.instances
-        expected = min(sbs_timing.release_time(st, lead_s=b.lead_s, idle_from=idle_from) for st in instances)
+        expected = min(sbs_timing.release_time(st, b=b, idle_from=idle_from) for st in instances)
         assert clock.release_min(idle_from) == expected
         assert clock.hold_s == sbs_timing.hold_s(instances, b)
         assert clock.interval_s == sbs_timing.interval_s(instances, b)

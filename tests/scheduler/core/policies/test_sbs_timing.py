@@ -12,6 +12,8 @@ from sbs.settings.scheduling import BatchingSettings
 
 SPEC = InstanceSpec("prefill-0", Role.PREFILL, 4, 1000, 100_000)
 MODEL = PrefillCapacityModel(0.01, 1e-4, 1e-9)
+LEAD_2MS = BatchingSettings(lead_s=0.002)
+NO_LEAD = BatchingSettings(lead_s=0.0)
 
 
 def instance(*planned: float, busy_until: float = 0.0, ewma: float = 0.0) -> PrefillInstanceState:
@@ -21,24 +23,34 @@ def instance(*planned: float, busy_until: float = 0.0, ewma: float = 0.0) -> Pre
 
 
 def test_idle_instance_is_due_at_once_under_the_bypass() -> None:
-    assert sbs_timing.release_time(instance(busy_until=1.0), lead_s=0.002, idle_from=-math.inf) == 1.0
+    assert sbs_timing.release_time(instance(busy_until=1.0), b=LEAD_2MS, idle_from=-math.inf) == 1.0
 
 
 def test_busy_instance_is_due_lead_before_its_step_ends() -> None:
-    assert sbs_timing.release_time(instance(0.5, busy_until=2.0), lead_s=0.002, idle_from=0.0) == 1.998
+    assert sbs_timing.release_time(instance(0.5, busy_until=2.0), b=LEAD_2MS, idle_from=0.0) == 1.998
+
+
+def test_a_measured_admission_lag_releases_earlier_up_to_its_cap() -> None:
+    st = instance(0.5, busy_until=2.0)
+    st.admission_s = 0.05
+    assert sbs_timing.release_time(st, b=LEAD_2MS, idle_from=0.0) == 2.0 - 0.052
+    capped = BatchingSettings(lead_s=0.002, admission_lead_max_s=0.01)
+    assert sbs_timing.release_time(st, b=capped, idle_from=0.0) == 2.0 - 0.012
+    off = BatchingSettings(lead_s=0.002, admission_lead_max_s=0.0)
+    assert sbs_timing.release_time(st, b=off, idle_from=0.0) == 1.998
 
 
 def test_instance_with_a_step_queued_ahead_or_down_is_not_due() -> None:
-    assert sbs_timing.release_time(instance(0.5, 0.5, busy_until=2.0), lead_s=0.0, idle_from=0.0) == math.inf
+    assert sbs_timing.release_time(instance(0.5, 0.5, busy_until=2.0), b=NO_LEAD, idle_from=0.0) == math.inf
     down = instance()
     down.healthy = False
-    assert sbs_timing.release_time(down, lead_s=0.0, idle_from=0.0) == math.inf
+    assert sbs_timing.release_time(down, b=NO_LEAD, idle_from=0.0) == math.inf
 
 
 def test_deferral_pushes_the_release_back() -> None:
     st = instance(busy_until=1.0)
     st.deferred_until_s = 3.0
-    assert sbs_timing.release_time(st, lead_s=0.0, idle_from=-math.inf) == 3.0
+    assert sbs_timing.release_time(st, b=NO_LEAD, idle_from=-math.inf) == 3.0
 
 
 def budget(
