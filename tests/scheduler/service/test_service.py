@@ -179,10 +179,11 @@ async def test_load_polls_reach_the_core_per_rank(
 
 
 async def test_full_buffer_answers_429_with_retry_after() -> None:
-    # One slow prefill (time factor 1): a ~0.9 s step keeps the next request in the SBS buffer.
-    cluster = await start_cluster(prefill=1, prefill_dp=2, decode=1, decode_dp=2, time_factor=1.0)
+    # One slow prefill (time factor 2): a ~1.8 s step keeps the next request in the SBS buffer long
+    # enough for the third to find it full on a busy machine too.
+    cluster = await start_cluster(prefill=1, prefill_dp=2, decode=1, decode_dp=2, time_factor=2.0)
     svc = await start_service(
-        cluster, time_factor=1.0, admission={"max_buffered_requests": 1, "retry_after_s": 3}
+        cluster, time_factor=2.0, admission={"max_buffered_requests": 1, "retry_after_s": 3}
     )
     try:
         big = {"text": "z" * 32000, "sampling_params": {"max_new_tokens": 1}}

@@ -25,8 +25,9 @@ def body(tokens: int, priority: int | None = None, **extra: Any) -> dict[str, An
 
 
 async def finish_order(start: Start, http, **flags: Any) -> list[str]:
-    """A 3-chunk prompt runs; then `low` (priority 1) and `high` (priority 9) arrive, a chunk each.
-    Returns the order the two finish in."""
+    """A 6-chunk prompt runs; then `low` (priority 1) and `high` (priority 9) arrive, a chunk each, one
+    after the other is in the engine (so a busy machine cannot reorder them). Returns the order the two
+    finish in."""
     eng = await start(dp_size=1, chunked_prefill_size=CHUNK, time_factor=0.5, **flags)  # ~65 ms a step
     url = f"{eng.url}/generate"
     order: list[str] = []
@@ -36,11 +37,15 @@ async def finish_order(start: Start, http, **flags: Any) -> list[str]:
         assert status == 200, out
         order.append(name)
 
-    first = asyncio.create_task(send("first", body(3 * CHUNK, priority=0)))
-    await asyncio.sleep(0.02)  # the first prompt's first chunk is running
+    first = asyncio.create_task(send("first", body(6 * CHUNK, priority=0)))
+    await _until(
+        lambda: eng.runtime.prefill is not None and eng.runtime.prefill.busy()
+    )  # its first chunk runs
     low = asyncio.create_task(send("low", body(CHUNK, priority=1)))
-    await asyncio.sleep(0.005)
+    await _until(lambda: len(eng.runtime.reqs) == 2)
     high = asyncio.create_task(send("high", body(CHUNK, priority=9)))
+    await _until(lambda: len(eng.runtime.reqs) == 3)
+    assert eng.runtime.prefill.busy()  # both queued behind the running prompt
     await asyncio.gather(first, low, high)
     assert order[0] == "first"  # its chunks go on: a started prompt is never passed
     return order[1:]
@@ -109,3 +114,11 @@ def test_cli_flags() -> None:
     assert s.priority_order == PriorityOrder(low_values_first=True, default=4)
     assert s.abort_on_priority_when_disabled
     assert settings().priority_order is None
+
+
+async def _until(cond: Any, timeout_s: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout_s
+    while not cond():
+        assert loop.time() < end, "condition not reached"
+        await asyncio.sleep(0.002)
