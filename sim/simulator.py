@@ -139,9 +139,9 @@ class Simulation:
         """`+delayer`: each prefill instance's SGLang prefill delayer (a held pass re-checks a pass later)."""
         self._in_pass = [False] * len(self.prefill_specs)
         self._decode_step_end = [0.0] * len(self.decode_specs)
+        """End of each decode instance's current (or last) step: its next pre-allocation."""
         self._admission: dict[int, float] = {}
         """rid → its dispatch → schedulable lag, until its prefill completes (with a handshake model)."""
-        """End of each decode instance's current (or last) step: its next pre-allocation."""
         self._decode_of: dict[int, tuple[int, int, int | None]] = {}
         """rid → (decode instance, rank, priority) while its prefill and KV transfer run."""
         self._requests = trace.requests
