@@ -91,7 +91,8 @@ class EnginesSettings(SettingsModel):
     resolve_retry_s: float = Field(1.0, gt=0.0)
     """How often an engine whose shape is not yet known (`/server_info` failing) is asked again."""
     step_merge_s: float = Field(0.002, ge=0.0)
-    """Prefill completions of one instance within this window are inferred to be one forward step."""
+    """Prefill answers of one instance within this window are reported together: grouped into steps by
+    SGLang's time stamps, or (an engine without them) taken as one forward step."""
     hung_after_s: float = Field(10.0, gt=0.0)
     """An engine with no successful poll for this long is hung: the requests in flight on it end (sent
     again elsewhere before their prefill completed, a retryable error after). Longer than

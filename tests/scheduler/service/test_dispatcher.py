@@ -75,6 +75,30 @@ def counted(dispatcher: Dispatcher, name: str) -> float:
     return sum(s.value for f in dispatcher.metrics.registry.collect() for s in f.samples if s.name == name)
 
 
+def steps_fed(d: Dispatcher, monkeypatch: pytest.MonkeyPatch) -> list[StepCompleted]:
+    """The `StepCompleted` events the dispatcher feeds its cores from now on (they still go in)."""
+    seen: list[StepCompleted] = []
+    feed = d.feed
+
+    def spy(pool: Any, event: Any) -> None:
+        if isinstance(event, StepCompleted):
+            seen.append(event)
+        feed(pool, event)
+
+    monkeypatch.setattr(d, "feed", spy)
+    return seen
+
+
+def sent_to_prefill(d: Dispatcher, n: int) -> tuple[list[Job], Any]:
+    """`n` accepted jobs whose prefill side was sent to prefill-0 now, and that engine."""
+    jobs = [accept(d) for _ in range(n)]
+    pe = d.registry.engines["prefill-0"]
+    for j in jobs:
+        j.prefill_engine = pe
+        d.steps.prefill_sent(j, pe)
+    return jobs, pe
+
+
 async def test_an_idle_instance_gets_work_at_once_and_the_next_request_waits_in_the_buffer(
     dispatcher: Dispatcher,
 ) -> None:
@@ -159,20 +183,8 @@ async def test_removing_the_last_prefill_of_a_revision_fails_its_buffered_reques
 async def test_prefill_answers_close_together_are_one_inferred_step(monkeypatch: pytest.MonkeyPatch) -> None:
     d = await make_dispatcher("round_robin")
     try:
-        seen: list[StepCompleted] = []
-        feed = d.feed
-
-        def spy(pool: Any, event: Any) -> None:
-            if isinstance(event, StepCompleted):
-                seen.append(event)
-            feed(pool, event)
-
-        monkeypatch.setattr(d, "feed", spy)
-        jobs = [accept(d) for _ in range(3)]
-        pe = d.registry.engines["prefill-0"]
-        for j in jobs:
-            j.prefill_engine = pe
-            d.steps.prefill_sent(j, pe)
+        seen = steps_fed(d, monkeypatch)
+        jobs, pe = sent_to_prefill(d, 3)
         d.steps.prefill_answered(jobs[0], pe, 0, True)
         d.steps.prefill_answered(jobs[1], pe, 0, True)
         d.steps.prefill_answered(jobs[2], pe, 0, False)  # failed or cancelled: not a completion
@@ -198,22 +210,10 @@ async def test_engine_failure_makes_it_unusable_to_the_core() -> None:
 async def test_stamped_prefill_answers_time_their_steps_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
     d = await make_dispatcher("round_robin")
     try:
-        seen: list[StepCompleted] = []
-        feed = d.feed
-
-        def spy(pool: Any, event: Any) -> None:
-            if isinstance(event, StepCompleted):
-                seen.append(event)
-            feed(pool, event)
-
-        monkeypatch.setattr(d, "feed", spy)
+        seen = steps_fed(d, monkeypatch)
         shift = 1_000_000.0
         monkeypatch.setattr(step_inference, "wall_clock", lambda: d.now() + shift)
-        jobs = [accept(d) for _ in range(5)]
-        pe = d.registry.engines["prefill-0"]
-        for j in jobs:
-            j.prefill_engine = pe
-            d.steps.prefill_sent(j, pe)
+        jobs, pe = sent_to_prefill(d, 5)
         t0 = d.now() + shift  # Unix seconds of "now"
         # step A ran jobs 0 and 1 (stamped a few µs apart, as two DP ranks do); job 2 was the last
         # chunk of a prompt begun earlier and finished in step B
@@ -243,17 +243,11 @@ async def test_stamped_answers_time_admission_unless_it_was_seen_at_a_poll(
 ) -> None:
     d = await make_dispatcher("round_robin")
     try:
-        seen: list[StepCompleted] = []
-        feed = d.feed
-        monkeypatch.setattr(d, "feed", lambda pool, ev: (seen.append(ev), feed(pool, ev)))
+        steps = steps_fed(d, monkeypatch)
         shift = 1_000_000.0
         monkeypatch.setattr(step_inference, "wall_clock", lambda: d.now() + shift)
-        jobs = [accept(d) for _ in range(4)]
-        pe = d.registry.engines["prefill-0"]
         t0 = d.now() + shift  # the jobs are sent now
-        for j in jobs:
-            j.prefill_engine = pe
-            d.steps.prefill_sent(j, pe)
+        jobs, pe = sent_to_prefill(d, 4)
         # one step from t0 + 0.1 to t0 + 0.2: job 0 was schedulable 30 ms before it, job 1 at its start
         d.steps.prefill_answered(jobs[0], pe, 0, True, (t0 + 0.1, t0 + 0.2, 0.03))
         d.steps.prefill_answered(jobs[1], pe, 0, True, (t0 + 0.1, t0 + 0.2, 0.0))
@@ -262,7 +256,6 @@ async def test_stamped_answers_time_admission_unless_it_was_seen_at_a_poll(
         d.steps.prefill_answered(jobs[2], pe, 0, True, (t0 + 0.205, t0 + 0.3, 0.0))
         d.steps.prefill_answered(jobs[3], pe, 0, True, (t0 + 0.205, t0 + 0.3, -1.0))
         await asyncio.sleep(0.02)
-        steps = [e for e in seen if isinstance(e, StepCompleted)]
         assert [len(s.finished_rids) for s in steps] == [2, 2]
         assert steps[0].admission_s == pytest.approx(0.1, abs=0.01)  # the later of 70 and 100 ms
         assert steps[1].admission_s == 0.0  # nothing timed it
