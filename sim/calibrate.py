@@ -6,7 +6,9 @@ bf16 weights on one H200, timed per layer. This module does plain weighted least
 fit. Its output is baked into `CostParams` defaults as literals; ``tests/sim/test_costmodel.py``
 refits and fails if the literals drift.
 
-Run ``python -m sbs.sim.calibrate [CALIB_DIR]`` to print the fits and the anchor table.
+Run ``python -m sbs.sim.calibrate [CALIB_DIR [H100_DIR]]`` to print the fits, the anchor table and
+`hardware_transfer`: the same fits on the H100 CSVs in ``docs/calibration`` (H100 = H800 compute and
+HBM) against the model's rule for carrying H200 coefficients over to H800.
 
 Models fitted (one layer, milliseconds; T = new tokens on the rank, P = Σ attention pairs,
 B = requests, K = Σ KV tokens attended, e = routed experts on the rank):
@@ -185,6 +187,64 @@ def solve_hidden_fractions(params: costmodel.CostParams | None = None) -> tuple[
     return (p0 - PREFILL_ANCHOR_S) / (p0 - p1), (d0 - DECODE_ANCHOR_S) / (d0 - d1)
 
 
+@dataclass(frozen=True)
+class TransferRow:
+    """One coefficient fitted on two GPUs: the measured ratio against the one the model assumes."""
+
+    name: str
+    calib: float
+    target: float
+    model_ratio: float
+
+    @property
+    def ratio(self) -> float:
+        return self.target / self.calib
+
+    @property
+    def model_error(self) -> float:
+        """Model's target value over the measured one, minus one (positive: the model overstates)."""
+        return self.model_ratio / self.ratio - 1.0
+
+
+def hardware_transfer(
+    calib_dir: str | Path, target_dir: str | Path, *, target_suffix: str = "h100"
+) -> list[TransferRow]:
+    """Fit the same CSVs measured on a second GPU and compare each coefficient with the model's
+    assumption: compute-bound prefill terms carry over unchanged, weight-read decode fixed terms scale
+    with the HBM bandwidth ratio (`CostParams.calib_hbm_bandwidth_Bps` / `hbm_bandwidth_Bps`)."""
+    calib, target = Path(calib_dir), Path(target_dir)
+    p0, p1 = fit_prefill(calib / EAGER_CSV), fit_prefill(target / EAGER_CSV.replace("h200", target_suffix))
+    d0, d1 = fit_decode(calib / DECODE_CSV), fit_decode(target / DECODE_CSV.replace("h200", target_suffix))
+    f0, f1 = fit_fp8_scale(calib / FP8_CSV), fit_fp8_scale(target / FP8_CSV.replace("h200", target_suffix))
+    params = costmodel.CostParams()
+    s = params.calib_hbm_bandwidth_Bps / params.hbm_bandwidth_Bps
+
+    def ffn_fixed(d: DecodeFit, e: int) -> float:
+        return d.ffn_fixed_ms + d.ffn_per_expert_ms * e
+
+    return [
+        TransferRow("prefill attention per token", p0.attn_per_token_ms, p1.attn_per_token_ms, 1.0),
+        TransferRow("prefill attention per pair", p0.attn_per_pair_ms, p1.attn_per_pair_ms, 1.0),
+        TransferRow("prefill MoE FFN per token", p0.ffn_per_token_ms, p1.ffn_per_token_ms, 1.0),
+        TransferRow("prefill dense MLP per token", p0.dense_ffn_per_token_ms, p1.dense_ffn_per_token_ms, 1.0),
+        TransferRow("FP8/bf16 expert ratio", f0, f1, 1.0),
+        TransferRow("decode attention fixed", d0.attn_fixed_ms, d1.attn_fixed_ms, s),
+        TransferRow("decode MoE FFN fixed, 8 experts", ffn_fixed(d0, 8), ffn_fixed(d1, 8), s),
+        TransferRow("decode MoE FFN fixed, 2 experts", ffn_fixed(d0, 2), ffn_fixed(d1, 2), s),
+    ]
+
+
+def transfer_report(calib_dir: str | Path, target_dir: str | Path) -> str:
+    """`hardware_transfer` as a table."""
+    lines = [f"{'coefficient':<34} {'H200':>11} {'H100':>11} {'ratio':>6} {'model':>6} {'model err':>9}"]
+    for r in hardware_transfer(calib_dir, target_dir):
+        lines.append(
+            f"{r.name:<34} {r.calib:11.4g} {r.target:11.4g} {r.ratio:6.3f} {r.model_ratio:6.3f}"
+            f" {r.model_error * 100:+8.1f} %"
+        )
+    return "\n".join(lines)
+
+
 def report(calib_dir: str | Path) -> str:
     """The fits, the FP8 ratio and the anchor table, as text."""
     root = Path(calib_dir)
@@ -211,6 +271,10 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     calib_dir = args[0] if args else str(Path(__file__).resolve().parents[2] / "shared" / "calibration")
     print(report(calib_dir))
+    h100_dir = args[1] if len(args) > 1 else str(Path(__file__).resolve().parents[1] / "docs" / "calibration")
+    if Path(h100_dir).is_dir():
+        print(f"\nthe same fits on an H100 ({h100_dir}) against the model's H800 transfer:")
+        print(transfer_report(calib_dir, h100_dir))
 
 
 if __name__ == "__main__":

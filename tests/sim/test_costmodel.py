@@ -59,6 +59,28 @@ def test_fp8_scale_matches_the_fp8_csv() -> None:
     )
 
 
+H100_DIR = Path(__file__).resolve().parents[2] / "docs" / "calibration"
+
+
+@needs_calib
+def test_h100_measurements_confirm_the_h800_transfer() -> None:
+    """The same layers measured on an H100 (H800 compute and HBM): prefill compute carries over from
+    the H200 within 5 %; the HBM-ratio scaling of the decode fixed terms overstates them, by < 20 %."""
+    rows = {r.name: r for r in calibrate.hardware_transfer(CALIB_DIR, H100_DIR)}
+    assert len(rows) == 8
+    for name, r in rows.items():
+        if name.startswith(("prefill", "FP8")):
+            assert abs(r.model_error) <= 0.05, (name, r)
+        else:
+            assert 0.0 <= r.model_error <= 0.20, (name, r)
+
+
+def test_transfer_row_error_is_the_model_over_the_measured_ratio() -> None:
+    r = calibrate.TransferRow("x", calib=2.0, target=2.5, model_ratio=1.5)
+    assert r.ratio == pytest.approx(1.25)
+    assert r.model_error == pytest.approx(0.2)
+
+
 def test_hidden_fractions_are_the_solved_ones() -> None:
     hp, hd = calibrate.solve_hidden_fractions()
     p = costmodel.CostParams()
