@@ -28,9 +28,10 @@ a prefill following the room (`auto`) refuses."""
 
 
 BOOTSTRAP_TIMEOUT_S = 60.0
-"""Wall seconds a PD request waits for its peer (SGLang's default is 300 s). Far above any wait of a
-working handshake at the loads we run, and short enough that a handshake that never completes (the
-emulator's room-registry race, docs/bench.md) does not hold the end of a run for five minutes."""
+"""Wall seconds a PD prefill waits for its decode's handshake (SGLang's default is 300 s). Far above
+any wait of a working handshake at the loads we run, and short enough that a handshake that never
+completes does not hold the end of a run for five minutes. A decode's wait for the KV, queueing at
+the prefill included, keeps SGLang's 300 s: long prompts queue for longer than a minute near capacity."""
 
 
 class PinnedEpCost(CostModel):

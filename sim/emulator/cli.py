@@ -176,8 +176,15 @@ _CTX = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_n
     "--bootstrap-timeout",
     "bootstrap_timeout_s",
     type=float,
-    envvar=["SGLANG_DISAGGREGATION_WAITING_TIMEOUT", "SGLANG_DISAGGREGATION_BOOTSTRAP_TIMEOUT"],
-    help="Seconds a PD request waits for its peer [300].",
+    envvar="SGLANG_DISAGGREGATION_BOOTSTRAP_TIMEOUT",
+    help="Seconds a PD prefill waits for its decode's handshake [300].",
+)
+@click.option(
+    "--waiting-timeout",
+    "waiting_timeout_s",
+    type=float,
+    envvar="SGLANG_DISAGGREGATION_WAITING_TIMEOUT",
+    help="Seconds a PD decode waits for its prefill's KV [300].",
 )
 @click.option(
     "--force-query-prefill-dp-rank",
@@ -254,6 +261,7 @@ def cli(ctx: click.Context, log_level: str, **opts: Any) -> None:
 _FLAG_OF = {
     "bootstrap_port": "--disaggregation-bootstrap-port",
     "bootstrap_timeout_s": "--bootstrap-timeout",
+    "waiting_timeout_s": "--waiting-timeout",
     "settings": "flags",
 }
 

@@ -166,7 +166,7 @@ class PdTransfer:
         g = req.gen
         room = g.bootstrap_room
         assert room is not None
-        deadline = req.arrival_s + rt.settings.bootstrap_timeout_s
+        deadline = req.arrival_s + rt.settings.waiting_timeout_s
         try:
             if not req.fake_bootstrap:
                 host, port = g.bootstrap_host or "127.0.0.1", g.bootstrap_port or 8998

@@ -81,9 +81,11 @@ class EngineSettings(BaseModel):
     """Granularity of the emulated radix cache: prompts match in whole blocks of this many tokens."""
 
     bootstrap_timeout_s: float = Field(300.0, gt=0.0)
-    """How long a PD request waits for its peer: a prefill for its decode's handshake, a decode for
-    its prefill's KV (SGLang `SGLANG_DISAGGREGATION_BOOTSTRAP_TIMEOUT` / `..._WAITING_TIMEOUT`,
-    both 300 s). Wall seconds, not scaled by `time_factor`."""
+    """How long a PD prefill waits for its decode's handshake (SGLang
+    `SGLANG_DISAGGREGATION_BOOTSTRAP_TIMEOUT`, 300 s). Wall seconds, not scaled by `time_factor`."""
+    waiting_timeout_s: float = Field(300.0, gt=0.0)
+    """How long a PD decode waits for its prefill's KV, queueing at the prefill included (SGLang
+    `SGLANG_DISAGGREGATION_WAITING_TIMEOUT`, 300 s). Wall seconds, not scaled by `time_factor`."""
     force_query_prefill_dp_rank: bool = False
     """SGLang `SGLANG_DISAGGREGATION_FORCE_QUERY_PREFILL_DP_RANK=1`: a prefill whose rank does not
     follow the bootstrap room registers the room instead of failing the request."""

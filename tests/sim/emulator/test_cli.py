@@ -104,9 +104,11 @@ def test_sglang_launch_flags_map_or_are_ignored() -> None:
 
 def test_sglang_environment_sets_the_pd_knobs(monkeypatch) -> None:
     monkeypatch.setenv("SGLANG_DISAGGREGATION_WAITING_TIMEOUT", "45")
+    monkeypatch.setenv("SGLANG_DISAGGREGATION_BOOTSTRAP_TIMEOUT", "30")
     monkeypatch.setenv("SGLANG_DISAGGREGATION_FORCE_QUERY_PREFILL_DP_RANK", "1")
     s = settings("--mode", "decode")
-    assert s.bootstrap_timeout_s == 45.0 and s.force_query_prefill_dp_rank is True
+    assert s.waiting_timeout_s == 45.0 and s.bootstrap_timeout_s == 30.0
+    assert s.force_query_prefill_dp_rank is True
 
 
 @pytest.mark.parametrize(

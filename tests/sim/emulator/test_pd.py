@@ -117,7 +117,7 @@ async def test_forced_query_lets_a_pinned_rank_disagree_with_the_room(start: Sta
 
 async def test_decode_without_a_prefill_times_out(start: Start, http) -> None:
     p = await start(mode="prefill")
-    d = await start(mode="decode", bootstrap_timeout_s=0.3)
+    d = await start(mode="decode", waiting_timeout_s=0.3)
     status, out = await post(http, f"{d.url}/generate", pd_body(p, room=3))
     assert status == 500
     assert "Decode transfer failed for request rank=" in out["message"]
