@@ -5,8 +5,10 @@ decode pre-allocates KV once per decode step). The simulator models that with `C
 `bootstrap_s` and `prealloc_per_decode_step`; SBS answers it with a per-instance lead measured from
 the admission lags (`sbs_timing.lead_s`). This runs the cross-check's slice and cluster (Azure
 conversation, 4 × DP8 prefill + 2 × DP16 decode, EP32 costs, as `sbs-bench crosscheck`) under each
-handshake model, for least_load, sglang, sbs and sbs with the measured lead off
-(`batching.admission_lead_max_s` = 0), and prints TTFT mean / p90 in engine seconds.
+handshake model, for least_load, sglang, sbs, sbs with the measured lead off
+(`batching.admission_lead_max_s` = 0) and sbs told of every step (`step_reports` every: the
+idealisation; SGLang's answers tell only of steps that finished requests), and prints TTFT mean / p90
+in engine seconds.
 
     python -m sbs.bench.admission_table [--trace PATH] [--load 0.67] [--duration 30] [--json OUT]
 
@@ -29,17 +31,19 @@ TRACE = "../shared/traces/azure_llm_2023_conv/AzureLLMInferenceTrace_conv.csv"
 MODELS: dict[str, dict[str, Any]] = {
     "none": {},
     "bootstrap 20 ms": {"bootstrap_s": 0.02},
+    "bootstrap 20 ms, exponential": {"bootstrap_s": 0.02, "bootstrap_spread": "exponential"},
     "decode pre-allocation + 5 ms": {"bootstrap_s": 0.005, "prealloc_per_decode_step": True},
     "bootstrap 60 ms": {"bootstrap_s": 0.06},
 }
 """Handshake models: none (the simulator's default), constant waits bracketing the emulator's
-(about 27 ms at p50 in engine time on this 2-core machine), and SGLang's per-decode-step cadence."""
-SYSTEMS = ("least_load", "sglang", "sbs", "sbs, lead not measured")
+(about 27 ms at p50 in engine time on this 2-core machine), one spread per request as the emulator's
+is, and SGLang's per-decode-step cadence."""
+SYSTEMS = ("least_load", "sglang", "sbs", "sbs, lead not measured", "sbs, every step reported")
 
 
 def _policy(system: str) -> scheduling.PolicySettings:
     if system != "sbs, lead not measured":
-        return scheduling.policy_settings(system)
+        return scheduling.policy_settings(system.split(",")[0])
     p = scheduling.policy_settings("sbs")
     return p.model_copy(update={"batching": p.batching.model_copy(update={"admission_lead_max_s": 0.0})})  # type: ignore[attr-defined]
 
@@ -52,7 +56,9 @@ def table(trace_path: str, load: float, duration_s: float) -> dict[str, Any]:
     for name, knobs in MODELS.items():
         rows[name] = {}
         for system in SYSTEMS:
-            run = Simulation(trace, base.model_copy(update=knobs), _policy(system), cost=cluster.cost()).run()
+            every = {"step_reports": "every"} if system == "sbs, every step reported" else {}
+            sim_cluster = base.model_copy(update={**knobs, **every})
+            run = Simulation(trace, sim_cluster, _policy(system), cost=cluster.cost()).run()
             s = run.recorder.summary(slo_ttft_s=5.0, slo_tpot_s=0.1)
             rows[name][system] = {"ttft_mean_s": s["ttft_mean_s"], "ttft_p90_s": s["ttft_p90_s"]}
             print(f"{name:<30} {system:<24} {s['ttft_mean_s']:.3f} / {s['ttft_p90_s']:.3f}", flush=True)

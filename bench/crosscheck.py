@@ -5,7 +5,8 @@ The live run is `h2h.run_system` (our scheduler service in front of fresh `sbs-e
 the simulated run is `sbs.sim.simulator.Simulation` on `BenchCluster.sim_cluster()` with the same EP
 size (`PinnedEpCost`) and the same trace (engine-time arrivals). The simulator's PD handshake
 (`ClusterConfig.bootstrap_s`) is the emulated prefills' own mean bootstrap wait in this run (SGLang's
-`sglang:per_stage_req_latency_seconds{stage="prefill_bootstrap"}`), in engine time.
+`sglang:per_stage_req_latency_seconds{stage="prefill_bootstrap"}`), in engine time, spread
+exponentially per request as the emulator's is.
 
 Known offset (docs/emulator.md): in PD mode the emulator streams the first token when the request
 joins the decode batch; the simulator records it at the end of that first decode step. The emulated
@@ -29,9 +30,12 @@ TARGET = 0.10
 
 
 def simulate(trace: Trace, opts: h2h.RunOptions, policy: str, *, bootstrap_s: float = 0.0) -> dict[str, Any]:
-    """The simulator on the slice and cluster, the PD handshake taking `bootstrap_s` (engine time)."""
+    """The simulator on the slice and cluster, the PD handshake taking `bootstrap_s` on average (engine
+    time)."""
     started = time.process_time()
-    cluster = opts.cluster.sim_cluster().model_copy(update={"bootstrap_s": bootstrap_s})
+    cluster = opts.cluster.sim_cluster().model_copy(
+        update={"bootstrap_s": bootstrap_s, "bootstrap_spread": "exponential"}
+    )
     result = Simulation(trace, cluster, scheduling.policy_settings(policy), cost=opts.cluster.cost()).run()
     summary = result.recorder.summary(slo_ttft_s=opts.slo_ttft_s, slo_tpot_s=opts.slo_tpot_s)
     summary["sim_cpu_s"] = time.process_time() - started

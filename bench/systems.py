@@ -166,8 +166,8 @@ async def start_engines(
 
 def _sbs_config(policy: str, time_factor: float) -> dict[str, Any]:
     """Our scheduler's settings for a run at `time_factor`: durations that describe the engines'
-    hardware (the prefill capacity model, the batcher's interval clamps and hold bound) are scaled by
-    the time factor, as the emulated hardware is that much faster or slower; network durations
+    hardware (the prefill capacity model, the batcher's interval clamps, hold bound and lead cap) are
+    scaled by the time factor, as the emulated hardware is that much faster or slower; network durations
     (release lead, transit, poll period, timeouts) are wall time and stay. At time factor 1 this is
     the service's defaults."""
     cap = CapacitySettings()
@@ -192,6 +192,7 @@ def _sbs_config(policy: str, time_factor: float) -> dict[str, Any]:
                     "min_interval_s": b.min_interval_s * tf,
                     "max_interval_s": b.max_interval_s * tf,
                     "size_priority_max_s": b.size_priority_max_s * tf,
+                    "admission_lead_max_s": b.admission_lead_max_s * tf,
                 },
             }
         }

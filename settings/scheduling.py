@@ -27,7 +27,8 @@ class BatchingSettings(SettingsModel):
 
     admission_lead_max_s: float = Field(0.5, ge=0.0)
     """Also release earlier by the instance's measured admission lag (dispatch → schedulable: transit
-    and SGLang's PD bootstrap handshake), at most this much; 0 = do not."""
+    and SGLang's PD bootstrap handshake) and twice the running step's expected error, at most this
+    much or a quarter of that step, whichever is more; 0 = do not."""
 
     bypass: bool = True
     """Low-load bypass: an idle instance gets buffered work at once. Buffering must never add latency

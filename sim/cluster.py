@@ -59,9 +59,17 @@ class ClusterConfig(_Model):
     bootstrap_s: float = Field(0.0, ge=0.0)
     """PD handshake: a request that reached its prefill instance is schedulable there this much later
     (SGLang schedules only bootstrapped requests; 0 = at once)."""
+    bootstrap_spread: Literal["none", "exponential"] = "none"
+    """How the handshake time varies per request: not at all (`bootstrap_s` each), or exponentially
+    around the mean `bootstrap_s`, so that requests released together become schedulable one by one
+    (the emulator measures p50 ≈ 0.4 and p90 ≈ 3 × its mean)."""
     prealloc_per_decode_step: bool = False
     """The handshake also waits for its decode instance's next step boundary (SGLang's decode
     pre-allocates KV for new requests once per scheduler iteration, i.e. per decode step)."""
+    step_reports: Literal["answered", "every"] = "answered"
+    """Which prefill steps the scheduler hears of. `answered`: as the service does, only steps that
+    finished requests, started when their answers' stamps say (`scheduler.core.step_report`; SGLang
+    reports no steps). `every`: each step with its exact start (an idealisation, for ablation)."""
     report_delay_s: float = Field(0.002, ge=0.0)
     """Engine → scheduler report transit (step completions, finished requests, snapshots)."""
     loads_period_s: float = Field(1.0, gt=0.0)

@@ -21,8 +21,10 @@ from sbs.scheduler.core.capacity import PrefillCapacityModel
 from sbs.scheduler.core.events import LoadReported, RequestFinished, StepCompleted
 from sbs.scheduler.core.policies.oracle import Clairvoyant, Foresight
 from sbs.scheduler.core.scheduler import Scheduler
+from sbs.scheduler.core.step_report import step_start
 from sbs.scheduler.core.types import Decision, Dispatch, InstanceSpec, Reject, Role
 from sbs.settings import scheduling
+from sbs.settings.service import EnginesSettings
 from sbs.sim.cluster import ClusterConfig
 from sbs.sim.core_loop import DISPATCH, FIRST_FREE_KIND, TIMER
 from sbs.sim.costmodel import CostModel
@@ -34,7 +36,7 @@ from sbs.sim.recorder import Recorder
 from sbs.sim.replicas import Replicas
 from sbs.sim.trace import Trace
 
-_P_END, _KV, _D_END, _REPORT, _POLL, _PASS, _ADMIT = range(FIRST_FREE_KIND, FIRST_FREE_KIND + 7)
+_P_END, _KV, _D_END, _REPORT, _POLL, _PASS, _ADMIT, _START = range(FIRST_FREE_KIND, FIRST_FREE_KIND + 8)
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,13 @@ class Simulation:
         self._in_pass = [False] * len(self.prefill_specs)
         self._decode_step_end = [0.0] * len(self.decode_specs)
         """End of each decode instance's current (or last) step: its next pre-allocation."""
+        self._handshake_rng = random.Random(cluster.seed * 1000 + 999)
+        self._merge_s = EnginesSettings().step_merge_s
+        """The service's window for answers of one step (`engines.step_merge_s`)."""
+        self._bootstrapping = [0] * len(self.prefill_specs)
+        """Per prefill instance: requests dispatched to it and still in the PD handshake."""
+        self._reported_end = [-math.inf] * len(self.prefill_specs)
+        """End of each prefill instance's latest step the scheduler heard of (`step_reports` answered)."""
         self._admission: dict[int, float] = {}
         """rid → its dispatch → schedulable lag, until its prefill completes (with a handshake model)."""
         self._decode_of: dict[int, tuple[int, int, int | None]] = {}
@@ -236,6 +245,8 @@ class Simulation:
                 self._start_prefill(payload, t)  # type: ignore[arg-type]
             elif kind == _ADMIT:
                 self._admit(payload, t)  # type: ignore[arg-type]
+            elif kind == _START:
+                self._start_if_idle(payload, t)  # type: ignore[arg-type]
         if self.progress:
             self.progress(1.0)
         return SimResult(self.policy.name, self.rec, events, replicas.stats())
@@ -256,6 +267,7 @@ class Simulation:
             dec.reserve(rank, req.prompt_tokens + 1)
             self._decode_of[d.rid] = (d.decode_instance, rank, d.priority)
             if handshake:
+                self._bootstrapping[d.prefill_instance] += 1
                 self.events.push(self._admitted_at(d.decode_instance, t), _ADMIT, d)
             else:
                 self._submit(d)
@@ -266,12 +278,15 @@ class Simulation:
         """When a request that reached its prefill at `t` has bootstrapped."""
         if self.cluster.prealloc_per_decode_step:
             t = max(t, self._decode_step_end[decode])
+        if self.cluster.bootstrap_spread == "exponential" and self.cluster.bootstrap_s > 0:
+            return t + self._handshake_rng.expovariate(1.0 / self.cluster.bootstrap_s)
         return t + self.cluster.bootstrap_s
 
     def _admit(self, d: Dispatch, t: float) -> None:
         self._admission[d.rid] = t - self.rec.dispatched[d.rid]
+        self._bootstrapping[d.prefill_instance] -= 1
         self._submit(d)
-        self._start_if_idle(d.prefill_instance, t)
+        self.events.push(t, _START, d.prefill_instance)  # after the admissions of this same instant
 
     def _submit(self, d: Dispatch) -> None:
         req = self._requests[d.rid]
@@ -304,15 +319,38 @@ class Simulation:
             self.events.push(t + self.cost.kv_transfer_s(job.prompt_tokens), _KV, job.rid)
         queued = eng.has_work()
         lag = max((self._admission.pop(j.rid, 0.0) for j in rec.finished), default=0.0)
-        report = StepCompleted(
-            i, rec.started_s, rec.duration_s, tuple(j.rid for j in rec.finished), queued, admission_s=lag
-        )
-        if self.oracle is not None:  # heard before the next step starts
-            self._record(self.replicas.deliver(report, t), t)
-        else:
-            self.events.push(t + self.report_delay_s, _REPORT, (report,))
+        rids = tuple(j.rid for j in rec.finished)
+        if self.oracle is not None or self.cluster.step_reports == "every":
+            report = StepCompleted(i, rec.started_s, rec.duration_s, rids, queued, admission_s=lag)
+            if self.oracle is not None:  # heard before the next step starts
+                self._record(self.replicas.deliver(report, t), t)
+            else:
+                self.events.push(t + self.report_delay_s, _REPORT, (report,))
+        elif rids:
+            self._report_answers(i, t, rec.finished, queued, lag)
         if queued:
             self._start_prefill(i, t)
+
+    def _report_answers(self, i: int, t: float, finished: list[PrefillJob], queued: bool, lag: float) -> None:
+        """What the service learns of a step from its answers (`step_reports` answered). Each answer
+        comes when its KV transfer is done; those within `step_merge_s` of the first make the step's
+        report, later ones a report of the same end with their requests only. Until they come, their
+        requests count as sent and not answered, i.e. as more work; so do requests in their handshake.
+        The start is `step_report.step_start`'s, from the entry stamps."""
+        chunk = self.prefill_specs[i].chunk_tokens  # a longer prompt entered in an earlier step
+        entry = max((j.entered_s for j in finished if j.prompt_tokens <= chunk), default=-math.inf)
+        start, timed = step_start(entry, self._reported_end[i], t)
+        self._reported_end[i] = t
+        arrive = sorted((self.cost.kv_transfer_s(j.prompt_tokens), j.rid) for j in finished)
+        first = [rid for kv, rid in arrive if kv <= arrive[0][0] + self._merge_s]
+        rest = arrive[len(first) :]
+        queued = queued or bool(rest) or self._bootstrapping[i] > 0
+        delay = t + self.report_delay_s
+        report = StepCompleted(i, start, t - start, tuple(first), queued, admission_s=lag, timed=timed)
+        self.events.push(delay + arrive[0][0], _REPORT, (report,))
+        for kv, rid in rest:
+            late = StepCompleted(i, t - 1e-6, 1e-6, (rid,), queued, timed=False)
+            self.events.push(delay + kv, _REPORT, (late,))
 
     def _on_kv(self, rid: int, t: float) -> None:
         req = self._requests[rid]

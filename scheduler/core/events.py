@@ -18,8 +18,9 @@ class StepCompleted:
     """A prefill instance finished a forward step (tier-2 report).
 
     `started_s`/`duration_s` are the engine's own timing of the step; `finished_rids` the requests
-    whose prefill completed in it. `next_step_queued` tells whether the engine had more work queued
-    when the step ended (it starts the next step at once if so).
+    whose prefill completed in it. Only steps that finished requests are reported (SGLang's answers
+    are all there is), so steps between two reports may have gone unseen. `next_step_queued` tells
+    whether the engine had more work queued when the step ended (it starts the next step at once).
     """
 
     instance: int
@@ -30,6 +31,9 @@ class StepCompleted:
     admission_s: float = 0.0
     """The longest dispatch → schedulable lag (transit and PD bootstrap) measured among these
     requests (0: none measured)."""
+    timed: bool = True
+    """False: `started_s` is only a lower bound (`step_report.step_start`): the duration is not one
+    step's and does not update the instance's step averages."""
 
 
 @dataclass(frozen=True, slots=True)

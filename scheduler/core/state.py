@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from itertools import chain, repeat
 
 import numpy as np
+from sbs.scheduler.core import engine_steps
 from sbs.scheduler.core.capacity import PrefillCapacityModel
 from sbs.scheduler.core.compiled import jit
 from sbs.scheduler.core.events import LoadReported, StepCompleted
@@ -105,10 +106,14 @@ class PrefillInstanceState:
     last_heard_s: float = 0.0
     admission_s: float = 0.0
     """Running estimate of the dispatch → schedulable lag (quick to rise, slow to fall)."""
-    step_dev_s: float = 0.0
-    """Running mean of |actual − predicted| step duration (how far off a predicted free time is)."""
+    step_dev: float = 0.0
+    """Running mean of |actual / predicted − 1| step duration (how far off a predicted free time is,
+    relative: a long step is off by more)."""
     reported_end_s: float = -math.inf
     """End of the latest step reported complete (a report ending no later only adds requests)."""
+    guessed_end_s: float = -math.inf
+    """End of the reported step after which the head planned step was guessed from work left
+    behind alone (`engine_steps.next_step_s`); -inf: it was not."""
     deferred_until_s: float = 0.0
     """Not offered buffered work before this time (everything waits for cache affinity elsewhere)."""
     unpinned_tokens: int = 0
@@ -405,19 +410,32 @@ class ClusterState:
             st.admission_s += gain * (ev.admission_s - st.admission_s)
         if end <= st.reported_end_s + _SAME_END_S:  # more of a step already heard of (the service's
             self._prefilled(st, ev.instance, ev.finished_rids, now, end)  # answers come one by one)
+            if st.planned and st.guessed_end_s == st.reported_end_s:
+                engine_steps.guess_again(st, self.prefill, self.capacity)
             return
         st.reported_end_s = end
+        st.guessed_end_s = -math.inf
         alpha = self.step_alpha
-        st.step_ewma_s = (
-            ev.duration_s if st.step_ewma_s == 0.0 else ((1 - alpha) * st.step_ewma_s + alpha * ev.duration_s)
-        )
-        if st.planned and st.planned[0][0] <= ev.started_s:
-            _, predicted = st.planned.popleft()
-            if predicted > 0:
-                ratio = min(max(ev.duration_s * st.error_ewma / predicted, 0.25), 4.0)
-                st.error_ewma = (1 - alpha) * st.error_ewma + alpha * ratio
-                st.step_dev_s += alpha * (abs(ev.duration_s - predicted) - st.step_dev_s)
+        if ev.timed:
+            st.step_ewma_s = (
+                ev.duration_s
+                if st.step_ewma_s == 0.0
+                else ((1 - alpha) * st.step_ewma_s + alpha * ev.duration_s)
+            )
+        matched = 0.0
+        if ev.timed:  # sent before this step began: the last is this step, any earlier ran unreported
+            while st.planned and st.planned[0][0] <= ev.started_s:
+                matched = st.planned.popleft()[1]
+        else:  # the start is unknown: done are the steps predicted to be at least half over by its end
+            while st.planned and st.planned[0][0] + 0.5 * st.planned[0][1] <= end:
+                st.planned.popleft()
         self._prefilled(st, ev.instance, ev.finished_rids, now, end)
+        # A release split by the engine (its first requests ran alone) says nothing of the prediction.
+        split = ev.next_step_queued and not st.planned and ev.duration_s < 0.5 * matched
+        if matched > 0 and not (split and engine_steps.left_behind(st, self.prefill)):
+            ratio = min(max(ev.duration_s * st.error_ewma / matched, 0.25), 4.0)
+            st.error_ewma = (1 - alpha) * st.error_ewma + alpha * ratio
+            st.step_dev += alpha * (abs(ev.duration_s / matched - 1.0) - st.step_dev)
         if not ev.next_step_queued:
             # The engine went idle. Steps sent after it ended (still in transit) will start on arrival.
             cutoff = end - self.transit_s
@@ -428,8 +446,12 @@ class ClusterState:
             st.busy_until_s = max(end, st.planned[0][0] if st.planned else end) + st.planned_total_s()
             return
         if not st.planned:
-            # The engine started a step nobody released (a chunked prompt continuing): predict it.
-            st.planned.append((ev.started_s, st.plan_carry_only(self.capacity)))
+            # The engine started a step nobody released: chunked prompts continuing, or what a release
+            # left behind (its requests became schedulable one by one, and the first few ran alone).
+            step, continued = engine_steps.next_step_s(st, self.prefill, self.capacity)
+            st.planned.append((ev.started_s, step))
+            if not continued:  # only work left behind: the step's other answers may yet account for it
+                st.guessed_end_s = end
         st.busy_until_s = end + st.planned_total_s()
 
     def _prefilled(
@@ -446,6 +468,9 @@ class ClusterState:
                 st.unpinned_tokens -= tokens
             else:
                 self.prefill.add(p, rank, -1, -tokens, now, seen_at=end)
+                carry = st.carries.get(rank)
+                if carry is not None and carry.rid == rid:  # its last chunk ran, seen or not
+                    del st.carries[rank]
 
     def on_loads(self, ev: LoadReported, now: float) -> None:
         """Tier 3: a per-rank snapshot replaces the counters (plus what it cannot have seen)."""

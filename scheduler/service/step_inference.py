@@ -4,8 +4,7 @@ With `--enable-metrics` (the operator always sets it) SGLang 0.5.23 puts its sch
 in each answer's `meta_info`: `forward_entry_time` (the start of the step that ran the request's first
 chunk) and `prefill_finished_time` (the end of the step that finished it), Unix seconds stamped once
 per batch. Answers whose `prefill_finished_time` lie within `SAME_STEP_S` of each other are one step;
-it started at the latest `forward_entry_time` among them (a prompt that began in that step), or, for
-the last chunk of a chunked prompt alone, when the engine's previous step ended. The step reaches the
+`step_report.step_start` says when it began (the simulator applies the same rule). The step reaches the
 pool as `StepCompleted` on the loop's clock; answers of a step already reported add their requests to
 it (the core recognises the repeated end).
 
@@ -26,15 +25,13 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from sbs.scheduler.core.events import StepCompleted
+from sbs.scheduler.core.step_report import SAME_STEP_S, step_start
 from sbs.scheduler.service.engine_registry import Engine
 from sbs.scheduler.service.engine_watch import wall_clock
 from sbs.scheduler.service.jobs import Job
 
 if TYPE_CHECKING:
     from sbs.scheduler.service.dispatcher import Dispatcher
-
-SAME_STEP_S = 0.001
-"""Stamps this close are one step (each DP rank's scheduler stamps its own copy of the batch)."""
 
 POLL_S = 0.01
 """An admission this soon after a step end was seen at the engine's poll between steps."""
@@ -43,10 +40,10 @@ _RECENT_ENDS = 8
 Stamps = tuple[float, float, float]
 """(`forward_entry_time`, `prefill_finished_time` (Unix seconds), `queue_time` (-1: absent)) of one
 answer."""
-_Answer = tuple[int, float, int, Stamps | None]
-"""(rid, send time, pool generation, stamps)."""
-_Step = tuple[float, float, list[_Answer], float]
-"""(start, end, answers, longest admission lag) of one reported step, on the loop's clock."""
+_Answer = tuple[int, float, int, Stamps | None, bool]
+"""(rid, send time, pool generation, stamps, whether its prompt fits in one chunk)."""
+_Step = tuple[float, float, list[_Answer], float, bool]
+"""(start, end, answers, longest admission lag, timed) of one reported step, on the loop's clock."""
 
 
 class StepInference:
@@ -78,7 +75,8 @@ class StepInference:
         if job.attempts == attempt:
             job.prefilled = True
         pending = self._done.setdefault(engine.key, [])
-        pending.append((job.rid, *entry, stamps))
+        one_chunk = engine.spec is not None and job.request.prompt_tokens <= engine.spec.chunk_tokens
+        pending.append((job.rid, *entry, stamps, one_chunk))
         if len(pending) == 1:
             self._d.call_later(self._d.settings.engines.step_merge_s, self._flush, engine, self._d.now())
 
@@ -95,17 +93,17 @@ class StepInference:
         if found is None:
             return
         pool, i = found
-        for started, stop, answers, admission in steps:
-            rids = tuple(rid for rid, _, generation, _ in answers if generation == pool.generation)
+        for started, stop, answers, admission, timed in steps:
+            rids = tuple(a[0] for a in answers if a[2] == pool.generation)
             queued = self._queued(engine.key, started, stop, answers)
             duration = max(stop - started, 1e-6)
-            self._d.feed(pool, StepCompleted(i, started, duration, rids, queued, admission))
+            self._d.feed(pool, StepCompleted(i, started, duration, rids, queued, admission, timed))
 
     def _merged_step(self, key: str, done: list[_Answer], end: float) -> _Step:
         """One step ending at the first answer, from the answers' arrival alone."""
         started = max(self._end.get(key, -math.inf), max(a[1] for a in done))
         self._end[key] = end
-        return started, end, done, 0.0
+        return started, end, done, 0.0, True
 
     def _stamped_steps(self, key: str, done: list[_Answer]) -> list[_Step]:
         """The answers grouped by the step that finished them, on the loop's clock, oldest first."""
@@ -122,22 +120,24 @@ class StepInference:
         for group in groups:
             previous = self._end.get(key, -math.inf)
             stop = group[0][3][1] - shift  # type: ignore[index]
-            entry = min(max(a[3][0] for a in group) - shift, stop)  # type: ignore[index]
+            entries = [a[3][0] - shift for a in group if a[4]]  # type: ignore[index]
+            entry = min(max(entries), stop) if entries else -math.inf  # (a longer prompt began earlier)
             admission = self._admission(group, shift, ends)
-            if stop <= previous + SAME_STEP_S:  # more answers of a step already reported
+            if stop <= previous + SAME_STEP_S:  # more answers of a step already reported: only the end
                 stop = previous if stop >= previous - SAME_STEP_S else stop  # (an older one: as stamped)
-                steps.append((entry, stop, group, admission))
+                steps.append((stop - 1e-6, stop, group, admission, False))
                 continue
             self._end[key] = stop
             ends.append(stop)
-            steps.append((max(entry, previous), stop, group, admission))  # a continued chunk: from the end
+            start, timed = step_start(entry, previous, stop)
+            steps.append((start, stop, group, admission, timed))
         return steps
 
     @staticmethod
     def _admission(group: list[_Answer], shift: float, ends: deque[float]) -> float:
         """The longest dispatch → schedulable lag among `group`'s answers that time it (0: none)."""
         longest = 0.0
-        for _, sent, _, (entry, _, queued) in group:  # type: ignore[misc]
+        for _, sent, _, (entry, _, queued), _ in group:  # type: ignore[misc]
             if queued < 0:
                 continue
             admitted = entry - queued - shift
@@ -147,11 +147,13 @@ class StepInference:
         return longest
 
     def _queued(self, key: str, started: float, stop: float, answers: list[_Answer]) -> bool:
-        """Whether the engine had more prefill work when the step ended. Stamped: a request sent
-        during the step and not answered was waiting; unstamped: any request not answered."""
+        """Whether the engine had more prefill work when the step ended. Stamped: a request sent by
+        then and not answered (a chunked prompt continuing, a request waiting; or one the step
+        finished whose answer is still on its way, which the core unlearns when it comes); unstamped:
+        any request not answered."""
         sent = self._sent.get(key)
         if not sent:
             return False
         if answers[0][3] is None:
             return True
-        return any(started < s <= stop for s, _ in sent.values())
+        return any(s <= stop for s, _ in sent.values())

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from sbs.scheduler.core.events import RequestArrived
+from sbs.scheduler.core.events import RequestArrived, StepCompleted
 from sbs.scheduler.core.policies import sbs_timing
 from sbs.settings import scheduling
 from sbs.sim.cluster import PRESETS
@@ -187,3 +187,61 @@ def test_decode_preallocation_waits_for_the_decode_step_boundary() -> None:
     free = Simulation(trace, CLUSTER, scheduling.policy_settings("least_load"), cost=COST).run().recorder
     assert rec.first_token[0] == free.first_token[0]  # the decode was idle: pre-allocated at once
     assert rec.first_token[1] > free.first_token[1]  # it waited for the running decode step to end
+
+
+def _reports(trace: Trace, cluster, policy: str = "sbs") -> tuple[SimResult, list[StepCompleted]]:
+    sim = Simulation(trace, cluster, scheduling.policy_settings(policy), cost=COST)
+    seen: list[StepCompleted] = []
+    handle = sim.scheduler.handle
+
+    def spy(event, now):  # type: ignore[no-untyped-def]
+        if isinstance(event, StepCompleted):
+            seen.append(event)
+        return handle(event, now)
+
+    sim.scheduler.handle = spy  # type: ignore[method-assign]
+    return sim.run(), seen
+
+
+def test_steps_that_finish_nothing_go_unreported_as_in_the_service() -> None:
+    chunk = CLUSTER.prefill.chunk_tokens
+    trace = build_trace("long", [0.0], [int(2.5 * chunk)], [10])  # three chunks, one answer
+    every, told = _reports(trace, CLUSTER.model_copy(update={"step_reports": "every"}))
+    answered, heard = _reports(trace, CLUSTER)
+    assert len(told) == 3 and [len(r.finished_rids) for r in told] == [0, 0, 1]
+    assert len(heard) == 1 and heard[0].finished_rids == (0,)
+    # its prompt entered two steps earlier, so the report says only when the step ended
+    assert not heard[0].timed and heard[0].started_s + heard[0].duration_s == pytest.approx(
+        told[-1].started_s + told[-1].duration_s
+    )
+    assert answered.recorder.first_token[0] == every.recorder.first_token[0]
+
+
+ONE_PREFILL = CLUSTER.model_copy(
+    update={"prefill": CLUSTER.prefill.model_copy(update={"instances": 1}), "bootstrap_s": 0.02}
+)
+"""One prefill instance, a constant 20 ms handshake: requests dispatched together are admitted together."""
+
+
+def test_requests_schedulable_at_one_instant_share_a_step() -> None:
+    trace = build_trace("pair", [0.0, 0.0], [300, 300], [10, 10])
+    _, heard = _reports(trace, ONE_PREFILL, "round_robin")
+    assert len(heard) == 1 and sorted(heard[0].finished_rids) == [0, 1]
+
+
+def test_a_step_is_heard_of_answer_by_answer_as_kv_transfers_end() -> None:
+    trace = build_trace("pair", [0.0, 0.0], [300, 8000], [10, 10])  # 8000 tokens transfer ~14 ms longer
+    _, heard = _reports(trace, ONE_PREFILL, "round_robin")
+    first, late = heard
+    assert first.finished_rids == (0,) and first.timed and first.next_step_queued  # 1: not answered yet
+    assert late.finished_rids == (1,) and not late.timed
+    assert late.started_s + late.duration_s == pytest.approx(first.started_s + first.duration_s)
+
+
+def test_an_exponential_handshake_admits_a_release_one_by_one() -> None:
+    trace = build_trace("many", [0.0] * 8, [300] * 8, [10] * 8)
+    _, together = _reports(trace, ONE_PREFILL, "round_robin")
+    spread = ONE_PREFILL.model_copy(update={"bootstrap_spread": "exponential"})
+    _, one_by_one = _reports(trace, spread, "round_robin")
+    assert len(together) == 1 and len(together[0].finished_rids) == 8
+    assert len(one_by_one) > 1  # the first admitted started a step without the rest

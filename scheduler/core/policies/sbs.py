@@ -20,6 +20,7 @@ from itertools import compress, repeat
 from operator import add, itemgetter, mul
 
 import numpy as np
+from sbs.scheduler.core import engine_steps
 from sbs.scheduler.core.policies import sbs_cap, sbs_lanes, sbs_timing
 from sbs.scheduler.core.policies.decode_choice import lexicographic_ranks
 from sbs.scheduler.core.policies.sbs_clock import ReleaseClock
@@ -121,6 +122,9 @@ class StaggeredBatching:
         if not self.buffer:
             return out
         state = self.state
+        for st in state.instances:
+            if st.carries:
+                engine_steps.roll_carries(st, now, state.capacity)
         clock = self.clock.fresh()
         if now > clock.suspect_at:
             sbs_timing.mark_suspects(state.instances, now, self.suspect_overrun)

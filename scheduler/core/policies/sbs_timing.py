@@ -19,11 +19,14 @@ from sbs.settings.scheduling import BatchingSettings
 def lead_s(st: PrefillInstanceState, b: BatchingSettings) -> float:
     """How long before `st`'s predicted free time its next batch is released: the transit margin, and
     where requests take time to become schedulable (PD bootstrap), that measured lag plus twice the
-    mean error of a predicted step (capped), so the whole batch is schedulable when the engine frees:
-    one request schedulable early would start a step alone and hold the rest back a whole step."""
-    if st.admission_s <= 0.0:
+    running step's expected error (its predicted length times the mean relative error), capped, so the
+    whole batch is schedulable when the engine frees: one request schedulable early would start a step
+    alone, and a batch arriving just after the next step began waits for all of it."""
+    if st.admission_s <= 0.0 or b.admission_lead_max_s <= 0.0:
         return b.lead_s
-    return b.lead_s + min(st.admission_s + 2.0 * st.step_dev_s, b.admission_lead_max_s)
+    running = st.planned[0][1] if st.planned else st.step_ewma_s
+    margin = st.admission_s + 2.0 * st.step_dev * running
+    return b.lead_s + min(margin, max(b.admission_lead_max_s, 0.25 * running))
 
 
 def release_time(st: PrefillInstanceState, *, b: BatchingSettings, idle_from: float) -> float:

@@ -7,6 +7,7 @@ poll period is long, so they stay usable for the test.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -226,7 +227,8 @@ async def test_stamped_prefill_answers_time_their_steps_exactly(monkeypatch: pyt
         assert a.started_s == pytest.approx(t0 - 0.30 - shift) and a.duration_s == pytest.approx(0.1)
         assert b.started_s == pytest.approx(a.started_s + a.duration_s)  # it went on after step A
         assert b.duration_s == pytest.approx(0.15)
-        assert a.next_step_queued is False and b.next_step_queued is False  # jobs 3, 4 went earlier
+        assert a.timed and not b.timed  # no request of step B entered in it: only its end is known
+        assert not (a.next_step_queued or b.next_step_queued)  # jobs 3, 4 were sent after both ended
         # a late answer of step B: reported again with step B's end, adding only its request
         d.steps.prefill_answered(jobs[3], pe, 0, True, (t0 - 0.2, t0 - 0.05 + 1e-4, -1.0))
         await asyncio.sleep(0.02)
@@ -260,5 +262,31 @@ async def test_stamped_answers_time_admission_unless_it_was_seen_at_a_poll(
         assert steps[0].admission_s == pytest.approx(0.1, abs=0.01)  # the later of 70 and 100 ms
         assert steps[1].admission_s == 0.0  # nothing timed it
         assert d.pools.of(pe)[0].core.instances[0].admission_s == pytest.approx(0.05, abs=0.005)
+    finally:
+        await d.close()
+
+
+async def test_unanswered_work_and_long_prompts_shape_the_reported_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    d = await make_dispatcher("round_robin")
+    try:
+        seen = steps_fed(d, monkeypatch)
+        shift = 1_000_000.0
+        monkeypatch.setattr(step_inference, "wall_clock", lambda: d.now() + shift)
+        t0 = d.now() + shift  # the jobs are sent now
+        jobs, pe = sent_to_prefill(d, 3)
+        chunk = pe.spec.chunk_tokens
+        jobs[1].request = dataclasses.replace(jobs[1].request, prompt_tokens=2 * chunk)
+        # step A (t0+0.1 .. t0+0.2) finished job 0; jobs 1 and 2, sent before it ended, had not answered
+        d.steps.prefill_answered(jobs[0], pe, 0, True, (t0 + 0.1, t0 + 0.2, -1.0))
+        await asyncio.sleep(0.02)
+        assert seen[-1].timed and seen[-1].next_step_queued
+        # step B finished only job 1, a two-chunk prompt that entered in step A: B's start is unknown
+        d.steps.prefill_answered(jobs[1], pe, 0, True, (t0 + 0.1, t0 + 0.5, -1.0))
+        await asyncio.sleep(0.02)
+        b = seen[-1]
+        assert not b.timed and b.started_s == pytest.approx(t0 + 0.2 - shift)
+        assert b.started_s + b.duration_s == pytest.approx(t0 + 0.5 - shift)
     finally:
         await d.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from sbs.scheduler.core.capacity import PrefillCapacityModel
 from sbs.scheduler.core.policies import sbs_timing
 from sbs.scheduler.core.state import PrefillInstanceState
@@ -35,9 +36,18 @@ def test_a_measured_admission_lag_releases_earlier_up_to_its_cap() -> None:
     st.admission_s = 0.05
     assert sbs_timing.release_time(st, b=LEAD_2MS, idle_from=0.0) == 2.0 - 0.052
     capped = BatchingSettings(lead_s=0.002, admission_lead_max_s=0.01)
-    assert sbs_timing.release_time(st, b=capped, idle_from=0.0) == 2.0 - 0.012
+    st.admission_s = 0.2  # above the cap and above a quarter of the running 0.5 s step
+    assert sbs_timing.release_time(st, b=capped, idle_from=0.0) == pytest.approx(2.0 - 0.002 - 0.125)
     off = BatchingSettings(lead_s=0.002, admission_lead_max_s=0.0)
     assert sbs_timing.release_time(st, b=off, idle_from=0.0) == 1.998
+
+
+def test_a_long_step_is_released_into_earlier_by_its_expected_error() -> None:
+    short, long = instance(0.2, busy_until=2.0), instance(8.0, busy_until=2.0)
+    for st in (short, long):
+        st.admission_s, st.step_dev = 0.01, 0.03
+    assert sbs_timing.lead_s(short, LEAD_2MS) == pytest.approx(0.002 + 0.01 + 2 * 0.03 * 0.2)
+    assert sbs_timing.lead_s(long, LEAD_2MS) == pytest.approx(0.002 + 0.01 + 2 * 0.03 * 8.0)  # 0.49 s
 
 
 def test_instance_with_a_step_queued_ahead_or_down_is_not_due() -> None:
