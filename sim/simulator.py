@@ -145,10 +145,8 @@ class Simulation:
         self._handshake_rng = random.Random(cluster.seed * 1000 + 999)
         self._merge_s = EnginesSettings().step_merge_s
         """The service's window for answers of one step (`engines.step_merge_s`)."""
-        self._last_dispatch = [-math.inf] * len(self.prefill_specs)
-        """Per prefill instance: when a batch was last dispatched to it."""
-        self._long_open: list[set[int]] = [set() for _ in self.prefill_specs]
-        """Per prefill instance: requests longer than a chunk dispatched to it and not answered."""
+        self._bootstrapping = [0] * len(self.prefill_specs)
+        """Per prefill instance: requests dispatched to it and still in the PD handshake."""
         self._reported_end = [-math.inf] * len(self.prefill_specs)
         """End of each prefill instance's latest step the scheduler heard of (`step_reports` answered)."""
         self._admission: dict[int, float] = {}
@@ -257,9 +255,6 @@ class Simulation:
         for d in decisions:
             if isinstance(d, Dispatch):
                 self.rec.dispatched[d.rid] = t
-                self._last_dispatch[d.prefill_instance] = t
-                if self._requests[d.rid].prompt_tokens > self.prefill_specs[d.prefill_instance].chunk_tokens:
-                    self._long_open[d.prefill_instance].add(d.rid)
             elif isinstance(d, Reject):
                 self._open -= 1
 
@@ -272,6 +267,7 @@ class Simulation:
             dec.reserve(rank, req.prompt_tokens + 1)
             self._decode_of[d.rid] = (d.decode_instance, rank, d.priority)
             if handshake:
+                self._bootstrapping[d.prefill_instance] += 1
                 self.events.push(self._admitted_at(d.decode_instance, t), _ADMIT, d)
             else:
                 self._submit(d)
@@ -288,6 +284,7 @@ class Simulation:
 
     def _admit(self, d: Dispatch, t: float) -> None:
         self._admission[d.rid] = t - self.rec.dispatched[d.rid]
+        self._bootstrapping[d.prefill_instance] -= 1
         self._submit(d)
         self.events.push(t, _START, d.prefill_instance)  # after the admissions of this same instant
 
@@ -330,17 +327,16 @@ class Simulation:
             else:
                 self.events.push(t + self.report_delay_s, _REPORT, (report,))
         elif rids:
-            self._report_answers(i, t, rec.finished, lag)
+            self._report_answers(i, t, rec.finished, queued, lag)
         if queued:
             self._start_prefill(i, t)
 
-    def _report_answers(self, i: int, t: float, finished: list[PrefillJob], lag: float) -> None:
+    def _report_answers(self, i: int, t: float, finished: list[PrefillJob], queued: bool, lag: float) -> None:
         """What the service learns of a step from its answers (`step_reports` answered). Each answer
         comes when its KV transfer is done; those within `step_merge_s` of the first make the step's
-        report, later ones a report of the same end with their requests only. The start is
-        `step_report.step_start`'s, from the entry stamps; more work is queued, as the service sees
-        it, if a request was sent to the instance during the step or a prompt longer than a chunk
-        has not answered yet."""
+        report, later ones a report of the same end with their requests only. Until they come, their
+        requests count as sent and not answered, i.e. as more work; so do requests in their handshake.
+        The start is `step_report.step_start`'s, from the entry stamps."""
         chunk = self.prefill_specs[i].chunk_tokens  # a longer prompt entered in an earlier step
         entry = max((j.entered_s for j in finished if j.prompt_tokens <= chunk), default=-math.inf)
         start, timed = step_start(entry, self._reported_end[i], t)
@@ -348,10 +344,7 @@ class Simulation:
         arrive = sorted((self.cost.kv_transfer_s(j.prompt_tokens), j.rid) for j in finished)
         first = [rid for kv, rid in arrive if kv <= arrive[0][0] + self._merge_s]
         rest = arrive[len(first) :]
-        long = self._long_open[i]
-        long.difference_update(first)
-        queued = self._last_dispatch[i] > start or bool(long)  # as the service's `_queued`
-        long.difference_update(rid for _, rid in rest)
+        queued = queued or bool(rest) or self._bootstrapping[i] > 0
         delay = t + self.report_delay_s
         report = StepCompleted(i, start, t - start, tuple(first), queued, admission_s=lag, timed=timed)
         self.events.push(delay + arrive[0][0], _REPORT, (report,))

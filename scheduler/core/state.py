@@ -430,15 +430,13 @@ class ClusterState:
             while st.planned and st.planned[0][0] + 0.5 * st.planned[0][1] <= end:
                 st.planned.popleft()
         self._prefilled(st, ev.instance, ev.finished_rids, now, end)
-        # A release split by the engine (its first requests ran alone and the rest runs now) says
-        # nothing of the prediction.
-        split = not st.planned and ev.duration_s < 0.5 * matched
-        split = split and bool(engine_steps.left_behind(st, self.prefill))
-        if matched > 0 and not split:
+        # A release split by the engine (its first requests ran alone) says nothing of the prediction.
+        split = ev.next_step_queued and not st.planned and ev.duration_s < 0.5 * matched
+        if matched > 0 and not (split and engine_steps.left_behind(st, self.prefill)):
             ratio = min(max(ev.duration_s * st.error_ewma / matched, 0.25), 4.0)
             st.error_ewma = (1 - alpha) * st.error_ewma + alpha * ratio
             st.step_dev += alpha * (abs(ev.duration_s / matched - 1.0) - st.step_dev)
-        if not (ev.next_step_queued or split):
+        if not ev.next_step_queued:
             # The engine went idle. Steps sent after it ended (still in transit) will start on arrival.
             cutoff = end - self.transit_s
             while st.planned and st.planned[0][0] <= cutoff:
@@ -448,8 +446,8 @@ class ClusterState:
             st.busy_until_s = max(end, st.planned[0][0] if st.planned else end) + st.planned_total_s()
             return
         if not st.planned:
-            # The engine started a step nobody released: chunked prompts continuing, what a split
-            # release left behind, or what was sent while the step ran (an immediate policy's).
+            # The engine started a step nobody released: chunked prompts continuing, or what a release
+            # left behind (its requests became schedulable one by one, and the first few ran alone).
             step, continued = engine_steps.next_step_s(st, self.prefill, self.capacity)
             st.planned.append((ev.started_s, step))
             if not continued:  # only work left behind: the step's other answers may yet account for it

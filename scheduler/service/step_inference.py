@@ -51,9 +51,8 @@ class StepInference:
 
     def __init__(self, dispatcher: Dispatcher) -> None:
         self._d = dispatcher
-        self._sent: dict[str, dict[tuple[int, int], tuple[float, int, bool]]] = {}
-        """Prefill engine key → (rid, attempt) → (send time, pool generation, whether its prompt is
-        longer than a chunk), until it answers."""
+        self._sent: dict[str, dict[tuple[int, int], tuple[float, int]]] = {}
+        """Prefill engine key → (rid, attempt) → (send time, pool generation), until it answers."""
         self._done: dict[str, list[_Answer]] = {}
         self._end: dict[str, float] = {}
         self._ends: dict[str, deque[float]] = {}
@@ -62,8 +61,7 @@ class StepInference:
     def prefill_sent(self, job: Job, engine: Engine) -> None:
         """The prefill side of `job`'s current attempt was sent to `engine`."""
         sent = self._sent.setdefault(engine.key, {})
-        long = engine.spec is not None and job.request.prompt_tokens > engine.spec.chunk_tokens
-        sent[(job.rid, job.attempts)] = (self._d.now(), job.generation, long)
+        sent[(job.rid, job.attempts)] = (self._d.now(), job.generation)
 
     def prefill_answered(
         self, job: Job, engine: Engine, attempt: int, ok: bool, stamps: Stamps | None = None
@@ -77,8 +75,8 @@ class StepInference:
         if job.attempts == attempt:
             job.prefilled = True
         pending = self._done.setdefault(engine.key, [])
-        sent_s, generation, long = entry
-        pending.append((job.rid, sent_s, generation, stamps, not long))
+        one_chunk = engine.spec is not None and job.request.prompt_tokens <= engine.spec.chunk_tokens
+        pending.append((job.rid, *entry, stamps, one_chunk))
         if len(pending) == 1:
             self._d.call_later(self._d.settings.engines.step_merge_s, self._flush, engine, self._d.now())
 
@@ -149,13 +147,13 @@ class StepInference:
         return longest
 
     def _queued(self, key: str, started: float, stop: float, answers: list[_Answer]) -> bool:
-        """Whether the engine had more prefill work when the step ended. Stamped: a request sent
-        during the step and not answered, or a prompt longer than a chunk sent before and not
-        answered (it may continue; a shorter one sent before most likely finished in the step, its
-        answer still on the way); unstamped: any request not answered."""
+        """Whether the engine had more prefill work when the step ended. Stamped: a request sent by
+        then and not answered (a chunked prompt continuing, a request waiting; or one the step
+        finished whose answer is still on its way, which the core unlearns when it comes); unstamped:
+        any request not answered."""
         sent = self._sent.get(key)
         if not sent:
             return False
         if answers[0][3] is None:
             return True
-        return any(started < s <= stop or (long and s <= stop) for s, _, long in sent.values())
+        return any(s <= stop for s, _ in sent.values())

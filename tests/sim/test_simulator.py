@@ -233,8 +233,7 @@ def test_a_step_is_heard_of_answer_by_answer_as_kv_transfers_end() -> None:
     trace = build_trace("pair", [0.0, 0.0], [300, 8000], [10, 10])  # 8000 tokens transfer ~14 ms longer
     _, heard = _reports(trace, ONE_PREFILL, "round_robin")
     first, late = heard
-    assert first.finished_rids == (0,) and first.timed
-    assert not first.next_step_queued  # 1 has not answered, but it fits a chunk and was sent before
+    assert first.finished_rids == (0,) and first.timed and first.next_step_queued  # 1: not answered yet
     assert late.finished_rids == (1,) and not late.timed
     assert late.started_s + late.duration_s == pytest.approx(first.started_s + first.duration_s)
 
