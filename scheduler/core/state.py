@@ -416,14 +416,14 @@ class ClusterState:
         st.reported_end_s = end
         st.guessed_end_s = -math.inf
         alpha = self.step_alpha
+        matched = 0.0
         if ev.timed:
             st.step_ewma_s = (
                 ev.duration_s
                 if st.step_ewma_s == 0.0
                 else ((1 - alpha) * st.step_ewma_s + alpha * ev.duration_s)
             )
-        matched = 0.0
-        if ev.timed:  # sent before this step began: the last is this step, any earlier ran unreported
+            # sent before this step began: the last is this step, any earlier ran unreported
             while st.planned and st.planned[0][0] <= ev.started_s:
                 matched = st.planned.popleft()[1]
         else:  # the start is unknown: done are the steps predicted to be at least half over by its end

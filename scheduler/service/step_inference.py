@@ -95,7 +95,7 @@ class StepInference:
         pool, i = found
         for started, stop, answers, admission, timed in steps:
             rids = tuple(a[0] for a in answers if a[2] == pool.generation)
-            queued = self._queued(engine.key, started, stop, answers)
+            queued = self._queued(engine.key, stop, answers)
             duration = max(stop - started, 1e-6)
             self._d.feed(pool, StepCompleted(i, started, duration, rids, queued, admission, timed))
 
@@ -146,7 +146,7 @@ class StepInference:
             longest = max(longest, admitted - sent)
         return longest
 
-    def _queued(self, key: str, started: float, stop: float, answers: list[_Answer]) -> bool:
+    def _queued(self, key: str, stop: float, answers: list[_Answer]) -> bool:
         """Whether the engine had more prefill work when the step ended. Stamped: a request sent by
         then and not answered (a chunked prompt continuing, a request waiting; or one the step
         finished whose answer is still on its way, which the core unlearns when it comes); unstamped:
