@@ -64,11 +64,21 @@ class Deaths:
     """Scheduler endpoints killed by the scenario, with when: a cut there is a retryable error."""
 
     at: dict[str, float] = dataclasses.field(default_factory=dict)
+    counted: dict[str, int] = dataclasses.field(default_factory=dict)
+    """The endpoint's own in-flight count (`outstanding`), read just before the kill."""
     window_s: float = 5.0
 
     def explains(self, url: str, when: float) -> bool:
         t = self.at.get(url)
         return t is not None and t - 1.0 <= when <= t + self.window_s
+
+    def in_flight(self, outcomes: Sequence[Outcome]) -> int:
+        """Requests on the killed endpoints at their kills: per endpoint, the larger of its own count
+        and the client's (sent before the kill, not ended by it). The endpoint's count misses requests
+        still on the wire or sent after it was read; the client's is exact for the client."""
+        return sum(max(self.counted.get(url, 0),
+                       sum(1 for o in outcomes if o.url == url and o.sent <= t and not o.end < t))
+                   for url, t in self.at.items())  # fmt: skip
 
     def attribute(self, outcomes: Sequence[Outcome]) -> None:
         """Cut connections: retryable where the scheduler serving them had just been killed, else lost."""

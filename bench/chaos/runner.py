@@ -255,6 +255,7 @@ def run(stack: Stack, scenario: Scenario, base: Trace, timing: Timing, *, load: 
         )  # fmt: skip
         injector.join()
     ctx.deaths.attribute(outcomes)
+    ctx.in_flight += ctx.deaths.in_flight(outcomes)
     gaps = sum(1 for n in monitor.endpoints if n == 0)
     if gaps:
         ctx.notes.append(f"no Ready scheduler endpoint in {gaps} of {len(monitor.endpoints)} samples (0.5 s)")

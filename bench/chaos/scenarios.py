@@ -311,7 +311,7 @@ class SchedulerLoss:
         url = f"http://{pod['status']['podIP']}:{s.shape.scheduler_port}"
         ctx.sleep_until(t.warmup_s)
         ctx.fault_start = time.monotonic()
-        ctx.in_flight += s.scheduler_in_flight(url)
+        ctx.deaths.counted[url] = s.scheduler_in_flight(url)
         s.signal_pod(pod, signal.SIGKILL)
         ctx.deaths.at[url] = time.monotonic()
         uid = pod["metadata"]["uid"]
