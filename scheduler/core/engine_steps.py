@@ -60,11 +60,15 @@ def next_step_s(
 
 
 def guess_again(st: PrefillInstanceState, counters: RankCounters, capacity: PrefillCapacityModel) -> None:
-    """More answers of `st`'s last reported step came after its next step was guessed from the work
-    left behind (`PrefillInstanceState.guessed_end_s`): some of that work had finished in it. Guess the
-    step again from what is still left, or drop it if nothing is."""
+    """More answers of `st`'s last reported step came after its next step was guessed
+    (`PrefillInstanceState.guessed_end_s`): some of the work it was guessed from had finished in it.
+    While a chunked prompt still goes on the guess stands; else guess the step again from what is
+    left, or drop it if nothing is. (A prompt the core planned in chunks may have run whole: the
+    engine's chunk is larger than a capped release's, and its answer drops the carry.)"""
+    if st.carries:
+        return
     start, _ = st.planned.popleft()
-    if left_behind(st, counters) and not st.carries:
+    if left_behind(st, counters):
         st.planned.appendleft((start, next_step_s(st, counters, capacity)[0]))
     else:
         st.guessed_end_s = -math.inf

@@ -448,10 +448,9 @@ class ClusterState:
         if not st.planned:
             # The engine started a step nobody released: chunked prompts continuing, or what a release
             # left behind (its requests became schedulable one by one, and the first few ran alone).
-            step, continued = engine_steps.next_step_s(st, self.prefill, self.capacity)
+            step, _ = engine_steps.next_step_s(st, self.prefill, self.capacity)
             st.planned.append((ev.started_s, step))
-            if not continued:  # only work left behind: the step's other answers may yet account for it
-                st.guessed_end_s = end
+            st.guessed_end_s = end  # the step's other answers may yet account for it
         st.busy_until_s = end + st.planned_total_s()
 
     def _prefilled(

@@ -7,6 +7,8 @@ import math
 
 import pytest
 from sbs.scheduler.core.events import StepCompleted
+from sbs.scheduler.core.scheduler import Scheduler
+from sbs.scheduler.core.state import Carry
 from sbs.scheduler.core.step_report import SAME_STEP_S, step_start
 
 from tests.scheduler.core.fakes import CAPACITY, CHUNK, arrive, dispatches, make_scheduler
@@ -95,13 +97,19 @@ def test_the_engine_continues_left_behind_work_within_a_chunk_per_rank() -> None
     assert not st0.carries and rank is not None
 
 
-def test_a_step_guessed_from_unanswered_work_is_dropped_when_the_answers_come() -> None:
-    sched = make_scheduler(prefill=1)
-    state, st0 = sched.state, sched.instances[0]
+def _one_step_of_two(sched: Scheduler) -> None:
+    """Requests 0 and 1, 400 tokens each on ranks 0 and 1, released at 0 as one 0.05 s step."""
+    state = sched.state
     for rid, rank in ((0, 0), (1, 1)):  # one step ran both
         state.flights[rid] = (0, rank, 400, 0, rank, 401)
         state.prefill.add(0, rank, 1, 400, 0.0)
-    st0.planned.append((0.0, 0.05))
+    sched.instances[0].planned.append((0.0, 0.05))
+
+
+def test_a_step_guessed_from_unanswered_work_is_dropped_when_the_answers_come() -> None:
+    sched = make_scheduler(prefill=1)
+    _one_step_of_two(sched)
+    st0 = sched.instances[0]
     # The first answer of the step: the service still holds request 1 as sent and not answered.
     sched.handle(StepCompleted(0, 0.0, 0.05, (0,), next_step_queued=True), 0.051)
     guessed = CAPACITY.step_s([0, 400], [0.0, 400.0**2])
@@ -109,3 +117,27 @@ def test_a_step_guessed_from_unanswered_work_is_dropped_when_the_answers_come() 
     # Its answer, with the same step's end: nothing was left behind after all.
     sched.handle(StepCompleted(0, 0.05 - 1e-6, 1e-6, (1,), timed=False), 0.06)
     assert not st0.planned and st0.busy_until_s == pytest.approx(0.05)
+
+
+def test_a_step_guessed_from_a_carry_whose_prompt_ran_whole_is_dropped_when_its_answer_comes() -> None:
+    # A capped release planned request 1 in two parts (300 of its 400 tokens left as a carry), but the
+    # engine's chunk held it whole; the first answer of the step leaves the carry in place.
+    sched = make_scheduler(prefill=1)
+    _one_step_of_two(sched)
+    st0 = sched.instances[0]
+    st0.carries[1] = Carry(1, 1, 300, 100)
+    sched.handle(StepCompleted(0, 0.0, 0.05, (0,), next_step_queued=True), 0.051)
+    assert st0.planned and st0.busy_until_s > 0.05  # a continued chunk, as far as the core knows
+    sched.handle(StepCompleted(0, 0.05 - 1e-6, 1e-6, (1,), timed=False), 0.06)
+    assert not st0.carries and not st0.planned and st0.busy_until_s == pytest.approx(0.05)
+
+
+def test_a_step_guessed_from_a_real_chunked_prompt_stands_through_the_steps_other_answers() -> None:
+    sched = make_scheduler(prefill=1)
+    _one_step_of_two(sched)
+    st0 = sched.instances[0]
+    st0.carries[1] = Carry(1, 1, 2 * CHUNK, 100)  # request 1 goes on for two more chunks
+    sched.handle(StepCompleted(0, 0.0, 0.05, (0,), next_step_queued=True), 0.051)
+    busy = st0.busy_until_s
+    sched.handle(StepCompleted(0, 0.05 - 1e-6, 1e-6, (2,), timed=False), 0.06)  # another answer
+    assert st0.carries and st0.planned and st0.busy_until_s == busy
