@@ -31,12 +31,10 @@ def left_behind(st: PrefillInstanceState, counters: RankCounters) -> list[tuple[
     return out if any(t for t, _ in out) else []
 
 
-def next_step_s(
-    st: PrefillInstanceState, counters: RankCounters, capacity: PrefillCapacityModel
-) -> tuple[float, bool]:
+def next_step_s(st: PrefillInstanceState, counters: RankCounters, capacity: PrefillCapacityModel) -> float:
     """Predict the step `st`'s engine starts by itself, and consume the carries it takes: per rank the
     chunked prompt's next chunk, then what else is outstanding there (as prompts of their mean
-    length), up to a chunk. Returns (duration, whether a chunked prompt continues in it)."""
+    length), up to a chunk. Returns its duration."""
     chunk = st.spec.chunk_tokens
     committed = st.committed_next()
     left = left_behind(st, counters) or [(0, 0)] * st.spec.dp_size
@@ -56,7 +54,7 @@ def next_step_s(
             tokens[r] = tok
     st.consume_carries(committed)
     predicted = capacity.step_s(tokens, pairs) * st.error_ewma
-    return (predicted if predicted > 0 else st.step_ewma_s), bool(committed)
+    return predicted if predicted > 0 else st.step_ewma_s
 
 
 def guess_again(st: PrefillInstanceState, counters: RankCounters, capacity: PrefillCapacityModel) -> None:
@@ -69,7 +67,7 @@ def guess_again(st: PrefillInstanceState, counters: RankCounters, capacity: Pref
         return
     start, _ = st.planned.popleft()
     if left_behind(st, counters):
-        st.planned.appendleft((start, next_step_s(st, counters, capacity)[0]))
+        st.planned.appendleft((start, next_step_s(st, counters, capacity)))
     else:
         st.guessed_end_s = -math.inf
     st.busy_until_s = st.reported_end_s + st.planned_total_s()

@@ -448,8 +448,7 @@ class ClusterState:
         if not st.planned:
             # The engine started a step nobody released: chunked prompts continuing, or what a release
             # left behind (its requests became schedulable one by one, and the first few ran alone).
-            step, _ = engine_steps.next_step_s(st, self.prefill, self.capacity)
-            st.planned.append((ev.started_s, step))
+            st.planned.append((ev.started_s, engine_steps.next_step_s(st, self.prefill, self.capacity)))
             st.guessed_end_s = end  # the step's other answers may yet account for it
         st.busy_until_s = end + st.planned_total_s()
 
