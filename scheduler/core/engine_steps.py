@@ -60,13 +60,14 @@ def next_step_s(st: PrefillInstanceState, counters: RankCounters, capacity: Pref
 def guess_again(st: PrefillInstanceState, counters: RankCounters, capacity: PrefillCapacityModel) -> None:
     """More answers of `st`'s last reported step came after its next step was guessed
     (`PrefillInstanceState.guessed_end_s`): some of the work it was guessed from had finished in it.
-    While a chunked prompt still goes on the guess stands; else guess the step again from what is
-    left, or drop it if nothing is. (A prompt the core planned in chunks may have run whole: the
-    engine's chunk is larger than a capped release's, and its answer drops the carry.)"""
-    if st.carries:
+    While a chunked prompt still goes on and nothing was released since, the guess stands; else guess
+    the step again from what is left, or drop it if nothing is (or if the carries now are a later
+    release's). A prompt the core planned in chunks may have run whole (the engine's chunk is larger
+    than a capped release's): its answer drops the carry, and the guess with it."""
+    if st.carries and len(st.planned) == 1:
         return
     start, _ = st.planned.popleft()
-    if left_behind(st, counters):
+    if left_behind(st, counters) and not st.carries:  # carries now are a later release's
         st.planned.appendleft((start, next_step_s(st, counters, capacity)))
     else:
         st.guessed_end_s = -math.inf
