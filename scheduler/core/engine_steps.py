@@ -75,14 +75,17 @@ def guess_again(st: PrefillInstanceState, counters: RankCounters, capacity: Pref
 
 
 def roll_carries(st: PrefillInstanceState, now: float, capacity: PrefillCapacityModel) -> None:
-    """When the predicted end of the last step sent to `st` passes with chunked prompts still going and
-    nothing released since, the engine has started their next chunks by itself, unreported if they
-    finish nothing: predict that step from then (again while its end is past too)."""
-    while st.carries and len(st.planned) == 1 and st.busy_until_s <= now:
+    """With chunked prompts going on, steps may end unreported (a step that finishes nothing sends no
+    answer), so time retires them: a planned step predicted to have ended, with another planned behind
+    it, is over; when the last one's predicted end passes too, the engine has started the carries' next
+    chunks by itself: predict that step from then (again while its end is past too)."""
+    while len(st.planned) > 1 and st.busy_until_s - st.planned_total_s() + st.planned[0][1] <= now:
+        st.planned.popleft()
+    while st.carries and st.planned and st.busy_until_s <= now:
         start = st.busy_until_s
         step = st.plan_carry_only(capacity)
         if step <= 0:
             return
-        st.planned.popleft()
+        st.planned.clear()
         st.planned.append((start, step))
         st.busy_until_s = start + step
