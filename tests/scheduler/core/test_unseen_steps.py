@@ -145,15 +145,21 @@ def test_a_step_guessed_from_a_real_chunked_prompt_stands_through_the_steps_othe
     assert st0.carries and st0.planned and st0.busy_until_s == busy
 
 
-def test_time_retires_a_chunk_step_that_sends_no_answer_so_the_instance_is_offered_work_again() -> None:
-    # A guessed chunk-only step (0.0-0.11), then a release queued behind it (0.11-0.22); a prompt goes
-    # on for three more chunks, so neither step answers anything. Unretired, the stale guess kept the
-    # instance from ever being offered work (or taken as a long-prompt lane) until an answer came.
-    sched = make_scheduler(prefill=1)
+def _chunk_step_then_release(sched: Scheduler) -> None:
+    """Instance 0: a guessed chunk-only step (0.0-0.11), then a release queued behind it (0.11-0.22),
+    and a prompt that goes on for three more chunks, so neither step answers anything."""
     st0 = sched.instances[0]
     st0.carries[0] = Carry(9, 0, 3 * CHUNK, CHUNK)
     st0.planned.extend([(0.0, 0.11), (0.1, 0.11)])
     st0.busy_until_s = 0.22
+
+
+def test_time_retires_a_chunk_step_that_sends_no_answer_so_the_instance_is_offered_work_again() -> None:
+    # Unretired, the stale guess kept the instance from ever being offered work (or taken as a
+    # long-prompt lane) until an answer came.
+    sched = make_scheduler(prefill=1)
+    _chunk_step_then_release(sched)
+    st0 = sched.instances[0]
     b = sched.policy.batching
     assert sbs_timing.release_time(st0, b=b, idle_from=-math.inf) == math.inf
     arrive(sched, 1, 0.15, 500)  # any event runs the timer
@@ -163,10 +169,8 @@ def test_time_retires_a_chunk_step_that_sends_no_answer_so_the_instance_is_offer
 
 def test_when_every_planned_step_is_over_the_engine_goes_on_with_the_carries() -> None:
     sched = make_scheduler(prefill=1)
+    _chunk_step_then_release(sched)
     st0 = sched.instances[0]
-    st0.carries[0] = Carry(9, 0, 3 * CHUNK, CHUNK)
-    st0.planned.extend([(0.0, 0.11), (0.1, 0.11)])
-    st0.busy_until_s = 0.22
     engine_steps.roll_carries(st0, 0.25, CAPACITY)
     assert list(st0.planned) == [(0.22, pytest.approx(0.11))] and st0.busy_until_s == pytest.approx(0.33)
     assert st0.carries[0].remaining == 2 * CHUNK
