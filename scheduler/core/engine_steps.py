@@ -79,8 +79,9 @@ def roll_carries(st: PrefillInstanceState, now: float, capacity: PrefillCapacity
     answer), so time retires them: a planned step predicted to have ended, with another planned behind
     it, is over; when the last one's predicted end passes too, the engine has started the carries' next
     chunks by itself: predict that step from then (again while its end is past too)."""
-    while len(st.planned) > 1 and st.busy_until_s - st.planned_total_s() + st.planned[0][1] <= now:
-        st.planned.popleft()
+    end = st.busy_until_s - st.planned_total_s()  # the reported end the planned steps follow
+    while len(st.planned) > 1 and end + st.planned[0][1] <= now:
+        end += st.planned.popleft()[1]
     while st.carries and st.planned and st.busy_until_s <= now:
         start = st.busy_until_s
         step = st.plan_carry_only(capacity)
