@@ -145,6 +145,20 @@ def test_a_step_guessed_from_a_real_chunked_prompt_stands_through_the_steps_othe
     assert st0.carries and st0.planned and st0.busy_until_s == busy
 
 
+def test_a_guess_from_a_carry_is_dropped_when_a_later_release_brought_the_carries_left() -> None:
+    sched = make_scheduler(prefill=1)
+    _one_step_of_two(sched)
+    st0 = sched.instances[0]
+    st0.carries[1] = Carry(1, 1, 2 * CHUNK, 100)  # request 1 seemed to go on
+    sched.handle(StepCompleted(0, 0.0, 0.05, (0,), next_step_queued=True), 0.051)  # guessed from it
+    st0.planned.append((0.06, 0.1))  # then a release, with a chunked prompt of its own on rank 2
+    st0.busy_until_s += 0.1
+    st0.carries[2] = Carry(5, 2, CHUNK, 0)
+    sched.handle(StepCompleted(0, 0.05 - 1e-6, 1e-6, (1,), timed=False), 0.07)  # request 1 ran whole
+    assert 1 not in st0.carries and list(st0.planned) == [(0.06, 0.1)]
+    assert st0.busy_until_s == pytest.approx(0.15)
+
+
 def _chunk_step_then_release(sched: Scheduler) -> None:
     """Instance 0: a guessed chunk-only step (0.0-0.11), then a release queued behind it (0.11-0.22),
     and a prompt that goes on for three more chunks, so neither step answers anything."""
