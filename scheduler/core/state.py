@@ -63,6 +63,11 @@ class _Steps(deque):  # type: ignore[type-arg]
     revision = _LOOSE
     changed = True
 
+    def __reduce__(self) -> tuple[object, ...]:
+        """Copies keep the items, the revision link and `changed` as they are (deque's own reduce
+        refills the copy through the counted `extend`, so a copy read as changed)."""
+        return (type(self), (list(self),), self.__dict__)
+
 
 def _counted(name: str) -> Callable[..., object]:
     base = getattr(deque, name)
@@ -131,6 +136,11 @@ class PrefillInstanceState:
         if name != "changed":
             object.__setattr__(self, "changed", True)
             getattr(self, "revision", _LOOSE).n += 1
+
+    def __setstate__(self, state: tuple[None, dict[str, object]]) -> None:
+        """Copies restore the fields as they were, not each counted as a change (`__setattr__`)."""
+        for name, value in state[1].items():
+            object.__setattr__(self, name, value)
 
     def take_changed(self) -> bool:
         """Whether the instance changed since the last call (for one reader: its policy's cache)."""

@@ -179,16 +179,10 @@ class StaggeredBatching:
     def _due_instance(self, now: float, tried: set[int]) -> int | None:
         """The instance due now whose step ends first (ties: lowest index), if any."""
         idle_from = self._idle_from()
-        if self.clock.fresh().release_min(idle_from) > now:
+        clock = self.clock.fresh()
+        if clock.release_min(idle_from) > now:
             return None  # none is due
-        b = self.batching
-        best: tuple[float, int] | None = None
-        for i, st in enumerate(self.state.instances):
-            if i not in tried and sbs_timing.release_time(st, b=b, idle_from=idle_from) <= now:
-                key = (st.busy_until_s, i)
-                if best is None or key < best:
-                    best = key
-        return None if best is None else best[1]
+        return clock.due(now, idle_from, tried)
 
     def _reject_stale(self, now: float, why: str) -> list[Decision]:
         """No prefill (or no decode) instance is usable: requests held twice the hold get an explicit,

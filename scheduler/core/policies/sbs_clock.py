@@ -65,6 +65,19 @@ class ReleaseClock:
         idle ones' is max(idle_from, their minimum), as max and min commute exactly in floats."""
         return min(self._busy, max(idle_from, self._idle))
 
+    def due(self, now: float, idle_from: float, skip: set[int]) -> int | None:
+        """The instance not in `skip` whose `sbs_timing.release_time` has come by `now` and whose step
+        ends first (ties: the lowest index), from the folded terms (call on a `fresh` clock)."""
+        instances = self.state.instances
+        best: int | None = None
+        best_end = math.inf
+        for i, (busy, idle) in enumerate(zip(self._busy_at, self._idle_at, strict=True)):
+            if (busy <= now or max(idle_from, idle) <= now) and i not in skip:
+                end = instances[i].busy_until_s
+                if best is None or end < best_end:
+                    best, best_end = i, end
+        return best
+
     def _refresh(self) -> None:
         instances = self.state.instances
         b = self.batching
