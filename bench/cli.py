@@ -27,7 +27,7 @@ from sbs.bench import cli_options, membership_cli, report, systems
 from sbs.bench.cli_options import bench_cluster, positive, run_options, scheduler_overrides, write_json
 from sbs.bench.procs import BenchError
 
-DEFAULT_SYSTEMS = "sbs,least_load,sglang-router,smg,sglang-router+delayer,smg+delayer"
+DEFAULT_SYSTEMS = "sbs,eft,sglang-router,smg,sglang-router+delayer,smg+delayer"
 
 
 def _trace_options(f: Callable[..., Any]) -> Callable[..., Any]:

@@ -50,6 +50,16 @@ def test_system_names_parse_with_default_router_policies() -> None:
     ]
 
 
+def test_the_default_h2h_field_is_issue_12s() -> None:
+    # SBS, SGLang's routers plain and with the engines' prefill delayer, and our strongest immediate
+    # baseline (eft, on the same step model as SBS).
+    from sbs.bench.cli import DEFAULT_SYSTEMS
+
+    specs = {s.name: s for s in systems.parse_systems(DEFAULT_SYSTEMS)}
+    assert set(specs) == {"sbs", "eft", "sglang-router", "smg", "sglang-router+delayer", "smg+delayer"}
+    assert specs["eft"].kind == "sbs-scheduler" and specs["smg+delayer"].prefill_flags
+
+
 def test_a_delayer_variant_runs_the_same_system_before_delayer_prefills() -> None:
     plain, delayed = systems.parse_systems("smg:power_of_two,smg+delayer:power_of_two")
     assert (delayed.kind, delayed.policy, delayed.dp_aware) == (plain.kind, plain.policy, plain.dp_aware)
