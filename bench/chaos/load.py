@@ -66,6 +66,9 @@ class Deaths:
     at: dict[str, float] = dataclasses.field(default_factory=dict)
     counted: dict[str, int] = dataclasses.field(default_factory=dict)
     """The endpoint's own in-flight count (`outstanding`), read just before the kill."""
+    closed: dict[str, float] = dataclasses.field(default_factory=dict)
+    """When the endpoint was first seen refusing connections after its kill: until its listening
+    socket closes, the kernel still accepts connections for the dying process."""
     window_s: float = 5.0
 
     def explains(self, url: str, when: float) -> bool:
@@ -74,10 +77,12 @@ class Deaths:
 
     def in_flight(self, outcomes: Sequence[Outcome]) -> int:
         """Requests on the killed endpoints at their kills: per endpoint, the larger of its own count
-        and the client's (sent before the kill, not ended by it). The endpoint's count misses requests
-        still on the wire or sent after it was read; the client's is exact for the client."""
+        and the client's (sent before its socket closed, not ended before the kill). The endpoint's
+        count misses requests still on the wire or sent after it was read; the client's is exact for
+        the client."""
         return sum(max(self.counted.get(url, 0),
-                       sum(1 for o in outcomes if o.url == url and o.sent <= t and not o.end < t))
+                       sum(1 for o in outcomes
+                           if o.url == url and o.sent <= self.closed.get(url, t) and not o.end < t))
                    for url, t in self.at.items())  # fmt: skip
 
     def attribute(self, outcomes: Sequence[Outcome]) -> None:

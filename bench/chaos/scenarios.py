@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import signal
+import socket
 import threading
 import time
 from typing import Any
@@ -314,12 +315,26 @@ class SchedulerLoss:
         ctx.deaths.counted[url] = s.scheduler_in_flight(url)
         s.signal_pod(pod, signal.SIGKILL)
         ctx.deaths.at[url] = time.monotonic()
+        ctx.deaths.closed[url] = _refused_at(pod["status"]["podIP"], s.shape.scheduler_port)
         uid = pod["metadata"]["uid"]
         back = _wait_for(lambda: [p for p in s.ready_pods(s.namespace, s.scheduler_selector)
                                   if p["metadata"]["uid"] != uid], 120)  # fmt: skip
         ctx.fault_end = time.monotonic()
         took = ctx.fault_end - ctx.fault_start
         ctx.target("scheduler back <= 30 s", bool(back) and took <= TARGET_RECOVERY_S, f"{took:.1f} s")
+
+
+def _refused_at(host: str, port: int, timeout_s: float = 5.0) -> float:
+    """When a connection to `host:port` is first refused (a killed process's socket closed), polled
+    every 10 ms; the deadline's time if it never is."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((host, port), timeout=0.2).close()
+        except OSError:
+            return time.monotonic()
+        time.sleep(0.01)
+    return deadline
 
 
 def matrix() -> list[Any]:

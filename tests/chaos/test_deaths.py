@@ -34,3 +34,11 @@ def test_in_flight_is_the_larger_of_the_endpoints_count_and_the_clients() -> Non
     assert Deaths(at={URL: 100.0}, counted={URL: 2}).in_flight(outcomes) == 3
     assert Deaths(at={URL: 100.0}, counted={URL: 5}).in_flight(outcomes) == 5
     assert Deaths().in_flight(outcomes) == 0
+
+
+def test_a_request_sent_before_the_killed_socket_closed_was_in_flight() -> None:
+    # SIGKILL is sent at 100.0 but the process's listening socket closes at 100.03: a request sent at
+    # 100.01 was accepted by the dying process and cut with it (CI: "21 <= 20").
+    outcomes = [_out(99.5, 100.05), _out(100.01, 100.04), _out(100.05, 100.05, kind="lost")]
+    assert Deaths(at={URL: 100.0}).in_flight(outcomes) == 1
+    assert Deaths(at={URL: 100.0}, closed={URL: 100.03}).in_flight(outcomes) == 2
