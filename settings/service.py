@@ -205,9 +205,9 @@ class ReplicasSettings(SettingsModel):
     """This replica's name among its peers; None: $POD_NAME, else host name and port."""
     advertise_url: str | None = Field(None, pattern=r"^https?://")
     """Where peers send forwarded requests; None: http://$POD_IP:port (or 127.0.0.1 without $POD_IP)."""
-    lease_duration_s: float = Field(3.0, gt=0.0, le=60.0)
+    lease_duration_s: float = Field(2.0, gt=0.0, le=60.0)
     """A replica whose lease has not been renewed for this long is gone: its instances move."""
-    renew_interval_s: float = Field(1.0, gt=0.0, le=20.0)
+    renew_interval_s: float = Field(0.5, gt=0.0, le=20.0)
 
     @model_validator(mode="after")
     def _check(self) -> ReplicasSettings:

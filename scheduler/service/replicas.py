@@ -2,10 +2,13 @@
 
 Every replica renews its own lease every `renew_interval_s` and lists its peers' leases. A peer is
 alive while its lease keeps changing: a lease seen unchanged for `lease_duration_s` (timed on this
-replica's own monotonic clock, so node clocks need not agree) is gone. The live set feeds
-`ownership.owned`, a pure function, so replicas that see the same peers agree on the owners without
-talking. A replica that stops cleanly deletes its lease, so its instances move at once; one that dies
-is noticed within `lease_duration_s + renew_interval_s`.
+replica's own monotonic clock, so node clocks need not agree) is gone. A lease seen for the first time
+is as old as its writer's renewal time says (at most `lease_duration_s`): a newcomer does not keep a
+dead peer alive for a whole duration. The live set feeds `ownership.owned`, a pure function, so
+replicas that see the same peers agree on the owners without talking. A newcomer with peers claims
+its share only at its second renewal, when every peer has listed its lease, so an instance never has
+two deciders. A replica that stops cleanly deletes its lease, so its instances move at once; one that
+dies is noticed within `lease_duration_s + 2 × renew_interval_s`.
 
 Two stores: `KubeLeases` (coordination.k8s.io Leases, labelled with the deployment) and `FileLeases`
 (one file per replica in a shared folder, for replicas on one host).
@@ -177,14 +180,20 @@ class Replicas:
         self._seen: dict[str, tuple[str, float]] = {}
         self.changes = 0
         self.joined = False
+        self.settled = False
+        """Peers have seen this replica's lease: it claims its share (at once when it joined alone)."""
+
+    def _members(self) -> list[str]:
+        """The replicas that own instances: the live ones, this one once settled."""
+        return list(self.peers) if self.settled else [p for p in self.peers if p != self.me]
 
     def owned(self, instances: Sequence[tuple[str, int]]) -> set[str]:
         """The prefill instances (key, DP size) this replica decides for."""
-        return ownership.owned(instances, list(self.peers), self.me)
+        return ownership.owned(instances, self._members(), self.me)
 
     def owner_url(self, instances: Sequence[tuple[str, int]]) -> str | None:
         """A peer that owns instances, for forwarding (the first in a stable order), or None."""
-        owners = set(ownership.assign(instances, list(self.peers)).values()) - {self.me}
+        owners = set(ownership.assign(instances, self._members()).values()) - {self.me}
         return self.peers[min(owners)] if owners else None
 
     def observe(self, leases: Sequence[LeaseRecord]) -> bool:
@@ -196,9 +205,8 @@ class Replicas:
             if not rec.replica or rec.replica == self.me:
                 continue
             before = self._seen.get(rec.replica)
-            if before is None:  # first sight: trust the writer's time, loosely, for a lease long dead
-                fresh = wall - rec.renewed_wall_s < self.settings.lease_duration_s * 2
-                since = now if fresh else now - self.settings.lease_duration_s
+            if before is None:  # first sight: as old as the writer's clock says, within the duration
+                since = now - min(max(wall - rec.renewed_wall_s, 0.0), self.settings.lease_duration_s)
             else:
                 since = now if before[0] != rec.stamp else before[1]
             seen[rec.replica] = (rec.stamp, since)
@@ -213,8 +221,13 @@ class Replicas:
         """Renew this replica's lease and look at its peers' (errors are logged, not raised)."""
         try:
             await self.store.renew(self.me, self.url, self.settings.lease_duration_s, self.wall())
-            if self.observe(await self.store.list()) or not self.joined:
-                self.joined = True
+            changed = self.observe(await self.store.list())
+            if not self.joined:
+                self.joined = changed = True
+                self.settled = len(self.peers) == 1
+            elif not self.settled:
+                self.settled = changed = True  # every peer has listed since this replica's first renewal
+            if changed:
                 self.changes += 1
                 log.info("scheduler replicas: %s (this one: %s)", ", ".join(sorted(self.peers)), self.me)
                 self.on_change()

@@ -160,12 +160,12 @@ def _replicas_view(clock: list[float], wall: list[float]) -> Replicas:
 def test_a_peer_is_live_while_its_lease_changes_and_gone_after_the_duration_unchanged() -> None:
     clock, wall = [100.0], [5000.0]
     view = _replicas_view(clock, wall)
-    assert view.observe([LeaseRecord("p", "http://p", "s1", 4999.0)])
+    assert view.observe([LeaseRecord("p", "http://p", "s1", 5000.0)])
     assert set(view.peers) == {"me", "p"}
     clock[0] += 2.9  # unchanged but within the duration
-    assert not view.observe([LeaseRecord("p", "http://p", "s1", 4999.0)])
+    assert not view.observe([LeaseRecord("p", "http://p", "s1", 5000.0)])
     clock[0] += 0.2
-    assert view.observe([LeaseRecord("p", "http://p", "s1", 4999.0)]) and set(view.peers) == {"me"}
+    assert view.observe([LeaseRecord("p", "http://p", "s1", 5000.0)]) and set(view.peers) == {"me"}
     assert view.observe([LeaseRecord("p", "http://p", "s2", 5003.0)]) and set(view.peers) == {"me", "p"}
 
 
@@ -173,3 +173,56 @@ def test_a_lease_long_dead_at_first_sight_is_not_a_peer_and_this_replica_always_
     view = _replicas_view([0.0], [5000.0])
     view.observe([LeaseRecord("old", "http://old", "s9", 4000.0), LeaseRecord("me", "http://x", "z", 0.0)])
     assert view.peers == {"me": "http://me"}
+
+
+def test_a_lease_seen_first_is_as_old_as_its_writer_says_within_the_duration() -> None:
+    clock, wall = [100.0], [5000.0]
+    view = _replicas_view(clock, wall)
+    assert view.observe([LeaseRecord("p", "http://p", "s1", 4997.5)])  # renewed 2.5 s ago: live
+    clock[0] += 0.6  # 3.1 s since its renewal, though this replica saw it only 0.6 s ago
+    assert view.observe([LeaseRecord("p", "http://p", "s1", 4997.5)]) and view.peers == {"me": "http://me"}
+    ahead = _replicas_view([100.0], [4990.0])  # the writer's clock runs 10 s ahead of this one's
+    ahead.observe([LeaseRecord("p", "http://p", "s1", 5000.0)])
+    assert set(ahead.peers) == {"me", "p"}
+
+
+class _Leases:
+    """An in-memory lease store shared by `Replicas` views (stamps count renewals)."""
+
+    def __init__(self) -> None:
+        self.leases: dict[str, LeaseRecord] = {}
+
+    async def renew(self, replica: str, url: str, duration_s: float, wall_s: float) -> None:
+        n = int(self.leases[replica].stamp) + 1 if replica in self.leases else 0
+        self.leases[replica] = LeaseRecord(replica, url, str(n), wall_s)
+
+    async def list(self) -> list[LeaseRecord]:
+        return list(self.leases.values())
+
+    async def release(self, replica: str) -> None:
+        self.leases.pop(replica, None)
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_newcomer_claims_its_share_only_after_its_peers_have_seen_it() -> None:
+    """No instance has two deciders while a replica joins: the newcomer forwards until its second
+    renewal, by which time every peer (renewing as often) has dropped the newcomer's share."""
+    store, settings = _Leases(), ReplicasSettings(backend="directory", directory="/unused")
+    instances = [(f"prefill-{i}", 8) for i in range(4)]
+
+    def replica(name: str) -> Replicas:
+        return Replicas(store, name, f"http://{name}", settings, lambda: None, wall=lambda: 0.0)
+
+    a, b = replica("a"), replica("b")
+    await a.step()
+    assert a.settled and a.owned(instances) == {k for k, _ in instances}  # alone: everything at once
+    await b.step()
+    assert not b.settled and b.owned(instances) == set() and b.owner_url(instances) == "http://a"
+    await a.step()  # a sees b and gives up b's share
+    mine, theirs = a.owned(instances), {k for k, _ in instances} - a.owned(instances)
+    assert mine and theirs and b.owned(instances) == set()  # b's share has no decider for a moment
+    changes = b.changes
+    await b.step()
+    assert b.settled and b.owned(instances) == theirs and b.changes == changes + 1
