@@ -1,7 +1,9 @@
 """The simulator's side of the `oracle` policy, and the bound no policy can beat.
 
-`simulate` runs a policy; for the oracle it runs one simulation per step cap in `fill_targets` and
-keeps the one of lowest TTFT mean (a choice no live scheduler can make: it knows how the run ends).
+`simulate` runs a policy; for the oracle it runs one simulation per step cap in `fill_targets`, each
+with its foresight's holds and without them (horizon 0), and keeps the one of lowest TTFT mean (a
+choice no live scheduler can make: it knows how the run ends; the holds are a heuristic that can
+lose).
 
 `zero_queue_ttft`, per request: its prefill alone on an idle instance (its own chunks, each a
 lockstep step in which no other rank works), after the longest prefix any earlier request could
@@ -34,15 +36,16 @@ def simulate(
     """One run of `policy`, and for the oracle the step cap it kept (None for any other policy)."""
     if not isinstance(policy, scheduling.OraclePolicy) or not policy.fill_targets:
         return Simulation(trace, cluster, policy, progress=progress).run(), None
-    fills = policy.fill_targets
+    horizons = sorted({policy.horizon_s, 0.0}, reverse=True)
+    runs = [(fill, h) for h in horizons for fill in policy.fill_targets]
     best: tuple[float, SimResult, float] | None = None
-    for k, fill in enumerate(fills):
+    for k, (fill, horizon) in enumerate(runs):
         batching = policy.batching.model_copy(update={"fill_target": fill})
-        one = policy.model_copy(update={"batching": batching})
+        one = policy.model_copy(update={"batching": batching, "horizon_s": horizon})
 
         def part(frac: float, k: int = k) -> None:
             if progress is not None:
-                progress((k + frac) / len(fills))
+                progress((k + frac) / len(runs))
 
         result = Simulation(trace, cluster, one, progress=part).run()
         ttft = result.recorder.ttft()

@@ -152,9 +152,9 @@ class StaggeredBatching:
             if not live:
                 out.extend(self._reject_stale(now, "no healthy prefill instance within the hold time"))
                 break
-            rate = self.short.rate(now)
+            rates = self.short.rate(now), self.short.token_rate(now)
             first = sbs_lanes.forced_target(
-                state.instances, live, oldest.prompt_tokens, rate, model=state.capacity, b=self.batching
+                state.instances, live, oldest.prompt_tokens, *rates, model=state.capacity, b=self.batching
             )  # a long prompt may be forced into a long-prompt lane
             sent = self._release_to(first, now, "max_hold")
             if not sent:
@@ -365,7 +365,8 @@ class StaggeredBatching:
         if lane is None:
             return budget
         due, i = lane
-        cost = sbs_lanes.lane_cost(instances, p, i, due - now, self.short.rate(now), model=model, b=b)
+        rates = self.short.rate(now), self.short.token_rate(now)
+        cost = sbs_lanes.lane_cost(instances, p, i, due - now, *rates, model=model, b=b)
         waits = None if cost is None else cost.waits
         return replace(budget, max_tokens=chunk, lane_waits=waits, wake_s=due)
 

@@ -8,7 +8,9 @@ the lane costs it less than starting here costs the short prompts:
   steps are (its predicted step) than this instance's measured mean step;
 - short cost: `beta` × the arrival rate of prompts of at most a chunk (over the last `window_s`) × the
   prompt's own prefill time ÷ the live instances × its mean step (prefill time ÷ chunks) — the short
-  prompts that arrive while it runs here and reach this instance, each delayed about one of its steps.
+  prompts that arrive while it runs here and reach this instance, each delayed about one of its steps;
+  with `lane_load_scaled`, times rho / (1 - rho), rho their load on the instances left to them: they
+  are delayed only as far as the other instances are busy.
 
 With rare long prompts among many short ones the lane wins (the old rule); with long prompts a large
 share of the work and little short traffic each starts at once, so lanes no longer herd them. Pure
@@ -35,10 +37,15 @@ class ShortArrivals:
         self.tokens = tokens
         self.window_s = window_s
         self.times: deque[float] = deque()
+        self.sizes: deque[int] = deque()
+        self.total = 0
+        """Σ sizes: the window's short prompt tokens."""
 
     def add(self, prompt_tokens: int, now: float) -> None:
         if prompt_tokens <= self.tokens:
             self.times.append(now)
+            self.sizes.append(prompt_tokens)
+            self.total += prompt_tokens
             self._prune(now)  # the log stays one window long even when no lane asks for the rate
 
     def rate(self, now: float) -> float:
@@ -46,14 +53,20 @@ class ShortArrivals:
         self._prune(now)
         return len(self.times) / self.window_s
 
+    def token_rate(self, now: float) -> float:
+        """Short prompt tokens per second over the window ending at `now`."""
+        self._prune(now)
+        return self.total / self.window_s
+
     def _prune(self, now: float) -> None:
         times, start = self.times, now - self.window_s
         while times and times[0] < start:
             times.popleft()
+            self.total -= self.sizes.popleft()
 
     def adopt(self, other: ShortArrivals) -> None:
         """Take over `other`'s log (a rebuilt core goes on with the same estimate)."""
-        self.times = deque(other.times)
+        self.times, self.sizes, self.total = deque(other.times), deque(other.sizes), other.total
 
 
 def prefill_s(model: PrefillCapacityModel, tokens: int, chunk: int) -> float:
@@ -97,12 +110,15 @@ def lane_cost(
     lane: int,
     wait_s: float,
     short_rate: float,
+    short_tok_rate: float | None = None,
     *,
     model: PrefillCapacityModel,
     b: BatchingSettings,
 ) -> LaneCost | None:
     """The cost rule for long prompts choosing between instance `here` and lane `lane` (after `wait_s`
-    more). None when the costs are off (`b.lane_cost`): every long prompt waits for the lane."""
+    more), the short prompts arriving at `short_rate` per second and `short_tok_rate` tokens per second
+    (None: the short cost unscaled by their load). None when the costs are off (`b.lane_cost`): every
+    long prompt waits for the lane."""
     if not b.lane_cost:
         return None
     st, ln = instances[here], instances[lane]
@@ -110,7 +126,30 @@ def lane_cost(
     pace = sbs_timing.slow_step_s(ln, model) * ln.error_ewma
     live = sum(1 for s in instances if s.available) or 1
     short = b.lane_short_weight * short_rate / live
+    if short_tok_rate is not None and b.lane_load_scaled:
+        short *= _queueing_factor(instances, here, short_tok_rate, model)
     return LaneCost(max(wait_s, 0.0), max(pace - own, 0.0), short, st.spec.chunk_tokens, model)
+
+
+RHO_MAX = 0.95
+"""The highest load `_queueing_factor` counts (the factor is then 19)."""
+
+
+def _queueing_factor(
+    instances: Sequence[PrefillInstanceState], here: int, short_tok_rate: float, model: PrefillCapacityModel
+) -> float:
+    """rho / (1 - rho), rho the short prompts' load on what is left to them while a long prompt runs on
+    `here`: their tokens per second over the capacity (ranks x chunk / full-chunk step) of the live
+    instances other than `here` and the lanes. How much longer a short prompt queues than it is served,
+    in a single-server queue: near nothing at low load, so a long prompt starts at once; growing
+    without bound near saturation, so it gathers in a lane."""
+    cap = 0.0
+    for i, st in enumerate(instances):
+        if st.available and i != here and not sbs_timing.is_lane(st, model):
+            chunk = st.spec.chunk_tokens
+            cap += st.spec.dp_size * chunk / sbs_timing.full_chunk_s(model, chunk)
+    rho = min(short_tok_rate / cap, RHO_MAX) if cap > 0 else RHO_MAX
+    return rho / (1.0 - rho)
 
 
 def first_lane(
@@ -133,6 +172,7 @@ def forced_target(
     live: Sequence[int],
     tokens: int,
     short_rate: float,
+    short_tok_rate: float | None = None,
     *,
     model: PrefillCapacityModel,
     b: BatchingSettings,
@@ -149,5 +189,5 @@ def forced_target(
     if lane == first:
         return lane
     wait = instances[lane].busy_until_s - instances[first].busy_until_s
-    cost = lane_cost(instances, first, lane, wait, short_rate, model=model, b=b)
+    cost = lane_cost(instances, first, lane, wait, short_rate, short_tok_rate, model=model, b=b)
     return lane if cost is None or cost.waits(tokens) else first

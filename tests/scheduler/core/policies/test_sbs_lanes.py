@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pydantic
 import pytest
-from sbs.scheduler.core.policies import sbs_lanes
+from sbs.scheduler.core.policies import sbs_lanes, sbs_timing
 from sbs.scheduler.core.policies.sbs import StaggeredBatching
 from sbs.scheduler.core.scheduler import Scheduler
 from sbs.scheduler.core.types import Dispatch, InstanceSpec, Role
@@ -110,3 +110,28 @@ def test_a_rebuilt_core_keeps_the_short_rate() -> None:
 def test_lane_settings_are_validated(bad: dict[str, float]) -> None:
     with pytest.raises(pydantic.ValidationError):
         BatchingSettings(**bad)
+
+
+def test_the_short_token_rate_follows_the_window() -> None:
+    short = sbs_lanes.ShortArrivals(CHUNK, 10.0)
+    for t, tokens in [(0.0, 100), (1.0, 1000), (2.0, 1001), (5.0, 50)]:
+        short.add(tokens, t)
+    assert short.token_rate(5.0) == pytest.approx(115.0)
+    assert short.token_rate(10.5) == pytest.approx(105.0)  # 0.0 left the window
+
+
+@pytest.mark.parametrize(("rho", "factor"), [(0.1, 1 / 9), (0.5, 1.0), (0.9, 9.0), (1e6, 19.0)])
+def test_the_short_cost_grows_with_the_load_left_for_the_short_prompts(rho: float, factor: float) -> None:
+    """Instance 0 a lane, the long prompt starting on 1: the short prompts are left instance 2 (2 ranks
+    × 1000 tokens per 1.11 s = 1802 tok/s). At load rho there, the cost is rho / (1 - rho) times the
+    unscaled one (rho at most 0.95): a long prompt herds into the lane only while the others are busy."""
+    tok_rate = rho * 2 * CHUNK / sbs_timing.full_chunk_s(MODEL, CHUNK)
+    sched = scheduler(3)
+    running(sched, 0, until=1.5, carry=(500, 4000))
+    running(sched, 1, until=1.0)
+    running(sched, 2, until=1.0)
+    b, off = BatchingSettings(), BatchingSettings(lane_load_scaled=False)
+    plain = sbs_lanes.lane_cost(sched.instances, 1, 0, 0.5, 3.0, tok_rate, model=MODEL, b=off)
+    scaled = sbs_lanes.lane_cost(sched.instances, 1, 0, 0.5, 3.0, tok_rate, model=MODEL, b=b)
+    assert plain is not None and scaled is not None
+    assert scaled.short_s == pytest.approx(plain.short_s * factor, rel=1e-6)
