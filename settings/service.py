@@ -208,6 +208,8 @@ class ReplicasSettings(SettingsModel):
     lease_duration_s: float = Field(2.0, gt=0.0, le=60.0)
     """A replica whose lease has not been renewed for this long is gone: its instances move."""
     renew_interval_s: float = Field(0.5, gt=0.0, le=20.0)
+    """How often a replica renews its lease and lists its peers' (a dead one is noticed within
+    `lease_duration_s` + 2 × this; a newcomer claims its share at its second renewal)."""
 
     @model_validator(mode="after")
     def _check(self) -> ReplicasSettings:
