@@ -77,7 +77,9 @@ def test_horizon_zero_degrades_gracefully(runs: dict, bursts: Trace) -> None:
     assert blind["completed"] == len(bursts) and blind["dropped"] == 0
     assert blind["ttft_mean_s"] < runs["eft"]["summary"]["ttft_mean_s"]  # exact step times still pay
     assert blind["ttft_mean_s"] <= 1.05 * runs["sbs"]["summary"]["ttft_mean_s"]  # SBS, better informed
-    assert seeing["ttft_mean_s"] <= blind["ttft_mean_s"]  # it keeps the holds only where they pay
+    # The oracle keeps, in hindsight, the better of holding and not: on this mix the holds lose (1.363 s
+    # against 1.346 s), so this fails if `simulate` tries only the holding runs.
+    assert seeing["ttft_mean_s"] <= blind["ttft_mean_s"]
     sim = Simulation(bursts, CLUSTER, scheduling.OraclePolicy(horizon_s=0.0, fill_targets=()), cost=COST)
     sim.run()
     assert isinstance(sim.scheduler.policy, Clairvoyant) and sim.scheduler.policy.holds == 0
