@@ -153,31 +153,52 @@ def counter_sum(text: str, prefixes: tuple[str, ...], having: str = "") -> float
                if line.startswith(prefixes) and having in line)  # fmt: skip
 
 
-def scheduler_assigned(stack: Stack, pod: dict[str, Any]) -> int:
-    """Requests the scheduler has on an engine (its `sbs_rank_assigned_requests`, summed over ranks)."""
-    key = f'engine="{pod["metadata"]["namespace"]}/{pod["metadata"]["name"]}"'
+def _engine_key(pod: dict[str, Any]) -> str:
+    return f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
+
+
+def _scheduler_metric(stack: Stack, name: str, pod: dict[str, Any]) -> int:
+    """A scheduler metric's samples for the engine of `pod`, summed over ranks and replicas."""
+    key = f'engine="{_engine_key(pod)}"'
     total = 0.0
     for url in stack.scheduler_urls():
         try:
             with urllib.request.urlopen(f"{url}/metrics", timeout=5) as r:
-                total += counter_sum(r.read().decode(), ("sbs_rank_assigned_requests{",), key)
+                total += counter_sum(r.read().decode(), (name + "{",), key)
         except OSError:
             continue
     return int(total)
 
 
+def scheduler_assigned(stack: Stack, pod: dict[str, Any]) -> int:
+    """Requests the scheduler's core has on an engine (its `sbs_rank_assigned_requests`)."""
+    return _scheduler_metric(stack, "sbs_rank_assigned_requests", pod)
+
+
+def scheduler_sent(stack: Stack, pod: dict[str, Any]) -> int:
+    """Requests the schedulers have sent to an engine so far (`sbs_engine_dispatches_total`)."""
+    return _scheduler_metric(stack, "sbs_engine_dispatches_total", pod)
+
+
+def scheduler_held(stack: Stack, pod: dict[str, Any]) -> int:
+    """Requests the schedulers' relays hold on an engine now (`GET /engines`' `in_flight`)."""
+    key = _engine_key(pod)
+    return sum(int(e.get("in_flight", 0)) for e in stack.engines() if e.get("key") == key)
+
+
 def in_flight(stack: Stack, pod: dict[str, Any]) -> int:
-    """Requests on an engine about to fail: the larger of its own count and the scheduler's (each
-    snapshot can lag a step behind the other)."""
-    return max(engine_in_flight(pod), scheduler_assigned(stack, pod))
+    """Requests on an engine: the largest of its own count, the core's and the relays' (the first two
+    are snapshots that can lag a step behind)."""
+    return max(engine_in_flight(pod), scheduler_assigned(stack, pod), scheduler_held(stack, pod))
 
 
 def in_flight_across(stack: Stack, pod: dict[str, Any], fault: Callable[[], Any]) -> int:
-    """`in_flight` just before `fault()` runs, or the scheduler's own count just after it if larger:
-    requests dispatched in between (the scheduler has not noticed yet) were on the engine too."""
+    """Requests on an engine when `fault()` broke it: `in_flight` just before, plus what the
+    schedulers sent it from then until just after (they have not noticed yet)."""
+    sent = scheduler_sent(stack, pod)
     before = in_flight(stack, pod)
     fault()
-    return max(before, scheduler_assigned(stack, pod))
+    return before + max(0, scheduler_sent(stack, pod) - sent)
 
 
 def engine_served(pod: dict[str, Any]) -> int:

@@ -89,6 +89,7 @@ class Dispatcher:
         self._completed = svc_metrics.BoundLabels(metrics.completed)
         self._errored = svc_metrics.BoundLabels(metrics.errored)
         self._dispatched = svc_metrics.BoundLabels(metrics.dispatched)
+        self._engine_dispatches = svc_metrics.BoundLabels(metrics.engine_dispatches)
         self._e2e = svc_metrics.BoundLabels(metrics.e2e)
         metrics.attach(self.snapshot)
         # Read when scraped, not set on every change (several times per request).
@@ -338,6 +339,8 @@ class Dispatcher:
                 if job.attempts == 0:
                     self.metrics.queue_wait.observe(now - job.arrival_s)
                 self._dispatched(d.reason or "unknown").inc()
+                for e in (job.prefill_engine, job.decode_engine):
+                    self._engine_dispatches(e.role.value, e.key).inc()
                 if not job.decision.done():
                     job.decision.set_result(d)
             elif current and job is not None and not job.decision.done():
@@ -487,6 +490,12 @@ class Dispatcher:
     def describe(self) -> dict[str, Any]:
         """The engines and pools, for `GET /engines`."""
         snap = {(r.role, r.engine): r.state for r in self.snapshot().engines}
+        held: Counter[str] = Counter()  # a prefill engine holds a request until its prefill completes
+        for job in self.jobs.values():
+            if job.state is JobState.DISPATCHED:
+                for e in (None if job.prefilled else job.prefill_engine, job.decode_engine):
+                    if e is not None:
+                        held[e.key] += 1
         return {
             "policy": self.settings.scheduler.policy.type,
             "ready": self.ready(),
@@ -503,6 +512,7 @@ class Dispatcher:
                     "dp_size": e.spec.dp_size if e.spec else e.record.dp_size,
                     "bootstrap_port": e.bootstrap_port,
                     "state": snap.get((e.role.value, e.key), "resolving"),
+                    "in_flight": held[e.key],
                 }
                 for e in sorted(self.registry.engines.values(), key=lambda e: e.key)
             ],

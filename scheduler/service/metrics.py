@@ -124,6 +124,12 @@ class Metrics:
         self.dispatched = Counter(
             "sbs_dispatches", "PD dispatches sent, by the core's release reason.", ["reason"], registry=r
         )
+        self.engine_dispatches = Counter(
+            "sbs_engine_dispatches",
+            "Requests sent to an engine (each attempt, prefill and decode side).",
+            ["role", "engine"],
+            registry=r,
+        )
         self.forwarded = Counter(
             "sbs_requests_forwarded",
             "Requests forwarded to a peer scheduler replica (this one owned no prefill instance).",

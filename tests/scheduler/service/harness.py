@@ -125,9 +125,15 @@ class Service:
 
     def total(self, name: str) -> float:
         """Sum of all samples of `name` over every label set."""
+        return self.total_where(name)
+
+    def total_where(self, name: str, **labels: str) -> float:
+        """Sum of the samples of `name` whose labels include `labels`."""
         out = 0.0
         for family in self.dispatcher.metrics.registry.collect():
-            out += sum(s.value for s in family.samples if s.name == name)
+            for s in family.samples:
+                if s.name == name and labels.items() <= s.labels.items():
+                    out += s.value
         return out
 
     async def settled(self, timeout_s: float = 5.0) -> None:

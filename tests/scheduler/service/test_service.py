@@ -178,6 +178,27 @@ async def test_load_polls_reach_the_core_per_rank(
         await asyncio.gather(*running, return_exceptions=True)
 
 
+async def test_engines_show_the_requests_each_engine_holds_and_was_sent(service: Service) -> None:
+    long = {**GEN, "sampling_params": {"max_new_tokens": LONG}}
+    running = [asyncio.ensure_future(service.post("/generate", long)) for _ in range(3)]
+    try:
+        async with asyncio.timeout(5):
+            jobs = service.dispatcher.jobs
+            while len(jobs) < 3 or not all(j.prefilled for j in jobs.values()):
+                await asyncio.sleep(0.01)
+        engines = service.dispatcher.describe()["engines"]
+        held = {e["role"]: 0 for e in engines}
+        for e in engines:
+            held[e["role"]] += e["in_flight"]
+        assert held == {"prefill": 0, "decode": 3}  # prefilled: only the decode engine holds them
+        sent = [service.total_where("sbs_engine_dispatches_total", role=r) for r in ("prefill", "decode")]
+        assert sent == [3, 3]
+    finally:
+        for t in running:
+            t.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+
+
 async def test_full_buffer_answers_429_with_retry_after() -> None:
     # One slow prefill (time factor 2): a ~1.8 s step keeps the next request in the SBS buffer long
     # enough for the third to find it full on a busy machine too.
