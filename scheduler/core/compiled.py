@@ -1,5 +1,6 @@
-"""The core's compiled hot loops (`decode_kernel`, `prefill_kernel`, `policies.sbs_cap`): how they are
-compiled, and a warm-up that compiles them before the first decision needs them.
+"""The core's compiled hot loops (`decode_kernel`, `prefill_kernel`, `policies.sbs_cap`,
+`policies.sbs_take`): how they are compiled, and a warm-up that compiles them before the first decision
+needs them.
 
 numba compiles a kernel at its first call (seconds) and keeps the machine code on disk where it may
 (next to the source, else `NUMBA_CACHE_DIR` or the user's cache directory); where no cache directory is
@@ -32,7 +33,8 @@ def warm_up() -> None:
     """Compile (or load) every kernel by running each once on a tiny input."""
     from sbs.scheduler.core.capacity import PrefillCapacityModel
     from sbs.scheduler.core.decode_alloc import assign_decode_ranks, assign_decode_uniform
-    from sbs.scheduler.core.policies import sbs_cap
+    from sbs.scheduler.core.policies import sbs_cap, sbs_take
+    from sbs.scheduler.core.policies.sbs_timing import StepBudget
     from sbs.scheduler.core.prefill_alloc import water_fill_lists
     from sbs.scheduler.core.state import RankCounters
     from sbs.scheduler.core.types import InstanceSpec, Role
@@ -45,3 +47,4 @@ def warm_up() -> None:
     spec = InstanceSpec("warm-up", Role.PREFILL, 2, 16, 64)
     RankCounters([spec], 0.0).add_many([1, 0, 1], [3, 4, 5], 0.0)
     sbs_cap.release_chunk(spec, BatchingSettings(adaptive_cap=True), [3, 5])
+    sbs_take.take_in_order([3, 5], StepBudget(8, 1.0, 0.5), 1, model, 16)

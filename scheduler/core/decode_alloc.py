@@ -117,7 +117,7 @@ def assign_decode_ranks(
 
 def assign_decode_uniform(
     rids: Sequence[int],
-    kv_tokens: Sequence[int],
+    kv_tokens: Sequence[int] | np.ndarray,
     batch: Sequence[int],
     kv: Sequence[int],
     capacity: int,
@@ -125,18 +125,21 @@ def assign_decode_uniform(
     *,
     iqr_k: float = 1.5,
     min_candidates: int = 4,
-) -> tuple[list[int], int] | None:
+    as_array: bool = False,
+) -> tuple[list[int] | np.ndarray, int] | None:
     """`assign_decode_ranks` where every rank is available and has KV capacity `capacity`, `max_running`
     its per-rank limits as int64: the same result where it takes the compiled path with every rank
     live (no rank at its running limit), else None (then call `assign_decode_ranks`). It skips the
-    checks the caller's constant rank lists make (`ClusterState.decode_uniform_cap`)."""
+    checks the caller's constant rank lists make (`ClusterState.decode_uniform_cap`). `kv_tokens` may be
+    an int64 array; `as_array`: the ranks come back as one."""
     n_items, m = len(rids), len(batch)
     if not n_items or not m or len(kv_tokens) != n_items or len(kv) != m or len(max_running) != m:
         return None
     if not -_EXACT < capacity < _EXACT:
         return None
     try:
-        rid_a, kv_a = np.fromiter(rids, np.int64, n_items), np.fromiter(kv_tokens, np.int64, n_items)
+        rid_a = np.fromiter(rids, np.int64, n_items)
+        kv_a = kv_tokens if isinstance(kv_tokens, np.ndarray) else np.fromiter(kv_tokens, np.int64, n_items)
         batch_a, kv_ranks = np.fromiter(batch, np.int64, m), np.fromiter(kv, np.int64, m)
     except OverflowError:
         return None
@@ -145,7 +148,7 @@ def assign_decode_uniform(
     )
     if masked < 0:  # outside the kernel's domain, or (B, K, pos) too wide to pack
         return None
-    return chosen.tolist(), masked
+    return (chosen if as_array else chosen.tolist()), masked
 
 
 def _place(

@@ -212,6 +212,25 @@ def place_sorted(
         low = max_running.min()
         if low <= 0 or batch.max() >= low:
             return none, -2
+    return place(
+        _by_kv_then_rid(rids, kv_tokens), kv_tokens, batch, kv, max_running, cap, iqr_k, min_candidates
+    )
+
+
+@jit
+def _by_kv_then_rid(rids: np.ndarray, kv_tokens: np.ndarray) -> np.ndarray:
+    """`np.lexsort((rids, -kv_tokens))`, for `kv_tokens` >= 0: one sort of (KV descending, rid, index)
+    packed into one integer where the rids are >= 0 and it fits in 62 bits, else two stable sorts (the
+    minor key first)."""
+    n = rids.shape[0]
+    if n == 0:
+        return np.empty(0, np.int64)
+    rmin = rids.min()
+    top = kv_tokens.max()
+    sr = _bits(n - 1)
+    sk = sr + _bits(rids.max() - rmin)  # no overflow from rmin >= 0
+    if rmin >= 0 and sk + _bits(top) <= 62:
+        keys = ((top - kv_tokens) << sk) + ((rids - rmin) << sr) + np.arange(n)
+        return np.argsort(keys)
     by_rid = np.argsort(rids, kind="mergesort")
-    order = by_rid[np.argsort(-kv_tokens[by_rid], kind="mergesort")]
-    return place(order, kv_tokens, batch, kv, max_running, cap, iqr_k, min_candidates)
+    return by_rid[np.argsort(-kv_tokens[by_rid], kind="mergesort")]

@@ -222,6 +222,9 @@ class RankCounters:
             self.rank_of += range(spec.dp_size)
         self.count = [0] * n
         self.tokens = [0] * n
+        self.instance_of_a = np.array(self.instance_of, np.int64)
+        self.rank_of_a = np.array(self.rank_of, np.int64)
+        """`instance_of` and `rank_of` as int64 arrays (constant)."""
         self._transit_s = transit_s
         # Bounded: without snapshots the log would grow forever; older entries are long seen.
         self._log: list[deque[tuple[float, int, int, int]]] = [deque(maxlen=_LOG_LIMIT) for _ in specs]
@@ -238,15 +241,22 @@ class RankCounters:
             (now + self._transit_s if seen_at is None else seen_at, rank, count, tokens)
         )
 
-    def add_many(self, flat: Sequence[int], tokens: Sequence[int], now: float, *, offset: int = 0) -> None:
+    def add_many(
+        self,
+        flat: Sequence[int] | np.ndarray,
+        tokens: Sequence[int] | np.ndarray,
+        now: float,
+        *,
+        offset: int = 0,
+    ) -> None:
         """`add` of one request each (count 1, `tokens[i]` tokens) on flat ranks `flat` (each plus
         `offset`), sent at `now` (one decision round), summed per rank (`_per_rank`): one log entry per
-        rank the round touched."""
+        rank the round touched. Either column may be an int64 array."""
         seen = now + self._transit_s
         n = len(flat)
         try:
-            f = np.fromiter(flat, np.int64, n)
-            t = np.fromiter(tokens, np.int64, n)
+            f = flat if isinstance(flat, np.ndarray) else np.fromiter(flat, np.int64, n)
+            t = tokens if isinstance(tokens, np.ndarray) else np.fromiter(tokens, np.int64, n)
         except OverflowError:  # sizes beyond int64: request by request
             for i, tok in zip(flat, tokens, strict=True):
                 self.add(self.instance_of[i + offset], self.rank_of[i + offset], 1, tok, now)

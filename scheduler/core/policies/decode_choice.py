@@ -4,6 +4,7 @@ the immediate policies (`decode_rank`: one request per round, unless a picker is
 
 from __future__ import annotations
 
+import numpy as np
 from sbs.scheduler.core.decode_alloc import assign_decode_ranks, assign_decode_uniform
 from sbs.scheduler.core.policies.base import RankPicker
 from sbs.scheduler.core.state import ClusterState
@@ -21,20 +22,36 @@ def decode_rank(state: ClusterState, d: DecodeSettings, picker: RankPicker | Non
 def lexicographic_ranks(state: ClusterState, d: DecodeSettings, rids: list[int], kvs: list[int]) -> list[int]:
     """Each request's decode rank (flat index); when decode is full, the emptiest healthy rank's queue,
     as SGLang does."""
+    flat = lexicographic_ranks_array(state, d, rids, kvs)
+    return flat if isinstance(flat, list) else flat.tolist()
+
+
+def lexicographic_ranks_array(
+    state: ClusterState, d: DecodeSettings, rids: list[int], kvs: list[int], kv_a: np.ndarray | None = None
+) -> list[int] | np.ndarray:
+    """`lexicographic_ranks`, as the int64 array the compiled placement gives where it applies (a release's
+    columns stay arrays), else as a list; `kv_a`: `kvs` as int64 already."""
     counters = state.decode
     cap, running = state.decode_uniform_cap, state.decode_running_a
     fast = None
     if cap is not None and running is not None and all(state.decode_healthy):
         fast = assign_decode_uniform(
             rids,
-            kvs,
+            kvs if kv_a is None else kv_a,
             counters.count,
             counters.tokens,
             cap,
             running,
             iqr_k=d.iqr_k,
             min_candidates=d.min_candidates,
+            as_array=True,
         )
+        if fast is not None:
+            chosen, masked = fast
+            state.stats.masked_ranks += masked
+            if not len(chosen) or chosen.min() >= 0:
+                return chosen
+            fast = chosen.tolist(), 0
     if fast is None:
         fast = assign_decode_ranks(
             rids,

@@ -22,7 +22,7 @@ from operator import add, itemgetter, mul
 import numpy as np
 from sbs.scheduler.core import engine_steps
 from sbs.scheduler.core.policies import sbs_cap, sbs_lanes, sbs_timing
-from sbs.scheduler.core.policies.decode_choice import lexicographic_ranks
+from sbs.scheduler.core.policies.decode_choice import lexicographic_ranks_array
 from sbs.scheduler.core.policies.sbs_clock import ReleaseClock
 from sbs.scheduler.core.policies.sbs_take import take_in_order
 from sbs.scheduler.core.prefill_alloc import water_fill_lists
@@ -298,9 +298,17 @@ class StaggeredBatching:
             kvs = [r.prompt_tokens + 1 + int(frac * r.output_tokens) for r in reqs]
         else:
             kvs = list(map(add, prompts, repeat(1)))
-        flat = lexicographic_ranks(state, self.settings.decode, placed, kvs)
-        d_instances = list(map(state.decode.instance_of.__getitem__, flat))
-        d_ranks = list(map(state.decode.rank_of.__getitem__, flat))
+        try:
+            kv_a: np.ndarray | None = np.fromiter(kvs, np.int64, len(kvs))
+        except OverflowError:
+            kv_a = None
+        flat = lexicographic_ranks_array(state, self.settings.decode, placed, kvs, kv_a)
+        if isinstance(flat, np.ndarray):
+            d_instances = state.decode.instance_of_a[flat].tolist()
+            d_ranks = state.decode.rank_of_a[flat].tolist()
+        else:
+            d_instances = list(map(state.decode.instance_of.__getitem__, flat))
+            d_ranks = list(map(state.decode.rank_of.__getitem__, flat))
         ranks = plan.ranks
         uncached = list(map(add, plan.step_tokens, plan.remaining_tokens))
         for i in compress(range(len(placed)), plan.remaining_tokens):  # chunked: the rest stays on the rank
@@ -321,7 +329,7 @@ class StaggeredBatching:
             )
         )
         state.prefill.add_many(ranks, uncached, now, offset=st.offset)
-        state.decode.add_many(flat, kvs, now)
+        state.decode.add_many(flat, kvs if kv_a is None else kv_a, now)
         state.stats.releases += 1
         state.stats.released_requests += len(placed)
         return dispatches(placed, p, ranks, d_instances, d_ranks, reason)

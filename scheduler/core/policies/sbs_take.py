@@ -11,6 +11,7 @@ from operator import le
 
 import numpy as np
 from sbs.scheduler.core.capacity import PrefillCapacityModel
+from sbs.scheduler.core.compiled import jit
 from sbs.scheduler.core.policies.sbs_timing import StepBudget
 
 __all__ = ["take_in_order"]
@@ -44,30 +45,58 @@ def take_in_order(
         waits = budget.waits
         take = np.fromiter((not waits(t) for t in q.tolist()), np.bool_, n).nonzero()[0]
         q = q[take]
-    sizes = np.minimum(q, chunk)
-    m = len(sizes)
-    if budget.level_s is not None and m > 1:
-        # cost(x) = a·x + b·x² is non-decreasing in x, so "cost <= level" is "x <= the largest such x".
-        top = _largest_within(a, b, budget.level_s, chunk)
-        keep = (sizes[1:] <= top).nonzero()[0]
-        if len(keep) < m - 1:
-            keep = np.concatenate(([0], keep + 1))
-            take = np.asarray(take)[keep]
-            sizes = sizes[keep]
-            m = len(sizes)
-    reached = m
-    if budget.token_room <= 0 or budget.cost_room_s <= 0:
+    m = len(q)
+    top = _largest_within(a, b, budget.level_s, chunk) if budget.level_s is not None and m > 1 else chunk
+    no_room = budget.token_room <= 0 or budget.cost_room_s <= 0
+    kept, count = _take_kernel(
+        q, chunk, top, 0.0 if no_room else float(budget.token_room), budget.cost_room_s, a, b, min_count
+    )
+    if kept.shape[0] == m and isinstance(take, range):  # nothing skipped: a prefix of the queue
+        return take[:count]
+    return np.asarray(take)[kept[:count]].tolist()
+
+
+@jit
+def _take_kernel(
+    q: np.ndarray,
+    chunk: int,
+    top: int,
+    token_room: float,
+    cost_room: float,
+    a: float,
+    b: float,
+    min_count: int,
+) -> tuple[np.ndarray, int]:
+    """`take_in_order`'s passes over the sizes `q` (int64), in one: the positions kept (the first, and
+    every later one whose size, capped at `chunk`, is at most `top`) and how many of them are taken: until
+    their capped sizes reach `token_room` (0: none) and their costs `cost_room` (summed in order, as
+    `np.cumsum` would), at least `min_count`."""
+    m = q.shape[0]
+    kept = np.empty(m, np.int64)
+    nk = 0
+    for i in range(m):
+        if i == 0 or min(q[i], chunk) <= top:
+            kept[nk] = i
+            nk += 1
+    reached = nk
+    if token_room <= 0:
         reached = 0
     elif reached:
-        reached = min(reached, int(np.cumsum(sizes).searchsorted(budget.token_room, "left")) + 1)
-        if budget.cost_room_s < math.inf:
-            x = sizes[:reached]
-            costs = np.cumsum(a * x + b * x * x)  # add.accumulate: sequential, as Python's sum
-            reached = min(reached, int(costs.searchsorted(budget.cost_room_s, "left")) + 1)
-    count = max(reached, min(min_count, m))
-    if isinstance(take, range):
-        return take[:count]
-    return take[:count].tolist()
+        tokens = 0
+        for j in range(nk):
+            tokens += min(q[kept[j]], chunk)
+            if tokens >= token_room:
+                reached = j + 1
+                break
+        if cost_room < math.inf:
+            cost = 0.0
+            for j in range(reached):
+                x = min(q[kept[j]], chunk)
+                cost += a * x + b * x * x
+                if cost >= cost_room:
+                    reached = j + 1
+                    break
+    return kept[:nk], max(reached, min(min_count, nk))
 
 
 def _take_lists(

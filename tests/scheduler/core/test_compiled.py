@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from sbs.scheduler.core import compiled, decode_kernel, prefill_kernel, state
-from sbs.scheduler.core.policies import sbs_cap
+from sbs.scheduler.core.policies import sbs_cap, sbs_take
 
 
 def test_warm_up_compiles_every_kernel() -> None:
@@ -16,6 +16,7 @@ def test_warm_up_compiles_every_kernel() -> None:
         decode_kernel.place_sorted,
         prefill_kernel.pack_lpt,
         sbs_cap._cap_kernel,
+        sbs_take._take_kernel,
         state._per_rank,
     )
     assert all(k.signatures for k in kernels)

@@ -415,3 +415,23 @@ def test_uniform_fast_path_leaves_what_it_cannot_place_exactly() -> None:
     assert assign_decode_uniform([1], [5], [0, 1, 2], [0, 1 << 53, 0], 1 << 54, limits) is None
     assert assign_decode_uniform([1], [5], [0, 1, 2], [0, 0, 0], 1 << 60, limits) is None
     assert assign_decode_uniform([1], [5], [0, 1, 2], [0, 0, 0], 100, np.array([3, 2, 3])) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(-(1 << 63), (1 << 63) - 1), st.integers(0, (1 << 53) - 1)), max_size=60),
+    st.sampled_from([None, 0, 10, 1000]),
+)
+def test_the_placement_order_is_largest_kv_first_then_rid_then_position(
+    items: list[tuple[int, int]], small: int | None
+) -> None:
+    """The compiled placement order is `np.lexsort((rids, -kv))` (stable), whether its packed one-sort
+    key fits (small non-negative rids and sizes, duplicates included) or not (two sorts)."""
+    from sbs.scheduler.core import decode_kernel
+
+    if small is not None:  # mostly the packed path: ids and sizes in a small range, with repeats
+        items = [(abs(r) % (small + 1), k % (small + 1)) for r, k in items]
+    rids = np.array([r for r, _ in items], np.int64)
+    kvs = np.array([k for _, k in items], np.int64)
+    expected = np.lexsort((rids, -kvs)) if len(items) else np.empty(0, np.int64)
+    assert decode_kernel._by_kv_then_rid(rids, kvs).tolist() == expected.tolist()
