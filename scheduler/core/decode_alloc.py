@@ -118,8 +118,8 @@ def assign_decode_ranks(
 def assign_decode_uniform(
     rids: Sequence[int],
     kv_tokens: Sequence[int] | np.ndarray,
-    batch: Sequence[int],
-    kv: Sequence[int],
+    batch: Sequence[int] | np.ndarray,
+    kv: Sequence[int] | np.ndarray,
     capacity: int,
     max_running: np.ndarray,
     *,
@@ -130,8 +130,8 @@ def assign_decode_uniform(
     """`assign_decode_ranks` where every rank is available and has KV capacity `capacity`, `max_running`
     its per-rank limits as int64: the same result where it takes the compiled path with every rank
     live (no rank at its running limit), else None (then call `assign_decode_ranks`). It skips the
-    checks the caller's constant rank lists make (`ClusterState.decode_uniform_cap`). `kv_tokens` may be
-    an int64 array; `as_array`: the ranks come back as one."""
+    checks the caller's constant rank lists make (`ClusterState.decode_uniform_cap`). `kv_tokens`, `batch`
+    and `kv` may be int64 arrays (not modified); `as_array`: the ranks come back as one."""
     n_items, m = len(rids), len(batch)
     if not n_items or not m or len(kv_tokens) != n_items or len(kv) != m or len(max_running) != m:
         return None
@@ -140,7 +140,8 @@ def assign_decode_uniform(
     try:
         rid_a = np.fromiter(rids, np.int64, n_items)
         kv_a = kv_tokens if isinstance(kv_tokens, np.ndarray) else np.fromiter(kv_tokens, np.int64, n_items)
-        batch_a, kv_ranks = np.fromiter(batch, np.int64, m), np.fromiter(kv, np.int64, m)
+        batch_a = batch if isinstance(batch, np.ndarray) else np.fromiter(batch, np.int64, m)
+        kv_ranks = kv if isinstance(kv, np.ndarray) else np.fromiter(kv, np.int64, m)
     except OverflowError:
         return None
     chosen, masked = decode_kernel.place_sorted(

@@ -73,6 +73,10 @@ class PrefillColumns:
     rank_tokens: list[int]
     rank_cost_s: list[float]
     rank_available: list[bool]
+    ranks_a: np.ndarray | None = None
+    """`ranks` as int64, where the compiled packing placed every admitted item (else None)."""
+    uncached_a: np.ndarray | None = None
+    """With `ranks_a`: per placed item the tokens it computes, `step_tokens + remaining_tokens`."""
 
     @property
     def step_s(self) -> float:
@@ -91,10 +95,12 @@ def water_fill_lists(
     chunk_tokens: int,
     model: PrefillCapacityModel,
     allow_chunking: bool = True,
+    tokens_a: np.ndarray | None = None,
 ) -> PrefillColumns:
     """Select items in priority order for one step and pack them onto DP ranks (see module docstring):
     item i is (`rids[i]`, `tokens[i]`, `credits[i]`), rank j is
     (`committed_tokens[j]`, `committed_pairs[j]`, `available[j]`); None means no credit / all available.
+    `tokens_a`: `tokens` as int64 already.
 
     The inputs are not modified.
     """
@@ -106,7 +112,7 @@ def water_fill_lists(
     ta = None  # the tokens as int64, where the selection below runs in numpy
     if credits is None and allow_chunking and chunk_tokens < _SQUARE_SAFE and n_items:
         with contextlib.suppress(OverflowError):
-            ta = np.fromiter(tokens, np.int64, n_items)
+            ta = np.fromiter(tokens, np.int64, n_items) if tokens_a is None else tokens_a
     if n_items and min(tokens) < 1:
         i = next(i for i, t in enumerate(tokens) if t < 1)
         raise ValueError(f"prefill item {rids[i]}: tokens must be >= 1, got {tokens[i]}")
@@ -174,8 +180,9 @@ def water_fill_lists(
     n_sel = len(sel_t)
     sel_a = None if ta is None else ta[:n_sel]
     compiled = None if any_cache else _pack_compiled(sel_t, tok, prs, room, a, b, allow_chunking, sel_a)
+    arrays: tuple[np.ndarray, np.ndarray] | tuple[None, None] = (None, None)
     if compiled is not None:
-        p_rank, p_step, p_rem, tok, prs = compiled
+        p_rank, p_step, p_rem, tok, prs, arrays = compiled
         p_cached = [0] * n_sel
     else:
         p_rank, p_step, p_rem, p_cached = _pack(
@@ -186,6 +193,7 @@ def water_fill_lists(
     if n_sel == k and (not n_sel or min(p_rank) >= 0):
         unplaced: list[int] = []
     else:  # some considered items were not admitted or not placed
+        arrays = (None, None)
         flag = bytearray(b"\x01") * k
         placed = [r >= 0 for r in p_rank]
         for i in compress(sel_idx, placed):
@@ -197,7 +205,7 @@ def water_fill_lists(
         )
     unplaced.extend(rids[k:])
     rank_cost = list(map(model.rank_cost_s, tok, prs))
-    return PrefillColumns(sel_rids, p_rank, p_step, p_rem, p_cached, unplaced, tok, rank_cost, avail)
+    return PrefillColumns(sel_rids, p_rank, p_step, p_rem, p_cached, unplaced, tok, rank_cost, avail, *arrays)
 
 
 def _pack_compiled(
@@ -209,10 +217,11 @@ def _pack_compiled(
     b: float,
     allow_chunking: bool,
     sel_a: np.ndarray | None = None,
-) -> tuple[list[int], list[int], list[int], list[int], list[float]] | None:
-    """Phase 2 without cache credit by `prefill_kernel.pack`: per item (rank, step tokens, carried tokens)
-    and the ranks' tokens and pairs after it; None if a value is beyond int64 (the caller packs in Python).
-    `sel_a`: `sel_t` as int64 already (not modified)."""
+) -> tuple[list[int], list[int], list[int], list[int], list[float], tuple[np.ndarray, np.ndarray]] | None:
+    """Phase 2 without cache credit by `prefill_kernel.pack`: per item (rank, step tokens, carried tokens),
+    the ranks' tokens and pairs after it, and per item its rank and tokens to compute as int64 arrays;
+    None if a value is beyond int64 (the caller packs in Python). `sel_a`: `sel_t` as int64 already (not
+    modified)."""
     n, m = len(sel_t), len(tok)
     try:
         t = np.fromiter(sel_t, np.int64, n) if sel_a is None else sel_a
@@ -226,7 +235,8 @@ def _pack_compiled(
     )
     if not ok:
         return None
-    return p_rank.tolist(), p_step.tolist(), p_rem.tolist(), tok_a.tolist(), prs_a.tolist()
+    arrays = p_rank, p_step + p_rem
+    return p_rank.tolist(), p_step.tolist(), p_rem.tolist(), tok_a.tolist(), prs_a.tolist(), arrays
 
 
 def _pack(

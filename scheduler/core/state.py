@@ -206,8 +206,15 @@ def _per_rank(
     return touched, count[touched], total[touched], -1
 
 
+_EXACT = 1 << 53
+"""Counters the int64 mirror keeps (`RankCounters.arrays`) stay below this in magnitude."""
+
+
 class RankCounters:
-    """Per-rank (count, tokens) counters of one role, reconciled with engine snapshots."""
+    """Per-rank (count, tokens) counters of one role, reconciled with engine snapshots.
+
+    `count` and `tokens` are written only through the methods here, which keep their int64 mirror
+    (`arrays`) in step with them."""
 
     def __init__(self, specs: list[InstanceSpec], transit_s: float) -> None:
         self.offsets: list[int] = []
@@ -225,6 +232,7 @@ class RankCounters:
         self.instance_of_a = np.array(self.instance_of, np.int64)
         self.rank_of_a = np.array(self.rank_of, np.int64)
         """`instance_of` and `rank_of` as int64 arrays (constant)."""
+        self._arrays: tuple[np.ndarray, np.ndarray] | None = None
         self._transit_s = transit_s
         # Bounded: without snapshots the log would grow forever; older entries are long seen.
         self._log: list[deque[tuple[float, int, int, int]]] = [deque(maxlen=_LOG_LIMIT) for _ in specs]
@@ -237,6 +245,12 @@ class RankCounters:
         i = self.offsets[instance] + rank
         self.count[i] += count
         self.tokens[i] += tokens
+        if (mirror := self._arrays) is not None:
+            c, t = self.count[i], self.tokens[i]
+            if -_EXACT < c < _EXACT and -_EXACT < t < _EXACT:
+                mirror[0][i], mirror[1][i] = c, t
+            else:
+                self._arrays = None
         self._log[instance].append(
             (now + self._transit_s if seen_at is None else seen_at, rank, count, tokens)
         )
@@ -275,6 +289,38 @@ class RankCounters:
             counts[i] += c
             toks[i] += tok
             logs[instance_of[i]].append((seen, rank_of[i], c, tok))
+        if (mirror := self._arrays) is not None and len(touched):
+            now_count, now_tokens = mirror[0][touched] + per_count, mirror[1][touched] + per_tokens
+            mirror[0][touched], mirror[1][touched] = now_count, now_tokens
+            if now_count.max() >= _EXACT or now_tokens.min() <= -_EXACT or now_tokens.max() >= _EXACT:
+                self._arrays = None  # int64 sums may have wrapped: rebuilt from the lists when asked
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """`count` and `tokens` as int64 arrays, kept in step with them (read them, never write them);
+        None while a value is beyond +-2**53."""
+        if self._arrays is None:
+            try:
+                c, t = np.array(self.count, np.int64), np.array(self.tokens, np.int64)
+            except OverflowError:
+                return None
+            if len(c) and not (min(c.min(), t.min()) > -_EXACT and max(c.max(), t.max()) < _EXACT):
+                return None
+            self._arrays = c, t
+        return self._arrays
+
+    def _end(self, instance: int) -> int:
+        """One past the instance's last flat rank."""
+        return self.offsets[instance + 1] if instance + 1 < len(self.offsets) else len(self.count)
+
+    def _mirror(self, lo: int, hi: int) -> None:
+        """Copy flat ranks lo..hi-1 of the counters into `arrays` (dropped where one is out of range)."""
+        assert self._arrays is not None
+        c, t = self.count[lo:hi], self.tokens[lo:hi]
+        if c and not (min(min(c), min(t)) > -_EXACT and max(max(c), max(t)) < _EXACT):
+            self._arrays = None
+            return
+        self._arrays[0][lo:hi] = c
+        self._arrays[1][lo:hi] = t
 
     def reconcile(self, instance: int, snapshot_s: float, loads: tuple[RankLoad, ...], tokens_of) -> None:
         """Replace the instance's counters with a snapshot plus the deltas it cannot have seen."""
@@ -288,6 +334,8 @@ class RankCounters:
         for _, rank, count, tokens in log:
             self.count[base + rank] += count
             self.tokens[base + rank] += tokens
+        if self._arrays is not None:
+            self._mirror(base, self._end(instance))
 
     def carry(self, old: RankCounters, old_instance: int, instance: int, ranks: int) -> None:
         """Take over the counters of `old`'s instance `old_instance` (of `ranks` ranks, as `instance`
@@ -295,6 +343,8 @@ class RankCounters:
         src, dst = old.offsets[old_instance], self.offsets[instance]
         self.count[dst : dst + ranks] = old.count[src : src + ranks]
         self.tokens[dst : dst + ranks] = old.tokens[src : src + ranks]
+        if self._arrays is not None:
+            self._mirror(dst, dst + ranks)
         self._log[instance] = deque(old._log[old_instance], maxlen=_LOG_LIMIT)
 
 

@@ -35,11 +35,12 @@ def lexicographic_ranks_array(
     cap, running = state.decode_uniform_cap, state.decode_running_a
     fast = None
     if cap is not None and running is not None and all(state.decode_healthy):
+        batch, kv = counters.arrays() or (counters.count, counters.tokens)
         fast = assign_decode_uniform(
             rids,
             kvs if kv_a is None else kv_a,
-            counters.count,
-            counters.tokens,
+            batch,
+            kv,
             cap,
             running,
             iqr_k=d.iqr_k,

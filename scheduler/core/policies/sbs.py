@@ -257,9 +257,11 @@ class StaggeredBatching:
             st.deferred_until_s = max(budget.wake_s, now + self.batching.min_interval_s)
             self._lane_deferred.add(p)
             return []
+        tokens_a = None
         if isinstance(take, range):  # the head of the release order
             rids = list(map(itemgetter(1), queue[: len(take)]))
             tokens = qtok[: len(take)]
+            tokens_a = None if qa is None else qa[: len(take)]
         else:
             rids = list(map(itemgetter(1), map(queue.__getitem__, take)))
             tokens = list(map(qtok.__getitem__, take))
@@ -272,6 +274,7 @@ class StaggeredBatching:
             chunk_tokens=chunk,
             model=state.capacity,
             allow_chunking=True,
+            tokens_a=tokens_a,
         )
         if not plan.rids:
             if committed and len(st.planned) == 1:  # every rank is busy with a chunked prompt
@@ -310,7 +313,10 @@ class StaggeredBatching:
             d_instances = list(map(state.decode.instance_of.__getitem__, flat))
             d_ranks = list(map(state.decode.rank_of.__getitem__, flat))
         ranks = plan.ranks
-        uncached = list(map(add, plan.step_tokens, plan.remaining_tokens))
+        if plan.uncached_a is None:
+            uncached = list(map(add, plan.step_tokens, plan.remaining_tokens))
+        else:
+            uncached = plan.uncached_a.tolist()
         for i in compress(range(len(placed)), plan.remaining_tokens):  # chunked: the rest stays on the rank
             st.carries[ranks[i]] = Carry(
                 placed[i], ranks[i], plan.remaining_tokens[i], plan.cached_tokens[i] + plan.step_tokens[i]
@@ -328,7 +334,10 @@ class StaggeredBatching:
                 strict=True,
             )
         )
-        state.prefill.add_many(ranks, uncached, now, offset=st.offset)
+        if plan.ranks_a is None or plan.uncached_a is None:
+            state.prefill.add_many(ranks, uncached, now, offset=st.offset)
+        else:
+            state.prefill.add_many(plan.ranks_a, plan.uncached_a, now, offset=st.offset)
         state.decode.add_many(flat, kvs if kv_a is None else kv_a, now)
         state.stats.releases += 1
         state.stats.released_requests += len(placed)

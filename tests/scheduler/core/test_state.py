@@ -169,3 +169,48 @@ def test_add_many_with_an_offset_and_out_of_range_ranks() -> None:
         with pytest.raises(IndexError):
             shifted.add_many(flat, [1] * len(flat), now=2.0, offset=offset)
     assert shifted.count == [0, 0, 2, 0, 1]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("add"), st.integers(0, 4), st.integers(-3, 3), st.integers(-500, 5000)),
+            st.tuples(
+                st.just("many"),
+                st.lists(st.integers(0, 4), max_size=8),
+                st.sampled_from([0, 1, 1 << 52, 1 << 70]),
+            ),
+            st.tuples(st.just("snapshot"), st.integers(0, 1), st.sampled_from([0, 7, 1 << 53, 1 << 70])),
+        ),
+        max_size=25,
+    )
+)
+def test_the_int64_mirror_follows_the_counters(ops: list[tuple]) -> None:
+    """`arrays()` equals `count` and `tokens` after any mix of `add`, `add_many` and snapshots, whether it
+    was asked for before them or not; it is None exactly while a value is beyond +-2**53."""
+    c = RankCounters(specs(2, 3), TRANSIT_S)
+    c.arrays()
+    for k, op in enumerate(ops):
+        if op[0] == "add":
+            _, flat, count, tokens = op
+            instance = 0 if flat < 2 else 1
+            c.add(instance, flat - c.offsets[instance], count, tokens, now=float(k))
+        elif op[0] == "many":
+            _, flat, size = op
+            c.add_many(flat, [size + i for i in range(len(flat))], now=float(k))
+        else:
+            _, instance, used = op
+            loads = tuple(
+                RankLoad(r, 2, 1, 0, used, used + 1) for r in range(c._end(instance) - c.offsets[instance])
+            )
+            c.reconcile(instance, float(k), loads, lambda load: load.num_used_tokens)
+        if k % 3 == 0:
+            mirror = c.arrays()
+            exact = all(abs(v) < 1 << 53 for v in (*c.count, *c.tokens))
+            assert (mirror is not None) == exact
+            if mirror is not None:
+                assert (mirror[0].tolist(), mirror[1].tolist()) == (c.count, c.tokens)
+    mirror = c.arrays()
+    if mirror is not None:
+        assert (mirror[0].tolist(), mirror[1].tolist()) == (c.count, c.tokens)
