@@ -33,19 +33,19 @@ def pack(
     p_rank = np.full(n, -1, np.int64)
     p_step = tokens.copy()
     p_rem = np.zeros(n, np.int64)
+    cost = a * tok + b * prs  # each rank's cost, recomputed (the same expression) where it changes
     for s in order:
         t = tokens[s]
         best = -1
         best_cost = np.inf
         for j in range(m):
-            if room[j] >= t:
-                cost = a * tok[j] + b * prs[j]
-                if cost < best_cost:
-                    best, best_cost = j, cost
+            if room[j] >= t and cost[j] < best_cost:
+                best, best_cost = j, cost[j]
         if best >= 0:
             tok[best] += t
             prs[best] += t * t
             room[best] -= t
+            cost[best] = a * tok[best] + b * prs[best]
             p_rank[s] = best
         elif allow_chunking:
             j = int(np.argmax(room))  # the first of the largest
@@ -54,6 +54,7 @@ def pack(
                 tok[j] += mr
                 prs[j] += mr * mr
                 room[j] = 0
+                cost[j] = a * tok[j] + b * prs[j]
                 p_rank[s] = j
                 p_step[s] = mr
                 p_rem[s] = t - mr
