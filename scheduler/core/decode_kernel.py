@@ -228,7 +228,7 @@ def _by_kv_then_rid(rids: np.ndarray, kv_tokens: np.ndarray) -> np.ndarray:
     rmin = rids.min()
     top = kv_tokens.max()
     sr = _bits(n - 1)
-    sk = sr + _bits(rids.max() - rmin)  # no overflow from rmin >= 0
+    sk = sr + _bits(rids.max() - rmin)  # used only where rmin >= 0, so the difference cannot wrap
     if rmin >= 0 and sk + _bits(top) <= 62:
         keys = ((top - kv_tokens) << sk) + ((rids - rmin) << sr) + np.arange(n)
         return np.argsort(keys)
