@@ -48,8 +48,15 @@ def take_in_order(
     m = len(q)
     top = _largest_within(a, b, budget.level_s, chunk) if budget.level_s is not None and m > 1 else chunk
     no_room = budget.token_room <= 0 or budget.cost_room_s <= 0
-    kept, count = _take_kernel(
-        q, chunk, top, 0.0 if no_room else float(budget.token_room), budget.cost_room_s, a, b, min_count
+    kept, count = _take_kernel(  # one signature: no compile at run time for an int where a float was
+        q,
+        int(chunk),
+        int(top),
+        0.0 if no_room else float(budget.token_room),
+        float(budget.cost_room_s),
+        float(a),
+        float(b),
+        int(min_count),
     )
     if kept.shape[0] == m and isinstance(take, range):  # nothing skipped: a prefix of the queue
         return take[:count]
