@@ -9,7 +9,7 @@ small C helper compiled at run time). The copies, the set-up and the first round
 not counted.
 
 Run: `python -m sbs.bench.core_ir [--rounds N] [--json OUT]` (needs `valgrind`, a C compiler and
-valgrind's headers; about two minutes, as everything runs under valgrind). Compare builds by running it
+valgrind's headers; a minute or two, as everything runs under valgrind). Compare builds by running it
 on each; the figure is the instructions of one round in millions (`--json`: `instructions_per_round`).
 """
 
@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         if built.returncode:
             sys.exit(f"core_ir: compiling the callgrind helper failed (valgrind's headers?):\n{built.stderr}")
-        print(f"core_ir: {args.rounds} rounds under callgrind (about two minutes)...", flush=True)
+        print(f"core_ir: {args.rounds} rounds under callgrind (a minute or two)...", flush=True)
         cmd = [
             "valgrind",
             "--tool=callgrind",

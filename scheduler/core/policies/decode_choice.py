@@ -22,15 +22,14 @@ def decode_rank(state: ClusterState, d: DecodeSettings, picker: RankPicker | Non
 def lexicographic_ranks(state: ClusterState, d: DecodeSettings, rids: list[int], kvs: list[int]) -> list[int]:
     """Each request's decode rank (flat index); when decode is full, the emptiest healthy rank's queue,
     as SGLang does."""
-    flat = lexicographic_ranks_array(state, d, rids, kvs)
-    return flat if isinstance(flat, list) else flat.tolist()
+    return lexicographic_ranks_array(state, d, rids, kvs).tolist()
 
 
 def lexicographic_ranks_array(
     state: ClusterState, d: DecodeSettings, rids: list[int], kvs: list[int], kv_a: np.ndarray | None = None
-) -> list[int] | np.ndarray:
-    """`lexicographic_ranks`, as the int64 array the compiled placement gives where it applies (a release's
-    columns stay arrays), else as a list; `kv_a`: `kvs` as int64 already."""
+) -> np.ndarray:
+    """`lexicographic_ranks` as an int64 array (a release's columns stay arrays); `kv_a`: `kvs` as int64
+    already."""
     counters = state.decode
     cap, running = state.decode_uniform_cap, state.decode_running_a
     fast = None
@@ -77,4 +76,4 @@ def lexicographic_ranks_array(
             f = min(live, key=lambda j: (tokens[j], j))
             tokens[f] += kvs[i]
             flat[i] = f
-    return flat
+    return np.array(flat, np.int64)

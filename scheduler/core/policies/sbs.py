@@ -306,17 +306,15 @@ class StaggeredBatching:
         except OverflowError:
             kv_a = None
         flat = lexicographic_ranks_array(state, self.settings.decode, placed, kvs, kv_a)
-        if isinstance(flat, np.ndarray):
-            d_instances = state.decode.instance_of_a[flat].tolist()
-            d_ranks = state.decode.rank_of_a[flat].tolist()
-        else:
-            d_instances = list(map(state.decode.instance_of.__getitem__, flat))
-            d_ranks = list(map(state.decode.rank_of.__getitem__, flat))
+        d_instances = state.decode.instance_of_a[flat].tolist()
+        d_ranks = state.decode.rank_of_a[flat].tolist()
         ranks = plan.ranks
-        if plan.uncached_a is None:
+        if plan.ranks_a is None or plan.uncached_a is None:  # packed in Python: columns as lists
             uncached = list(map(add, plan.step_tokens, plan.remaining_tokens))
+            on_prefill: tuple[Sequence[int], Sequence[int]] = ranks, uncached
         else:
             uncached = plan.uncached_a.tolist()
+            on_prefill = plan.ranks_a, plan.uncached_a
         for i in compress(range(len(placed)), plan.remaining_tokens):  # chunked: the rest stays on the rank
             st.carries[ranks[i]] = Carry(
                 placed[i], ranks[i], plan.remaining_tokens[i], plan.cached_tokens[i] + plan.step_tokens[i]
@@ -334,10 +332,7 @@ class StaggeredBatching:
                 strict=True,
             )
         )
-        if plan.ranks_a is None or plan.uncached_a is None:
-            state.prefill.add_many(ranks, uncached, now, offset=st.offset)
-        else:
-            state.prefill.add_many(plan.ranks_a, plan.uncached_a, now, offset=st.offset)
+        state.prefill.add_many(*on_prefill, now, offset=st.offset)
         state.decode.add_many(flat, kvs if kv_a is None else kv_a, now)
         state.stats.releases += 1
         state.stats.released_requests += len(placed)
