@@ -31,6 +31,9 @@ from sbs.scheduler.core.state import Carry, ClusterState
 from sbs.scheduler.core.types import Decision, Reject, Request, dispatches
 from sbs.settings.scheduling import StaggeredPolicy
 
+_SUM_N, _SUM_TOKENS = 1 << 11, 1 << 26
+"""Fewer than `_SUM_N` prompts each below `_SUM_TOKENS` tokens: their sum of squares fits in int64."""
+
 
 class StaggeredBatching:
     """The SBS policy over one cluster state."""
@@ -290,21 +293,31 @@ class StaggeredBatching:
         if len(placed) == len(take) and isinstance(take, range) and queue is self._queue:
             del self._queue[: len(take)]  # the head of the queue went out whole
             del self._queue_tokens[: len(take)]
-            prompts = tokens
+            prompts, prompts_a = tokens, tokens_a
         else:
             self._sync_queue()
-            prompts = [r.prompt_tokens for r in reqs]
-        self._buffer_tokens -= sum(prompts)
-        self._buffer_sq -= sum(map(mul, prompts, prompts))
+            prompts, prompts_a = [r.prompt_tokens for r in reqs], None
+        small = prompts_a is not None and len(prompts_a) < _SUM_N and prompts_a.max() < _SUM_TOKENS
+        if small:
+            self._buffer_tokens -= int(prompts_a.sum())  # exact: the sums stay below 2**63
+            self._buffer_sq -= int(prompts_a @ prompts_a)
+        else:
+            self._buffer_tokens -= sum(prompts)
+            self._buffer_sq -= sum(map(mul, prompts, prompts))
         frac = self.settings.decode.output_kv_fraction
+        kv_a: np.ndarray | None = None
         if frac:
             kvs = [r.prompt_tokens + 1 + int(frac * r.output_tokens) for r in reqs]
+        elif small:
+            kv_a = prompts_a + 1
+            kvs = kv_a.tolist()
         else:
             kvs = list(map(add, prompts, repeat(1)))
-        try:
-            kv_a: np.ndarray | None = np.fromiter(kvs, np.int64, len(kvs))
-        except OverflowError:
-            kv_a = None
+        if kv_a is None:
+            try:
+                kv_a = np.fromiter(kvs, np.int64, len(kvs))
+            except OverflowError:
+                kv_a = None
         flat = lexicographic_ranks_array(state, self.settings.decode, placed, kvs, kv_a)
         d_instances = state.decode.instance_of_a[flat].tolist()
         d_ranks = state.decode.rank_of_a[flat].tolist()
