@@ -139,8 +139,7 @@ def water_fill_lists(
         if total_room <= 0:
             k = 0
         elif ta is not None:  # sizes below 2**31: the running sum stays within int64
-            need_a = np.minimum(ta, chunk_tokens).cumsum()
-            k = min(int(need_a.searchsorted(total_room, "left")) + 1, n_items)
+            k = prefill_kernel.head_count(ta, chunk_tokens, total_room)
         else:
             need = accumulate(
                 tokens if max(tokens, default=0) < chunk_tokens else map(min, tokens, repeat(chunk_tokens))
@@ -235,7 +234,7 @@ def _pack_compiled(
     )
     if not ok:
         return None
-    arrays = p_rank, p_step + p_rem
+    arrays = p_rank, t  # without credit an item computes all its tokens: step + carried
     return p_rank.tolist(), p_step.tolist(), p_rem.tolist(), tok_a.tolist(), prs_a.tolist(), arrays
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from sbs.scheduler.core.compiled import jit
 
-__all__ = ["pack", "pack_lpt"]
+__all__ = ["head_count", "pack", "pack_lpt"]
 
 
 @jit
@@ -81,3 +81,16 @@ def pack_lpt(
     order = np.argsort(-tokens, kind="mergesort") if a > 0 or b > 0 else np.arange(tokens.shape[0])
     p_rank, p_step, p_rem = pack(tokens, order, tok, prs, room, a, b, allow_chunking)
     return p_rank, p_step, p_rem, True
+
+
+@jit
+def head_count(tokens: np.ndarray, chunk: int, room: int) -> int:
+    """How many of the first items fill `room` tokens, each counted at most `chunk`: the first i + 1 whose
+    running sum reaches `room` (all of them if none does). For sizes and `chunk` below 2**31."""
+    total = 0
+    for i in range(tokens.shape[0]):
+        t = tokens[i]
+        total += t if t < chunk else chunk
+        if total >= room:
+            return i + 1
+    return tokens.shape[0]

@@ -15,6 +15,7 @@ def test_warm_up_compiles_every_kernel() -> None:
         decode_kernel.place,
         decode_kernel.place_sorted,
         prefill_kernel.pack_lpt,
+        prefill_kernel.head_count,
         sbs_cap._cap_kernel,
         sbs_take._take_kernel,
         state._per_rank,

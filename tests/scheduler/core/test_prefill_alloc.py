@@ -7,9 +7,11 @@ import math
 import random
 from collections.abc import Sequence
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sbs.scheduler.core import prefill_kernel
 from sbs.scheduler.core.capacity import PrefillCapacityModel
 from sbs.scheduler.core.prefill_alloc import water_fill_lists
 
@@ -389,7 +391,14 @@ def test_lists_entry_matches_water_fill(case: dict) -> None:
     if all(r.available for r in ranks) and not any(credits):
         args = ([it.rid for it in items], [it.tokens for it in items])
         ranks_cols = ([r.committed_tokens for r in ranks], [r.committed_pairs for r in ranks])
-        assert as_plan(water_fill_lists(*args, *ranks_cols, **case)) == plan
+        cols = water_fill_lists(*args, *ranks_cols, **case)
+        assert as_plan(cols) == plan
+        if cols.ranks_a is not None:  # the int64 columns, where the compiled packing placed every item
+            assert cols.uncached_a is not None
+            assert cols.ranks_a.tolist() == cols.ranks
+            assert cols.uncached_a.tolist() == [
+                s + r for s, r in zip(cols.step_tokens, cols.remaining_tokens, strict=True)
+            ]
 
 
 def test_lists_entry_rejects_bad_tokens() -> None:
@@ -425,3 +434,12 @@ def test_compiled_packing_is_the_python_packing(
     )
     assert compiled[:3] == python[:3]
     assert compiled[3] == tok and compiled[4] == prs
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(1, 5000), max_size=60), st.integers(1, 4096), st.integers(1, 100_000))
+def test_head_count_is_the_running_sum_search(sizes: list[int], chunk: int, room: int) -> None:
+    """`prefill_kernel.head_count`: the first items whose sum (each at most a chunk) reaches the room."""
+    a = np.array(sizes, np.int64)
+    need = np.minimum(a, chunk).cumsum()
+    assert prefill_kernel.head_count(a, chunk, room) == min(int(need.searchsorted(room, "left")) + 1, len(a))
