@@ -5,6 +5,9 @@ Each selected item, in LPT order, goes whole to the rank with the lowest cost `a
 rank with the most room (ties: lowest index) takes a chunk that fills it and the rest is carried on that
 rank. This is the choice the pure-Python packing makes through its heap; with at most a few dozen DP
 ranks per instance, a scan per item is cheaper than keeping a heap.
+
+`head_count` is the selection's count of the items that fill the room (a running sum with an early
+exit, where numpy needed a capped copy, a cumulative sum and a search).
 """
 
 from __future__ import annotations
@@ -86,7 +89,8 @@ def pack_lpt(
 @jit
 def head_count(tokens: np.ndarray, chunk: int, room: int) -> int:
     """How many of the first items fill `room` tokens, each counted at most `chunk`: the first i + 1 whose
-    running sum reaches `room` (all of them if none does). For sizes and `chunk` below 2**31."""
+    running sum reaches `room` (all of them if none does). For a `chunk` below 2**31 (each term is at
+    most `chunk`, so the sum stays within int64)."""
     total = 0
     for i in range(tokens.shape[0]):
         t = tokens[i]
