@@ -3,13 +3,11 @@
 `water_fill_lists` is pure and deterministic. It runs in two phases:
 
 1. **Selection.** Items are admitted in the caller's priority order (carried-over first, then oldest)
-   while the instance still has token room (the sum over available ranks of
-   `chunk_tokens - committed_tokens`), and at least as many as there are ranks with room (each item
-   takes one rank at most, so fewer would leave a rank empty). An item counts with its best-case
-   effective tokens (its largest prefix-cache credit), capped at the largest rank's room (a longer one
-   is chunked and takes one rank's room at most this step); the last admitted items may overflow the
-   room (they are chunked, or stay unplaced). Without chunking, an item larger than every rank's room is
-   never admitted (it could not be placed anyway).
+   while the instance still has token room: the sum over available ranks of
+   `chunk_tokens - committed_tokens`. An item counts with its best-case effective tokens (its largest
+   prefix-cache credit), capped at `chunk_tokens` (a longer one is chunked and takes one rank's room at
+   most this step); the last admitted item may overflow the room (it will be chunked). Without
+   chunking, an item larger than every rank's room is never admitted (it could not be placed anyway).
 2. **Packing** (water-filling as greedy list scheduling, largest cost first, i.e. LPT). Each admitted
    item goes, whole, to the rank with the lowest resulting cost (ties: lowest index) among the ranks
    where it fits. Effective tokens on rank j are `tokens - cached_j` with `cached_j` clamped so at least
@@ -132,7 +130,6 @@ def water_fill_lists(
         room = [max(chunk_tokens - t, 0) if ok else 0 for t, ok in zip(tok, avail, strict=True)]
     total_room = sum(room)
     max_room = max(room, default=0)
-    open_ranks = sum(1 for r in room if r > 0)
 
     # Phase 1: selection in priority order; items[k:] are never considered.
     sel_c: list[int]  # best cache credit over available ranks
@@ -142,13 +139,12 @@ def water_fill_lists(
         if total_room <= 0:
             k = 0
         elif ta is not None:  # sizes below 2**31: the running sum stays within int64
-            k = prefill_kernel.head_count(ta, max_room, total_room)
+            k = prefill_kernel.head_count(ta, chunk_tokens, total_room)
         else:
             need = accumulate(
-                tokens if max(tokens, default=0) < max_room else map(min, tokens, repeat(max_room))
+                tokens if max(tokens, default=0) < chunk_tokens else map(min, tokens, repeat(chunk_tokens))
             )
             k = min(bisect_left(list(need), total_room) + 1, n_items)
-        k = max(k, min(open_ranks, n_items)) if total_room > 0 else 0  # an item for every rank with room
         sel_idx: Sequence[int] = range(k)
         sel_t = list(tokens[:k])
         sel_c = [0] * k
@@ -161,7 +157,7 @@ def water_fill_lists(
         used = 0
         k = 0
         for i in range(n_items):
-            if used >= total_room and len(sel_idx) >= open_ranks:
+            if used >= total_room:
                 break
             t = tokens[i]
             cache = credits[i] if credits is not None else None
@@ -175,7 +171,7 @@ def water_fill_lists(
                 c = max((_credit(cache, j, t) for j in cache if avail[j]), default=0)
                 any_cache = True
             if allow_chunking or t - c <= max_room:
-                used += min(t - c, max_room)
+                used += min(t - c, chunk_tokens)
                 sel_idx.append(i)
                 sel_t.append(t)
                 sel_c.append(c)

