@@ -107,7 +107,7 @@ class Probe:
     completed: int
     dropped: int
     purpose: str
-    """"search" or "knee"."""
+    """"search", "knee", or "at" (`at_loads`)."""
     span_s: float = 0.0
     """The run's arrival window T."""
     sim_cpu_s: float = field(default=0.0, compare=False)
@@ -386,14 +386,9 @@ def measure(
                 ]
             if not todo:
                 break
-            if jobs > 1 and len(todo) > 1:
-                if pool is None:
-                    pool = multiprocessing.get_context("fork").Pool(jobs)
-                results: Iterable[tuple[int, Probe]] = pool.imap_unordered(_indexed, list(enumerate(todo)))
-            else:
-                results = ((i, run_probe(args)) for i, (_, args) in enumerate(todo))
-            for i, probe in results:
-                name = todo[i][0]
+            if jobs > 1 and len(todo) > 1 and pool is None:
+                pool = multiprocessing.get_context("fork").Pool(jobs)
+            for name, probe in _run(todo, pool):
                 searches[name].observe(probe)
                 if on_probe is not None:
                     on_probe(name, probe)
@@ -402,6 +397,46 @@ def measure(
             pool.terminate()
             pool.join()
     return [done[name] for name in by_name]
+
+
+def at_loads(
+    trace_at: Callable[[float], Trace],
+    cluster: ClusterConfig,
+    policies: Sequence[scheduling.PolicySettings],
+    loads: Sequence[float],
+    *,
+    max_deficit: float = CapacitySettings.max_deficit,
+    jobs: int = 1,
+    on_probe: Callable[[str, Probe], None] | None = None,
+) -> dict[str, list[Probe]]:
+    """Every policy simulated at the same `loads` (multipliers of nominal), no search: per policy its
+    probes in the order of `loads`. Near saturation the deficit of one run moves by a few points from
+    one load to the next, so a searched capacity depends on the loads its search happened to try;
+    policies judged at the same loads compare like for like."""
+    names = list(dict.fromkeys(p.name for p in policies))
+    by_name = {p.name: p for p in policies}
+    traces = {x: trace_at(x) for x in loads}
+    todo = [(n, (traces[x], cluster, by_name[n], x, "at", max_deficit)) for n in names for x in loads]
+    out: dict[str, list[Probe]] = {name: [] for name in names}
+    pool = multiprocessing.get_context("fork").Pool(jobs) if jobs > 1 and len(todo) > 1 else None
+    try:
+        for name, probe in _run(todo, pool):
+            out[name].append(probe)
+            if on_probe is not None:
+                on_probe(name, probe)
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+    return {name: sorted(probes, key=lambda p: loads.index(p.load)) for name, probes in out.items()}
+
+
+def _run(todo: list[tuple[str, tuple]], pool: Any) -> Iterable[tuple[str, Probe]]:
+    """(policy, probe) of each (policy, run_probe arguments), in worker processes where `pool` is given
+    (in the order they finish), else here in order."""
+    if pool is None:
+        return ((name, run_probe(args)) for name, args in todo)
+    return ((todo[i][0], probe) for i, probe in pool.imap_unordered(_indexed, list(enumerate(todo))))
 
 
 def _indexed(item: tuple[int, tuple[str, tuple]]) -> tuple[int, Probe]:

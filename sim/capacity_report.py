@@ -69,6 +69,20 @@ def table(results: Sequence[PolicyCapacity]) -> str:
     return "\n".join(align(rows))
 
 
+def at_table(grid: dict[str, list[Probe]]) -> str:
+    """`capacity --at`: one row per load, per policy its backlog growth and served prompt tok/s, and
+    the first policy's served rate against each other's."""
+    names = list(grid)
+    first = grid[names[0]]
+    rows = [["load", *(f"{n} growth / served" for n in names), *(f"{names[0]}/{n}" for n in names[1:])]]
+    for i, p0 in enumerate(first):
+        cells = [f"{grid[n][i].deficit:+.1%} / {grid[n][i].served_tok_s / 1e3:.1f}k" for n in names]
+        other = [grid[n][i].served_tok_s for n in names[1:]]
+        ratios = [f"{p0.served_tok_s / x:.3f}" if x else "-" for x in other]
+        rows.append([f"{p0.load:.4g}", *cells, *ratios])
+    return "\n".join(align(rows))
+
+
 def basis_line(basis: dict[str, Any], nominal_tok_s: float) -> str:
     """What `--load-basis capacity` scales loads to."""
     tok_s = basis["capacity_tok_s"]

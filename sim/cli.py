@@ -267,12 +267,7 @@ def sweep(**opts: Any) -> None:
 
 
 def _sweep(opts: dict[str, Any]) -> None:
-    try:
-        grid = sorted(float(x) for x in opts["loads"].split(","))
-    except ValueError:
-        raise SimInputError(f"--loads: expected comma-separated numbers, got {opts['loads']!r}") from None
-    for lv in grid:
-        _check_range("--loads", lv, 0.0, 5.0)
+    grid = _load_list("--loads", opts["loads"])
     wl = _workload(opts)
     pols = _policies(opts["policies"])
     scale, basis = _load_basis(opts, wl, pols)
@@ -396,6 +391,13 @@ def _candidate_printer(slo: sizing.Slo) -> Callable[[sizing.Candidate], None]:
 @_options("duration", "jobs")
 @click.option("--precision", type=float, default=0.03, show_default=True, help="Bisection's relative step.")
 @click.option("--knee/--no-knee", default=True, show_default=True, help="Also find each TTFT p90 knee.")
+@click.option(
+    "--at",
+    "at_loads",
+    metavar="LOADS",
+    help="No search: simulate every policy at these loads (fractions of nominal, comma-separated) and "
+    "print each one's backlog growth and served rate, so policies are compared at the same loads.",
+)
 @_options("json")
 def capacity_command(**opts: Any) -> None:
     """Each policy's capacity (highest prompt tok/s with a bounded queue) and TTFT knee; --duration
@@ -409,6 +411,9 @@ def _capacity(opts: dict[str, Any]) -> None:
     wl, pols = _workload(opts), _policies(opts["policies"])
     click.echo(f"trace {wl.base.name}: {opts['duration']:g} s per run; nominal {wl.nominal_tok_s:.0f} tok/s")
     t0 = time.monotonic()
+    if opts.get("at_loads"):
+        _capacity_at(opts, wl, pols, t0)
+        return
     settings = capacity.CapacitySettings(precision=opts["precision"], knee=opts["knee"])
 
     def show(r: capacity.PolicyCapacity) -> None:
@@ -418,6 +423,20 @@ def _capacity(opts: dict[str, Any]) -> None:
     elapsed = time.monotonic() - t0
     click.echo(capacity_report.table(results) + f"\n({elapsed:.0f} s; cluster {wl.cluster.name})")
     doc = capacity_report.document(results, wl.base.name, wl.cluster, wl.nominal_tok_s, opts, elapsed)
+    _write_outputs(doc, {**opts, "plot_out": None}, lambda path: None)
+
+
+def _capacity_at(opts: dict[str, Any], wl: Workload, pols: list, t0: float) -> None:
+    loads = _load_list("--at", opts["at_loads"])
+    grid = capacity.at_loads(*_measuring(wl, pols)[:3], loads, **_progress(opts))
+    elapsed = time.monotonic() - t0
+    click.echo(capacity_report.at_table(grid) + f"\n({elapsed:.0f} s; cluster {wl.cluster.name})")
+    doc = {
+        "trace": wl.base.name,
+        "duration_s": opts["duration"],
+        "nominal_prefill_tok_s": wl.nominal_tok_s,
+        "at": {name: [p.to_dict() for p in probes] for name, probes in grid.items()},
+    }
     _write_outputs(doc, {**opts, "plot_out": None}, lambda path: None)
 
 
@@ -512,6 +531,17 @@ def _policies(names: str) -> list[scheduling.PolicySettings]:
     if not out:
         raise SimInputError("--policies: give at least one policy")
     return out
+
+
+def _load_list(flag: str, text: str) -> list[float]:
+    """Comma-separated loads (fractions), ascending, each in (0, 5]."""
+    try:
+        grid = sorted({float(x) for x in text.split(",")})
+    except ValueError:
+        raise SimInputError(f"{flag}: expected comma-separated numbers, got {text!r}") from None
+    for lv in grid:
+        _check_range(flag, lv, 0.0, 5.0)
+    return grid
 
 
 def _check_range(flag: str, value: float | None, low: float, high: float | None) -> None:

@@ -216,6 +216,22 @@ def test_capacity_command_prints_lines_and_table_and_writes_json(trace: Path, tm
         )
 
 
+def test_capacity_at_given_loads_runs_every_policy_at_each(trace: Path, tmp_path: Path) -> None:
+    """`--at`: no search; each policy at the same loads, judged as the search judges a run."""
+    out = tmp_path / "at.json"
+    result = run("capacity", trace, "--policies", "eft,sbs", "--at", "3,0.3", "--json", str(out))
+    assert result.exit_code == 0, result.output
+    assert "eft growth / served" in result.stdout and "eft/sbs" in result.stdout
+    assert "capacity sbs at @ 3.000 of nominal" in result.stderr
+    doc = json.loads(out.read_text())
+    assert doc["nominal_prefill_tok_s"] == pytest.approx(nominal_of(trace))
+    for probes in doc["at"].values():
+        assert [p["load_of_nominal"] for p in probes] == [0.3, 3.0]  # ascending, whatever the order given
+        assert [p["sustainable"] for p in probes] == [True, False]
+        assert {p["purpose"] for p in probes} == {"at"}
+        assert probes[1]["served_tok_s"] < probes[1]["offered_tok_s"]
+
+
 def test_compare_scales_the_load_to_the_best_measured_baseline(trace: Path, tmp_path: Path) -> None:
     out = tmp_path / "cmp.json"
     result = run(
@@ -317,6 +333,8 @@ def test_default_basis_is_nominal_and_recorded(trace: Path, tmp_path: Path) -> N
         ("sweep", ("--loads", "0.5", "--capacity-tok-s", "1000"), ("--capacity-tok-s",)),
         ("capacity", ("--precision", "0"), ("--precision",)),
         ("capacity", ("--policies", "nope"), ("--policies", "nope")),
+        ("capacity", ("--at", "0.5,x"), ("--at", "comma-separated")),
+        ("capacity", ("--at", "0"), ("--at", "must be")),
     ],
 )
 def test_bad_flags_are_one_line_errors(
