@@ -57,7 +57,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -369,8 +369,7 @@ def measure(
     by_name = {p.name: p for p in policies}
     searches = {name: Search(name, settings) for name in by_name}
     done: dict[str, PolicyCapacity] = {}
-    pool: Any = None
-    try:
+    with _Workers(jobs) as workers:
         while True:
             todo = []
             for name, search in searches.items():
@@ -386,16 +385,8 @@ def measure(
                 ]
             if not todo:
                 break
-            if jobs > 1 and len(todo) > 1 and pool is None:
-                pool = multiprocessing.get_context("fork").Pool(jobs)
-            for name, probe in _run(todo, pool):
+            for name, probe in workers.run(todo, on_probe):
                 searches[name].observe(probe)
-                if on_probe is not None:
-                    on_probe(name, probe)
-    finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
     return [done[name] for name in by_name]
 
 
@@ -418,25 +409,42 @@ def at_loads(
     traces = {x: trace_at(x) for x in loads}
     todo = [(n, (traces[x], cluster, by_name[n], x, "at", max_deficit)) for n in names for x in loads]
     out: dict[str, list[Probe]] = {name: [] for name in names}
-    pool = multiprocessing.get_context("fork").Pool(jobs) if jobs > 1 and len(todo) > 1 else None
-    try:
-        for name, probe in _run(todo, pool):
+    with _Workers(jobs) as workers:
+        for name, probe in workers.run(todo, on_probe):
             out[name].append(probe)
-            if on_probe is not None:
-                on_probe(name, probe)
-    finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
     return {name: sorted(probes, key=lambda p: loads.index(p.load)) for name, probes in out.items()}
 
 
-def _run(todo: list[tuple[str, tuple]], pool: Any) -> Iterable[tuple[str, Probe]]:
-    """(policy, probe) of each (policy, run_probe arguments), in worker processes where `pool` is given
-    (in the order they finish), else here in order."""
-    if pool is None:
-        return ((name, run_probe(args)) for name, args in todo)
-    return ((todo[i][0], probe) for i, probe in pool.imap_unordered(_indexed, list(enumerate(todo))))
+class _Workers:
+    """Runs probes here, or in `jobs` forked worker processes from the first batch of more than one."""
+
+    def __init__(self, jobs: int) -> None:
+        self.jobs = jobs
+        self.pool: Any = None
+
+    def __enter__(self) -> _Workers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+
+    def run(
+        self, todo: list[tuple[str, tuple]], on_probe: Callable[[str, Probe], None] | None
+    ) -> Iterator[tuple[str, Probe]]:
+        """(policy, probe) of each (policy, `run_probe` arguments): in order here, in the order they
+        finish in the workers; `on_probe` is told of each first."""
+        if self.jobs > 1 and len(todo) > 1 and self.pool is None:
+            self.pool = multiprocessing.get_context("fork").Pool(self.jobs)
+        if self.pool is None:
+            results: Iterable[tuple[int, Probe]] = ((i, run_probe(args)) for i, (_, args) in enumerate(todo))
+        else:
+            results = self.pool.imap_unordered(_indexed, list(enumerate(todo)))
+        for i, probe in results:
+            if on_probe is not None:
+                on_probe(todo[i][0], probe)
+            yield todo[i][0], probe
 
 
 def _indexed(item: tuple[int, tuple[str, tuple]]) -> tuple[int, Probe]:
