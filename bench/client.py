@@ -46,6 +46,7 @@ _RANK = re.compile(r"(rank=)\d+")
 UNMEASURED_KEYS = (
     "prefill_chunk_utilization",
     "dp_imbalance",
+    "prefill_time_balance",
     "decode_dp_imbalance",
     "queue_wait_mean_s",
     "queue_wait_p90_s",

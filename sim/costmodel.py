@@ -284,6 +284,15 @@ class CostModel:
         self, rank_new_tokens: Sequence[int], rank_attn_pairs: Sequence[float], *, ep_size: int
     ) -> float:
         """Duration of one lock-step prefill step; 0.0 when no rank has new tokens."""
+        return self.prefill_step(rank_new_tokens, rank_attn_pairs, ep_size=ep_size)[0]
+
+    def prefill_step(
+        self, rank_new_tokens: Sequence[int], rank_attn_pairs: Sequence[float], *, ep_size: int
+    ) -> tuple[float, float]:
+        """(duration, time balance) of one lock-step prefill step; (0.0, 1.0) when no rank has new
+        tokens. The balance is the ranks' compute on their own tokens (above an idle rank's) over the
+        slowest rank's, times the ranks: 1.0 when every rank is as busy as the slowest, 1/ranks when
+        one rank works and the others wait for it."""
         if len(rank_new_tokens) != len(rank_attn_pairs):
             raise ValueError(
                 f"rank_new_tokens and rank_attn_pairs must have one entry per rank, "
@@ -291,13 +300,19 @@ class CostModel:
             )
         max_tokens = max(rank_new_tokens, default=0)
         if max_tokens <= 0:
-            return 0.0
+            return 0.0, 1.0
         e = self.experts_per_rank(ep_size)
-        compute = max(
-            self.prefill_rank_compute_s(t, a, experts_per_rank=e)
+        idle = self.prefill_rank_compute_s(0, 0.0, experts_per_rank=e)
+        compute = [
+            self.prefill_rank_compute_s(t, a, experts_per_rank=e) if t > 0 else idle
             for t, a in zip(rank_new_tokens, rank_attn_pairs, strict=True)
-        )
-        return self.params.prefill_step_overhead_s + compute + self._prefill_a2a_exposed(ep_size) * max_tokens
+        ]
+        slowest = max(compute)
+        a2a = self._prefill_a2a_exposed(ep_size) * max_tokens
+        duration = self.params.prefill_step_overhead_s + slowest + a2a
+        work = slowest - idle
+        balance = (sum(compute) - idle * len(compute)) / (work * len(compute)) if work > 0 else 1.0
+        return duration, balance
 
     def _prefill_a2a_exposed(self, ep_size: int) -> float:
         p = self.params

@@ -54,6 +54,8 @@ class StepRecord:
     duration_s: float
     rank_tokens: list[int]
     finished: list[PrefillJob]
+    balance: float = 1.0
+    """The ranks' compute over the slowest rank's (`CostModel.prefill_step`)."""
 
 
 class _RadixLRU:
@@ -182,11 +184,11 @@ class PrefillEngine:
             step_jobs.append(taken)
         if not any_work:
             return 0.0
-        duration = self.cost.prefill_step_s(tokens, pairs, ep_size=self.ep_size)
+        duration, balance = self.cost.prefill_step(tokens, pairs, ep_size=self.ep_size)
         if self.jitter_cv > 0:
             duration *= max(0.5, self.rng.gauss(1.0, self.jitter_cv))
         self._step_jobs = step_jobs
-        self.running = StepRecord(now, duration, tokens, [])
+        self.running = StepRecord(now, duration, tokens, [], balance)
         return duration
 
     def step_batches(self) -> list[int]:

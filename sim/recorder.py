@@ -30,6 +30,7 @@ SUMMARY_KEYS: tuple[str, ...] = (
     "slo_attainment",
     "prefill_chunk_utilization",
     "dp_imbalance",
+    "prefill_time_balance",
     "decode_dp_imbalance",
     "queue_wait_mean_s",
     "queue_wait_p90_s",
@@ -56,6 +57,7 @@ class Recorder:
     dropped: int = 0
     prefill_util: list[float] = field(default_factory=list)
     prefill_imbalance: list[float] = field(default_factory=list)
+    prefill_balance: list[float] = field(default_factory=list)
     prefill_durations: list[float] = field(default_factory=list)
     decode_durations: list[float] = field(default_factory=list)
     decode_tokens: list[int] = field(default_factory=list)
@@ -70,8 +72,11 @@ class Recorder:
         self.output = np.zeros(self.n)
         self.cached = np.zeros(self.n)
 
-    def on_prefill_step(self, rank_tokens: list[int], chunk_tokens: int, duration_s: float) -> None:
+    def on_prefill_step(
+        self, rank_tokens: list[int], chunk_tokens: int, duration_s: float, balance: float = 1.0
+    ) -> None:
         total = sum(rank_tokens)
+        self.prefill_balance.append(balance)
         n = len(rank_tokens)
         self.prefill_util.append(total / (n * chunk_tokens))
         self.prefill_imbalance.append(max(rank_tokens) * n / total if total else 1.0)
@@ -114,6 +119,7 @@ class Recorder:
             slo_attainment=float(good.mean()),
             prefill_chunk_utilization=float(np.mean(self.prefill_util)) if self.prefill_util else 0.0,
             dp_imbalance=float(np.mean(self.prefill_imbalance)) if self.prefill_imbalance else 1.0,
+            prefill_time_balance=_time_balance(self.prefill_balance, self.prefill_durations),
             decode_dp_imbalance=float(np.mean(self.decode_imbalance)) if self.decode_imbalance else 1.0,
             queue_wait_mean_s=float(wait.mean()),
             queue_wait_p90_s=float(np.percentile(wait, 90)),
@@ -126,6 +132,13 @@ class Recorder:
     def ttft(self) -> np.ndarray:
         done = ~np.isnan(self.finished)
         return self.first_token[done] - self.arrival[done]
+
+
+def _time_balance(balance: Sequence[float], durations: Sequence[float]) -> float:
+    """The steps' time balance weighted by their durations: the share of the ranks' step time spent on
+    their own tokens, lockstep waits for the slowest rank left out (1.0 with no step)."""
+    total = sum(durations)
+    return float(np.dot(balance, durations) / total) if total > 0 else 1.0
 
 
 def weighted_percentile(values: Sequence[float], weights: Sequence[float], q: float) -> float:

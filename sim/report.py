@@ -16,6 +16,7 @@ _COMPARE_COLUMNS = pick(
     "goodput_rps",
     "prefill_chunk_utilization",
     "dp_imbalance",
+    "prefill_time_balance",
     "completed",
     "dropped",
     request_throughput="{:.1f}",

@@ -313,7 +313,7 @@ class Simulation:
     def _on_prefill_end(self, i: int, t: float) -> None:
         eng = self.prefill[i]
         rec = eng.finish_step()
-        self.rec.on_prefill_step(rec.rank_tokens, eng.spec.chunk_tokens, rec.duration_s)
+        self.rec.on_prefill_step(rec.rank_tokens, eng.spec.chunk_tokens, rec.duration_s, rec.balance)
         for job in rec.finished:
             self.rec.cached[job.rid] = job.cached
             self.events.push(t + self.cost.kv_transfer_s(job.prompt_tokens), _KV, job.rid)

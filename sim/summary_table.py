@@ -37,6 +37,7 @@ COLUMNS: dict[str, Column] = {
         Column("goodput_rps", "goodput", "{:.2f}"),
         Column("prefill_chunk_utilization", "chunk util", "{:.2f}"),
         Column("dp_imbalance", "DP imbal", "{:.2f}"),
+        Column("prefill_time_balance", "time bal", "{:.2f}"),
         Column("completed", "done", "{:.0f}"),
         Column("dropped", "dropped", "{:.0f}"),
         Column("errors", "errors", "{:.0f}"),

@@ -167,6 +167,25 @@ def test_prefill_lockstep_one_heavy_rank_costs_as_much_as_all_heavy(model: costm
     assert one == pytest.approx(all_heavy)
 
 
+def test_prefill_time_balance_is_the_ranks_work_over_the_slowest(model: costmodel.CostModel) -> None:
+    """1.0 when the ranks match, 1/ranks when one works alone, the work ratio in between; the duration
+    is `prefill_step_s`'s."""
+    heavy, light = 8192, 512
+    tokens, pairs = [heavy] * 4, [float(heavy) ** 2] * 4
+    duration, balance = model.prefill_step(tokens, pairs, ep_size=32)
+    assert duration == model.prefill_step_s(tokens, pairs, ep_size=32) and balance == pytest.approx(1.0)
+    assert model.prefill_step([heavy, 0, 0, 0], [float(heavy) ** 2, 0.0, 0.0, 0.0], ep_size=32)[1] == (
+        pytest.approx(0.25)
+    )
+    e = model.experts_per_rank(32)
+    idle = model.prefill_rank_compute_s(0, 0.0, experts_per_rank=e)
+    w_heavy = model.prefill_rank_compute_s(heavy, float(heavy) ** 2, experts_per_rank=e) - idle
+    w_light = model.prefill_rank_compute_s(light, float(light) ** 2, experts_per_rank=e) - idle
+    mixed = model.prefill_step([heavy, light], [float(heavy) ** 2, float(light) ** 2], ep_size=32)[1]
+    assert mixed == pytest.approx((w_heavy + w_light) / (2 * w_heavy))
+    assert model.prefill_step([0, 0], [0.0, 0.0], ep_size=32) == (0.0, 1.0)
+
+
 def test_decode_lockstep_one_heavy_rank_costs_as_much_as_all_heavy(model: costmodel.CostModel) -> None:
     b = np.full(144, 32)
     kv = b * 1024

@@ -48,3 +48,13 @@ def test_summary_without_decode_steps_has_no_itl() -> None:
     rec.on_decode_step(0.02, 4, 1, 4)
     rec.on_decode_step(0.03, 1, 1, 1)
     assert rec.summary(slo_ttft_s=2.0, slo_tpot_s=1.0)["itl_p99_s"] == 0.03
+
+
+def test_time_balance_is_weighted_by_step_duration() -> None:
+    rec = Recorder(1)
+    rec.arrival[0], rec.dispatched[0], rec.first_token[0], rec.finished[0] = 0.0, 0.0, 1.0, 2.0
+    rec.prompt[0], rec.output[0] = 100, 5
+    assert rec.summary(slo_ttft_s=2.0, slo_tpot_s=1.0)["prefill_time_balance"] == 1.0  # no step
+    rec.on_prefill_step([100, 0], 1000, 3.0, 0.5)
+    rec.on_prefill_step([100, 100], 1000, 1.0, 1.0)
+    assert rec.summary(slo_ttft_s=2.0, slo_tpot_s=1.0)["prefill_time_balance"] == pytest.approx(0.625)

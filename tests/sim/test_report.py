@@ -25,6 +25,7 @@ def summary(scale: float, *, no_itl: bool = False) -> dict[str, float]:
         "goodput_rps": 40.12 / scale,
         "prefill_chunk_utilization": 0.8765,
         "dp_imbalance": 1.2345,
+        "prefill_time_balance": 0.4567,
         "completed": 1000,
         "dropped": 2,
     }
