@@ -55,7 +55,6 @@ depend only on earlier results of the same policy, however many worker processes
 from __future__ import annotations
 
 import math
-import multiprocessing
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -65,6 +64,7 @@ import numpy as np
 from sbs.settings import scheduling
 from sbs.sim import report
 from sbs.sim.cluster import ClusterConfig
+from sbs.sim.runner import LazyPool
 from sbs.sim.simulator import Simulation
 from sbs.sim.trace import Trace
 
@@ -415,32 +415,19 @@ def at_loads(
     return {name: sorted(probes, key=lambda p: loads.index(p.load)) for name, probes in out.items()}
 
 
-class _Workers:
+class _Workers(LazyPool):
     """Runs probes here, or in `jobs` forked worker processes from the first batch of more than one."""
-
-    def __init__(self, jobs: int) -> None:
-        self.jobs = jobs
-        self.pool: Any = None
-
-    def __enter__(self) -> _Workers:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.pool is not None:
-            self.pool.terminate()
-            self.pool.join()
 
     def run(
         self, todo: list[tuple[str, tuple]], on_probe: Callable[[str, Probe], None] | None
     ) -> Iterator[tuple[str, Probe]]:
         """(policy, probe) of each (policy, `run_probe` arguments): in order here, in the order they
         finish in the workers; `on_probe` is told of each first."""
-        if self.jobs > 1 and len(todo) > 1 and self.pool is None:
-            self.pool = multiprocessing.get_context("fork").Pool(self.jobs)
-        if self.pool is None:
+        pool = self.for_batch(len(todo))
+        if pool is None:
             results: Iterable[tuple[int, Probe]] = ((i, run_probe(args)) for i, (_, args) in enumerate(todo))
         else:
-            results = self.pool.imap_unordered(_indexed, list(enumerate(todo)))
+            results = pool.imap_unordered(_indexed, list(enumerate(todo)))
         for i, probe in results:
             if on_probe is not None:
                 on_probe(todo[i][0], probe)

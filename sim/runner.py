@@ -6,7 +6,7 @@ import multiprocessing
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 from sbs.settings import scheduling
 from sbs.sim.cluster import ClusterConfig
@@ -73,6 +73,29 @@ def run_many(
                 flush=True,
             )
     return [r for r in results if r is not None]
+
+
+class LazyPool:
+    """A fork pool of `jobs` workers for searches that run batch after batch: started by the first
+    batch of more than one run (`for_batch`), kept for the later ones, terminated on exit."""
+
+    def __init__(self, jobs: int) -> None:
+        self.jobs = jobs
+        self._pool: Any = None
+
+    def for_batch(self, n: int) -> Any:
+        """The pool to run a batch of `n` runs in, None: run it here."""
+        if self._pool is None and self.jobs > 1 and n > 1:
+            self._pool = multiprocessing.get_context("fork").Pool(self.jobs)
+        return self._pool
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
 
 
 def _indexed(item: tuple[int, tuple[RunSpec, float, float]]) -> tuple[int, dict[str, Any]]:

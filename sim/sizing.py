@@ -31,7 +31,6 @@ length samples) into a trace to plan for, so a controller can size ahead of load
 from __future__ import annotations
 
 import math
-import multiprocessing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -361,7 +360,7 @@ def _why(ev: _Evaluator, best: Candidate, limits: PlanLimits) -> str:
     return f"{first}; {second}"
 
 
-class _Evaluator:
+class _Evaluator(runner.LazyPool):
     """Simulates candidates once each (in worker processes when jobs > 1), in a fixed order."""
 
     def __init__(
@@ -373,20 +372,11 @@ class _Evaluator:
         jobs: int,
         on_candidate: Callable[[Candidate], None] | None,
     ) -> None:
+        super().__init__(jobs)
         self.trace, self.cluster, self.slo, self.policy = trace, cluster, slo, policy
-        self.jobs = jobs
         self.on_candidate = on_candidate
         self.cache: dict[tuple[int, int], Candidate] = {}
         self.order: list[Candidate] = []
-        self._pool: Any = None
-
-    def __enter__(self) -> _Evaluator:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
 
     def get(self, p: int, d: int, phase: str) -> Candidate:
         self.prefetch([(p, d)], phase)
@@ -400,12 +390,8 @@ class _Evaluator:
             (runner.RunSpec(self.trace, sized(self.cluster, p, d), self.policy), *self._slo())
             for p, d in todo
         ]
-        if self.jobs > 1 and len(todo) > 1:
-            if self._pool is None:
-                self._pool = multiprocessing.get_context("fork").Pool(self.jobs)
-            outs = self._pool.map(_run, args)
-        else:
-            outs = [_run(a) for a in args]
+        pool = self.for_batch(len(todo))
+        outs = [_run(a) for a in args] if pool is None else pool.map(_run, args)
         for (p, d), out in zip(todo, outs, strict=True):
             cand = self._candidate(p, d, out, phase)
             self.cache[(p, d)] = cand
