@@ -131,7 +131,12 @@ _OPTIONS: dict[str, Callable[[Callable], Callable]] = {
         "the rate every 60 s); synthetic ones keep the trace's mean rate and length distribution.",
     ),
     "seed": click.option(
-        "--seed", type=int, default=0, show_default=True, help="Seed of synthetic workloads."
+        "--seed",
+        type=int,
+        default=0,
+        show_default=True,
+        help="Seed of synthetic workloads and of the simulated cluster's random draws (step-time jitter, "
+        "handshakes), added to the cluster's own seed: repeat a run with other seeds to see its spread.",
     ),
     "long-prompts": click.option(
         "--long-prompts",
@@ -467,6 +472,8 @@ def _workload(opts: dict[str, Any]) -> Workload:
     if opts["duration"] is not None and opts["duration"] <= 0:
         raise SimInputError(f"--duration must be > 0, got {opts['duration']}")
     cluster = cost_override.applied(load_cluster(opts["cluster"]), opts.get("cost_override"))
+    if opts.get("seed"):  # the cluster's draws too: seed 0 is the cluster's own seed
+        cluster = cluster.model_copy(update={"seed": cluster.seed + opts["seed"]})
     if opts["fmt"] == "servegen":
         path = Path(opts["trace_path"])
         if not path.is_dir():

@@ -52,3 +52,30 @@ def test_the_lane_cost_validation_workload_is_mooncakes_long_share_on_azure(tmp_
     assert args[args.index("--trace") + 1] == field_table.AZURE
     assert args[args.index("--long-prompts") + 1] == "33%:16000-64000"
     assert field_table.main(["--workloads", "azure-long33", "--tables-only", "--out", str(tmp_path)]) == 0
+
+
+def test_seeds_get_a_table_of_margins_per_seed_and_the_worst(tmp_path: Path) -> None:
+    """Each seed's margins are against the best policy at that seed; worst is the largest ratio (the
+    least favourable to SBS). A given basis (no capacity document) is printed instead of capacities."""
+    seed0 = [run("sbs", 0.7, 1.0, 2.0), run("sbs-fcfs", 0.7, 1.8, 2.4), run("eft", 0.7, 2.0, 2.5)]
+    seed1 = [run("sbs", 0.7, 1.5, 2.4), run("sbs-fcfs", 0.7, 1.9, 2.2), run("eft", 0.7, 2.0, 3.0),
+             run("eft+prio", 0.7, 3.0, 2.0)]  # fmt: skip
+    (tmp_path / "w-sweep.json").write_text(json.dumps({"capacity_tok_s": 50e3, "runs": seed0}))
+    (tmp_path / "w-sweep-seed1.json").write_text(json.dumps({"capacity_tok_s": 50e3, "runs": seed1}))
+    (tmp_path / "w-sweep-seedx.json").write_text("{}")  # not a seed's sweep: ignored
+    text = "\n".join(field_table.tables("w", tmp_path))
+    assert "Basis (given): 50.0k prompt tok/s" in text and "Capacity" not in text
+    # seed 0: sbs 1.0/2.0 vs eft 2.0/2.5 -> -50 %, -20 %; seed 1: vs eft's mean 2.0 (-25 %) and
+    # eft+prio's p90 2.0 (+20 %); sbs-fcfs only against eft (no +prio): -10 %/-4 %, -5 %/-27 %
+    assert "| 0.7 | -50% / -25% | -20% / +20% | -25%, +20% | -10% / -5% | -4% / -27% | -5%, -4% |" in text
+
+
+def test_bad_seeds_and_bases_are_refused_by_name(capsys: pytest.CaptureFixture[str]) -> None:
+    for args, fragment in (
+        (["--seeds", "0,x"], "--seeds N,N,..."),
+        (["--bases", "azure=1e6,nope=5"], "--bases: 'nope'"),
+        (["--bases", "azure=-1"], "--bases: 'azure'"),
+    ):
+        with pytest.raises(SystemExit):
+            field_table.main(["--tables-only", *args])
+        assert fragment in capsys.readouterr().err

@@ -152,3 +152,20 @@ def test_bad_arrivals_spec_is_one_line_error(trace: Path) -> None:
 
 def test_servegen_format_needs_the_data_folder(trace: Path) -> None:
     assert_one_line_error(compare(trace, "--format", "servegen"), "ServeGen's data folder")
+
+
+def test_seed_also_draws_the_clusters_jitter_and_zero_is_its_own(trace: Path, tmp_path: Path) -> None:
+    """A replayed trace has no synthetic part: `--seed` moves the engines' step-time jitter instead,
+    so seeds give a run's spread; seed 0 is the cluster's own seed, as before the option drew it."""
+
+    def ttfts(*extra: str) -> dict[str, float]:
+        out = tmp_path / f"seed{'-'.join(extra) or 'none'}.json"
+        result = compare(trace, "--policies", "least_load", "--json", str(out), *extra)
+        assert result.exit_code == 0, result.output
+        summary = json.loads(out.read_text())["policies"]["least_load"]
+        return {k: v for k, v in summary.items() if k != "sim_cpu_s"}  # the host's time, not the run's
+
+    unset, zero, one = ttfts(), ttfts("--seed", "0"), ttfts("--seed", "1")
+    assert zero == unset
+    assert one["ttft_mean_s"] != zero["ttft_mean_s"]
+    assert one["completed"] == zero["completed"] == 40
