@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         seeds = [int(x) for x in a.seeds.split(",") if x.strip()]
         bases = {k.strip(): float(v) for k, v in (kv.split("=") for kv in a.bases.split(",") if kv.strip())}
-        [float(x) for x in a.loads.split(",")]
+        loads = ",".join(f"{float(x):g}" for x in a.loads.split(","))
     except ValueError:
         ap.error(f"--seeds N,N,..., --loads X,X,... and --bases NAME=TOK_S,...: got {a.seeds!r}, "
                  f"{a.loads!r} and {a.bases!r}")  # fmt: skip
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     for w in names:
         if not a.tables_only:
             print(f"field_table: {w}", file=sys.stderr, flush=True)
-            run(w, a.out, a.jobs, seeds=seeds, loads=a.loads, basis=bases.get(w))
+            run(w, a.out, a.jobs, seeds=seeds, loads=loads, basis=bases.get(w))
         if _sweeps(a.out, w):
             print("\n".join(tables(w, a.out)), flush=True)
     return 0

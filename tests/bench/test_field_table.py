@@ -73,9 +73,34 @@ def test_seeds_get_a_table_of_margins_per_seed_and_the_worst(tmp_path: Path) -> 
 def test_bad_seeds_and_bases_are_refused_by_name(capsys: pytest.CaptureFixture[str]) -> None:
     for args, fragment in (
         (["--seeds", "0,x"], "--seeds N,N,..."),
+        (["--loads", "0.5,half"], "--loads X,X,..."),
         (["--bases", "azure=1e6,nope=5"], "--bases: 'nope'"),
         (["--bases", "azure=-1"], "--bases: 'azure'"),
     ):
         with pytest.raises(SystemExit):
             field_table.main(["--tables-only", *args])
         assert fragment in capsys.readouterr().err
+
+
+def test_run_sweeps_once_per_seed_on_one_basis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The capacity search runs once, at the first seed (not at all with a given basis); every seed's
+    sweep gets that basis, its own `--seed` and its own JSON."""
+    calls: list[list[str]] = []
+
+    def fake_run(argv: list[str], check: bool) -> None:
+        calls.append(argv)
+        if argv[1] == "capacity":
+            caps = {"eft": cap(123.0), "sbs": cap(99.0)}
+            Path(argv[argv.index("--json") + 1]).write_text(json.dumps({"policies": caps}))
+
+    monkeypatch.setattr(field_table.subprocess, "run", fake_run)
+    field_table.run("azure", tmp_path, 1, seeds=[3, 0], loads="0.7")
+    assert [c[1] for c in calls] == ["capacity", "sweep", "sweep"]
+    assert calls[0][calls[0].index("--seed") + 1] == "3"
+    for c, seed, name in ((calls[1], "3", "azure-sweep-seed3.json"), (calls[2], "0", "azure-sweep.json")):
+        assert c[c.index("--capacity-tok-s") + 1] == "123.0" and c[c.index("--loads") + 1] == "0.7"
+        assert c[c.index("--seed") + 1] == seed and c[c.index("--json") + 1] == str(tmp_path / name)
+    calls.clear()
+    field_table.run("azure", tmp_path, 1, seeds=[1], basis=50e3)
+    assert [c[1] for c in calls] == ["sweep"]
+    assert calls[0][calls[0].index("--capacity-tok-s") + 1] == "50000.0"
