@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sbs.bench.field_table import WORKLOADS, best_immediate
+from sbs.bench.field_table import WORKLOADS, best_immediate, versus
 from sbs.sim import cost_override
-from sbs.sim.report import REFERENCES
 
 CAPACITY_POLICIES = "eft,sglang+prio,eft+prio"
 FIELD = "sbs,sbs-fcfs,eft,eft+prio,sglang,sglang+prio,least_load+prio,sglang+delayer"
@@ -59,16 +58,9 @@ def run(workload: str, setting: str, out: Path, jobs: int) -> None:
 
 
 def margins(runs: list[dict[str, Any]], load: float) -> dict[str, tuple[str, float, float]]:
-    """At `load`: for sbs and sbs-fcfs, (best rival by mean, mean ratio − 1, p90 ratio − 1)."""
-    at = {r["policy"]: r for r in runs if r["load"] == load}
-    imm = {k: v for k, v in at.items() if k not in REFERENCES}
-    out = {}
-    for me, pool in (("sbs", imm), ("sbs-fcfs", {k: v for k, v in imm.items() if "+prio" not in k})):
-        best = min(pool, key=lambda k: pool[k]["ttft_mean_s"])
-        p90 = min(v["ttft_p90_s"] for v in pool.values())
-        m = at[me]
-        out[me] = (best, m["ttft_mean_s"] / pool[best]["ttft_mean_s"] - 1, m["ttft_p90_s"] / p90 - 1)
-    return out
+    """At `load`: for sbs and sbs-fcfs, (best rival by mean, mean ratio − 1, p90 ratio − 1), as the
+    field table counts them (`field_table.versus`)."""
+    return {me: (best, *ratios) for me, (_, best, _, ratios) in versus(runs, load).items()}
 
 
 def review() -> list[str]:
