@@ -3,11 +3,11 @@
 An instance in both memberships is matched by its `InstanceSpec` (its name is the engine's stable key;
 a re-shaped engine is a new instance). For each such prefill instance its beliefs move over: predicted
 free time, planned steps, chunked-prompt carries, step-time and prediction-error averages, health,
-suspicion, unpinned tokens; for both roles the per-rank counters with the deltas a snapshot may not
-have seen yet. Flights are re-indexed; a leg on an instance that left has nothing left to free there
-and is dropped (a flight with neither leg left is dropped whole). New instances start fresh. Not
-carried: deferrals (the next release attempt makes them again) and `SchedulerStats` (callers sum the
-counters of retired cores).
+suspicion, unpinned tokens and the prefills queued per rank; for both roles the
+per-rank counters with the deltas a snapshot may not have seen yet. Flights are re-indexed; a leg on
+an instance that left has nothing left to free there and is dropped (a flight with neither leg left
+is dropped whole). New instances start fresh. Not carried: deferrals (the next release attempt makes
+them again) and `SchedulerStats` (callers sum the counters of retired cores).
 """
 
 from __future__ import annotations
@@ -51,6 +51,9 @@ def carry_state(old: ClusterState, new: ClusterState) -> None:
     for i, j in pmap.items():
         carry_instance(old.instances[j], new.instances[i])
         new.prefill.carry(old.prefill, j, i, new.prefill_specs[i].dp_size)
+        src, dst = old.prefill.offsets[j], new.prefill.offsets[i]
+        for r in range(new.prefill_specs[i].dp_size):
+            new.queued[dst + r] = dict(old.queued[src + r])
     for i, j in dmap.items():
         new.decode_healthy[i] = old.decode_healthy[j]
         new.decode.carry(old.decode, j, i, new.decode_specs[i].dp_size)

@@ -6,7 +6,8 @@ Three tiers (the paper's multi-tier synchronisation):
    the step-time and prediction-error averages;
 3. periodic per-rank snapshots (`LoadReported`, SGLang's `/v1/loads`) replace the counters; deltas the
    scheduler applied after the snapshot was taken (minus a transit margin) are re-applied on top, so a
-   snapshot never erases dispatches the engine had not seen yet.
+   snapshot never erases dispatches the engine had not seen yet. A prefill snapshot also says which
+   chunk each rank's long prompt is on (`chunk_sync`), and the carries are set to it.
 A prefill instance that overruns its prediction by far, or an unhealthy one, is suspect and skipped.
 """
 
@@ -19,26 +20,15 @@ from dataclasses import dataclass, field
 from itertools import chain, repeat
 
 import numpy as np
-from sbs.scheduler.core import engine_steps
+from sbs.scheduler.core import chunk_sync, engine_steps
 from sbs.scheduler.core.capacity import PrefillCapacityModel
 from sbs.scheduler.core.compiled import jit
 from sbs.scheduler.core.events import LoadReported, StepCompleted
-from sbs.scheduler.core.types import InstanceSpec, RankLoad, RankRef, Role
+from sbs.scheduler.core.types import Carry, InstanceSpec, RankLoad, RankRef, Role
 
 _LOG_LIMIT = 4096
 _SAME_END_S = 1e-6
 """Reports of one step end at the same time to float rounding."""
-
-
-@dataclass(slots=True)
-class Carry:
-    """The rest of a chunked prompt, committed to one rank for the following steps."""
-
-    rid: int
-    rank: int
-    remaining: int
-    done: int
-    """Tokens of the prompt already prefilled (the prefix the next chunk attends to)."""
 
 
 class Revision:
@@ -419,6 +409,10 @@ class ClusterState:
             self.decode_running_a = None
         """`decode_max_running` as int64 (None beyond it); both are constant."""
         self.flights: dict[int, Flight] = {}
+        self.queued: list[dict[int, tuple[int, float, bool]]] = [{} for _ in self.prefill.count]
+        """Per flat prefill rank: rid → (uncached tokens, sent at, planned in chunks) of the prefills
+        booked there by `queue_prefill` and not yet completed, oldest first (what `chunk_sync` reads a
+        snapshot by)."""
         self.prefilled: set[int] = set()
         """The flights whose prefill has completed (their prefill rank no longer holds them)."""
         self.stats = SchedulerStats()
@@ -466,6 +460,21 @@ class ClusterState:
             if st.offset <= flat < st.offset + st.spec.dp_size:
                 return RankRef(i, flat - st.offset)
         raise IndexError(flat)
+
+    def queue_prefill(
+        self,
+        instance: int,
+        ranks: Sequence[int],
+        rids: Sequence[int],
+        tokens: Sequence[int],
+        chunked: Sequence[int],
+        now: float,
+    ) -> None:
+        """Book prefills sent at `now` to ranks of `instance` in `queued` (each in `flights` too);
+        `chunked[i]` is nonzero for a prompt planned to go on past its first step."""
+        queued, base = self.queued, self.prefill.offsets[instance]
+        for rank, rid, n, more in zip(ranks, rids, tokens, chunked, strict=True):
+            queued[base + rank][rid] = (n, now, more > 0)
 
     # -- reports ------------------------------------------------------------------------------------
 
@@ -536,6 +545,7 @@ class ClusterState:
                 st.unpinned_tokens -= tokens
             else:
                 self.prefill.add(p, rank, -1, -tokens, now, seen_at=end)
+                self.queued[st.offset + rank].pop(rid, None)
                 carry = st.carries.get(rank)
                 if carry is not None and carry.rid == rid:  # its last chunk ran, seen or not
                     del st.carries[rank]
@@ -545,6 +555,10 @@ class ClusterState:
         if ev.role is Role.PREFILL:
             st = self.instances[ev.instance]
             st.last_heard_s = now
+            base = st.offset
+            queued = self.queued[base : base + st.spec.dp_size]
+            cutoff = ev.snapshot_s - max(st.admission_s, self.transit_s)
+            chunk_sync.resync(st, queued, ev.loads, cutoff)
             self.prefill.reconcile(ev.instance, ev.snapshot_s, ev.loads, _waiting_tokens)
             if st.suspect:
                 # Alive: re-admit it, and re-base the prediction on what the snapshot shows.
@@ -570,6 +584,7 @@ class ClusterState:
             self.instances[p].unpinned_tokens -= p_tokens
         else:
             self.prefill.add(p, p_rank, -1, -p_tokens, now, seen_at=at)
+            self.queued[self.prefill.offsets[p] + p_rank].pop(rid, None)
         if d_rank is not None:
             self.decode.add(d, d_rank, -1, -kv, now, seen_at=at)
 

@@ -52,6 +52,17 @@ class RankRef:
     rank: int
 
 
+@dataclass(slots=True)
+class Carry:
+    """The rest of a chunked prompt, committed to one rank for the following steps."""
+
+    rid: int
+    rank: int
+    remaining: int
+    done: int
+    """Tokens of the prompt already prefilled (the prefix the next chunk attends to)."""
+
+
 @dataclass(frozen=True, slots=True)
 class InstanceSpec:
     """Static shape of one engine instance, as the scheduler needs to know it.

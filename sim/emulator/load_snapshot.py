@@ -144,7 +144,7 @@ class LoadBook:
                 q = p.queues[r]
                 queue_len += len(q)
                 waiting += len(q) + self.boot_reqs[r]
-                uncached += p_loads[r].num_waiting_uncached_tokens + self.boot_tokens[r]
+                uncached += p_loads[r].num_waiting_uncached_tokens  # SGLang: not the bootstrap queue
                 used += sum(j.done for j in q if j.remaining >= 0) + self.inflight_tokens[r]
                 waiting_seq += p.queued_tokens[r] + self.boot_tokens[r]
             if d is not None and d_loads is not None:

@@ -27,8 +27,8 @@ from sbs.scheduler.core.policies.sbs_clock import ReleaseClock
 from sbs.scheduler.core.policies.sbs_take import take_in_order
 from sbs.scheduler.core.prefill_alloc import water_fill_lists
 from sbs.scheduler.core.prefix_index import PrefixIndex
-from sbs.scheduler.core.state import Carry, ClusterState
-from sbs.scheduler.core.types import Decision, Reject, Request, dispatches
+from sbs.scheduler.core.state import ClusterState
+from sbs.scheduler.core.types import Carry, Decision, Reject, Request, dispatches
 from sbs.settings.scheduling import StaggeredPolicy
 
 _SUM_N, _SUM_TOKENS = 1 << 11, 1 << 26
@@ -345,6 +345,7 @@ class StaggeredBatching:
                 strict=True,
             )
         )
+        state.queue_prefill(p, ranks, placed, uncached, plan.remaining_tokens, now)
         state.prefill.add_many(*on_prefill, now, offset=st.offset)
         state.decode.add_many(flat, kvs if kv_a is None else kv_a, now)
         state.stats.releases += 1

@@ -72,6 +72,9 @@ def test_a_rebuild_keeps_the_beliefs_about_instances_in_both_memberships() -> No
     assert new.prefill.count[8:] == [0] * 4
     assert new.decode.count == old.decode.count and new.decode.tokens == old.decode.tokens
     assert new.flights == old.flights
+    queued, was = new.state.queued, old.state.queued
+    assert queued[:8] == was and queued[0] is not was[0] and queued[8:] == [{}] * 4
+    assert any(queued[:4])  # prefill-0's chunked prompt, for `chunk_sync`
     assert list(new.buffer) == list(old.buffer) == [3, 4, 5]
     # The old core is left as it was.
     assert old.instances[0].carries and len(old.instances[2:]) == 0

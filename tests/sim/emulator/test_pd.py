@@ -64,7 +64,8 @@ async def test_decode_waits_for_its_prefill_and_prefill_for_its_decode(start: St
     assert not prefill.done()
     rank1 = (await get(http, f"{p.url}/v1/loads"))["loads"][1]
     assert rank1["num_waiting_reqs"] == 1 and rank1["disaggregation"]["prefill_bootstrap_queue_reqs"] == 1
-    assert rank1["num_waiting_uncached_tokens"] == 500
+    # counted in its total tokens, not in the uncached tokens (SGLang counts the waiting queue there)
+    assert rank1["num_total_tokens"] == 500 and rank1["num_waiting_uncached_tokens"] == 0
     assert (await post(http, f"{d.url}/generate", body))[0] == 200
     assert (await prefill)[0] == 200
 
