@@ -134,6 +134,9 @@ class StaggeredPolicy(SettingsModel):
     decode: DecodeSettings = DecodeSettings()
     prefix_credit: bool = True
     """Credit prefix-cache hits (from the requests' `hash_ids`) in the prefill capacity model."""
+    chunk_sync: bool = True
+    """Set the chunked prompts' carries from each prefill `/v1/loads` snapshot (`core.chunk_sync`).
+    Off: they follow the core's own step predictions only (the ablation)."""
 
     @property
     def fcfs(self) -> bool:

@@ -49,6 +49,7 @@ class Scheduler:
             capacity=capacity,
             transit_s=settings.sync.transit_s,
             step_alpha=policies.step_alpha(settings),
+            chunk_sync=isinstance(settings.policy, scheduling.StaggeredPolicy) and settings.policy.chunk_sync,
         )
         self.policy = policies.make_policy(settings, self.state, block_tokens=block_tokens)
         self.max_prompt_tokens = max(s.kv_capacity_tokens for s in self.state.decode_specs) - 1

@@ -379,8 +379,11 @@ class ClusterState:
         capacity: PrefillCapacityModel,
         transit_s: float,
         step_alpha: float,
+        chunk_sync: bool = False,
     ) -> None:
         self.capacity = capacity
+        self.chunk_sync = chunk_sync
+        """Prefill snapshots set the carries (`chunk_sync.resync`); only SBS keeps carries."""
         self.transit_s = transit_s
         self.step_alpha = step_alpha
         """Weight of the newest step in the step-time and prediction-error averages."""
@@ -555,10 +558,11 @@ class ClusterState:
         if ev.role is Role.PREFILL:
             st = self.instances[ev.instance]
             st.last_heard_s = now
-            base = st.offset
-            queued = self.queued[base : base + st.spec.dp_size]
-            cutoff = ev.snapshot_s - max(st.admission_s, self.transit_s)
-            chunk_sync.resync(st, queued, ev.loads, cutoff)
+            if self.chunk_sync:
+                base = st.offset
+                queued = self.queued[base : base + st.spec.dp_size]
+                cutoff = ev.snapshot_s - max(st.admission_s, self.transit_s)
+                chunk_sync.resync(st, queued, ev.loads, cutoff)
             self.prefill.reconcile(ev.instance, ev.snapshot_s, ev.loads, _waiting_tokens)
             if st.suspect:
                 # Alive: re-admit it, and re-base the prediction on what the snapshot shows.

@@ -11,8 +11,9 @@ from sbs.scheduler.core.events import LoadReported, RequestCancelled, StepComple
 from sbs.scheduler.core.scheduler import Scheduler
 from sbs.scheduler.core.state import Carry
 from sbs.scheduler.core.types import RankLoad, Role
+from sbs.settings import scheduling
 
-from tests.scheduler.core.fakes import CHUNK, arrive, make_scheduler
+from tests.scheduler.core.fakes import CAPACITY, CHUNK, arrive, make_scheduler
 
 
 def load(rank: int, waiting_tokens: int) -> RankLoad:
@@ -121,3 +122,17 @@ def test_answers_and_cancellations_take_requests_off_their_rank_queue() -> None:
     sched.handle(RequestCancelled(2), 0.01)
     sched.handle(StepCompleted(0, 0.0, 0.4, (1,), next_step_queued=False), 0.4)
     assert sched.state.queued == [{}] * 8
+
+
+def test_with_chunk_sync_off_a_snapshot_leaves_the_carries_to_the_cores_own_steps() -> None:
+    sched, _ = long_prompt_released()
+    off = Scheduler(
+        sched.state.prefill_specs,
+        sched.state.decode_specs,
+        settings=scheduling.SchedulerSettings(policy=scheduling.SbsPolicy(chunk_sync=False)),
+        capacity=CAPACITY,
+    )
+    (d,) = arrive(off, 1, 0.0, 3500)
+    snapshot(off, d.prefill_rank, 2500)
+    assert off.instances[0].carries[d.prefill_rank] == Carry(1, d.prefill_rank, 2500, 1000)
+    assert sched.state.chunk_sync and not off.state.chunk_sync
