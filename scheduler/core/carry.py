@@ -3,11 +3,11 @@
 An instance in both memberships is matched by its `InstanceSpec` (its name is the engine's stable key;
 a re-shaped engine is a new instance). For each such prefill instance its beliefs move over: predicted
 free time, planned steps, chunked-prompt carries, step-time and prediction-error averages, health,
-suspicion, unpinned tokens and the prefills queued per rank; for both roles the
-per-rank counters with the deltas a snapshot may not have seen yet. Flights are re-indexed; a leg on
-an instance that left has nothing left to free there and is dropped (a flight with neither leg left
-is dropped whole). New instances start fresh. Not carried: deferrals (the next release attempt makes
-them again) and `SchedulerStats` (callers sum the counters of retired cores).
+suspicion, unpinned tokens and the prefills queued per rank; for both roles the per-rank counters with
+the deltas a snapshot may not have seen yet. Flights are re-indexed; a leg on an instance that left
+has nothing left to free there and is dropped (a flight with neither leg left is dropped whole). New
+instances start fresh. Not carried: deferrals (the next release attempt makes them again) and
+`SchedulerStats` (callers sum the counters of retired cores).
 """
 
 from __future__ import annotations

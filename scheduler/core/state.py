@@ -548,7 +548,7 @@ class ClusterState:
                 st.unpinned_tokens -= tokens
             else:
                 self.prefill.add(p, rank, -1, -tokens, now, seen_at=end)
-                self.queued[st.offset + rank].pop(rid, None)
+                self.queued[self.prefill.offsets[p] + rank].pop(rid, None)
                 carry = st.carries.get(rank)
                 if carry is not None and carry.rid == rid:  # its last chunk ran, seen or not
                     del st.carries[rank]
