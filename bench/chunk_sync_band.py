@@ -48,7 +48,7 @@ def measure(run: Run) -> tuple[float, float]:
 
     name, basis, load, seed, policy, sync = run
     opts = workload_opts(WORKLOADS[name], seed)
-    wl = cli._workload(opts)
+    wl = cli.load_workload(opts)
     trace = wl.at(load=load * basis / wl.nominal_tok_s)
     settings = scheduling.policy_settings(policy).model_copy(update={"chunk_sync": sync})
     s = Simulation(trace, wl.cluster, settings).run().recorder.summary(slo_ttft_s=2.0, slo_tpot_s=0.1)

@@ -228,7 +228,7 @@ def _compare(opts: dict[str, Any]) -> None:
     _check_range("--load", opts["load"], 0.0, 5.0)
     if opts["load_basis"] == "capacity" and opts["load"] is None:
         raise SimInputError("--load-basis capacity scales --load; give --load (not --rate-scale)")
-    wl = _workload(opts)
+    wl = load_workload(opts)
     pols = _policies(opts["policies"])
     scale, basis = _load_basis(opts, wl, pols)
     load = None if opts["load"] is None else opts["load"] * scale
@@ -273,7 +273,7 @@ def sweep(**opts: Any) -> None:
 
 def _sweep(opts: dict[str, Any]) -> None:
     grid = _load_list("--loads", opts["loads"])
-    wl = _workload(opts)
+    wl = load_workload(opts)
     pols = _policies(opts["policies"])
     scale, basis = _load_basis(opts, wl, pols)
     specs = [RunSpec(wl.at(load=lv * scale), wl.cluster, p, load=lv) for lv in grid for p in pols]
@@ -335,7 +335,7 @@ def _plan(opts: dict[str, Any]) -> None:
         policy = scheduling.policy_settings(opts["policy"])
     except ValueError as exc:
         raise SimInputError(f"--policy: {exc}") from None
-    wl = _workload(opts)
+    wl = load_workload(opts)
     trace = wl.at(load=opts["load"], rate_scale=opts["rate_scale"])
     slo = sizing.Slo(opts["slo_ttft_p90"], opts["slo_tpot_p90"])
     limits = sizing.PlanLimits(
@@ -413,7 +413,7 @@ def capacity_command(**opts: Any) -> None:
 def _capacity(opts: dict[str, Any]) -> None:
     _check_range("--precision", opts["precision"], 0.0, 0.5)
     opts["duration"] = opts["duration"] or CAPACITY_DEFAULT_S
-    wl, pols = _workload(opts), _policies(opts["policies"])
+    wl, pols = load_workload(opts), _policies(opts["policies"])
     click.echo(f"trace {wl.base.name}: {opts['duration']:g} s per run; nominal {wl.nominal_tok_s:.0f} tok/s")
     t0 = time.monotonic()
     if opts.get("at_loads"):
@@ -468,7 +468,9 @@ def _load_basis(opts: dict[str, Any], wl: Workload, pols: list) -> tuple[float, 
     return basis["capacity_tok_s"] / wl.nominal_tok_s, basis
 
 
-def _workload(opts: dict[str, Any]) -> Workload:
+def load_workload(opts: dict[str, Any]) -> Workload:
+    """The workload of the parsed options (`--trace`, `--format`, `--duration`, `--long-prompts`,
+    `--arrivals`, `--cluster`, `--seed`), as every subcommand builds it."""
     if opts["duration"] is not None and opts["duration"] <= 0:
         raise SimInputError(f"--duration must be > 0, got {opts['duration']}")
     cluster = cost_override.applied(load_cluster(opts["cluster"]), opts.get("cost_override"))

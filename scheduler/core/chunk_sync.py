@@ -23,12 +23,15 @@ from sbs.scheduler.core.types import Carry, RankLoad
 if TYPE_CHECKING:
     from sbs.scheduler.core.state import PrefillInstanceState
 
+Queued = tuple[int, float, bool]
+"""A prefill booked on a rank (`ClusterState.queued`): uncached tokens, sent at, planned in chunks."""
+
 EngineChunk = tuple[int, int, int]
 """(rid, uncached tokens left before the running step, its uncached tokens in all)."""
 
 
 def in_progress(
-    queued: Sequence[Mapping[int, tuple[int, float, bool]]], loads: Sequence[RankLoad], cutoff_s: float
+    queued: Sequence[Mapping[int, Queued]], loads: Sequence[RankLoad], cutoff_s: float
 ) -> dict[int, EngineChunk]:
     """Per rank of one instance (`queued[rank]`: rid → (uncached tokens, sent at, planned in chunks),
     oldest first; `loads` its snapshot): the prompt planned in chunks that the engine has started and
@@ -65,7 +68,7 @@ def in_progress(
 
 def resync(
     st: PrefillInstanceState,
-    queued: Sequence[Mapping[int, tuple[int, float, bool]]],
+    queued: Sequence[Mapping[int, Queued]],
     loads: Sequence[RankLoad],
     cutoff_s: float,
 ) -> None:

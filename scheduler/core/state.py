@@ -412,7 +412,7 @@ class ClusterState:
             self.decode_running_a = None
         """`decode_max_running` as int64 (None beyond it); both are constant."""
         self.flights: dict[int, Flight] = {}
-        self.queued: list[dict[int, tuple[int, float, bool]]] = [{} for _ in self.prefill.count]
+        self.queued: list[dict[int, chunk_sync.Queued]] = [{} for _ in self.prefill.count]
         """Per flat prefill rank: rid → (uncached tokens, sent at, planned in chunks) of the prefills
         booked there by `queue_prefill` and not yet completed, oldest first (what `chunk_sync` reads a
         snapshot by)."""
