@@ -1,6 +1,7 @@
 """`sbs-bench`: live benchmarks against emulated SGLang engines.
 
     sbs-bench h2h        --trace FILE [--format azure|mooncake] [--duration S] [--load X]
+                         [--long-prompts COUNT:TOKENS]
                          [--systems sbs,least_load,sglang-router,smg,...] [--time-factor F] [--json OUT]
     sbs-bench overhead   [--requests N] [--concurrency C] [--systems direct,sbs,...] [--json OUT]
     sbs-bench crosscheck --trace FILE [--duration S] [--load X] [--time-factor F] [--json OUT]
@@ -55,6 +56,13 @@ def _trace_options(f: Callable[..., Any]) -> Callable[..., Any]:
             default=None,
             help="Offered prompt tokens/s as a fraction of the cluster's nominal prefill capacity "
             "(default: the trace's own rate).",
+        ),
+        click.option(
+            "--long-prompts",
+            default=None,
+            metavar="COUNT:TOKENS",
+            help="Add long prompts to the trace before --load, as `sbs-sim --long-prompts` does "
+            "(e.g. 33%:16000-64000: a third more requests, 16-64k tokens each).",
         ),
         cli_options.run_flags,
     ])(f)  # fmt: skip
@@ -376,6 +384,7 @@ def _slice(opts: dict[str, Any], run_opts: Any, *, announce: bool = True) -> tup
         load=opts["load"],
         duration_s=opts["duration"],
         cluster=run_opts.cluster,
+        long_prompts=opts.get("long_prompts"),
     )
     if announce:
         click.echo(

@@ -23,6 +23,7 @@ from sbs.bench.emulated_cluster import BenchCluster
 from sbs.bench.procs import BenchError
 from sbs.sim.errors import SimInputError
 from sbs.sim.loaders import load_trace
+from sbs.sim.long_prompts import parse_long_prompts
 from sbs.sim.recorder import SUMMARY_KEYS
 from sbs.sim.trace import Trace
 from sbs.sim.workload import load_scaled, tiled, truncated
@@ -60,7 +61,13 @@ class SystemRun:
 
 
 def shape_trace(
-    path: str, fmt: str | None, *, load: float | None, duration_s: float | None, cluster: BenchCluster
+    path: str,
+    fmt: str | None,
+    *,
+    load: float | None,
+    duration_s: float | None,
+    cluster: BenchCluster,
+    long_prompts: str | None = None,
 ) -> tuple[Trace, float]:
     """The trace slice every system gets, and the cluster's nominal prefill capacity (tokens/s).
 
@@ -68,11 +75,20 @@ def shape_trace(
     so that *the slice's own* mean offered prompt load is `load` × nominal and its arrivals span
     `duration_s`. (`sbs-sim compare` scales the whole trace and then cuts it, so a slice from a quiet
     stretch of the trace is offered less than `load`; a head-to-head wants the load it asks for.)
-    A trace shorter than `duration_s` is repeated (`tiled`)."""
+    A trace shorter than `duration_s` is repeated (`tiled`). `long_prompts` (`--long-prompts`) adds
+    long prompts to the whole trace first, as `sbs-sim` does, so that `load` counts them."""
+    try:
+        long = parse_long_prompts(long_prompts)
+    except SimInputError as exc:
+        raise BenchError(str(exc)) from None
+    if long is not None and long.percent is None:
+        raise BenchError(f"--long-prompts {long_prompts}: give a share of the trace (like 33%:16000-64000)")
     try:
         base = load_trace(path, fmt)
     except SimInputError as exc:
         raise BenchError(f"--trace: {exc}") from None
+    if long is not None:
+        base = long.add_to(base)
     if len(base) == 0:
         raise BenchError(f"--trace {path}: the trace has no requests")
     nominal = cluster.nominal_prefill_tok_s(base)

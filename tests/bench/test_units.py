@@ -30,6 +30,26 @@ def test_short_trace_is_repeated_to_the_duration(tiny_trace: Path) -> None:
     assert len(trace) > 24
 
 
+def test_long_prompts_join_the_trace_before_the_load_is_set(tiny_trace: Path) -> None:
+    cluster = BenchCluster(prefill_instances=1, prefill_dp=2, decode_instances=1, decode_dp=2)
+    trace, nominal = shape_trace(
+        str(tiny_trace), None, load=0.5, duration_s=2.0, cluster=cluster, long_prompts="25%:5000-6000"
+    )
+    longs = [r.prompt_tokens for r in trace.requests if r.prompt_tokens >= 5000]
+    assert longs and all(5000 <= n <= 6000 for n in longs)
+    assert trace.prompt_tokens_per_s / nominal == pytest.approx(0.5, rel=0.05)  # the long ones counted
+
+
+@pytest.mark.parametrize(
+    ("spec", "names"), [("3:5000", "give a share"), ("lots", "--long-prompts: expected COUNT:TOKENS")]
+)
+def test_long_prompts_are_a_share_of_the_trace(tiny_trace: Path, spec: str, names: str) -> None:
+    with pytest.raises(BenchError, match=names):
+        shape_trace(
+            str(tiny_trace), None, load=0.5, duration_s=2.0, cluster=BenchCluster(), long_prompts=spec
+        )
+
+
 @pytest.mark.parametrize("n", [1, 2, 17, 5000])
 def test_prompt_text_is_exactly_n_emulated_tokens(n: int) -> None:
     assert len(tokens.encode(client.prompt_text(123, n))) == n
