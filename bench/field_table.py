@@ -116,7 +116,7 @@ def tables(workload: str, out: Path) -> list[str]:
             lines.append(
                 f"- {s} capacity vs best immediate ({name}): {caps[s]['capacity_tok_s'] / best - 1:+.1%}"
             )
-    sweeps = {s: json.loads(p.read_text()) for s, p in _sweeps(out, workload)}
+    sweeps = {s: json.loads(p.read_text()) for s, p in sweep_files(out, workload)}
     first = sweeps[min(sweeps)]
     if not cap_json.exists() and "capacity_tok_s" in first:
         lines.append(f"Basis (given): {first['capacity_tok_s'] / 1e3:.1f}k prompt tok/s")
@@ -136,7 +136,7 @@ def tables(workload: str, out: Path) -> list[str]:
     return [*lines, ""]
 
 
-def _sweeps(out: Path, workload: str) -> list[tuple[int, Path]]:
+def sweep_files(out: Path, workload: str) -> list[tuple[int, Path]]:
     """(seed, path) of the workload's sweeps in `out`, seed 0's first."""
     found = [(0, out / f"{workload}-sweep.json")] if (out / f"{workload}-sweep.json").exists() else []
     for p in out.glob(f"{workload}-sweep-seed*.json"):
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         if not a.tables_only:
             print(f"field_table: {w}", file=sys.stderr, flush=True)
             run(w, a.out, a.jobs, seeds=seeds, loads=loads, basis=bases.get(w))
-        if _sweeps(a.out, w):
+        if sweep_files(a.out, w):
             print("\n".join(tables(w, a.out)), flush=True)
     return 0
 
