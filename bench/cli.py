@@ -4,7 +4,7 @@
                          [--long-prompts COUNT:TOKENS]
                          [--systems sbs,least_load,sglang-router,smg,...] [--time-factor F] [--json OUT]
     sbs-bench overhead   [--requests N] [--concurrency C] [--systems direct,sbs,...] [--json OUT]
-    sbs-bench crosscheck --trace FILE [--duration S] [--load X] [--time-factor F] [--json OUT]
+    sbs-bench crosscheck --trace FILE [--duration S] [--load X] [--seeds N] [--time-factor F] [--json OUT]
     sbs-bench operator-scale [--nodes 1000] [--deployments 20] [--idle-seconds 60] [--json OUT]
     sbs-bench membership [--prefill 4x8 --decode 2x16] [--load 0.6] [--warmup S --steady S --out S ...]
     sbs-bench scale-table [--instances 4,16,64] [--replicas 1,2,4] [--load 0.7] [--duration S] [--json OUT]
@@ -205,6 +205,14 @@ def overhead(**opts: Any) -> None:
     show_default=True,
     help="Our scheduler's policies to cross-check, comma-separated.",
 )
+@click.option(
+    "--seeds",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Simulate the slice with this many seeds of the cluster's jitter and handshakes, and report "
+    "their mean and range beside the one emulated run.",
+)
 @_cluster_options
 def crosscheck(**opts: Any) -> None:
     """TTFT mean and p90 of the emulated cluster against the simulator: same policy, slice and cluster."""
@@ -217,7 +225,7 @@ def crosscheck(**opts: Any) -> None:
     trace, nominal = _slice(opts, run_opts)
 
     async def go() -> list[dict[str, Any]]:
-        return [await mod.crosscheck(trace, run_opts, s.policy) for s in specs]
+        return [await mod.crosscheck(trace, run_opts, s.policy, seeds=opts["seeds"]) for s in specs]
 
     docs = asyncio.run(go())
     for d in docs:

@@ -21,6 +21,7 @@ import math
 import time
 from typing import Any
 
+from pydantic import TypeAdapter
 from sbs.bench import h2h, systems
 from sbs.settings import scheduling
 from sbs.sim.simulator import Simulation
@@ -29,14 +30,31 @@ from sbs.sim.trace import Trace
 TARGET = 0.10
 
 
-def simulate(trace: Trace, opts: h2h.RunOptions, policy: str, *, bootstrap_s: float = 0.0) -> dict[str, Any]:
-    """The simulator on the slice and cluster, the PD handshake taking `bootstrap_s` on average (engine
+def simulated_policy(policy: str, overrides: dict[str, Any]) -> scheduling.AnyPolicy:
+    """`policy`'s settings as the live run has them: the defaults, with `--scheduler-config`'s
+    `scheduler.policy` merged in (the live service's time scaling aside: the simulator runs in engine
     time)."""
+    base = scheduling.policy_settings(policy)
+    extra = overrides.get("scheduler", {}).get("policy")
+    if not extra:
+        return base
+    if extra.get("type", base.type) != base.type:  # another policy: its defaults, not this one's fields
+        base = scheduling.policy_settings(extra["type"])
+    return TypeAdapter(scheduling.PolicySettings).validate_python(systems.merged(base.model_dump(), extra))
+
+
+def simulate(
+    trace: Trace, opts: h2h.RunOptions, policy: str, *, bootstrap_s: float = 0.0, seed: int = 0
+) -> dict[str, Any]:
+    """The simulator on the slice and cluster, the PD handshake taking `bootstrap_s` on average (engine
+    time); `seed` k draws the cluster's jitter and handshakes with its seed + k."""
     started = time.process_time()
-    cluster = opts.cluster.sim_cluster().model_copy(
-        update={"bootstrap_s": bootstrap_s, "bootstrap_spread": "exponential"}
+    base = opts.cluster.sim_cluster()
+    cluster = base.model_copy(
+        update={"bootstrap_s": bootstrap_s, "bootstrap_spread": "exponential", "seed": base.seed + seed}
     )
-    result = Simulation(trace, cluster, scheduling.policy_settings(policy), cost=opts.cluster.cost()).run()
+    settings = simulated_policy(policy, opts.scheduler_overrides)
+    result = Simulation(trace, cluster, settings, cost=opts.cluster.cost()).run()
     summary = result.recorder.summary(slo_ttft_s=opts.slo_ttft_s, slo_tpot_s=opts.slo_tpot_s)
     summary["sim_cpu_s"] = time.process_time() - started
     durations = result.recorder.decode_durations
@@ -44,13 +62,20 @@ def simulate(trace: Trace, opts: h2h.RunOptions, policy: str, *, bootstrap_s: fl
     return summary
 
 
-async def crosscheck(trace: Trace, opts: h2h.RunOptions, policy: str) -> dict[str, Any]:
+async def crosscheck(trace: Trace, opts: h2h.RunOptions, policy: str, *, seeds: int = 1) -> dict[str, Any]:
+    """One emulated run of `policy` against the simulator's: the first seed's, and with `seeds` > 1 the
+    mean over that many (the emulated run is one draw of the jitter; the seeds show its spread)."""
     spec = systems.SystemSpec(policy, "sbs-scheduler", policy)
     run = await h2h.run_system(spec, trace, opts)
     live = run.summary
     waits = [v["bootstrap_mean_s"] for v in run.engine_lag.values() if not math.isnan(v["bootstrap_mean_s"])]
     bootstrap_s = sum(waits) / len(waits) / opts.time_factor if waits else 0.0
-    sim = simulate(trace, opts, policy, bootstrap_s=bootstrap_s)
+    sims = [simulate(trace, opts, policy, bootstrap_s=bootstrap_s, seed=k) for k in range(seeds)]
+    sim = sims[0]
+    spread = {
+        stat: {"values": [x[stat] for x in sims], "mean": sum(x[stat] for x in sims) / len(sims)}
+        for stat in ("ttft_mean_s", "ttft_p90_s")
+    }
     decode_urls = [u for u, v in run.engine_lag.items() if not math.isnan(v["decode_step_mean_s"])]
     step_wall = max((run.engine_lag[u]["decode_step_mean_s"] for u in decode_urls), default=math.nan)
     step = step_wall / opts.time_factor
@@ -67,6 +92,7 @@ async def crosscheck(trace: Trace, opts: h2h.RunOptions, policy: str) -> dict[st
         "simulated": sim,
         "emulated_decode_step_mean_s": step,
         "simulated_bootstrap_s": bootstrap_s,
+        "simulated_seeds": spread,
         **figures,
         "relative_difference": differences["ttft_mean_s"],
         "relative_difference_p90": differences["ttft_p90_s"],
@@ -103,4 +129,12 @@ def describe(doc: dict[str, Any]) -> str:
             f"  {label:<4} emulated + 1 decode step  {t['emulated_corrected']:.3f}  (step {step_ms:.1f} ms)"
             f"  {diff['corrected']:+.1%}: {verdict(diff['corrected'])} ±{TARGET:.0%}",
         ]
+        seeds = doc.get("simulated_seeds", {}).get(stat, {"values": []})
+        if len(seeds["values"]) > 1:
+            lo, hi = min(seeds["values"]), max(seeds["values"])
+            inside = "inside" if lo <= t["emulated_raw"] <= hi else "outside"
+            lines.append(
+                f"  {label:<4} simulated, {len(seeds['values'])} seeds       {seeds['mean']:.3f}"
+                f"  (range {lo:.3f}-{hi:.3f}; the emulated raw figure is {inside} it)"
+            )
     return "\n".join(lines)

@@ -42,7 +42,18 @@ def test_crosscheck_reports_raw_and_corrected_differences(tiny_trace: Path, tmp_
     _run(
         [
             "crosscheck",
-            *("--trace", str(tiny_trace), "--duration", "4", "--load", "0.5", "--policies", "sbs"),
+            *(
+                "--trace",
+                str(tiny_trace),
+                "--duration",
+                "4",
+                "--load",
+                "0.5",
+                "--policies",
+                "sbs",
+                "--seeds",
+                "2",
+            ),
             *("--prefill", "1x2", "--decode", "1x2", "--time-factor", "0.05", "--stream-interval", "2"),
             *("--log-dir", str(tmp_path / "logs"), "--json", str(out)),
         ]
@@ -58,3 +69,21 @@ def test_crosscheck_reports_raw_and_corrected_differences(tiny_trace: Path, tmp_
         assert t["simulated"] == check["simulated"][stat]
     assert check["emulated_decode_step_mean_s"] > 0
     assert check["simulated_bootstrap_s"] > 0  # the emulated prefills' own handshake wait
+    for stat in ("ttft_mean_s", "ttft_p90_s"):  # the first seed is the one compared; the mean over both
+        seeds = check["simulated_seeds"][stat]
+        assert seeds["values"][0] == check[stat]["simulated"] and len(seeds["values"]) == 2
+        assert seeds["mean"] == pytest.approx(sum(seeds["values"]) / 2)
+
+
+def test_the_simulated_twin_takes_the_scheduler_config_as_the_live_run_does() -> None:
+    from sbs.bench.crosscheck import simulated_policy
+    from sbs.settings import scheduling
+
+    assert simulated_policy("sbs", {}) == scheduling.policy_settings("sbs")
+    over = {"scheduler": {"policy": {"chunk_sync": False, "batching": {"lead_s": 0.01}}}}
+    got = simulated_policy("sbs", over)
+    assert isinstance(got, scheduling.SbsPolicy) and not got.chunk_sync and got.batching.lead_s == 0.01
+    assert got.batching.max_hold_s == scheduling.policy_settings("sbs").batching.max_hold_s  # merged
+    assert isinstance(
+        simulated_policy("sbs", {"scheduler": {"policy": {"type": "eft"}}}), scheduling.EftPolicy
+    )
