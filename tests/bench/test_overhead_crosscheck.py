@@ -42,18 +42,8 @@ def test_crosscheck_reports_raw_and_corrected_differences(tiny_trace: Path, tmp_
     _run(
         [
             "crosscheck",
-            *(
-                "--trace",
-                str(tiny_trace),
-                "--duration",
-                "4",
-                "--load",
-                "0.5",
-                "--policies",
-                "sbs",
-                "--seeds",
-                "2",
-            ),
+            *("--trace", str(tiny_trace), "--duration", "4", "--load", "0.5", "--policies", "sbs"),
+            *("--seeds", "2"),
             *("--prefill", "1x2", "--decode", "1x2", "--time-factor", "0.05", "--stream-interval", "2"),
             *("--log-dir", str(tmp_path / "logs"), "--json", str(out)),
         ]
