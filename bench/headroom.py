@@ -33,10 +33,10 @@ def bound_at(workload: str, seed: int, load: float, basis: float) -> tuple[dict[
     return oracle.bound_summary(trace, wl.cluster, wl.cost), len(trace)
 
 
-def cuts(run: list[dict[str, Any]], load: float, bound: dict[str, float]) -> dict[str, tuple[float, float]]:
+def cuts(runs: list[dict[str, Any]], load: float, bound: dict[str, float]) -> dict[str, tuple[float, float]]:
     """At `load`: the best immediate policy's TTFT mean and p90 (the p90 the lowest of any), and the
     bound's and SBS's cuts from them (ratios − 1)."""
-    _, b, pool, sbs = versus(run, load)["sbs"]
+    _, b, pool, sbs = versus(runs, load)["sbs"]
     best = pool[b]["ttft_mean_s"], min(v["ttft_p90_s"] for v in pool.values())
     possible = bound["ttft_mean_s"] / best[0] - 1, bound["ttft_p90_s"] / best[1] - 1
     return {"best": best, "possible": possible, "sbs": sbs}
