@@ -415,7 +415,7 @@ class ClusterState:
         self.queued: list[dict[int, chunk_sync.Queued]] = [{} for _ in self.prefill.count]
         """Per flat prefill rank: rid → (uncached tokens, sent at, planned in chunks) of the prefills
         booked there by `queue_prefill` and not yet completed, oldest first (what `chunk_sync` reads a
-        snapshot by)."""
+        snapshot by; empty without it)."""
         self.prefilled: set[int] = set()
         """The flights whose prefill has completed (their prefill rank no longer holds them)."""
         self.stats = SchedulerStats()
@@ -474,7 +474,10 @@ class ClusterState:
         now: float,
     ) -> None:
         """Book prefills sent at `now` to ranks of `instance` in `queued` (each in `flights` too);
-        `chunked[i]` is nonzero for a prompt planned to go on past its first step."""
+        `chunked[i]` is nonzero for a prompt planned to go on past its first step. Only `chunk_sync`
+        reads them: without it nothing is booked (no work on the release path)."""
+        if not self.chunk_sync:
+            return
         queued, base = self.queued, self.prefill.offsets[instance]
         for rank, rid, n, more in zip(ranks, rids, tokens, chunked, strict=True):
             queued[base + rank][rid] = (n, now, more > 0)

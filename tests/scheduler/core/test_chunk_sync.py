@@ -136,3 +136,4 @@ def test_with_chunk_sync_off_a_snapshot_leaves_the_carries_to_the_cores_own_step
     snapshot(off, d.prefill_rank, 2500)
     assert off.instances[0].carries[d.prefill_rank] == Carry(1, d.prefill_rank, 2500, 1000)
     assert sched.state.chunk_sync and not off.state.chunk_sync
+    assert not any(off.state.queued)  # nothing booked that nothing reads
