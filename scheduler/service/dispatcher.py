@@ -85,12 +85,6 @@ class Dispatcher:
         self.peer_session: aiohttp.ClientSession | None = None
         """Requests forwarded to peer replicas (no engine key on it)."""
         self._priority_shift_us: int | None = None
-        self._accepted = svc_metrics.BoundLabels(metrics.accepted)
-        self._completed = svc_metrics.BoundLabels(metrics.completed)
-        self._errored = svc_metrics.BoundLabels(metrics.errored)
-        self._dispatched = svc_metrics.BoundLabels(metrics.dispatched)
-        self._engine_dispatches = svc_metrics.BoundLabels(metrics.engine_dispatches)
-        self._e2e = svc_metrics.BoundLabels(metrics.e2e)
         metrics.attach(self.snapshot)
         # Read when scraped, not set on every change (several times per request).
         metrics.buffered.set_function(lambda: self._buffered)
@@ -263,7 +257,7 @@ class Dispatcher:
         self.jobs[job.rid] = job
         pool.outstanding += 1
         self._buffered += 1
-        self._accepted(endpoint).inc()
+        self.metrics.accepted.labels(endpoint).inc()
         try:
             self.metrics.prompt_tokens.observe(parsed.prompt_tokens)  # the workload's shape, for sizing
             self.metrics.output_tokens.observe(parsed.output_tokens)
@@ -338,9 +332,9 @@ class Dispatcher:
                 job.dispatched_s = now
                 if job.attempts == 0:
                     self.metrics.queue_wait.observe(now - job.arrival_s)
-                self._dispatched(d.reason or "unknown").inc()
+                self.metrics.dispatched.labels(d.reason or "unknown").inc()
                 for e in (job.prefill_engine, job.decode_engine):
-                    self._engine_dispatches(e.role.value, e.key).inc()
+                    self.metrics.engine_dispatches.labels(e.role.value, e.key).inc()
                 if not job.decision.done():
                     job.decision.set_result(d)
             elif current and job is not None and not job.decision.done():
@@ -434,11 +428,11 @@ class Dispatcher:
             job.decision.cancel()
         elapsed = self.now() - job.arrival_s
         if error_reason is None:
-            self._completed(job.endpoint).inc()
-            self._e2e("completed").observe(elapsed)
+            self.metrics.completed.labels(job.endpoint).inc()
+            self.metrics.e2e.labels("completed").observe(elapsed)
         else:
-            self._errored(job.endpoint, error_reason).inc()
-            self._e2e("errored").observe(elapsed)
+            self.metrics.errored.labels(job.endpoint, error_reason).inc()
+            self.metrics.e2e.labels("errored").observe(elapsed)
         if job.generation != job.pool.generation:
             return
         try:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from sbs.scheduler.service.loop_metrics import LoopCounter, LoopHistogram
 from sbs.scheduler.service.protocol import ENDPOINTS
 
 ERROR_REASONS = (
@@ -75,123 +75,108 @@ class StateSnapshot:
     """The cores' cumulative `SchedulerStats` (summed over pools and their rebuilds)."""
 
 
-class BoundLabels:
-    """`metric.labels(*values)`, memoised: the child of given label values never changes, and
-    `labels` validates, locks and builds its key on every call (several times per request)."""
-
-    __slots__ = ("_children", "_metric")
-
-    def __init__(self, metric: Counter | Histogram) -> None:
-        self._metric = metric
-        self._children: dict[tuple[str, ...], Any] = {}
-
-    def __call__(self, *values: str) -> Any:
-        child = self._children.get(values)
-        if child is None:
-            child = self._children[values] = self._metric.labels(*values)
-        return child
-
-
 class Metrics:
     """All metrics of one service instance."""
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
-        self.accepted = Counter(
+        self.accepted = LoopCounter(
             "sbs_requests_accepted", "Requests accepted into the scheduler.", ["endpoint"], registry=r
         )
-        self.completed = Counter(
+        self.completed = LoopCounter(
             "sbs_requests_completed", "Accepted requests answered successfully.", ["endpoint"], registry=r
         )
-        self.errored = Counter(
+        self.errored = LoopCounter(
             "sbs_requests_errored",
             "Accepted requests that ended in an error, by reason.",
             ["endpoint", "reason"],
             registry=r,
         )
-        self.rejected = Counter(
+        self.rejected = LoopCounter(
             "sbs_requests_rejected",
             "Requests refused at admission (never accepted), by reason.",
             ["reason"],
             registry=r,
         )
-        self.redispatched = Counter(
+        self.redispatched = LoopCounter(
             "sbs_requests_redispatched",
             "Requests sent again because an engine failed before their prefill completed.",
             ["role"],
             registry=r,
         )
-        self.dispatched = Counter(
+        self.dispatched = LoopCounter(
             "sbs_dispatches", "PD dispatches sent, by the core's release reason.", ["reason"], registry=r
         )
-        self.engine_dispatches = Counter(
+        self.engine_dispatches = LoopCounter(
             "sbs_engine_dispatches",
             "Requests sent to an engine (each attempt, prefill and decode side).",
             ["role", "engine"],
             registry=r,
         )
-        self.forwarded = Counter(
+        self.forwarded = LoopCounter(
             "sbs_requests_forwarded",
             "Requests forwarded to a peer scheduler replica (this one owned no prefill instance).",
             registry=r,
         )
-        self.poll_failures = Counter("sbs_engine_poll_failures", "Failed load polls.", ["engine"], registry=r)
-        self.watcher_restarts = Counter(
+        self.poll_failures = LoopCounter(
+            "sbs_engine_poll_failures", "Failed load polls.", ["engine"], registry=r
+        )
+        self.watcher_restarts = LoopCounter(
             "sbs_engine_watcher_restarts",
             "Engine watcher tasks that died and were started again.",
             registry=r,
         )
         self.connections = Gauge("sbs_client_connections", "Open client connections.", registry=r)
-        self.ttft = Histogram(
+        self.ttft = LoopHistogram(
             "sbs_ttft_seconds",
             "Arrival to the first streamed byte (streaming requests).",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.tpot = Histogram(
+        self.tpot = LoopHistogram(
             "sbs_tpot_seconds",
             "Time per output token of completed streaming requests, after the first (as relayed).",
             buckets=DECODE_BUCKETS,
             registry=r,
         )
-        self.itl = Histogram(
+        self.itl = LoopHistogram(
             "sbs_itl_seconds",
             "Inter-token latency per relayed chunk: its gap divided by the tokens it carried.",
             buckets=DECODE_BUCKETS,
             registry=r,
         )
-        self.queue_wait = Histogram(
+        self.queue_wait = LoopHistogram(
             "sbs_queue_wait_seconds",
             "Arrival to dispatch: time in the scheduler's buffer.",
             buckets=WAIT_BUCKETS,
             registry=r,
         )
-        self.e2e = Histogram(
+        self.e2e = LoopHistogram(
             "sbs_e2e_latency_seconds",
             "Arrival to the last byte, by outcome.",
             ["outcome"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.prompt_tokens = Histogram(
+        self.prompt_tokens = LoopHistogram(
             "sbs_request_prompt_tokens",
             "Prompt tokens of accepted requests (estimated from bytes unless input_ids were sent).",
             buckets=TOKEN_BUCKETS,
             registry=r,
         )
-        self.output_tokens = Histogram(
+        self.output_tokens = LoopHistogram(
             "sbs_request_output_tokens",
             "Tokens accepted requests may generate (their max_tokens).",
             buckets=TOKEN_BUCKETS,
             registry=r,
         )
-        self.batch_size = Histogram(
+        self.batch_size = LoopHistogram(
             "sbs_batch_size",
             "Requests per release to one prefill instance.",
             buckets=BATCH_BUCKETS,
             registry=r,
         )
-        self.dispatch_interval = Histogram(
+        self.dispatch_interval = LoopHistogram(
             "sbs_dispatch_interval_seconds",
             "Time between consecutive releases.",
             buckets=WAIT_BUCKETS,

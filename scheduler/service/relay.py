@@ -137,17 +137,18 @@ class Relay:
         )
         attempt = job.attempts
         dispatcher.steps.prefill_sent(job, pe)
-        prefill = asyncio.ensure_future(
+        loop = asyncio.get_running_loop()
+        prefill = loop.create_task(
             upstream.call_prefill(dispatcher.session, pe.record.url + job.endpoint, pbody, pe.key)
         )
         prefill.add_done_callback(
             lambda t: dispatcher.steps.prefill_answered(job, pe, attempt, _ok(t), _result(t))
         )
-        decode = asyncio.ensure_future(self._decode_head(de.record.url + job.endpoint, dbody, de.key))
+        decode = loop.create_task(self._decode_head(de.record.url + job.endpoint, dbody, de.key))
         decode.add_done_callback(_retrieve)
         prefill.add_done_callback(_retrieve)
         self._tasks = [prefill, decode]
-        lost = self._lost = asyncio.get_running_loop().create_future()
+        lost = self._lost = loop.create_future()
         pending: set[asyncio.Future[Any]] = {prefill, decode, lost}
         while decode in pending:
             done, pending = await _first_done(pending)

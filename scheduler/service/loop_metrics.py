@@ -1,0 +1,135 @@
+"""Counters and histograms updated only from the event loop's thread: plain numbers, no locks.
+
+`prometheus_client`'s own metrics take a lock and walk their buckets in Python on every update; the
+request path updates a dozen per request (issue 14's CPU profile put them at about 5 % of the
+process). These keep the same names, help, labels and buckets and are read by the registry at scrape
+time (which runs on the loop too), so `/metrics` shows what `Counter` and `Histogram` would: the
+`_total` / `_bucket` / `_count` / `_sum` samples and a `_created` time per series.
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Generic, TypeVar
+
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
+
+
+class CounterChild:
+    """One series of a counter."""
+
+    __slots__ = ("created", "value")
+
+    def __init__(self) -> None:
+        self.value = 0.0
+        self.created = time.time()  # noqa: TID251 (an IO edge: the series' `_created` wall time)
+
+    def inc(self, amount: float = 1.0) -> None:
+        if amount < 0:
+            raise ValueError("counters can only be incremented by non-negative amounts")
+        self.value += amount
+
+
+class HistogramChild:
+    """One series of a histogram: per-bucket counts (not cumulative) and the sum."""
+
+    __slots__ = ("_bounds", "counts", "created", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self._bounds = bounds
+        self.counts = [0] * len(bounds)
+        self.sum = 0.0
+        self.created = time.time()  # noqa: TID251 (an IO edge: the series' `_created` wall time)
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self._bounds, value)] += 1  # the first bound >= value (le)
+        self.sum += value
+
+
+C = TypeVar("C", CounterChild, HistogramChild)
+
+
+class _Family(Collector, Generic[C]):
+    """A metric with its label names and a child per label values, created on first use."""
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: Sequence[str] = (), *, registry: CollectorRegistry
+    ) -> None:
+        self.name, self.documentation, self.labelnames = name, documentation, tuple(labelnames)
+        self._children: dict[tuple[str, ...], C] = {}
+        self._unlabelled = None if self.labelnames else self.labels()
+        registry.register(self)
+
+    def _child(self) -> C:
+        raise NotImplementedError
+
+    def labels(self, *values: str) -> C:
+        child = self._children.get(values)
+        if child is None:
+            if len(values) != len(self.labelnames):
+                raise ValueError(f"{self.name}: expected labels {self.labelnames}, got {values!r}")
+            child = self._children[values] = self._child()
+        return child
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def _series(self) -> Iterator[tuple[list[str], dict[str, str], C]]:
+        for values, child in self._children.items():
+            yield list(values), dict(zip(self.labelnames, values, strict=True)), child
+
+
+class LoopCounter(_Family[CounterChild]):
+    """`prometheus_client.Counter` for the loop's thread (exported as `<name>_total`)."""
+
+    def _child(self) -> CounterChild:
+        return CounterChild()
+
+    def inc(self, amount: float = 1.0) -> None:
+        assert self._unlabelled is not None, f"{self.name} has labels"
+        self._unlabelled.inc(amount)
+
+    def collect(self) -> list[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, _, child in self._series():
+            family.add_metric(values, child.value, created=child.created)
+        return [family]
+
+
+class LoopHistogram(_Family[HistogramChild]):
+    """`prometheus_client.Histogram` for the loop's thread; `buckets` are the finite upper bounds."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str] = (),
+        *,
+        buckets: Sequence[float],
+        registry: CollectorRegistry,
+    ) -> None:
+        self._bounds = (*(float(b) for b in buckets), float("inf"))
+        super().__init__(name, documentation, labelnames, registry=registry)
+
+    def _child(self) -> HistogramChild:
+        return HistogramChild(self._bounds)
+
+    def observe(self, value: float) -> None:
+        assert self._unlabelled is not None, f"{self.name} has labels"
+        self._unlabelled.observe(value)
+
+    def collect(self) -> list[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, labels, child in self._series():
+            cumulative, buckets = 0, []
+            for bound, n in zip(self._bounds, child.counts, strict=True):
+                cumulative += n
+                buckets.append((floatToGoString(bound), cumulative))
+            family.add_metric(values, buckets, child.sum)
+            family.samples.append(Sample(f"{self.name}_created", labels, child.created))
+        return [family]
