@@ -258,6 +258,10 @@ class EftPolicy(PickerPolicy):
     DP rank whose lockstep steps are predicted (capacity model, step reports) to finish it first."""
 
     type: Literal["eft"] = "eft"
+    prefix_credit: bool = True
+    """Charge each rank only the prompt tokens its prefix cache holds (from the requests' `hash_ids`, by
+    the index SBS keeps), so the finish time weighs cache affinity against load, as cache-aware routers
+    do. Off: every rank is charged the whole prompt (eft before 2026-12-07)."""
 
 
 class OraclePolicy(StaggeredPolicy):

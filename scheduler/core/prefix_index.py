@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
+from sbs.scheduler.core.types import InstanceSpec
+
 
 class PrefixIndex:
     """Which ranks (flat indices) hold which prefix blocks."""
@@ -21,6 +23,12 @@ class PrefixIndex:
         self._lru: list[OrderedDict[int, None]] = [OrderedDict() for _ in range(num_ranks)]
         self._capacity = list(capacity_blocks)
         self._holders: dict[int, set[int]] = {}
+
+    @classmethod
+    def for_instances(cls, specs: Sequence[InstanceSpec], block_tokens: int) -> PrefixIndex:
+        """An index over every DP rank of `specs` (flat, in order), each bounded by its KV capacity."""
+        caps = [s.kv_capacity_tokens // block_tokens for s in specs for _ in range(s.dp_size)]
+        return cls(len(caps), caps)
 
     def insert(self, rank: int, hash_ids: Iterable[int]) -> None:
         """Record that `rank` now caches these blocks (most recently used)."""
@@ -60,3 +68,11 @@ class PrefixIndex:
             live &= nxt
             depth += 1
         return matched
+
+    def cached_tokens(
+        self, hash_ids: Sequence[int], ranks: range, block_tokens: int, prompt_tokens: int
+    ) -> dict[int, int]:
+        """Per rank in `ranks` caching a prefix: the prompt's tokens it caches (at most all but one, as
+        an engine always computes the last)."""
+        matched = self.matched_blocks(hash_ids, ranks)
+        return {r: min(blocks * block_tokens, prompt_tokens - 1) for r, blocks in matched.items()}

@@ -70,5 +70,5 @@ def make_policy(
     rng = random.Random(settings.seed)  # prefill and decode legs are picked independently
     decode_picker = None if p.decode_rule == "lexicographic" else picker_named(p.decode_rule, rng)
     if isinstance(p, scheduling.EftPolicy):
-        return EarliestFinish(state, p, decode_picker)
+        return EarliestFinish(state, p, decode_picker, block_tokens=block_tokens)
     return ImmediateDispatch(state, p, make_picker(p, rng), decode_picker)

@@ -71,10 +71,7 @@ class StaggeredBatching:
         """Recent arrivals of prompts of at most a chunk: what a long prompt costs them (`sbs_lanes`)."""
         self.prefix: PrefixIndex | None = None
         if settings.prefix_credit and block_tokens:
-            caps = [
-                s.kv_capacity_tokens // block_tokens for s in state.prefill_specs for _ in range(s.dp_size)
-            ]
-            self.prefix = PrefixIndex(len(caps), caps)
+            self.prefix = PrefixIndex.for_instances(state.prefill_specs, block_tokens)
 
     # -- the Policy interface ---------------------------------------------------------------------
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 
 import pytest
+from sbs.scheduler.core.events import RequestArrived
 from sbs.scheduler.core.policies.eft import earliest_finish
 from sbs.scheduler.core.scheduler import Scheduler
 from sbs.scheduler.core.state import PrefillInstanceState
+from sbs.scheduler.core.types import Request
 from sbs.settings import scheduling
 
 from tests.scheduler.core.fakes import (
@@ -79,3 +81,29 @@ def test_the_decode_rule_is_a_setting(rule: str, rank: int) -> None:
     [d] = dispatches(arrive(sched, 1, 0.0))
     assert d.decode_rank == rank
     assert not math.isnan(sched.instances[0].busy_until_s)
+
+
+@pytest.mark.parametrize("credit", [True, False])
+def test_a_cached_prefix_weighs_against_load(credit: bool) -> None:
+    """Both instances run a 1000-token step until 0.11; rank 0 of instance 0 caches 1000 tokens of an
+    1100-token prompt and has 500 queued. With credit it finishes the prompt there in one step (at
+    0.18, 600 tokens) against two steps anywhere else (0.24); without, it goes to an empty rank and
+    each rank is charged the whole prompt."""
+    settings = scheduling.SchedulerSettings(policy=scheduling.EftPolicy(prefix_credit=credit))
+    sched = Scheduler(
+        prefill_specs(2), decode_specs(1), settings=settings, capacity=CAPACITY, block_tokens=100
+    )
+    blocks = tuple(range(1, 11))
+
+    def place(rid: int, t: float, tokens: int, hash_ids: tuple[int, ...] = ()) -> tuple[int, int]:
+        [d] = dispatches(sched.handle(RequestArrived(Request(rid, t, tokens, 10, hash_ids)), t))
+        return d.prefill_instance, d.prefill_rank
+
+    assert place(1, 0.0, 1000, blocks) == (0, 0)
+    assert place(2, 0.0, 1000) == (1, 0)
+    assert place(3, 0.0005, 500) == (0, 0)  # queued behind the running step
+    where = place(4, 0.001, 1100, (*blocks, 11))
+    if credit:
+        assert where == (0, 0) and sched.state.flights[4][2] == 100  # only the uncached tokens
+    else:
+        assert where != (0, 0) and sched.state.flights[4][2] == 1100
