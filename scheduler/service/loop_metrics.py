@@ -60,9 +60,11 @@ class _Family(Collector, Generic[C]):
     def __init__(
         self, name: str, documentation: str, labelnames: Sequence[str] = (), *, registry: CollectorRegistry
     ) -> None:
-        self.name, self.documentation, self.labelnames = name, documentation, tuple(labelnames)
+        self.name, self.documentation = name, documentation
+        self._labelnames = tuple(labelnames)
+        """(The attribute `prometheus_client`'s metrics keep them in, which tools read.)"""
         self._children: dict[tuple[str, ...], C] = {}
-        self._unlabelled = None if self.labelnames else self.labels()
+        self._unlabelled = None if self._labelnames else self.labels()
         registry.register(self)
 
     def _child(self) -> C:
@@ -71,17 +73,21 @@ class _Family(Collector, Generic[C]):
     def labels(self, *values: str) -> C:
         child = self._children.get(values)
         if child is None:
-            if len(values) != len(self.labelnames):
-                raise ValueError(f"{self.name}: expected labels {self.labelnames}, got {values!r}")
+            if len(values) != len(self._labelnames):
+                raise ValueError(f"{self.name}: expected labels {self._labelnames}, got {values!r}")
             child = self._children[values] = self._child()
         return child
 
+    def _family(self) -> Metric:
+        """The metric's family without samples."""
+        raise NotImplementedError
+
     def describe(self) -> Iterable[Metric]:
-        return []
+        return [self._family()]  # the registry learns the series' names (and refuses a duplicate)
 
     def _series(self) -> Iterator[tuple[list[str], dict[str, str], C]]:
         for values, child in self._children.items():
-            yield list(values), dict(zip(self.labelnames, values, strict=True)), child
+            yield list(values), dict(zip(self._labelnames, values, strict=True)), child
 
 
 class LoopCounter(_Family[CounterChild]):
@@ -94,8 +100,11 @@ class LoopCounter(_Family[CounterChild]):
         assert self._unlabelled is not None, f"{self.name} has labels"
         self._unlabelled.inc(amount)
 
+    def _family(self) -> CounterMetricFamily:
+        return CounterMetricFamily(self.name, self.documentation, labels=self._labelnames)
+
     def collect(self) -> list[Metric]:
-        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        family = self._family()
         for values, _, child in self._series():
             family.add_metric(values, child.value, created=child.created)
         return [family]
@@ -123,8 +132,11 @@ class LoopHistogram(_Family[HistogramChild]):
         assert self._unlabelled is not None, f"{self.name} has labels"
         self._unlabelled.observe(value)
 
+    def _family(self) -> HistogramMetricFamily:
+        return HistogramMetricFamily(self.name, self.documentation, labels=self._labelnames)
+
     def collect(self) -> list[Metric]:
-        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        family = self._family()
         for values, labels, child in self._series():
             cumulative, buckets = 0, []
             for bound, n in zip(self._bounds, child.counts, strict=True):
