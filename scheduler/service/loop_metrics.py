@@ -52,10 +52,13 @@ class HistogramChild:
 
 
 C = TypeVar("C", CounterChild, HistogramChild)
+F = TypeVar("F", CounterMetricFamily, HistogramMetricFamily)
 
 
-class _Family(Collector, Generic[C]):
+class _Family(Collector, Generic[C, F]):
     """A metric with its label names and a child per label values, created on first use."""
+
+    _family_type: type[F]
 
     def __init__(
         self, name: str, documentation: str, labelnames: Sequence[str] = (), *, registry: CollectorRegistry
@@ -64,7 +67,7 @@ class _Family(Collector, Generic[C]):
         self._labelnames = tuple(labelnames)
         """(The attribute `prometheus_client`'s metrics keep them in, which tools read.)"""
         self._children: dict[tuple[str, ...], C] = {}
-        self._unlabelled = None if self._labelnames else self.labels()
+        self._unlabelled: C | None = None if self._labelnames else self.labels()
         registry.register(self)
 
     def _child(self) -> C:
@@ -78,9 +81,9 @@ class _Family(Collector, Generic[C]):
             child = self._children[values] = self._child()
         return child
 
-    def _family(self) -> Metric:
+    def _family(self) -> F:
         """The metric's family without samples."""
-        raise NotImplementedError
+        return self._family_type(self.name, self.documentation, labels=self._labelnames)
 
     def describe(self) -> Iterable[Metric]:
         return [self._family()]  # the registry learns the series' names (and refuses a duplicate)
@@ -90,8 +93,10 @@ class _Family(Collector, Generic[C]):
             yield list(values), dict(zip(self._labelnames, values, strict=True)), child
 
 
-class LoopCounter(_Family[CounterChild]):
+class LoopCounter(_Family[CounterChild, CounterMetricFamily]):
     """`prometheus_client.Counter` for the loop's thread (exported as `<name>_total`)."""
+
+    _family_type = CounterMetricFamily
 
     def _child(self) -> CounterChild:
         return CounterChild()
@@ -100,9 +105,6 @@ class LoopCounter(_Family[CounterChild]):
         assert self._unlabelled is not None, f"{self.name} has labels"
         self._unlabelled.inc(amount)
 
-    def _family(self) -> CounterMetricFamily:
-        return CounterMetricFamily(self.name, self.documentation, labels=self._labelnames)
-
     def collect(self) -> list[Metric]:
         family = self._family()
         for values, _, child in self._series():
@@ -110,8 +112,10 @@ class LoopCounter(_Family[CounterChild]):
         return [family]
 
 
-class LoopHistogram(_Family[HistogramChild]):
+class LoopHistogram(_Family[HistogramChild, HistogramMetricFamily]):
     """`prometheus_client.Histogram` for the loop's thread; `buckets` are the finite upper bounds."""
+
+    _family_type = HistogramMetricFamily
 
     def __init__(
         self,
@@ -131,9 +135,6 @@ class LoopHistogram(_Family[HistogramChild]):
     def observe(self, value: float) -> None:
         assert self._unlabelled is not None, f"{self.name} has labels"
         self._unlabelled.observe(value)
-
-    def _family(self) -> HistogramMetricFamily:
-        return HistogramMetricFamily(self.name, self.documentation, labels=self._labelnames)
 
     def collect(self) -> list[Metric]:
         family = self._family()
