@@ -81,6 +81,12 @@ class _Family(Collector, Generic[C, F]):
             child = self._children[values] = self._child()
         return child
 
+    def _plain(self) -> C:
+        """The series of a metric without labels."""
+        if self._unlabelled is None:
+            raise ValueError(f"{self.name} has labels {self._labelnames}: update a .labels(...) series")
+        return self._unlabelled
+
     def _family(self) -> F:
         """The metric's family without samples."""
         return self._family_type(self.name, self.documentation, labels=self._labelnames)
@@ -102,8 +108,7 @@ class LoopCounter(_Family[CounterChild, CounterMetricFamily]):
         return CounterChild()
 
     def inc(self, amount: float = 1.0) -> None:
-        assert self._unlabelled is not None, f"{self.name} has labels"
-        self._unlabelled.inc(amount)
+        self._plain().inc(amount)
 
     def collect(self) -> list[Metric]:
         family = self._family()
@@ -133,8 +138,7 @@ class LoopHistogram(_Family[HistogramChild, HistogramMetricFamily]):
         return HistogramChild(self._bounds)
 
     def observe(self, value: float) -> None:
-        assert self._unlabelled is not None, f"{self.name} has labels"
-        self._unlabelled.observe(value)
+        self._plain().observe(value)
 
     def collect(self) -> list[Metric]:
         family = self._family()

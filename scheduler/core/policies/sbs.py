@@ -430,12 +430,9 @@ class StaggeredBatching:
                 if wait_for is not None:  # another instance holds its prefix and frees before a recompute
                     wake = min(wake, wait_for)
                     continue
-                matched = prefix.matched_blocks(req.hash_ids, ranks)
-                if matched:
-                    bt = self.block_tokens or 0
-                    credit = {
-                        flat - st.offset: min(blocks * bt, tokens - 1) for flat, blocks in matched.items()
-                    }
+                cached = prefix.cached_tokens(req.hash_ids, ranks, self.block_tokens or 0, tokens)
+                if cached:
+                    credit = {flat - st.offset: c for flat, c in cached.items()}
                     any_credit = True
             take.append(i)
             credits.append(credit)

@@ -74,5 +74,7 @@ def test_loop_metrics_expose_what_prometheus_client_metrics_do() -> None:
         c[0].labels("a").inc(-1)
     with pytest.raises(ValueError, match="x_requests: expected labels"):
         c[0].labels("a", "b")
+    with pytest.raises(ValueError, match=r"x_tokens has labels \('outcome',\)"):
+        hl[0].observe(1.0)
     with pytest.raises(ValueError, match="Duplicated timeseries"):  # the registry knows their names
         LoopCounter("x_requests", "Doc.", registry=ours)
