@@ -32,6 +32,10 @@ class TraceFormatError(SimInputError):
         what = message if field is None else f"field '{field}' {message}"
         super().__init__(f"{where}: {what}")
 
+    def __reduce__(self) -> tuple[type[TraceFormatError], tuple[str, int | None, str | None, str]]:
+        """Rebuilt from its fields, so the error crosses a process pool (`--jobs`) intact."""
+        return type(self), (self.path, self.line, self.field, self.message)
+
 
 class ClusterConfigError(SimInputError):
     """A simulated cluster's configuration is invalid or inconsistent."""

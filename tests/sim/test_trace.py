@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 from sbs.scheduler.core.types import Request
 from sbs.sim.errors import ClusterConfigError, SimInputError, TraceFormatError
@@ -92,6 +94,13 @@ def test_trace_format_error_without_line_or_field():
         str(TraceFormatError("t.json", None, "0.input_tokens", "is empty"))
         == "t.json: field '0.input_tokens' is empty"
     )
+
+
+def test_trace_format_error_survives_a_process_pool():
+    """Errors raised in `--jobs` workers are pickled back: the file, line and field must arrive."""
+    err = pickle.loads(pickle.dumps(TraceFormatError("t.csv", 7, "ContextTokens", "is empty")))
+    assert isinstance(err, TraceFormatError)
+    assert (str(err), err.line, err.field) == ("t.csv:7: field 'ContextTokens' is empty", 7, "ContextTokens")
 
 
 def test_input_errors_share_a_base():
