@@ -12,10 +12,11 @@
    item goes, whole, to the rank with the lowest resulting cost (ties: lowest index) among the ranks
    where it fits. Effective tokens on rank j are `tokens - cached_j` with `cached_j` clamped so at least
    one token is computed, and attention pairs use `prefix = cached_j`. If it fits whole nowhere and
-   chunking is allowed, the rank with the most room (ties: lowest index) takes a chunk that fills it
-   (so at most one chunked item per rank per step) and the rest is carried as `remaining_tokens` on that
-   same rank. Otherwise the item is unplaced. A request is never split across ranks (KV locality) and
-   no rank exceeds `chunk_tokens`.
+   chunking is allowed, the rank with the most room takes a chunk that fills it (so at most one chunked
+   item per rank per step) and the rest is carried as `remaining_tokens` on that same rank. Ties go to
+   a rank whose cache no item still to be placed is credited on (LPT places cached items late: a chunk
+   must not take their rank first), then to the lowest index. Otherwise the item is unplaced. A request
+   is never split across ranks (KV locality) and no rank exceeds `chunk_tokens`.
 
 **Makespan bound.** Write an item's cost as its cost increment on a rank, c_i, and rank j's committed
 load as L0_j (both excluding `fixed_s`, which every busy rank pays once). When `chunk_tokens` does not
@@ -56,6 +57,11 @@ _SQUARE_SAFE = 1 << 31
 def _credit(cache: Mapping[int, int], rank: int, tokens: int) -> int:
     """Cache credit usable on `rank`: never below 0, and at least one token is always recomputed."""
     return min(max(cache.get(rank, 0), 0), tokens - 1)
+
+
+def _credited(cache: Mapping[int, int], tokens: int) -> list[int]:
+    """The ranks where `cache` gives an item of `tokens` some credit."""
+    return [j for j in cache if _credit(cache, j, tokens) > 0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,6 +282,13 @@ def _pack(
     p_step = list(sel_t)
     p_rem = [0] * n_sel
     p_cached = [0] * n_sel
+    # Per rank, the items not yet placed that hold cache credit there: a chunk avoids those ranks.
+    claims = [0] * m
+    if any_cache and credits is not None:
+        for s in order:
+            if sel_c[s]:
+                for j in _credited(credits[sel_idx[s]] or {}, sel_t[s]):
+                    claims[j] += 1
     for s in order:
         t = sel_t[s]
         if heap and not sel_c[s]:
@@ -295,6 +308,9 @@ def _pack(
                 p_rank[s] = j
                 continue
         cache = credits[sel_idx[s]] if sel_c[s] and credits is not None else None
+        if cache:
+            for j in _credited(cache, t):
+                claims[j] -= 1
         # Least-loaded rank that takes the item whole without credit; ranks too full are set aside.
         stash: list[tuple[float, int, int]] = []
         hj = -1
@@ -342,9 +358,15 @@ def _pack(
             p_step[s] = best_e
             p_cached[s] = best_c
         elif allow_chunking and (mr := max(room)) > 0:
-            # Fits whole nowhere: the rank with the most room (lowest index on ties) takes a chunk that
-            # fills it, so it takes no other chunk; the rest stays on that rank for later steps.
+            # Fits whole nowhere: the rank with the most room takes a chunk that fills it, so it takes no
+            # other chunk; the rest stays on that rank for later steps. Ties: a rank no later item's
+            # cache credit names (unless it is this item's own), then the lowest index.
             j = room.index(mr)
+            if claims[j]:
+                j = min(
+                    (r for r in range(m) if room[r] == mr),
+                    key=lambda r: (claims[r] > 0 and not (cache and _credit(cache, r, t) > 0), r),
+                )
             c = _credit(cache, j, t) if cache else 0
             tok[j] += mr
             prs[j] += (c + mr) * (c + mr) - c * c

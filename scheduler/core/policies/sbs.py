@@ -27,7 +27,7 @@ from sbs.scheduler.core.policies.sbs_clock import ReleaseClock
 from sbs.scheduler.core.policies.sbs_take import take_in_order
 from sbs.scheduler.core.prefill_alloc import water_fill_lists
 from sbs.scheduler.core.prefix_index import PrefixIndex
-from sbs.scheduler.core.state import ClusterState
+from sbs.scheduler.core.state import ClusterState, PrefillInstanceState
 from sbs.scheduler.core.types import Carry, Decision, Reject, Request, dispatches
 from sbs.settings.scheduling import StaggeredPolicy
 
@@ -404,9 +404,12 @@ class StaggeredBatching:
     ) -> tuple[list[int], list[dict[int, int] | None] | None, float]:
         """`take_in_order` where requests carry prefix hashes: a request whose prefix another instance
         caches may wait for it (`_cached_elsewhere`; the earliest such wait is returned), and the others
-        get per-rank cache credit on this instance."""
+        get per-rank cache credit on this instance. A request whose longest cached prefix is here
+        (`_home`) is taken whatever the step's level and lanes say: here it computes only the rest, and
+        any other step would recompute the prefix."""
         st = self.state.instances[p]
         ranks = range(st.offset, st.offset + st.spec.dp_size)
+        every = range(len(self.state.prefill.count))
         prefix = self.prefix
         assert prefix is not None
         take: list[int] = []
@@ -421,12 +424,13 @@ class StaggeredBatching:
                 break
             tokens = qtok[i]
             c = sbs_timing.item_cost_s(model, tokens, chunk)
-            if not budget.admits(tokens, c, not take):
-                continue
             req = self.buffer[rid]
+            matched = prefix.matched_blocks(req.hash_ids, every) if req.hash_ids else {}
+            if not (self._home(matched, st) or budget.admits(tokens, c, not take)):
+                continue
             credit = None
-            if req.hash_ids:  # else _cached_elsewhere is None
-                wait_for = self._cached_elsewhere(req, p, now)
+            if matched:
+                wait_for = self._cached_elsewhere(req, p, now, matched)
                 if wait_for is not None:  # another instance holds its prefix and frees before a recompute
                     wake = min(wake, wait_for)
                     continue
@@ -440,24 +444,30 @@ class StaggeredBatching:
             cost += c
         return take, credits if any_credit else None, wake
 
-    def _cached_elsewhere(self, req: Request, p: int, now: float) -> float | None:
-        """When `req` should rather go to another instance caching more of its prefix: that instance's
-        due time; None if it should go here.
+    @staticmethod
+    def _blocks_on(matched: dict[int, int], st: PrefillInstanceState) -> int:
+        """The most prefix blocks a rank of `st` caches (`matched`: cached blocks per flat rank)."""
+        return max((b for f, b in matched.items() if st.offset <= f < st.offset + st.spec.dp_size), default=0)
+
+    def _home(self, matched: dict[int, int], st: PrefillInstanceState) -> bool:
+        """Whether `st` holds a longest cached prefix of a request (`matched`: blocks per flat rank)."""
+        return bool(matched) and 0 < self._blocks_on(matched, st) >= max(matched.values())
+
+    def _cached_elsewhere(self, req: Request, p: int, now: float, matched: dict[int, int]) -> float | None:
+        """When `req` should rather go to another instance caching more of its prefix (`matched`: its
+        cached blocks per flat rank): that instance's due time; None if it should go here.
 
         It waits when that instance is predicted free sooner than the prefill the cache saves would
         take (`per_token·Δcached + per_pair·Δ(cached²)`), so cache affinity never costs more latency
         than it saves, and never past half the hold time.
         """
         state = self.state
-        if self.prefix is None or not req.hash_ids or not self.block_tokens:
+        if not matched or not self.block_tokens:
             return None
         if now - req.arrival_s >= 0.5 * sbs_timing.hold_s(state.instances, self.batching):
             return None
-        matched = self.prefix.matched_blocks(req.hash_ids, range(len(state.prefill.count)))
-        if not matched:
-            return None
         st = state.instances[p]
-        here = max((b for f, b in matched.items() if st.offset <= f < st.offset + st.spec.dp_size), default=0)
+        here = self._blocks_on(matched, st)
         flat, there = max(matched.items(), key=lambda kv: (kv[1], -kv[0]))
         if there <= here:
             return None

@@ -50,6 +50,14 @@ def reference_water_fill(
         cache = it.cached_tokens_by_rank or {}
         return min(max(cache.get(j, 0), 0), it.tokens - 1) if ranks[j].available else 0
 
+    def has_credit(it: PrefillItem) -> bool:
+        return max((credit(it, j) for j in range(len(ranks))), default=0) > 0
+
+    def credited(it: PrefillItem) -> set[int]:
+        """Ranks its credit names with a positive amount, available or not."""
+        cache = it.cached_tokens_by_rank or {}
+        return {j for j, c in cache.items() if min(max(c, 0), it.tokens - 1) > 0}
+
     admitted, used = [], 0
     for i, it in enumerate(items):
         if used >= sum(room):
@@ -59,7 +67,8 @@ def reference_water_fill(
             admitted.append((-(a * (it.tokens - c) + b * (it.tokens**2 - c * c)), i))
             used += min(it.tokens - c, chunk_tokens)  # a chunked item takes one rank's room at most
     placed: dict[int, Placement] = {}
-    for _, i in sorted(admitted):
+    order = [i for _, i in sorted(admitted)]
+    for pos, i in enumerate(order):
         it, t = items[i], items[i].tokens
         fits = []
         for j in range(len(ranks)):
@@ -71,7 +80,11 @@ def reference_water_fill(
             placed[i] = Placement(it.rid, j, t - c, 0, c)
             tok[j], prs[j], room[j] = tok[j] + t - c, prs[j] + t * t - c * c, room[j] - (t - c)
         elif allow_chunking and max(room, default=0) > 0:
-            j = room.index(max(room))
+            # Most room; ties: a rank no later cached item is credited on (unless its own), then lowest.
+            claimed = {j for k in order[pos + 1 :] if has_credit(items[k]) for j in credited(items[k])}
+            own = credited(it) if has_credit(it) else set()
+            ties = [j for j in range(len(ranks)) if room[j] == max(room)]
+            j = min(ties, key=lambda j: (j in claimed and j not in own, j))
             c, step = credit(it, j), room[j]
             placed[i] = Placement(it.rid, j, step, t - c - step, c)
             tok[j], prs[j], room[j] = tok[j] + step, prs[j] + pairs(c, step), 0
@@ -248,6 +261,17 @@ def test_cache_credit_lets_a_prompt_fit_a_nearly_full_rank() -> None:
     ranks = [RankSlot(committed_tokens=900), RankSlot(committed_tokens=950)]
     plan = water_fill([PrefillItem(1, 500, {1: 480})], ranks, chunk_tokens=1000, model=LINEAR)
     assert plan.placements == (Placement(1, 1, 20, 0, 480),)
+
+
+def test_a_chunk_leaves_a_free_rank_to_the_prompt_cached_there() -> None:
+    """LPT places a cached prompt last (its cost is small): the long prompts chunked before it take the
+    free ranks without a later item's cache first (seen on Mooncake: a 28k-token prompt with 27k cached
+    on rank 1 was recomputed whole on rank 3, because a 32k-token prompt's chunk took rank 1)."""
+    items = [PrefillItem(1, 32_000), PrefillItem(2, 17_000), PrefillItem(3, 28_600, {1: 27_648})]
+    plan = water_fill(items, [RankSlot()] * 4, chunk_tokens=16_384, model=REALISTIC)
+    by_rid = {p.rid: p for p in plan.placements}
+    assert (by_rid[3].rank, by_rid[3].cached_tokens, by_rid[3].step_tokens) == (1, 27_648, 952)
+    assert {by_rid[1].rank, by_rid[2].rank} == {0, 2}
 
 
 def test_credit_for_an_unknown_rank_is_an_error() -> None:
