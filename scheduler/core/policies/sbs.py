@@ -405,7 +405,7 @@ class StaggeredBatching:
         """`take_in_order` where requests carry prefix hashes: a request whose prefix another instance
         caches may wait for it (`_cached_elsewhere`; the earliest such wait is returned), and the others
         get per-rank cache credit on this instance. A request whose longest cached prefix is here
-        (`_home`) is taken whatever the step's level and lanes say: here it computes only the rest, and
+        (`_home`) is judged by the tokens it computes here, and does not wait for a slow step to pass:
         any other step would recompute the prefix."""
         st = self.state.instances[p]
         ranks = range(st.offset, st.offset + st.spec.dp_size)
@@ -426,7 +426,12 @@ class StaggeredBatching:
             c = sbs_timing.item_cost_s(model, tokens, chunk)
             req = self.buffer[rid]
             matched = prefix.matched_blocks(req.hash_ids, every) if req.hash_ids else {}
-            if not (self._home(matched, st) or budget.admits(tokens, c, not take)):
+            if self._home(matched, st):  # judged by the tokens it computes here
+                rest = tokens - min(self._blocks_on(matched, st) * (self.block_tokens or 0), tokens - 1)
+                c_rest = sbs_timing.item_cost_s(model, rest, chunk)
+                if not budget.admits(rest, c_rest, not take, cached_here=True):
+                    continue
+            elif not budget.admits(tokens, c, not take):
                 continue
             credit = None
             if matched:

@@ -72,16 +72,18 @@ class StepBudget:
     wake_s: float = math.inf
     """When that lane is due (inf: none)."""
 
-    def admits(self, tokens: int, cost_s: float, first: bool) -> bool:
+    def admits(self, tokens: int, cost_s: float, first: bool, *, cached_here: bool = False) -> bool:
         """Whether a request of `tokens` (costing `cost_s`) may join; the first one always may, unless
-        it waits for another instance."""
-        if self.waits(tokens):
+        it waits for another instance. `cached_here`: its prefix is cached on this instance and
+        `tokens` is the rest, so it does not wait for another instance to pass a slow step (there it
+        would compute the prefix again)."""
+        if self.waits(tokens, cached_here=cached_here):
             return False
         return first or self.level_s is None or cost_s <= self.level_s
 
-    def waits(self, tokens: int) -> bool:
+    def waits(self, tokens: int, *, cached_here: bool = False) -> bool:
         """Whether a request of `tokens` waits for another instance (a slow step, a lane)."""
-        if tokens <= self.min_tokens:
+        if tokens <= self.min_tokens and not cached_here:
             return True
         hi = self.max_tokens
         return hi is not None and tokens > hi and (self.lane_waits is None or self.lane_waits(tokens))

@@ -1,5 +1,5 @@
 """SBS's prefix-cache affinity in one release: a request whose longest cached prefix is on the releasing
-instance is taken there whatever the step's level says; one without it waits for a step it sets."""
+instance is judged there by the tokens it computes; one without it waits for a step it sets."""
 
 from __future__ import annotations
 
@@ -24,14 +24,20 @@ def _policy() -> StaggeredBatching:
     policy = sched.policy
     assert isinstance(policy, StaggeredBatching) and policy.prefix is not None
     policy.prefix.insert(1, BLOCKS)  # rank 1 of instance 0 caches the first 900 tokens
-    for r in (Request(1, 0.0, 100, 10), Request(2, 0.0, 950, 10), Request(3, 0.0, 950, 10, (*BLOCKS, 10))):
+    for r in (
+        Request(1, 0.0, 100, 10),
+        Request(2, 0.0, 950, 10),
+        Request(3, 0.0, 950, 10, (*BLOCKS, 10)),
+        Request(4, 0.0, 950, 10, (1, 20, 21, 22, 23, 24, 25, 26, 27, 28)),  # one block cached: 850 to go
+    ):
         policy.arrive(r, 0.0)
     return policy
 
 
 def _take(policy: StaggeredBatching, p: int, level_s: float | None) -> tuple[list[int], float]:
-    """The rids a release to instance `p` takes (only the first request fits under `level_s`), and
-    when to look again for those waiting for another instance's cache."""
+    """The rids a release to instance `p` takes (at 0.1 ms a token, the first request and request 3's
+    uncached 50 tokens fit under a level of 20 ms), and when to look again for those waiting for
+    another instance's cache."""
     budget = StepBudget(token_room=4000, cost_room_s=math.inf, level_s=level_s)
     take, credits, wake = policy._take_with_credit(p, 0.0, policy._queue, policy._queue_tokens, budget, 1000)
     rids = [policy._queue[i][1] for i in take]
@@ -40,13 +46,13 @@ def _take(policy: StaggeredBatching, p: int, level_s: float | None) -> tuple[lis
     return rids, wake
 
 
-def test_the_instance_caching_a_prefix_takes_its_request_above_the_level() -> None:
+def test_the_instance_caching_a_prefix_judges_its_request_by_the_rest() -> None:
     policy = _policy()
-    assert _take(policy, 0, 1e-9) == ([1, 3], math.inf)  # 2 costs as much as 3 but computes it all
-    assert _take(policy, 1, 1e-9) == ([1], math.inf)  # above the level, not cached here
+    assert _take(policy, 0, 0.02) == ([1, 3], math.inf)  # 2 and 4 compute 950 and 850 tokens here
+    assert _take(policy, 1, 0.02) == ([1], math.inf)  # 3 is not cached here: all 950 tokens
 
 
 def test_a_request_waits_for_the_free_instance_caching_its_prefix() -> None:
     policy = _policy()
     rids, wake = _take(policy, 1, None)
-    assert rids == [1, 2] and wake == 0.0  # instance 0 is free now: 3 waits for it
+    assert rids == [1, 2] and wake == 0.0  # instance 0 is free now: 3 and 4 wait for it

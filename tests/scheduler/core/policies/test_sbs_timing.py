@@ -134,6 +134,10 @@ def test_the_first_request_is_always_admitted_unless_it_waits_for_another_instan
     assert not isolated.admits(900, cost(900), first=True) and isolated.admits(1500, cost(1000), first=True)
     lane_waits = sbs_timing.StepBudget(4000, math.inf, None, max_tokens=1000)
     assert not lane_waits.admits(1500, cost(1000), first=True) and lane_waits.admits(900, cost(900), True)
+    # The rest of a prompt cached here does not wait for another instance to pass the slow step; a
+    # rest too long for the lane still waits for it.
+    assert isolated.admits(900, cost(900), first=True, cached_here=True)
+    assert not lane_waits.admits(1500, cost(1000), first=True, cached_here=True)
 
 
 def test_size_priority_puts_long_prompts_back_by_a_bounded_time() -> None:
