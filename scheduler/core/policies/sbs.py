@@ -426,11 +426,10 @@ class StaggeredBatching:
             c = sbs_timing.item_cost_s(model, tokens, chunk)
             req = self.buffer[rid]
             matched = prefix.matched_blocks(req.hash_ids, every) if req.hash_ids else {}
-            need, c_need = tokens, c  # what it computes here, and the cost of that
-            if self._home(matched, st):
-                need -= min(self._blocks_on(matched, st) * (self.block_tokens or 0), tokens - 1)
-                c_need = sbs_timing.item_cost_s(model, need, chunk)
-                if not budget.admits(need, c_need, not take, cached_here=True):
+            if self._home(matched, st):  # judged by the tokens it computes here
+                rest = tokens - min(self._blocks_on(matched, st) * (self.block_tokens or 0), tokens - 1)
+                c_rest = sbs_timing.item_cost_s(model, rest, chunk)
+                if not budget.admits(rest, c_rest, not take, cached_here=True):
                     continue
             elif not budget.admits(tokens, c, not take):
                 continue
@@ -446,8 +445,8 @@ class StaggeredBatching:
                     any_credit = True
             take.append(i)
             credits.append(credit)
-            taken += min(need, chunk)
-            cost += c_need
+            taken += min(tokens, chunk)
+            cost += c
         return take, credits if any_credit else None, wake
 
     @staticmethod
