@@ -75,4 +75,10 @@ class PrefixIndex:
         """Per rank in `ranks` caching a prefix: the prompt's tokens it caches (at most all but one, as
         an engine always computes the last)."""
         matched = self.matched_blocks(hash_ids, ranks)
-        return {r: min(blocks * block_tokens, prompt_tokens - 1) for r, blocks in matched.items()}
+        return {r: cached_of(blocks, block_tokens, prompt_tokens) for r, blocks in matched.items()}
+
+
+def cached_of(blocks: int, block_tokens: int, prompt_tokens: int) -> int:
+    """A prompt's tokens that `blocks` cached leading blocks cover (at most all but one: an engine
+    always computes the last)."""
+    return min(blocks * block_tokens, prompt_tokens - 1)

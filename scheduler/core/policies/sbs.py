@@ -26,8 +26,8 @@ from sbs.scheduler.core.policies.decode_choice import lexicographic_ranks_array
 from sbs.scheduler.core.policies.sbs_clock import ReleaseClock
 from sbs.scheduler.core.policies.sbs_take import take_in_order
 from sbs.scheduler.core.prefill_alloc import water_fill_lists
-from sbs.scheduler.core.prefix_index import PrefixIndex
-from sbs.scheduler.core.state import ClusterState, PrefillInstanceState
+from sbs.scheduler.core.prefix_index import PrefixIndex, cached_of
+from sbs.scheduler.core.state import ClusterState
 from sbs.scheduler.core.types import Carry, Decision, Reject, Request, dispatches
 from sbs.settings.scheduling import StaggeredPolicy
 
@@ -404,12 +404,13 @@ class StaggeredBatching:
     ) -> tuple[list[int], list[dict[int, int] | None] | None, float]:
         """`take_in_order` where requests carry prefix hashes: a request whose prefix another instance
         caches may wait for it (`_cached_elsewhere`; the earliest such wait is returned), and the others
-        get per-rank cache credit on this instance. A request whose longest cached prefix is here
-        (`_home`) is judged by the tokens it computes here, and does not wait for a slow step to pass:
+        get per-rank cache credit on this instance. A request whose longest cached prefix is here (its
+        home) is judged by the tokens it computes here, and does not wait for a slow step to pass:
         any other step would recompute the prefix."""
         st = self.state.instances[p]
-        ranks = range(st.offset, st.offset + st.spec.dp_size)
+        lo, hi = st.offset, st.offset + st.spec.dp_size
         every = range(len(self.state.prefill.count))
+        block = self.block_tokens or 0
         prefix = self.prefix
         assert prefix is not None
         take: list[int] = []
@@ -426,8 +427,10 @@ class StaggeredBatching:
             c = sbs_timing.item_cost_s(model, tokens, chunk)
             req = self.buffer[rid]
             matched = prefix.matched_blocks(req.hash_ids, every) if req.hash_ids else {}
-            if self._home(matched, st):  # judged by the tokens it computes here
-                rest = tokens - min(self._blocks_on(matched, st) * (self.block_tokens or 0), tokens - 1)
+            mine = {f - lo: b for f, b in matched.items() if lo <= f < hi}  # cached blocks per rank here
+            here = max(mine.values(), default=0)
+            if here and here >= max(matched.values()):  # its home: judged by the tokens it computes here
+                rest = tokens - cached_of(here, block, tokens)
                 c_rest = sbs_timing.item_cost_s(model, rest, chunk)
                 if not budget.admits(rest, c_rest, not take, cached_here=True):
                     continue
@@ -435,13 +438,12 @@ class StaggeredBatching:
                 continue
             credit = None
             if matched:
-                wait_for = self._cached_elsewhere(req, p, now, matched)
+                wait_for = self._cached_elsewhere(req, p, now, matched, here)
                 if wait_for is not None:  # another instance holds its prefix and frees before a recompute
                     wake = min(wake, wait_for)
                     continue
-                cached = prefix.cached_tokens(req.hash_ids, ranks, self.block_tokens or 0, tokens)
-                if cached:
-                    credit = {flat - st.offset: c for flat, c in cached.items()}
+                if mine:
+                    credit = {r: cached_of(b, block, tokens) for r, b in mine.items()}
                     any_credit = True
             take.append(i)
             credits.append(credit)
@@ -449,18 +451,12 @@ class StaggeredBatching:
             cost += c
         return take, credits if any_credit else None, wake
 
-    @staticmethod
-    def _blocks_on(matched: dict[int, int], st: PrefillInstanceState) -> int:
-        """The most prefix blocks a rank of `st` caches (`matched`: cached blocks per flat rank)."""
-        return max((b for f, b in matched.items() if st.offset <= f < st.offset + st.spec.dp_size), default=0)
-
-    def _home(self, matched: dict[int, int], st: PrefillInstanceState) -> bool:
-        """Whether `st` holds a longest cached prefix of a request (`matched`: blocks per flat rank)."""
-        return bool(matched) and 0 < self._blocks_on(matched, st) >= max(matched.values())
-
-    def _cached_elsewhere(self, req: Request, p: int, now: float, matched: dict[int, int]) -> float | None:
+    def _cached_elsewhere(
+        self, req: Request, p: int, now: float, matched: dict[int, int], here: int
+    ) -> float | None:
         """When `req` should rather go to another instance caching more of its prefix (`matched`: its
-        cached blocks per flat rank): that instance's due time; None if it should go here.
+        cached blocks per flat rank; `here`: the most on a rank of `p`): that instance's due time; None
+        if it should go here.
 
         It waits when that instance is predicted free sooner than the prefill the cache saves would
         take (`per_token·Δcached + per_pair·Δ(cached²)`), so cache affinity never costs more latency
@@ -471,17 +467,14 @@ class StaggeredBatching:
             return None
         if now - req.arrival_s >= 0.5 * sbs_timing.hold_s(state.instances, self.batching):
             return None
-        st = state.instances[p]
-        here = self._blocks_on(matched, st)
         flat, there = max(matched.items(), key=lambda kv: (kv[1], -kv[0]))
         if there <= here:
             return None
         other = state.instances[state.prefill_ref(flat).instance]
         if not other.available:
             return None
-        cap = req.prompt_tokens - 1
-        c_here = min(here * self.block_tokens, cap)
-        c_there = min(there * self.block_tokens, cap)
+        c_here = cached_of(here, self.block_tokens, req.prompt_tokens)
+        c_there = cached_of(there, self.block_tokens, req.prompt_tokens)
         saved = state.capacity.per_token_s * (c_there - c_here) + state.capacity.per_pair_s * (
             float(c_there) ** 2 - float(c_here) ** 2
         )
