@@ -88,6 +88,14 @@ class BatchingSettings(SettingsModel):
     time × its mean step (prefill time ÷ chunks) (`policies/sbs_lanes.py`). Off: every long prompt
     waits for a lane."""
 
+    sooner_elsewhere: bool = True
+    """A prompt longer than a chunk offered a step waits for another instance whose coming steps
+    finish it sooner (each of its chunks as slow as the costliest chunk that instance carries into the
+    same step), when it gains more there than starting it there costs the short prompts (`lane_cost`'s
+    short cost; none where the next step is slow anyway): long prompts leave slow steps for faster
+    ones instead of being stretched by deeper chunks (`policies/sbs_lanes.py`). Not for a prompt whose
+    prefix is cached on the instance at hand. Needs `isolate_slow_steps`. Off: it starts where offered."""
+
     lane_rate_window_s: float = Field(30.0, gt=0.0)
     """The window over which `lane_cost` measures the short prompts' arrival rate."""
 

@@ -363,7 +363,8 @@ class StaggeredBatching:
         """The step's budget (`sbs_timing.step_budget`). With `slow_s` (the committed chunks' time; None:
         no lanes, as in a forced release): prompts of at most a chunk wait when the step is a slow
         continuation another instance beats (`sbs_timing.isolate_slow_step`), and longer ones wait for
-        a long-prompt lane while one is due and costs them less (`sbs_lanes`)."""
+        a long-prompt lane while one is due and costs them less, or for an instance that finishes them
+        sooner by more than they cost the short prompts there (`sbs_lanes`)."""
         b = self.batching
         model = self.state.capacity
         budget = sbs_timing.step_budget(
@@ -380,6 +381,11 @@ class StaggeredBatching:
         if slow_s is None:
             return budget
         instances = self.state.instances
+        rates = self.short.rate(now), self.short.token_rate(now)
+        if b.sooner_elsewhere and max(self._queue_tokens) > instances[p].spec.chunk_tokens:
+            sooner = sbs_lanes.sooner_elsewhere(instances, p, now, *rates, model=model, b=b)
+            if sooner is not None:
+                budget = replace(budget, sooner=sooner.waits, wake_s=sooner.wake_s)
         if sbs_timing.isolate_slow_step(instances, p, now, model=model, chunk=chunk, committed_s=slow_s):
             return replace(budget, min_tokens=chunk)
         if slow_s > sbs_timing.full_chunk_s(model, chunk):
@@ -388,10 +394,9 @@ class StaggeredBatching:
         if lane is None:
             return budget
         due, i = lane
-        rates = self.short.rate(now), self.short.token_rate(now)
         cost = sbs_lanes.lane_cost(instances, p, i, due - now, *rates, model=model, b=b)
         waits = None if cost is None else cost.waits
-        return replace(budget, max_tokens=chunk, lane_waits=waits, wake_s=due)
+        return replace(budget, max_tokens=chunk, lane_waits=waits, wake_s=min(due, budget.wake_s))
 
     def _take_with_credit(
         self,

@@ -13,8 +13,13 @@ the lane costs it less than starting here costs the short prompts:
   are delayed only as far as the other instances are busy.
 
 With rare long prompts among many short ones the lane wins (the old rule); with long prompts a large
-share of the work and little short traffic each starts at once, so lanes no longer herd them. Pure
-functions of the instances' state and `now`, plus one deterministic arrival log (`ShortArrivals`).
+share of the work and little short traffic each starts at once, so lanes no longer herd them.
+
+The converse (`sooner_elsewhere`): a long prompt offered a slow step may wait for another instance
+whose coming steps finish it sooner (each of its chunks rides a step as slow as the costliest chunk
+that instance carries into it), when it gains more there than it costs the short prompts there (the
+same short cost; none on an instance whose next step is slow anyway). Pure functions of the
+instances' state and `now`, plus one deterministic arrival log (`ShortArrivals`).
 """
 
 from __future__ import annotations
@@ -93,10 +98,15 @@ class LaneCost:
     def waits(self, tokens: int) -> bool:
         """Whether a prompt of `tokens` (> chunk) costs less in the lane than the short prompts pay
         for it here."""
-        chunks = tokens / self.chunk
-        lane = self.wait_s + self.slower_s * chunks
-        own = prefill_s(self.model, tokens, self.chunk)
-        return lane < self.short_s * own * own / max(chunks, 1.0)
+        lane = self.wait_s + self.slower_s * tokens / self.chunk
+        return lane < self.short_s * short_cost(self.model, tokens, self.chunk)
+
+
+def short_cost(model: PrefillCapacityModel, tokens: int, chunk: int) -> float:
+    """A prompt of `tokens` started on an instance, per unit of `short_s` (`LaneCost`): its prefill
+    time (the short prompts arriving meanwhile) × its mean step (each one's delay)."""
+    own = prefill_s(model, tokens, chunk)
+    return own * own / max(tokens / chunk, 1.0)
 
 
 def mean_step_s(st: PrefillInstanceState, model: PrefillCapacityModel) -> float:
@@ -124,11 +134,24 @@ def lane_cost(
     st, ln = instances[here], instances[lane]
     own = mean_step_s(st, model)
     pace = sbs_timing.slow_step_s(ln, model) * ln.error_ewma
+    short = _short_s(instances, here, short_rate, short_tok_rate, model, b)
+    return LaneCost(max(wait_s, 0.0), max(pace - own, 0.0), short, st.spec.chunk_tokens, model)
+
+
+def _short_s(
+    instances: Sequence[PrefillInstanceState],
+    here: int,
+    short_rate: float,
+    short_tok_rate: float | None,
+    model: PrefillCapacityModel,
+    b: BatchingSettings,
+) -> float:
+    """`LaneCost.short_s` for a long prompt started on `here`."""
     live = sum(1 for s in instances if s.available) or 1
     short = b.lane_short_weight * short_rate / live
     if short_tok_rate is not None and b.lane_load_scaled:
         short *= _queueing_factor(instances, here, short_tok_rate, model)
-    return LaneCost(max(wait_s, 0.0), max(pace - own, 0.0), short, st.spec.chunk_tokens, model)
+    return short
 
 
 RHO_MAX = 0.95
@@ -191,3 +214,116 @@ def forced_target(
     wait = instances[lane].busy_until_s - instances[first].busy_until_s
     cost = lane_cost(instances, first, lane, wait, short_rate, short_tok_rate, model=model, b=b)
     return lane if cost is None or cost.waits(tokens) else first
+
+
+def carried_steps_s(st: PrefillInstanceState, steps: int, model: PrefillCapacityModel) -> list[float]:
+    """Per coming step of `st` (the first `steps`), the costliest rank compute its carried chunks put
+    into it (0.0 once they are done): what a new prompt's chunks ride beside."""
+    chunk = st.spec.chunk_tokens
+    out = [0.0] * steps
+    a, b = model.per_token_s, model.per_pair_s
+    for c in st.carries.values():
+        done, left = c.done, c.remaining
+        for j in range(min(steps, -(-left // chunk))):
+            n = min(chunk, left)
+            out[j] = max(out[j], a * n + b * PrefillCapacityModel.pairs(int(done), n))
+            done, left = done + n, left - n
+    return out
+
+
+def finish_s(
+    model: PrefillCapacityModel,
+    chunk: int,
+    start_s: float,
+    tokens: int,
+    carried: Sequence[float],
+    error: float,
+) -> float:
+    """When a fresh prompt of `tokens`, started on a free rank at `start_s`, is prefilled: each of its
+    chunks in a lockstep step as slow as the slower of it and that step's `carried` compute, times the
+    instance's prediction `error`."""
+    t, done, j = start_s, 0, 0
+    a, b = model.per_token_s, model.per_pair_s
+    while done < tokens:
+        n = min(chunk, tokens - done)
+        own = a * n + b * PrefillCapacityModel.pairs(done, n)
+        t += (model.fixed_s + max(own, carried[j] if j < len(carried) else 0.0)) * error
+        done, j = done + n, j + 1
+    return t
+
+
+SOONER_STEPS = 8
+"""How many coming steps of an instance's carries `sooner_elsewhere` looks at (8 chunks: 128k tokens
+at the default chunk)."""
+
+
+@dataclass(slots=True)
+class SoonerElsewhere:
+    """Which prompts longer than a chunk, offered instance `here`, wait for another instance (`waits`),
+    and when the first of those is offered work (`wake_s`)."""
+
+    here: int
+    chunk: int
+    starts: dict[int, float]
+    """Per candidate instance (a free rank, available): when its next step starts."""
+    carried: dict[int, list[float]]
+    """Per candidate: `carried_steps_s`."""
+    short_s: dict[int, float]
+    """Per candidate: `LaneCost.short_s` there (0.0 where the next step is slow anyway)."""
+    errors: dict[int, float]
+    model: PrefillCapacityModel
+    wake_s: float
+    _seen: dict[int, bool]
+
+    def waits(self, tokens: int) -> bool:
+        """Whether another instance finishes a prompt of `tokens` sooner than `here`, by more than it
+        costs the short prompts there."""
+        if tokens <= self.chunk:
+            return False
+        seen = self._seen.get(tokens)
+        if seen is not None:
+            return seen
+        m, c = self.model, self.chunk
+        here = finish_s(m, c, self.starts[self.here], tokens, self.carried[self.here], self.errors[self.here])
+        cost = short_cost(m, tokens, c)
+        out = any(
+            here - finish_s(m, c, start, tokens, self.carried[i], self.errors[i]) > self.short_s[i] * cost
+            for i, start in self.starts.items()
+            if i != self.here
+        )
+        self._seen[tokens] = out
+        return out
+
+
+def sooner_elsewhere(
+    instances: Sequence[PrefillInstanceState],
+    here: int,
+    now: float,
+    short_rate: float,
+    short_tok_rate: float | None = None,
+    *,
+    model: PrefillCapacityModel,
+    b: BatchingSettings,
+) -> SoonerElsewhere | None:
+    """The rule for long prompts offered `here` (None: no other instance of the same chunk has a free
+    rank). Each candidate's next step starts at its predicted free time (`here`: now at the earliest);
+    it is offered work `lead_s` before that."""
+    chunk = instances[here].spec.chunk_tokens
+    cands = [
+        i
+        for i, st in enumerate(instances)
+        if (i == here or st.available) and st.spec.chunk_tokens == chunk and len(st.carries) < st.spec.dp_size
+    ]
+    if here not in cands or len(cands) < 2:
+        return None
+    full = sbs_timing.full_chunk_s(model, chunk)
+    starts, carried, shorts, errors = {}, {}, {}, {}
+    for i in cands:
+        st = instances[i]
+        starts[i] = max(st.busy_until_s, now)
+        carried[i] = carried_steps_s(st, SOONER_STEPS, model)
+        slow = sbs_timing.slow_step_s(st, model) > full
+        shorts[i] = 0.0 if slow else _short_s(instances, i, short_rate, short_tok_rate, model, b)
+        errors[i] = st.error_ewma
+    wake = min(max(starts[i] - sbs_timing.lead_s(instances[i], b), now) for i in cands if i != here)
+    return SoonerElsewhere(here, chunk, starts, carried, shorts, errors, model, wake, {})

@@ -41,7 +41,7 @@ def take_in_order(
             return _take_lists(tokens, budget, min_count, model, chunk)
     a, b = model.per_token_s, model.per_pair_s
     take: Sequence[int] | np.ndarray = range(n)
-    if budget.min_tokens or budget.max_tokens is not None:
+    if budget.filters:
         waits = budget.waits
         take = np.fromiter((not waits(t) for t in q.tolist()), np.bool_, n).nonzero()[0]
         q = q[take]
@@ -116,7 +116,7 @@ def _take_lists(
     """`take_in_order` over Python ints (sizes beyond int64)."""
     a, b = model.per_token_s, model.per_pair_s
     take: Sequence[int] = range(len(tokens))
-    if budget.min_tokens or budget.max_tokens is not None:
+    if budget.filters:
         take = [i for i, t in enumerate(tokens) if not budget.waits(t)]
         tokens = [tokens[i] for i in take]
     sizes = tokens if max(tokens, default=0) < chunk else list(map(min, tokens, repeat(chunk)))

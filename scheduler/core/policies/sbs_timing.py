@@ -69,8 +69,16 @@ class StepBudget:
     """Requests of more tokens wait for another instance (a long-prompt lane due soon)..."""
     lane_waits: Callable[[int], bool] | None = None
     """...those of them for which this says so (None: all; `sbs_lanes.LaneCost.waits`)."""
+    sooner: Callable[[int], bool] | None = None
+    """Requests of these sizes wait for an instance that finishes them sooner (`sbs_lanes.SoonerElsewhere`),
+    unless their prefix is cached here."""
     wake_s: float = math.inf
-    """When that lane is due (inf: none)."""
+    """When that lane, or the first such instance, is due (inf: none)."""
+
+    @property
+    def filters(self) -> bool:
+        """Whether some request may wait for another instance (`waits` may say yes)."""
+        return bool(self.min_tokens) or self.max_tokens is not None or self.sooner is not None
 
     def admits(self, tokens: int, cost_s: float, first: bool, *, cached_here: bool = False) -> bool:
         """Whether a request of `tokens` (costing `cost_s`) may join; the first one always may, unless
@@ -82,8 +90,9 @@ class StepBudget:
         return first or self.level_s is None or cost_s <= self.level_s
 
     def waits(self, tokens: int, *, cached_here: bool = False) -> bool:
-        """Whether a request of `tokens` waits for another instance (a slow step, a lane)."""
-        if tokens <= self.min_tokens and not cached_here:
+        """Whether a request of `tokens` waits for another instance (a slow step, a lane, one that
+        finishes it sooner)."""
+        if not cached_here and (tokens <= self.min_tokens or (self.sooner and self.sooner(tokens))):
             return True
         hi = self.max_tokens
         return hi is not None and tokens > hi and (self.lane_waits is None or self.lane_waits(tokens))

@@ -32,11 +32,36 @@ def with_lane(**batching: bool | float) -> Scheduler:
 
 
 def test_among_many_short_prompts_a_long_one_still_waits_for_the_lane() -> None:
-    sched = with_lane(lane_rate_window_s=1.0)
+    sched = with_lane(lane_rate_window_s=2.0)  # 1.5 short prompts/s, still at 1.499
     first = sent(sched, [*SHORTS, (9, 0.2, 3000)], until=0.999)
     assert sorted((d.rid, d.prefill_instance) for d in first) == [(1, 1), (2, 1), (3, 1)]
     lane = [d for d in sched.handle(None, 1.499) if isinstance(d, Dispatch)]
     assert [(d.rid, d.prefill_instance, d.prefill_rank) for d in lane] == [(9, 0, 1)]
+
+
+@pytest.mark.parametrize("sooner", [True, False])
+def test_a_long_prompt_leaves_a_slow_step_for_an_instance_that_finishes_it_sooner(sooner: bool) -> None:
+    # Instance 0 frees at 1.0 into its carry's 4.31 s chunk: a 3000-token prompt started there ends
+    # after steps of 4.31, 2.11 and 3.11 s (10.53). Instance 1 frees at 1.3 with nothing carried:
+    # 1.11, 2.11 and 3.11 s (7.63), and no short traffic pays for it (`sooner_elsewhere`). Off, the
+    # prompt starts where it is first offered.
+    sched = scheduler(2, sooner_elsewhere=sooner)
+    running(sched, 0, until=1.0, carry=(500, 4000))
+    running(sched, 1, until=1.3)
+    first = [(d.rid, d.prefill_instance) for d in sent(sched, [(9, 0.2, 3000)], until=0.999)]
+    assert first == ([] if sooner else [(9, 0)])
+    later = [(d.rid, d.prefill_instance) for d in sched.handle(None, 1.299) if isinstance(d, Dispatch)]
+    assert later == ([(9, 1)] if sooner else [])
+
+
+def test_a_long_prompt_stays_on_a_slow_step_when_the_faster_instance_serves_short_traffic() -> None:
+    # As above, with short prompts arriving: 1.5/s over the 2 s window, and instance 1 the only one
+    # left to them, so starting the long prompt there costs them more than the 2.9 s it would gain.
+    sched = scheduler(2, lane_rate_window_s=2.0)
+    running(sched, 0, until=1.0, carry=(500, 4000))
+    running(sched, 1, until=1.3)
+    first = sent(sched, [*SHORTS, (9, 0.2, 3000)], until=0.999)
+    assert [(d.rid, d.prefill_instance) for d in first] == [(9, 0)]
 
 
 def test_without_short_traffic_long_prompts_start_at_once() -> None:
@@ -86,6 +111,17 @@ def test_waiting_is_monotone_in_the_prompt_and_never_without_short_cost() -> Non
     assert any(waits) and not all(waits) and waits == sorted(waits)  # short ones start, long ones wait
     free = sbs_lanes.LaneCost(wait_s=0.0, slower_s=0.0, short_s=0.0, chunk=CHUNK, model=MODEL)
     assert not free.waits(100 * CHUNK)
+
+
+def test_the_finish_time_rides_the_carried_chunks() -> None:
+    sched = scheduler(1)
+    running(sched, 0, until=1.0, carry=(1500, 4000))  # chunks of 1000 at 4000 and 500 at 5000
+    carried = sbs_lanes.carried_steps_s(sched.instances[0], 3, MODEL)
+    assert carried == pytest.approx([0.1 + 9.0, 0.05 + 5.25, 0.0])
+    own = [MODEL.per_token_s * n + MODEL.per_pair_s * MODEL.pairs(d, n) for d, n in [(0, 1000), (1000, 1000)]]
+    steps = [MODEL.fixed_s + max(o, c) for o, c in zip(own, carried, strict=False)]
+    assert sbs_lanes.finish_s(MODEL, CHUNK, 1.0, 2000, carried, 1.0) == pytest.approx(1.0 + sum(steps))
+    assert sbs_lanes.finish_s(MODEL, CHUNK, 1.0, 2000, carried, 2.0) == pytest.approx(1.0 + 2 * sum(steps))
 
 
 def test_the_prefill_time_sums_the_chunks() -> None:

@@ -138,6 +138,11 @@ def test_the_first_request_is_always_admitted_unless_it_waits_for_another_instan
     # rest too long for the lane still waits for it.
     assert isolated.admits(900, cost(900), first=True, cached_here=True)
     assert not lane_waits.admits(1500, cost(1000), first=True, cached_here=True)
+    # A prompt another instance finishes sooner waits for it, unless its prefix is cached here.
+    sooner = sbs_timing.StepBudget(4000, math.inf, None, sooner=lambda tokens: tokens > 1000)
+    assert sooner.filters and not budget(300, IDLE, [300]).filters
+    assert not sooner.admits(1500, cost(1000), first=True) and sooner.admits(900, cost(900), True)
+    assert sooner.admits(1500, cost(1000), first=True, cached_here=True)
 
 
 def test_size_priority_puts_long_prompts_back_by_a_bounded_time() -> None:
