@@ -562,6 +562,8 @@ class ClusterState:
             st = self.instances[ev.instance]
             st.last_heard_s = now
             if self.chunk_sync:
+                if st.carries:  # first the steps the engine ran by itself up to the snapshot
+                    engine_steps.roll_carries(st, ev.snapshot_s, self.capacity)
                 base = st.offset
                 queued = self.queued[base : base + st.spec.dp_size]
                 cutoff = ev.snapshot_s - max(st.admission_s, self.transit_s)

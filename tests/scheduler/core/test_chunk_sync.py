@@ -6,7 +6,7 @@ Shape as in `fakes`: one prefill instance of 4 ranks × 1000-token chunks.
 from __future__ import annotations
 
 import pytest
-from sbs.scheduler.core import chunk_sync
+from sbs.scheduler.core import chunk_sync, engine_steps
 from sbs.scheduler.core.events import LoadReported, RequestCancelled, StepCompleted
 from sbs.scheduler.core.scheduler import Scheduler
 from sbs.scheduler.core.state import Carry
@@ -87,6 +87,7 @@ def test_a_prompt_the_running_step_finishes_loses_its_carry_and_an_unseen_one_ke
     sched, rank = long_prompt_released()
     st0 = sched.instances[0]
     other = (rank + 1) % 4
+    engine_steps.roll_carries(st0, 0.299, CAPACITY)  # as a release's tick does first
     st0.carries[other] = Carry(9, other, 2000, 1000)  # released just before the snapshot was taken
     sched.state.queue_prefill(0, [other], [9], [3000], [2000], 0.299)
     snapshot(sched, rank, 800)
@@ -97,6 +98,20 @@ def test_a_snapshot_of_a_prompt_not_started_leaves_the_carry_as_planned() -> Non
     sched, rank = long_prompt_released()
     snapshot(sched, rank, 3500, at=0.001)  # the first chunk has not begun (or the snapshot predates it)
     assert sched.instances[0].carries[rank] == Carry(1, rank, 2500, 1000)
+
+
+def test_a_snapshot_first_retires_the_steps_the_core_has_not_yet_rolled() -> None:
+    # No request arrived since the release at 0, so no tick rolled the carry: the core still believes
+    # the first chunk's step (ended 0.11) is running. The engine, on time, is in the third chunk at
+    # 0.25 (500 left after it). The second and third chunks' steps go on the timeline, not lost: the
+    # instance is busy until the third ends at 0.33, and the last 500 tokens follow (before the fix
+    # the core took the snapshot's running step for the one it believed running, and had the rank
+    # free at 0.11 + the last chunk).
+    sched, rank = long_prompt_released()
+    st0 = sched.instances[0]
+    snapshot(sched, rank, 1500, at=0.25)
+    assert st0.carries[rank] == Carry(1, rank, 500, 3000)
+    assert st0.busy_until_s == pytest.approx(0.33) and st0.planned[-1] == pytest.approx((0.22, 0.11))
 
 
 @pytest.mark.parametrize("told", [True, False])
