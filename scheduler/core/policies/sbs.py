@@ -5,10 +5,12 @@ arrival order (`sbs-fcfs`), up to the step's level in predicted time, water-fill
 (`decode_choice`). An idle instance gets work at once (low-load bypass). Short prompts do not ride a
 slow continuation step (a late chunk of a long prompt) when another instance frees sooner, and prompts
 longer than a chunk gather on such a step (a long-prompt lane) when that costs them less than starting
-elsewhere costs the short prompts (`sbs_lanes`). A request held past the hold time is forced out to the
-instance that frees first (a long one to a lane, on the same cost), or, when no instance is usable at
-all, gets an explicit retryable `Reject`. Prefix-cache credit (`prefix_index`) may make a request wait
-for the instance that caches its prefix, never longer than the recompute it saves."""
+elsewhere costs the short prompts, and leave one for an instance that finishes them sooner when that
+gains them more than it costs the short prompts there (`sbs_lanes`). A request held past the hold
+time is forced out to the instance that frees first (a long one to a lane, on the same cost), or, when
+no instance is usable at all, gets an explicit retryable `Reject`. Prefix-cache credit (`prefix_index`)
+may make a request wait for the instance that caches its prefix, never longer than the recompute it
+saves."""
 
 from __future__ import annotations
 
