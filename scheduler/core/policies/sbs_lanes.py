@@ -231,25 +231,35 @@ def carried_steps_s(st: PrefillInstanceState, steps: int, model: PrefillCapacity
     return out
 
 
-def finish_s(
-    model: PrefillCapacityModel,
-    chunk: int,
-    start_s: float,
-    tokens: int,
-    carried: Sequence[float],
-    error: float,
-) -> float:
-    """When a fresh prompt of `tokens`, started on a free rank at `start_s`, is prefilled: each of its
-    chunks in a lockstep step as slow as the slower of it and that step's `carried` compute, times the
-    instance's prediction `error`."""
-    t, done, j = start_s, 0, 0
-    a, b = model.per_token_s, model.per_pair_s
-    while done < tokens:
-        n = min(chunk, tokens - done)
-        own = a * n + b * PrefillCapacityModel.pairs(done, n)
-        t += (model.fixed_s + max(own, carried[j] if j < len(carried) else 0.0)) * error
-        done, j = done + n, j + 1
-    return t
+class Timeline:
+    """When a fresh prompt started on a free rank of an instance at `start_s` is prefilled: each of
+    its chunks in a lockstep step as slow as the slower of it and that step's `carried` compute
+    (`carried_steps_s`), times the instance's prediction `error`. The ends of its full chunks are kept,
+    so a prompt costs one step more than the longest asked before."""
+
+    __slots__ = ("carried", "chunk", "ends", "error", "model")
+
+    def __init__(
+        self, model: PrefillCapacityModel, chunk: int, start_s: float, carried: Sequence[float], error: float
+    ) -> None:
+        self.model, self.chunk, self.carried, self.error = model, chunk, carried, error
+        self.ends = [start_s]
+        """`ends[k]`: the end of the prompt's k-th full chunk (`ends[0]`: the start)."""
+
+    def _step(self, j: int, tokens: int) -> float:
+        m = self.model
+        own = m.per_token_s * tokens + m.per_pair_s * PrefillCapacityModel.pairs(j * self.chunk, tokens)
+        return (m.fixed_s + max(own, self.carried[j] if j < len(self.carried) else 0.0)) * self.error
+
+    def finish_s(self, tokens: int) -> float:
+        """The end of the step that computes the prompt's last token."""
+        full, last = divmod(tokens, self.chunk)
+        if not last:
+            full, last = full - 1, self.chunk
+        ends = self.ends
+        while len(ends) <= full:
+            ends.append(ends[-1] + self._step(len(ends) - 1, self.chunk))
+        return ends[full] + self._step(full, last)
 
 
 SOONER_STEPS = 8
@@ -264,13 +274,10 @@ class SoonerElsewhere:
 
     here: int
     chunk: int
-    starts: dict[int, float]
-    """Per candidate instance (a free rank, available): when its next step starts."""
-    carried: dict[int, list[float]]
-    """Per candidate: `carried_steps_s`."""
+    timelines: dict[int, Timeline]
+    """Per candidate instance (available, a rank free of carries): its `Timeline` from its next step."""
     short_s: dict[int, float]
     """Per candidate: `LaneCost.short_s` there (0.0 where the next step is slow anyway)."""
-    errors: dict[int, float]
     model: PrefillCapacityModel
     wake_s: float
     _seen: dict[int, bool]
@@ -283,12 +290,11 @@ class SoonerElsewhere:
         seen = self._seen.get(tokens)
         if seen is not None:
             return seen
-        m, c = self.model, self.chunk
-        here = finish_s(m, c, self.starts[self.here], tokens, self.carried[self.here], self.errors[self.here])
-        cost = short_cost(m, tokens, c)
+        here = self.timelines[self.here].finish_s(tokens)
+        cost = short_cost(self.model, tokens, self.chunk)
         out = any(
-            here - finish_s(m, c, start, tokens, self.carried[i], self.errors[i]) > self.short_s[i] * cost
-            for i, start in self.starts.items()
+            here - line.finish_s(tokens) > self.short_s[i] * cost
+            for i, line in self.timelines.items()
             if i != self.here
         )
         self._seen[tokens] = out
@@ -317,13 +323,14 @@ def sooner_elsewhere(
     if here not in cands or len(cands) < 2:
         return None
     full = sbs_timing.full_chunk_s(model, chunk)
-    starts, carried, shorts, errors = {}, {}, {}, {}
+    lines: dict[int, Timeline] = {}
+    shorts: dict[int, float] = {}
     for i in cands:
         st = instances[i]
-        starts[i] = max(st.busy_until_s, now)
-        carried[i] = carried_steps_s(st, SOONER_STEPS, model)
+        carried = carried_steps_s(st, SOONER_STEPS, model)
+        lines[i] = Timeline(model, chunk, max(st.busy_until_s, now), carried, st.error_ewma)
         slow = sbs_timing.slow_step_s(st, model) > full
         shorts[i] = 0.0 if slow else _short_s(instances, i, short_rate, short_tok_rate, model, b)
-        errors[i] = st.error_ewma
-    wake = min(max(starts[i] - sbs_timing.lead_s(instances[i], b), now) for i in cands if i != here)
-    return SoonerElsewhere(here, chunk, starts, carried, shorts, errors, model, wake, {})
+    others = (instances[i] for i in cands if i != here)
+    wake = min(max(st.busy_until_s - sbs_timing.lead_s(st, b), now) for st in others)
+    return SoonerElsewhere(here, chunk, lines, shorts, model, wake, {})

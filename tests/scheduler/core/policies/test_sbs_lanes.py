@@ -120,8 +120,12 @@ def test_the_finish_time_rides_the_carried_chunks() -> None:
     assert carried == pytest.approx([0.1 + 9.0, 0.05 + 5.25, 0.0])
     own = [MODEL.per_token_s * n + MODEL.per_pair_s * MODEL.pairs(d, n) for d, n in [(0, 1000), (1000, 1000)]]
     steps = [MODEL.fixed_s + max(o, c) for o, c in zip(own, carried, strict=False)]
-    assert sbs_lanes.finish_s(MODEL, CHUNK, 1.0, 2000, carried, 1.0) == pytest.approx(1.0 + sum(steps))
-    assert sbs_lanes.finish_s(MODEL, CHUNK, 1.0, 2000, carried, 2.0) == pytest.approx(1.0 + 2 * sum(steps))
+    line = sbs_lanes.Timeline(MODEL, CHUNK, 1.0, carried, 1.0)
+    assert line.finish_s(2000) == pytest.approx(1.0 + sum(steps))
+    assert line.finish_s(1500) == pytest.approx(1.0 + steps[0] + MODEL.fixed_s + carried[1])  # under it
+    assert sbs_lanes.Timeline(MODEL, CHUNK, 1.0, carried, 2.0).finish_s(2000) == pytest.approx(
+        1.0 + 2 * sum(steps)
+    )
 
 
 def test_the_prefill_time_sums_the_chunks() -> None:
