@@ -98,7 +98,7 @@ class LaneCost:
     def waits(self, tokens: int) -> bool:
         """Whether a prompt of `tokens` (> chunk) costs less in the lane than the short prompts pay
         for it here."""
-        lane = self.wait_s + self.slower_s * tokens / self.chunk
+        lane = self.wait_s + self.slower_s * (tokens / self.chunk)
         return lane < self.short_s * short_cost(self.model, tokens, self.chunk)
 
 
