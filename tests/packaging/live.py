@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -38,6 +39,16 @@ def kubectl(
     if check and result.returncode != 0:
         raise AssertionError(f"kubectl {' '.join(args)} exited {result.returncode}:\n{result.stderr}")
     return result
+
+
+REFUSED = re.compile(r"(?<![\d,.:])403(?!\d)|Forbidden")
+"""An API refusal in a log line: HTTP 403 as a number of its own (not a port such as 38403, nor the
+milliseconds of a `01:44:37,403` timestamp), or Kubernetes' reason."""
+
+
+def refusals(log: str) -> list[str]:
+    """The lines of `log` that report an API refusal (`REFUSED`)."""
+    return [line for line in log.splitlines() if REFUSED.search(line)]
 
 
 class OperatorProcess:

@@ -9,7 +9,6 @@ The overlay is applied as a team would after `kustomize edit set namespace`: its
 
 from __future__ import annotations
 
-import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -174,8 +173,7 @@ def test_operator_under_the_namespaced_role_brings_the_sample_to_ready(
         op.stop()
         log = op.log()
         assert "Traceback" not in log, log[-4000:]
-        refused = [line for line in log.splitlines() if re.search(r"\b403\b|Forbidden", line)]
-        assert not refused, refused
+        assert not (refused := live.refusals(log)), refused
         assert log.count(DOCUMENTED_OFF) == 1, log[-4000:]
     finally:
         op.stop()
